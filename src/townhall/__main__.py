@@ -1,0 +1,8 @@
+"""`python -m townhall` runs the same CLI as the `townhall` console script."""
+
+from __future__ import annotations
+
+from townhall.server.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""`townhall bench ...`: load generators an operator runs against a deployment."""

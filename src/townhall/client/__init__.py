@@ -1,0 +1,1 @@
+"""Clients of a townhall server: the `townhall speak` bot."""

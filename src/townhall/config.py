@@ -1,0 +1,149 @@
+"""townhall's settings: one object, every field with a default, a CLI flag and a
+``TOWNHALL_*`` environment variable.
+
+The CLI (``townhall serve --help``) is generated from this class flag for flag:
+field ``part_ms`` is ``--part-ms`` and ``TOWNHALL_PART_MS``. Precedence: CLI
+flag, then environment, then the default here.
+
+Fields are grouped by the part of townhall that reads them; a new setting goes
+in its group with a description a person can act on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of townhall. Construct with keyword overrides in tests."""
+
+    model_config = SettingsConfigDict(env_prefix="TOWNHALL_", extra="ignore", frozen=True)
+
+    # -- serving -----------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    data_dir: Path = Field(
+        Path("./townhall-data"),
+        description="Where the SQLite file, the signing keys and the recordings live.",
+    )
+    public_url: str = Field(
+        "",
+        description="Base URL listeners reach this server at (for share links); empty means derived from each request.",
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_json: bool = Field(False, description="Write logs as one JSON object per line.")
+    shutdown_drain_s: float = Field(
+        10.0,
+        ge=0,
+        description="On shutdown, how long open requests may finish before they are cancelled.",
+    )
+    max_body_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request body accepted; larger gets 413."
+    )
+    workers_loop: str = Field(
+        "auto", description="Event loop: auto (uvloop where available), asyncio or uvloop."
+    )
+
+    # -- storage -----------------------------------------------------------
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy async URL of the control-plane database; empty means SQLite at DATA_DIR/townhall.sqlite3. PostgreSQL: postgresql+asyncpg://host:5432/db.",
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis URL for state shared by many nodes (admission, rate limits, room state); empty means in-process (one node). Example: redis://127.0.0.1:6379/0.",
+    )
+
+    # -- accounts and tokens -------------------------------------------------
+    signing_keys: str = Field(
+        "",
+        description="Comma-separated token signing keys, current first, previous second (rotation). Empty means generated once and kept in DATA_DIR/signing-keys.",
+    )
+    session_ttl_s: int = Field(
+        7 * 24 * 3600, ge=60, description="Lifetime of a sign-in session token."
+    )
+    listener_token_ttl_s: int = Field(
+        300,
+        ge=10,
+        description="Lifetime of a listener token; the player renews it before it runs out.",
+    )
+    speaker_token_ttl_s: int = Field(600, ge=10, description="Lifetime of a speaker token.")
+    signin_per_account_per_min: int = Field(
+        5, ge=1, description="Failed sign-ins allowed per account per minute before 429."
+    )
+    signin_per_network_per_min: int = Field(
+        30,
+        ge=1,
+        description="Sign-in attempts allowed per client network (/24 or /64) per minute before 429.",
+    )
+    reactions_per_token_per_10s: int = Field(
+        10, ge=1, description="Reactions one listener token may send per 10 seconds."
+    )
+    argon2_time_cost: int = Field(2, ge=1, description="argon2id time cost (iterations).")
+    argon2_memory_kib: int = Field(19456, ge=1024, description="argon2id memory cost in KiB.")
+
+    # -- spaces ----------------------------------------------------------------
+    max_schedule_ahead_days: int = Field(
+        30, ge=1, description="How far ahead a space may be scheduled."
+    )
+    max_cohosts: int = Field(2, ge=0, description="Co-hosts per space (besides the host).")
+    max_speakers: int = Field(
+        10, ge=0, description="Speakers per space (besides host and co-hosts)."
+    )
+    state_interval_ms: int = Field(
+        1000, ge=100, le=2000, description="How often state.json is recomputed; also its max-age."
+    )
+
+    # -- live audio ----------------------------------------------------------
+    sample_rate_hz: int = Field(48000, description="Sample rate of the mix and the program.")
+    frame_ms: int = Field(20, description="Mixer frame length.")
+    jitter_ms: int = Field(60, ge=0, le=1000, description="Per-speaker jitter buffer depth.")
+    program_bitrate_bps: int = Field(
+        64000, ge=16000, le=320000, description="AAC-LC bitrate of the program."
+    )
+    part_ms: int = Field(
+        500,
+        ge=100,
+        le=2000,
+        description="LL-HLS part duration target (rounded up to whole AAC frames).",
+    )
+    segment_parts: int = Field(
+        8, ge=1, le=60, description="Parts per segment (segment = part x this)."
+    )
+    window_segments: int = Field(
+        12,
+        ge=3,
+        description="Segments kept in the in-memory live window (older ones are served from the recording).",
+    )
+    blocking_reload_timeout_s: float = Field(
+        6.0, ge=0.5, description="Longest a blocking playlist reload waits before it answers 503."
+    )
+    progressive_max_lag_ms: int = Field(
+        5000, ge=200, description="A progressive-stream listener this far behind is dropped."
+    )
+    speaker_reconnect_grace_s: float = Field(
+        30.0, ge=0, description="How long a dropped speaker's seat is kept for a reconnect."
+    )
+    webrtc_offer_timeout_s: float = Field(
+        10.0, ge=1, description="Longest SDP negotiation allowed."
+    )
+
+    # -- admission -----------------------------------------------------------------
+    max_listeners: int = Field(
+        0,
+        ge=0,
+        description="Listeners admitted per space at once; 0 means no limit (admission control off).",
+    )
+
+    def resolved_database_url(self) -> str:
+        """The database URL actually used: the setting, or SQLite under data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'townhall.sqlite3').resolve()}"
+
+    @property
+    def recordings_dir(self) -> Path:
+        return self.data_dir / "recordings"

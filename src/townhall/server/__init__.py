@@ -1,0 +1,1 @@
+"""HTTP, WebRTC and CLI adapters over the pure core."""

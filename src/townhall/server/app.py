@@ -1,0 +1,127 @@
+"""The ASGI application: one FastAPI app with the control-plane API under
+``/api/``, the listener plane (playlists, parts, state.json) and the pages.
+
+``create_app(settings)`` is the only constructor; tests build one per test with
+their own data directory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from townhall import __version__
+from townhall.config import Settings
+from townhall.errors import PayloadTooLarge
+from townhall.server import problems
+from townhall.server.services import Services
+
+
+class BodyLimit:
+    """Refuse bodies over ``max_body_bytes`` with 413 before the app reads them.
+
+    Checks Content-Length up front and counts streamed bytes for chunked bodies.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared > self.max_body_bytes or declared < 0:
+                    await self._refuse(scope, send)
+                    return
+        seen = 0
+        limit = self.max_body_bytes
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        err = PayloadTooLarge(
+            f"The request body is larger than {self.max_body_bytes} bytes; send a smaller body."
+        )
+        response = problems.problem_response(err.to_problem(scope.get("path")))
+        await response(scope, _noop_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _noop_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application. Services open in the lifespan, not here."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await Services.open(settings)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="townhall",
+        version=__version__,
+        description="Live audio spaces: control-plane API. Listener URLs (playlists, parts, state.json) are plain cacheable HTTP outside /api/.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.time()
+    problems.install(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_s": round(time.time() - app.state.started_at, 1),
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    from townhall.server import routes
+
+    routes.include_all(app)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    return app

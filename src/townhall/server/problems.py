@@ -1,0 +1,133 @@
+"""Errors to problem+json (RFC 9457): one place maps every failure a client can
+cause to a status and a sentence, so no request ever sees a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from townhall.errors import TownhallError
+from townhall.server import metrics
+
+log = logging.getLogger("townhall.access")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(problem: dict[str, Any], *, retry_after_s: float | None = None) -> Response:
+    """A problem+json response; adds Retry-After (whole seconds, rounded up) when given."""
+    import orjson
+
+    headers = {"Cache-Control": "no-store"}
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, int(-(-retry_after_s // 1))))
+    return Response(
+        orjson.dumps(problem),
+        status_code=int(problem["status"]),
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _field_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def _validation_problem(exc: RequestValidationError, path: str) -> dict[str, Any]:
+    errors = []
+    for err in exc.errors():
+        field = _field_name(err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            return {
+                "type": "https://townhall.invalid/problems/malformed-json",
+                "title": "Malformed JSON",
+                "status": 400,
+                "detail": "The request body is not valid JSON; send a JSON object with the documented fields.",
+                "instance": path,
+            }
+        errors.append({"field": field, "message": str(err.get("msg", "invalid"))})
+    first = errors[0] if errors else {"field": "body", "message": "invalid"}
+    detail = f"Field '{first['field']}' is invalid: {first['message']}."
+    if len(errors) > 1:
+        detail += f" ({len(errors) - 1} more field error(s) listed in 'errors'.)"
+    return {
+        "type": "https://townhall.invalid/problems/invalid-field",
+        "title": "Invalid field",
+        "status": 422,
+        "detail": detail,
+        "instance": path,
+        "errors": errors,
+    }
+
+
+_STATUS_SENTENCES = {
+    404: "There is nothing at this address; check the URL.",
+    405: "This address does not accept that method; see /api/openapi.json.",
+}
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into problem+json."""
+
+    @app.exception_handler(TownhallError)
+    async def _townhall(request: Request, exc: TownhallError) -> Response:
+        if exc.status >= 500:
+            log.error("townhall error on %s: %s", request.url.path, exc.detail)
+        metrics.PROBLEMS.labels(status=str(exc.status)).inc()
+        return problem_response(exc.to_problem(request.url.path), retry_after_s=exc.retry_after_s)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        problem = _validation_problem(exc, request.url.path)
+        metrics.PROBLEMS.labels(status=str(problem["status"])).inc()
+        return problem_response(problem)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = (
+            exc.detail
+            if isinstance(exc.detail, str) and exc.detail not in ("Not Found", "Method Not Allowed")
+            else None
+        )
+        sentence = detail or _STATUS_SENTENCES.get(
+            exc.status_code, "The request could not be served."
+        )
+        metrics.PROBLEMS.labels(status=str(exc.status_code)).inc()
+        return problem_response(
+            {
+                "type": "about:blank",
+                "title": _title(exc.status_code),
+                "status": exc.status_code,
+                "detail": sentence,
+                "instance": request.url.path,
+            }
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        metrics.PROBLEMS.labels(status="500").inc()
+        return problem_response(
+            {
+                "type": "https://townhall.invalid/problems/internal",
+                "title": "Internal error",
+                "status": 500,
+                "detail": "Something went wrong on our side; it has been logged. Try again in a moment.",
+                "instance": request.url.path,
+            }
+        )
+
+
+def _title(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

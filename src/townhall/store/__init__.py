@@ -1,0 +1,1 @@
+"""Durable records: the control-plane database and the recordings on disk."""

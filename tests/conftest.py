@@ -1,0 +1,124 @@
+"""Shared fixtures: settings in a temporary data directory, the app in-process
+(with its lifespan), and a real `townhall serve` subprocess on a free port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from townhall.config import Settings
+from townhall.server.app import create_app
+
+FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", **FAST_ARGON2)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process, lifespan run, reached through httpx's ASGI transport."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+class LiveServer:
+    """A real `townhall serve` process; ``url`` is its base URL."""
+
+    def __init__(
+        self, data_dir: Path, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / f"server-{self.port}.log"
+        env = dict(os.environ)
+        env.update({"TOWNHALL_ARGON2_TIME_COST": "1", "TOWNHALL_ARGON2_MEMORY_KIB": "1024"})
+        env.update(extra_env or {})
+        self.env = env
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, verb: str = "serve", timeout_s: float = 30.0) -> LiveServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "townhall",
+                verb,
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                *self.args,
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"server did not answer /healthz in {timeout_s}s:\n{self.log_path.read_text()[-4000:]}"
+        )
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if sig is not None:
+            self.proc.send_signal(sig)
+        else:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pytest_report_header(config: Any) -> str:
+    return f"townhall tests; CI={os.environ.get('CI', '')}"
