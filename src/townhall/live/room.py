@@ -1,0 +1,43 @@
+"""One live space at run time: its Stage (speakers, mixer, the 20 ms clock)
+feeding its Program (encoder, packager, origin window, recorder).
+
+The stage calls ``program.push_frame`` once per mixer frame; nothing a listener
+does reaches the stage.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from townhall.config import Settings
+from townhall.live.program import Program
+from townhall.live.stage import Stage
+
+log = logging.getLogger("townhall.media")
+
+
+class Room:
+    """Stage + Program for one space. Start order: program, then stage; stop in reverse."""
+
+    def __init__(self, space_id: str, settings: Settings) -> None:
+        self.space_id = space_id
+        self.settings = settings
+        self.program = Program(space_id, settings)
+        self.stage = Stage(space_id, settings, sink=self.program.push_frame)
+
+    async def start(self) -> None:
+        await self.program.start()
+        await self.stage.start()
+        log.info("room %s live", self.space_id)
+
+    async def end(self) -> None:
+        """The talk is over: stop the stage, then finish the recording (ENDLIST)."""
+        await self.stage.stop()
+        await self.program.finish()
+        log.info("room %s ended", self.space_id)
+
+    async def suspend(self) -> None:
+        """Shutdown of this process, not the end of the talk: stop without ENDLIST,
+        so a restart resumes the space in a new discontinuity."""
+        await self.stage.stop()
+        await self.program.suspend()
