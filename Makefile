@@ -19,8 +19,8 @@ setup-test:
 	scripts/setup.sh --test
 
 lint:
-	$(VENV)/ruff format --check src tests benchmarks
-	$(VENV)/ruff check src tests benchmarks
+	$(VENV)/ruff format --check
+	$(VENV)/ruff check
 
 typecheck:
 	$(VENV)/mypy

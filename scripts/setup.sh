@@ -10,14 +10,16 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 PY=${PYTHON:-python3}
+# this machine's pip config names extra local indexes that may be absent: hush that noise only
+pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 if [ "$want_test" = 1 ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
 else
-  .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e .
+  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e .
 fi
 
 # hls.js from npm, pinned by the lockfile, copied into the package's static files
