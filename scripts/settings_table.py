@@ -1,7 +1,7 @@
 """Write the settings table of README.md from townhall.config.Settings.
 
-    python scripts/settings_table.py          # rewrite README.md in place
-    python scripts/settings_table.py --check  # exit 1 if README.md is stale
+python scripts/settings_table.py          # rewrite README.md in place
+python scripts/settings_table.py --check  # exit 1 if README.md is stale
 """
 
 from __future__ import annotations
@@ -19,9 +19,15 @@ def table() -> str:
     rows = ["| flag | environment | default | what |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = str(default) if not isinstance(default, str) else (repr(default) if default == "" else default)
+        shown = (
+            str(default)
+            if not isinstance(default, str)
+            else (repr(default) if default == "" else default)
+        )
         description = (field.description or "").replace("|", "\\|")
-        rows.append(f"| `--{name.replace('_', '-')}` | `TOWNHALL_{name.upper()}` | `{shown}` | {description} |")
+        rows.append(
+            f"| `--{name.replace('_', '-')}` | `TOWNHALL_{name.upper()}` | `{shown}` | {description} |"
+        )
     return "\n".join(rows)
 
 
