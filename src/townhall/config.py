@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     )
     argon2_time_cost: int = Field(2, ge=1, description="argon2id time cost (iterations).")
     argon2_memory_kib: int = Field(19456, ge=1024, description="argon2id memory cost in KiB.")
+    rate_limit_max_keys: int = Field(
+        100_000,
+        ge=100,
+        description="Keys each in-process rate limiter remembers (accounts, networks, tokens); the least recently used are forgotten beyond this.",
+    )
 
     # -- spaces ----------------------------------------------------------------
     max_schedule_ahead_days: int = Field(
@@ -92,6 +97,11 @@ class Settings(BaseSettings):
     max_cohosts: int = Field(2, ge=0, description="Co-hosts per space (besides the host).")
     max_speakers: int = Field(
         10, ge=0, description="Speakers per space (besides host and co-hosts)."
+    )
+    space_index_refresh_ms: int = Field(
+        1000,
+        ge=100,
+        description="How often each node reloads recently changed spaces and blocks into its in-memory index (the join path reads only that index).",
     )
     state_interval_ms: int = Field(
         1000, ge=100, le=2000, description="How often state.json is recomputed; also its max-age."
@@ -124,11 +134,51 @@ class Settings(BaseSettings):
     progressive_max_lag_ms: int = Field(
         5000, ge=200, description="A progressive-stream listener this far behind is dropped."
     )
+    progressive_burst_ms: int = Field(
+        1000,
+        ge=0,
+        description="Recent audio sent at once to a new live.aac listener so its player starts fast (kept below progressive_max_lag_ms).",
+    )
+    program_queue_ms: int = Field(
+        2000,
+        ge=100,
+        description="Mix audio the program encoder may fall behind by before frames are dropped (counted in townhall_program_frames_dropped_total).",
+    )
     speaker_reconnect_grace_s: float = Field(
         30.0, ge=0, description="How long a dropped speaker's seat is kept for a reconnect."
     )
     webrtc_offer_timeout_s: float = Field(
         10.0, ge=1, description="Longest SDP negotiation allowed."
+    )
+    webrtc_ice_servers: str = Field(
+        "",
+        description="Comma-separated STUN/TURN URLs for speaker connections (e.g. stun:stun.example.org:3478); empty means host candidates only (no third-party server is contacted).",
+    )
+    speaking_threshold: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Level (RMS, 0..1 of full scale) above which a speaker counts as speaking.",
+    )
+    speaking_hang_ms: int = Field(
+        500,
+        ge=0,
+        le=5000,
+        description="How long a speaker stays 'speaking' after their level drops below the threshold.",
+    )
+    level_window_ms: int = Field(
+        200, ge=20, le=2000, description="Window of the speaker level meter (RMS)."
+    )
+    mix_minus_queue_ms: int = Field(
+        100,
+        ge=20,
+        le=1000,
+        description="Audio queued towards each speaker (their mix-minus) before the oldest is dropped.",
+    )
+    clock_max_catchup_ms: int = Field(
+        1000,
+        ge=20,
+        description="If the mixer clock falls further behind than this (a stalled process), it skips ahead instead of catching up, and counts the skipped frames.",
     )
 
     # -- admission -----------------------------------------------------------------

@@ -23,3 +23,39 @@ RATE_LIMITED = Counter(
     "townhall_rate_limited_total", "Requests refused by a rate limit.", ["limit"]
 )
 SPACES_LIVE = Gauge("townhall_spaces_live", "Spaces live on this node.")
+# -- control plane --------------------------------------------------------------
+SIGNINS = Counter("townhall_signins_total", "Sign-in attempts by outcome.", ["outcome"])
+REACTIONS = Counter("townhall_reactions_total", "Reactions accepted.")
+STATE_COMPUTED = Counter(
+    "townhall_state_json_computed_total", "Times a space's state.json was recomputed."
+)
+SPACE_INDEX_REFRESH_FAILURES = Counter(
+    "townhall_space_index_refresh_failures_total",
+    "Failed reloads of the in-memory space index from the database.",
+)
+# -- listener plane -------------------------------------------------------------
+PROGRAM_PARTS = Counter("townhall_program_parts_total", "LL-HLS parts produced by programs.")
+PROGRAM_FRAMES_DROPPED = Counter(
+    "townhall_program_frames_dropped_total",
+    "Mix frames dropped because a program's encoder queue was full (encoder behind).",
+)
+PROGRAM_FAILURES = Counter(
+    "townhall_program_failures_total", "Program encoder or recorder tasks that failed."
+)
+HLS_BLOCKING_WAITERS = Gauge(
+    "townhall_hls_blocking_waiters", "Blocking playlist reloads and part requests waiting now."
+)
+HLS_BLOCKING_TIMEOUTS = Counter(
+    "townhall_hls_blocking_timeouts_total", "Blocking reloads answered 503 after the timeout."
+)
+PROGRESSIVE_LISTENERS = Gauge(
+    "townhall_progressive_listeners", "Listeners connected to live.aac streams."
+)
+PROGRESSIVE_DROPPED = Counter(
+    "townhall_progressive_dropped_total", "live.aac listeners dropped for falling behind."
+)
+LISTENER_BYTES = Counter(
+    "townhall_listener_bytes_served_total",
+    "Bytes of media and playlists served to listeners.",
+    ["kind"],
+)
