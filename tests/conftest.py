@@ -122,3 +122,42 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
 
 def pytest_report_header(config: Any) -> str:
     return f"townhall tests; CI={os.environ.get('CI', '')}"
+
+
+# ---------------------------------------------------------------------------
+# Control plane (added by the control-plane engineer): API helpers for tests
+# that go through the real HTTP interface.
+
+
+class Api:
+    """Small helpers over an httpx client: accounts, sessions, spaces."""
+
+    PASSWORD = "correct horse 1"
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def account(self, username: str) -> tuple[str, dict[str, str]]:
+        """Sign up and sign in ``username``: (account id, auth headers)."""
+        response = await self.client.post(
+            "/api/accounts", json={"username": username, "password": self.PASSWORD}
+        )
+        assert response.status_code == 201, response.text
+        response = await self.client.post(
+            "/api/sessions", json={"username": username, "password": self.PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["account"]["id"], {
+            "Authorization": f"Bearer {response.json()['token']}"
+        }
+
+    async def space(self, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+        body.setdefault("title", "Town hall")
+        response = await self.client.post("/api/spaces", json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+@pytest.fixture
+def api(app_client: httpx.AsyncClient) -> Api:
+    return Api(app_client)

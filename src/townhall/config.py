@@ -154,6 +154,24 @@ class Settings(BaseSettings):
         "",
         description="Comma-separated STUN/TURN URLs for speaker connections (e.g. stun:stun.example.org:3478); empty means host candidates only (no third-party server is contacted).",
     )
+    webrtc_receive_prefetch_frames: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Frames aiortc holds per speaker before decoding (its default, 4, adds 80 ms); the stage's own jitter buffer (jitter_ms) absorbs the rest.",
+    )
+    return_opus_bitrate_bps: int = Field(
+        32000,
+        ge=6000,
+        le=510000,
+        description="Opus bitrate of what each speaker hears (their mix-minus, mono).",
+    )
+    return_opus_complexity: int = Field(
+        5,
+        ge=0,
+        le=10,
+        description="Opus encoder complexity (0-10) of each speaker's return audio: lower costs less CPU per speaker.",
+    )
     speaking_threshold: float = Field(
         0.02,
         ge=0,

@@ -1,0 +1,112 @@
+"""Accounts and sessions: sign up, sign in, who am I.
+
+Sign-in is rate-limited twice: per client network (/24 or /64, every attempt)
+and per account (failed attempts only; checked before the password is hashed,
+so a locked account costs the server nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from townhall.errors import NotFound, Unauthorized
+from townhall.server import metrics
+from townhall.server.auth import (
+    PROBLEM_RESPONSES,
+    Session,
+    client_network,
+    iso_epoch,
+    refuse_if,
+    services_of,
+)
+from townhall.store.accounts import normalize_username
+
+log = logging.getLogger("townhall.access")
+
+router = APIRouter(prefix="/api", tags=["accounts"], responses=PROBLEM_RESPONSES)
+
+
+class SignUp(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    username: str = Field(
+        min_length=3,
+        max_length=32,
+        pattern=r"^[A-Za-z0-9_]+$",
+        description="3-32 letters, digits or underscores; case-insensitive.",
+    )
+    password: str = Field(min_length=10, max_length=256)
+    display_name: str | None = Field(default=None, max_length=64)
+
+
+class SignIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class AccountOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+
+
+class SessionOut(BaseModel):
+    token: str
+    expires_at: str
+    account: AccountOut
+
+
+@router.post("/accounts", status_code=201, response_model=AccountOut, summary="Sign up")
+async def sign_up(body: SignUp, request: Request) -> AccountOut:
+    services = services_of(request)
+    network = client_network(request.client.host if request.client else None)
+    refuse_if(
+        await services.limits.signup_network.hit(network),
+        "signup_network",
+        "Too many sign-ups from your network; wait and try again.",
+    )
+    account = await services.accounts.create(body.username, body.password, body.display_name)
+    log.info("account %s created", account.id)
+    return AccountOut(**account.public())
+
+
+@router.post("/sessions", response_model=SessionOut, summary="Sign in")
+async def sign_in(body: SignIn, request: Request) -> SessionOut:
+    services = services_of(request)
+    network = client_network(request.client.host if request.client else None)
+    refuse_if(
+        await services.limits.signin_network.hit(network),
+        "signin_network",
+        "Too many sign-in attempts from your network; wait and try again.",
+    )
+    account_key = normalize_username(body.username)
+    refuse_if(
+        await services.limits.signin_account.check(account_key),
+        "signin_account",
+        "Too many failed sign-ins for this account; wait and try again.",
+    )
+    account = await services.accounts.authenticate(body.username, body.password)
+    if account is None:
+        await services.limits.signin_account.hit(account_key)
+        metrics.SIGNINS.labels(outcome="failed").inc()
+        raise Unauthorized("Wrong username or password.")
+    metrics.SIGNINS.labels(outcome="ok").inc()
+    token, claims = services.tokens.mint("session", account.id, services.settings.session_ttl_s)
+    return SessionOut(
+        token=token,
+        expires_at=iso_epoch(claims.expires_at),
+        account=AccountOut(**account.public()),
+    )
+
+
+@router.get("/me", response_model=AccountOut, summary="The signed-in account")
+async def me(claims: Session, request: Request) -> AccountOut:
+    account = await services_of(request).accounts.by_id(claims.subject)
+    if account is None:
+        raise NotFound("Your account no longer exists; sign up again.")
+    return AccountOut(**account.public())

@@ -1,0 +1,421 @@
+"""Spaces: create, list, get, start, end; join (listener tokens), speaker
+tokens and reactions.
+
+Join is the hot path of a big night: it reads only memory (the space index,
+the token keys) and writes nothing to the database. It is served by a lean
+Starlette route placed before the documented FastAPI route of the same path
+(which has the same behaviour and documents it in the OpenAPI schema), so the
+per-request cost is the token signature, not the framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime
+from typing import Annotated, Literal
+
+import orjson
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from townhall.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    ValidationFailed,
+)
+from townhall.policy import roles
+from townhall.server import metrics
+from townhall.server.auth import (
+    PROBLEM_RESPONSES,
+    Bearer,
+    Session,
+    iso,
+    iso_epoch,
+    listener_urls,
+    refuse_if,
+    request_base,
+    services_of,
+    verify,
+)
+from townhall.server.services import Services
+from townhall.store.spaces import SpaceView
+
+log = logging.getLogger("townhall.access")
+
+router = APIRouter(prefix="/api", tags=["spaces"], responses=PROBLEM_RESPONSES)
+
+SpaceId = Annotated[str, Field(min_length=1, max_length=64)]
+
+# Reactions a listener may send (a fixed set keeps the totals small and safe to show).
+EMOJIS: tuple[str, ...] = ("👏", "❤️", "😂", "🔥", "💯", "🙌", "😮", "👍")
+
+
+# ---------------------------------------------------------------- models
+
+
+class SpaceIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    title: str = Field(min_length=1, max_length=120)
+    description: str = Field(default="", max_length=1000)
+    visibility: Literal["public", "unlisted"] = "public"
+    scheduled_for: datetime | None = Field(
+        default=None,
+        description="ISO 8601 time with a zone; leave out to go live now. At most max_schedule_ahead_days ahead.",
+    )
+
+
+class HostOut(BaseModel):
+    id: str
+    username: str
+    display_name: str
+
+
+class UrlsOut(BaseModel):
+    page: str
+    live_m3u8: str
+    plain_m3u8: str
+    live_aac: str
+    state_json: str
+    recording_m4a: str
+
+
+class SpaceOut(BaseModel):
+    id: str
+    title: str
+    description: str
+    visibility: str
+    state: Literal["scheduled", "live", "ended"]
+    host: HostOut
+    scheduled_for: str | None
+    started_at: str | None
+    ended_at: str | None
+    created_at: str
+    urls: UrlsOut
+
+
+class SpaceListOut(BaseModel):
+    spaces: list[SpaceOut]
+
+
+class JoinIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    token: str | None = Field(
+        default=None, max_length=4096, description="A listener token of this space, to renew it."
+    )
+
+
+class JoinOut(BaseModel):
+    token: str
+    role: Literal["listener"]
+    expires_at: str
+    urls: UrlsOut
+
+
+class SpeakerTokenOut(BaseModel):
+    token: str
+    role: Literal["host", "cohost", "speaker"]
+    expires_at: str
+
+
+class ReactionIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    emoji: str = Field(description="One of: " + " ".join(EMOJIS))
+
+
+class AcceptedOut(BaseModel):
+    accepted: bool = True
+
+
+def space_out(space: SpaceView, base: str) -> SpaceOut:
+    return SpaceOut(
+        id=space.id,
+        title=space.title,
+        description=space.description,
+        visibility=space.visibility,
+        state=space.state,
+        host=HostOut(**space.host.public()),
+        scheduled_for=iso(space.scheduled_for),
+        started_at=iso(space.started_at),
+        ended_at=iso(space.ended_at),
+        created_at=iso(space.created_at) or "",
+        urls=UrlsOut(**listener_urls(base, space.id)),
+    )
+
+
+# ---------------------------------------------------------------- spaces
+
+
+@router.post("/spaces", status_code=201, response_model=SpaceOut, summary="Create a space")
+async def create_space(body: SpaceIn, claims: Session, request: Request) -> SpaceOut:
+    services = services_of(request)
+    space = await services.spaces.create(
+        claims.subject, body.title, body.description, body.visibility, body.scheduled_for
+    )
+    if space.state == "live":
+        await services.rooms.start(space.id)
+    log.info("space %s created (%s) by %s", space.id, space.state, claims.subject)
+    return space_out(space, request_base(request))
+
+
+@router.get("/spaces", response_model=SpaceListOut, summary="List public spaces")
+async def list_spaces(
+    request: Request,
+    state: Annotated[Literal["scheduled", "live", "ended"] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> SpaceListOut:
+    services = services_of(request)
+    spaces = await services.spaces.list_public(state, limit)
+    base = request_base(request)
+    return SpaceListOut(spaces=[space_out(s, base) for s in spaces])
+
+
+@router.get("/spaces/{space_id}", response_model=SpaceOut, summary="One space")
+async def get_space(space_id: SpaceId, request: Request) -> SpaceOut:
+    space = await services_of(request).spaces.get(space_id)
+    return space_out(space, request_base(request))
+
+
+@router.post("/spaces/{space_id}/start", response_model=SpaceOut, summary="Go live (host)")
+async def start_space(space_id: SpaceId, claims: Session, request: Request) -> SpaceOut:
+    services = services_of(request)
+    space = await services.spaces.start(space_id, claims.subject)
+    await services.rooms.start(space_id)
+    return space_out(space, request_base(request))
+
+
+@router.post("/spaces/{space_id}/end", response_model=SpaceOut, summary="End the space (host)")
+async def end_space(space_id: SpaceId, claims: Session, request: Request) -> SpaceOut:
+    services = services_of(request)
+    space = await services.spaces.end(space_id, claims.subject)
+    await services.rooms.end(space_id)
+    return space_out(space, request_base(request))
+
+
+# ---------------------------------------------------------------- join (hot path)
+
+_JOIN_NEW = metrics.JOINS.labels(kind="new")
+_JOIN_RENEWAL = metrics.JOINS.labels(kind="renewal")
+
+
+def join(
+    services: Services,
+    space_id: str,
+    authorization: str | None,
+    renew_token: str | None,
+    base: str,
+) -> bytes:
+    """Issue (or renew) a listener token; the JSON answer. Memory only."""
+    if services.spaces.index.get(space_id) is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    tokens = services.tokens
+    account_id: str | None = None
+    if authorization is not None:
+        scheme, _, raw = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+        account_id = tokens.verify(raw.strip(), kind="session").subject
+    token_id: str | None = None
+    subject: str
+    if renew_token is not None:
+        previous = tokens.verify(renew_token, kind="listener", space_id=space_id)
+        token_id = previous.token_id
+        subject = account_id or previous.subject
+    else:
+        subject = account_id or "anon-" + secrets.token_urlsafe(9)
+    if not subject.startswith("anon-") and services.spaces.index.is_blocked(space_id, subject):
+        raise Forbidden("You are blocked from this space.")
+    token, claims = tokens.mint(
+        "listener",
+        subject,
+        services.settings.listener_token_ttl_s,
+        space_id=space_id,
+        role="listener",
+        token_id=token_id,
+    )
+    services.listeners.add(space_id, claims.token_id)
+    (_JOIN_RENEWAL if token_id else _JOIN_NEW).inc()
+    return orjson.dumps(
+        {
+            "token": token,
+            "role": "listener",
+            "expires_at": iso_epoch(claims.expires_at),
+            "urls": listener_urls(base, space_id),
+        }
+    )
+
+
+def _parse_join_body(body: bytes) -> str | None:
+    if not body.strip():
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest(
+            "The request body is not valid JSON; send a JSON object with the documented fields."
+        ) from None
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            'Field \'body\' is invalid: send a JSON object such as {} or {"token": "..."}.',
+            extra={"errors": [{"field": "body", "message": "not an object"}]},
+        )
+    token = data.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ValidationFailed(
+            "Field 'token' is invalid: it must be a string (a listener token) or left out.",
+            extra={"errors": [{"field": "token", "message": "not a string"}]},
+        )
+    return token
+
+
+_JSON_HEADERS = {"cache-control": "no-store"}
+_RAW_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+
+
+class JoinEndpoint:
+    """The join route as served: a bare ASGI app (see the module docstring).
+
+    Errors are raised as townhall errors and rendered by the app's handlers
+    like everywhere else; the body is bounded by the app's BodyLimit.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services: Services = scope["app"].state.services
+        authorization: str | None = None
+        host = "localhost"
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        settings = services.settings
+        base = settings.public_url.rstrip("/") or f"{scope['scheme']}://{host}"
+        content = join(
+            services,
+            scope["path_params"]["space_id"],
+            authorization,
+            _parse_join_body(body),
+            base,
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_RAW_HEADERS, (b"content-length", str(len(content)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+@router.post(
+    "/spaces/{space_id}/join",
+    response_model=JoinOut,
+    summary="Join as a listener (or renew a listener token)",
+    description="Anyone may join a public or unlisted space; a session token is optional (blocked accounts get 403). No database write.",
+)
+async def join_documented(
+    space_id: SpaceId,
+    request: Request,
+    _credentials: Bearer,
+    body: Annotated[JoinIn | None, Body()] = None,
+) -> Response:
+    services = services_of(request)
+    content = join(
+        services,
+        space_id,
+        request.headers.get("authorization"),
+        body.token if body else None,
+        request_base(request),
+    )
+    return Response(content, media_type="application/json", headers=_JSON_HEADERS)
+
+
+# Served first: same path and method as the documented route above.
+router.routes.insert(
+    0,
+    Route("/api/spaces/{space_id}/join", JoinEndpoint(), methods=["POST"], include_in_schema=False),
+)
+
+
+# ---------------------------------------------------------------- speaker tokens, reactions
+
+
+@router.post(
+    "/spaces/{space_id}/speaker-token",
+    response_model=SpeakerTokenOut,
+    summary="A speaker token for the WebRTC offer (stage members only)",
+)
+async def speaker_token(space_id: SpaceId, claims: Session, request: Request) -> SpeakerTokenOut:
+    services = services_of(request)
+    role = await services.spaces.current_role(space_id, claims.subject)
+    roles.check(role, "speaker_token")
+    entry = services.spaces.index.get(space_id)
+    if entry is not None and entry.state != "live":
+        raise Conflict(
+            "This space is not live; the host must start it before anyone can speak."
+            if entry.state == "scheduled"
+            else "This space has ended; nobody can speak in it any more."
+        )
+    assert role is not None
+    token, issued = services.tokens.mint(
+        "speaker",
+        claims.subject,
+        services.settings.speaker_token_ttl_s,
+        space_id=space_id,
+        role=role,
+    )
+    return SpeakerTokenOut(
+        token=token,
+        role=role,
+        expires_at=iso_epoch(issued.expires_at),
+    )
+
+
+@router.post(
+    "/spaces/{space_id}/reactions",
+    status_code=202,
+    response_model=AcceptedOut,
+    summary="React (listener token)",
+)
+async def react(
+    space_id: SpaceId, body: ReactionIn, request: Request, _credentials: Bearer
+) -> AcceptedOut:
+    services = services_of(request)
+    entry = services.spaces.index.get(space_id)
+    if entry is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    claims = verify(request, "listener", space_id)
+    if body.emoji not in EMOJIS:
+        raise ValidationFailed(
+            f"Field 'emoji' is invalid: use one of {' '.join(EMOJIS)}.",
+            extra={"errors": [{"field": "emoji", "message": "not an allowed reaction"}]},
+        )
+    if entry.state != "live":
+        raise Conflict("Reactions are open only while the space is live.")
+    refuse_if(
+        await services.limits.reactions.hit(claims.token_id),
+        "reactions",
+        f"You can send {services.settings.reactions_per_token_per_10s} reactions per 10 seconds; wait a moment.",
+    )
+    services.reactions.add(space_id, body.emoji)
+    metrics.REACTIONS.inc()
+    return AcceptedOut()
