@@ -1,0 +1,785 @@
+"""The simulated player of ``townhall bench listeners``.
+
+Three layers, the first two pure (no sockets, no event loop):
+
+- ``parse_playlist``: an HLS media playlist (plain or Low-Latency) into a
+  frozen ``MediaPlaylist``; ``next_part_after`` says which part a player asks
+  for next.
+- ``Playout``: a player's buffer on a timeline. Media arrives with a duration;
+  playback starts once the startup buffer is full; a piece that arrives after
+  the buffer ran dry is a stall (counted, and its stalled time summed).
+  ``AdtsCounter`` turns a progressive ADTS byte stream into media seconds.
+- ``HttpConnection`` (an ``asyncio.Protocol`` with httptools' C parser, one
+  keep-alive HTTP/1.1 connection per listener) and the three listener loops:
+  ``run_llhls`` (blocking reload with ``_HLS_msn``/``_HLS_part``, each part,
+  the preload hint), ``run_plain_hls`` (reload every half target duration,
+  each segment) and ``run_progressive`` (one long response).
+
+Every request has a timeout; every loop ends when the run's deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, cast
+from urllib.parse import urljoin, urlsplit
+
+import httptools
+
+from townhall.errors import TownhallError
+
+Mode = Literal["llhls", "hls", "progressive"]
+
+
+class BenchError(TownhallError):
+    """A listener could not go on; ``kind`` is the label it is counted under."""
+
+    title = "Benchmark listener error"
+    type_slug = "bench-listener"
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class PlaylistError(BenchError):
+    """The playlist is not a media playlist a player could follow."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("playlist", detail)
+
+
+# -- playlists (pure) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One LL-HLS part: ``msn`` is its segment's media sequence number, ``index``
+    its place in that segment (0-based)."""
+
+    uri: str
+    duration_s: float
+    msn: int
+    index: int
+    independent: bool = False
+    byterange: tuple[int, int] | None = None  # (length, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    uri: str
+    duration_s: float
+    msn: int
+    parts: tuple[Part, ...] = ()
+    byterange: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreloadHint:
+    uri: str
+    type: str
+    byterange_start: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaPlaylist:
+    """What a player reads from a media playlist. ``trailing_parts`` are the parts
+    of the segment still being written (after the last ``#EXTINF``)."""
+
+    target_duration_s: float
+    media_sequence: int
+    segments: tuple[Segment, ...]
+    trailing_parts: tuple[Part, ...] = ()
+    part_target_s: float | None = None
+    part_hold_back_s: float | None = None
+    hold_back_s: float | None = None
+    can_block_reload: bool = False
+    preload_hint: PreloadHint | None = None
+    map_uri: str | None = None
+    ended: bool = False
+    skipped_segments: int = 0  # a delta update (EXT-X-SKIP) leaves these out
+    can_skip_until_s: float | None = None
+
+    @property
+    def is_low_latency(self) -> bool:
+        return self.part_target_s is not None
+
+    def all_parts(self) -> tuple[Part, ...]:
+        """Every part listed, oldest first (segments' parts, then the trailing ones)."""
+        parts: list[Part] = []
+        for segment in self.segments:
+            parts.extend(segment.parts)
+        parts.extend(self.trailing_parts)
+        return tuple(parts)
+
+    @property
+    def next_msn(self) -> int:
+        """Media sequence number of the segment after the last complete one."""
+        return self.media_sequence + self.skipped_segments + len(self.segments)
+
+
+_ATTR = re.compile(r'([A-Z0-9-]+)=("[^"]*"|[^,]*)')
+
+
+def parse_attributes(text: str) -> dict[str, str]:
+    """An HLS attribute list (``A=1,B="x,y"``) as a dict, quotes removed."""
+    return {key: value.strip('"') for key, value in _ATTR.findall(text)}
+
+
+def _byterange(value: str) -> tuple[int, int] | None:
+    # "length@offset"; a range without an offset (continuing the previous one)
+    # is not used by the origins we test, so it is refused rather than guessed.
+    if "@" not in value:
+        raise PlaylistError(f"BYTERANGE {value!r} has no offset; this client needs length@offset.")
+    length, offset = value.split("@", 1)
+    return int(length), int(offset)
+
+
+def _number(value: str, what: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise PlaylistError(f"{what} {value!r} is not a number.") from None
+
+
+def parse_playlist(text: str) -> MediaPlaylist:
+    """Parse an HLS media playlist. Raises ``PlaylistError`` naming the line that
+    is wrong, or a master playlist (this client follows media playlists only)."""
+    lines = [line.strip() for line in text.splitlines()]
+    if not lines or lines[0] != "#EXTM3U":
+        raise PlaylistError("The playlist does not start with #EXTM3U.")
+    target_s: float | None = None
+    sequence = 0
+    segments: list[Segment] = []
+    pending_parts: list[Part] = []
+    pending_duration: float | None = None
+    pending_range: tuple[int, int] | None = None
+    part_target: float | None = None
+    part_hold_back: float | None = None
+    hold_back: float | None = None
+    can_block = False
+    hint: PreloadHint | None = None
+    map_uri: str | None = None
+    ended = False
+    skipped = 0
+    can_skip: float | None = None
+    for number, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if not line.startswith("#"):
+            if pending_duration is None:
+                raise PlaylistError(f"Line {number}: URI {line!r} without #EXTINF before it.")
+            msn = sequence + skipped + len(segments)
+            segments.append(
+                Segment(line, pending_duration, msn, tuple(pending_parts), pending_range)
+            )
+            pending_parts, pending_duration, pending_range = [], None, None
+            continue
+        tag, _, value = line.partition(":")
+        if tag == "#EXT-X-TARGETDURATION":
+            target_s = _number(value, "EXT-X-TARGETDURATION")
+        elif tag == "#EXT-X-MEDIA-SEQUENCE":
+            sequence = int(_number(value, "EXT-X-MEDIA-SEQUENCE"))
+        elif tag == "#EXTINF":
+            pending_duration = _number(value.split(",", 1)[0], "EXTINF")
+        elif tag == "#EXT-X-BYTERANGE":
+            pending_range = _byterange(value)
+        elif tag == "#EXT-X-PART":
+            attrs = parse_attributes(value)
+            if "URI" not in attrs or "DURATION" not in attrs:
+                raise PlaylistError(f"Line {number}: EXT-X-PART needs URI and DURATION.")
+            pending_parts.append(
+                Part(
+                    attrs["URI"],
+                    _number(attrs["DURATION"], "EXT-X-PART DURATION"),
+                    sequence + skipped + len(segments),
+                    len(pending_parts),
+                    attrs.get("INDEPENDENT") == "YES",
+                    _byterange(attrs["BYTERANGE"]) if "BYTERANGE" in attrs else None,
+                )
+            )
+        elif tag == "#EXT-X-PART-INF":
+            part_target = _number(parse_attributes(value).get("PART-TARGET", ""), "PART-TARGET")
+        elif tag == "#EXT-X-SERVER-CONTROL":
+            attrs = parse_attributes(value)
+            can_block = attrs.get("CAN-BLOCK-RELOAD") == "YES"
+            if "PART-HOLD-BACK" in attrs:
+                part_hold_back = _number(attrs["PART-HOLD-BACK"], "PART-HOLD-BACK")
+            if "HOLD-BACK" in attrs:
+                hold_back = _number(attrs["HOLD-BACK"], "HOLD-BACK")
+            if "CAN-SKIP-UNTIL" in attrs:
+                can_skip = _number(attrs["CAN-SKIP-UNTIL"], "CAN-SKIP-UNTIL")
+        elif tag == "#EXT-X-SKIP":
+            count = parse_attributes(value).get("SKIPPED-SEGMENTS", "")
+            skipped = int(_number(count, "SKIPPED-SEGMENTS"))
+        elif tag == "#EXT-X-PRELOAD-HINT":
+            attrs = parse_attributes(value)
+            start = attrs.get("BYTERANGE-START")
+            hint = PreloadHint(
+                attrs.get("URI", ""), attrs.get("TYPE", ""), int(start) if start else None
+            )
+        elif tag == "#EXT-X-MAP":
+            map_uri = parse_attributes(value).get("URI")
+        elif tag == "#EXT-X-ENDLIST":
+            ended = True
+        elif tag in ("#EXT-X-STREAM-INF", "#EXT-X-MEDIA"):
+            raise PlaylistError("This is a master playlist; point the client at a media playlist.")
+    if target_s is None:
+        raise PlaylistError("The playlist has no #EXT-X-TARGETDURATION.")
+    return MediaPlaylist(
+        target_duration_s=target_s,
+        media_sequence=sequence,
+        segments=tuple(segments),
+        trailing_parts=tuple(pending_parts),
+        part_target_s=part_target,
+        part_hold_back_s=part_hold_back,
+        hold_back_s=hold_back,
+        can_block_reload=can_block,
+        preload_hint=hint,
+        map_uri=map_uri,
+        ended=ended,
+        skipped_segments=skipped,
+        can_skip_until_s=can_skip,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def parse_playlist_cached(body: bytes) -> MediaPlaylist:
+    """``parse_playlist`` memoised on the bytes: thousands of listeners read the
+    same few playlists, and parsing each copy would cost the load generator the
+    CPU it needs to keep up."""
+    return parse_playlist(body.decode("utf-8", "replace"))
+
+
+def next_part_after(playlist: MediaPlaylist, msn: int, index: int) -> tuple[int, int]:
+    """The (msn, index) a player asks for after part ``index`` of segment ``msn``:
+    the next part of that segment, or part 0 of the next segment once the
+    playlist shows ``msn`` complete and ``index`` its last part."""
+    offset = msn - playlist.media_sequence - playlist.skipped_segments
+    if 0 <= offset < len(playlist.segments):
+        parts = playlist.segments[offset].parts
+        if parts and index >= parts[-1].index:
+            return msn + 1, 0
+    return msn, index + 1
+
+
+def live_start_parts(playlist: MediaPlaylist, hold_back_s: float) -> tuple[Part, ...]:
+    """The parts a player fetches when it joins: from ``hold_back_s`` behind the
+    live edge (at an independent part where parts say so) to the edge."""
+    parts = playlist.all_parts()
+    total = 0.0
+    start = len(parts)
+    for i in range(len(parts) - 1, -1, -1):
+        total += parts[i].duration_s
+        start = i
+        if total >= hold_back_s - 1e-6:
+            break
+    if any(p.independent for p in parts):
+        while start > 0 and not parts[start].independent:
+            start -= 1
+    return parts[start:]
+
+
+def live_start_segments(playlist: MediaPlaylist, count: int = 3) -> tuple[Segment, ...]:
+    """Plain HLS: a player starts ``count`` segments from the end (RFC 8216 6.3.3)."""
+    return playlist.segments[-count:] if count > 0 else ()
+
+
+# -- playout accounting (pure) --------------------------------------------------
+
+
+class Playout:
+    """A player's buffer on a timeline (seconds, any monotonic origin).
+
+    ``add(duration_s, now_s)`` when a piece of media has fully arrived. Playback
+    starts when ``startup_s`` of media is buffered; from then the buffer drains
+    in real time. A piece arriving after the buffer ran dry is one stall event,
+    and the gap is stalled time; playback resumes with that piece.
+    ``finish(now_s)`` closes the books (a buffer dry at the end counts too).
+    """
+
+    __slots__ = (
+        "_finished",
+        "buffered_s",
+        "dry_at_s",
+        "media_s",
+        "play_start_s",
+        "stall_events",
+        "stalled_s",
+        "startup_s",
+    )
+
+    def __init__(self, startup_s: float) -> None:
+        self.startup_s = max(0.0, startup_s)
+        self.play_start_s: float | None = None
+        self.dry_at_s = 0.0
+        self.buffered_s = 0.0
+        self.media_s = 0.0
+        self.stalled_s = 0.0
+        self.stall_events = 0
+        self._finished = False
+
+    def add(self, duration_s: float, now_s: float) -> None:
+        self.media_s += duration_s
+        if self.play_start_s is None:
+            self.buffered_s += duration_s
+            if self.buffered_s >= self.startup_s - 1e-9:
+                self.play_start_s = now_s
+                self.dry_at_s = now_s + self.buffered_s
+            return
+        if now_s > self.dry_at_s:
+            self.stall_events += 1
+            self.stalled_s += now_s - self.dry_at_s
+            self.dry_at_s = now_s + duration_s
+        else:
+            self.dry_at_s += duration_s
+
+    def start_now(self, now_s: float) -> None:
+        """Start playing with what is buffered (the source has no more to give yet)."""
+        if self.play_start_s is None and self.buffered_s > 0:
+            self.play_start_s = now_s
+            self.dry_at_s = now_s + self.buffered_s
+
+    def stalled_at(self, now_s: float) -> bool:
+        return self.play_start_s is not None and now_s > self.dry_at_s
+
+    def finish(self, now_s: float) -> None:
+        if self._finished or self.play_start_s is None:
+            self._finished = True
+            return
+        self._finished = True
+        if now_s > self.dry_at_s:
+            self.stall_events += 1
+            self.stalled_s += now_s - self.dry_at_s
+            self.dry_at_s = now_s
+
+    def played_s(self, now_s: float) -> float:
+        """Seconds of audio heard up to ``now_s``."""
+        if self.play_start_s is None:
+            return 0.0
+        # closed stalls all lie between play_start_s and dry_at_s
+        return max(0.0, min(now_s, self.dry_at_s) - self.play_start_s - self.stalled_s)
+
+
+_ADTS_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+
+
+class AdtsCounter:
+    """Counts ADTS frames in a byte stream fed in arbitrary chunks (header walk,
+    resync on lost sync). ``media_s`` is the audio time received."""
+
+    __slots__ = ("_carry", "_skip", "frames", "lost_sync_bytes", "sample_rate_hz")
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._skip = 0
+        self.frames = 0
+        self.sample_rate_hz = 0
+        self.lost_sync_bytes = 0
+
+    @property
+    def media_s(self) -> float:
+        return self.frames * 1024 / self.sample_rate_hz if self.sample_rate_hz else 0.0
+
+    def feed(self, data: bytes) -> int:
+        """Feed bytes; returns the number of frames that started in them."""
+        if self._skip >= len(data):
+            self._skip -= len(data)
+            return 0
+        buf = self._carry + data[self._skip :] if self._carry else data[self._skip :]
+        self._carry = b""
+        self._skip = 0
+        pos = 0
+        found = 0
+        end = len(buf)
+        while pos < end:
+            if end - pos < 7:
+                self._carry = buf[pos:]
+                break
+            if buf[pos] != 0xFF or (buf[pos + 1] & 0xF6) != 0xF0:
+                nxt = buf.find(b"\xff", pos + 1)
+                if nxt < 0:
+                    self.lost_sync_bytes += end - pos
+                    pos = end
+                    break
+                self.lost_sync_bytes += nxt - pos
+                pos = nxt
+                continue
+            length = ((buf[pos + 3] & 0x03) << 11) | (buf[pos + 4] << 3) | (buf[pos + 5] >> 5)
+            if length < 7:
+                self.lost_sync_bytes += 1
+                pos += 1
+                continue
+            if not self.sample_rate_hz:
+                rate_index = (buf[pos + 2] >> 2) & 0x0F
+                self.sample_rate_hz = _ADTS_RATES[rate_index] if rate_index < 12 else 48000
+            found += 1
+            pos += length
+        if pos > end:
+            self._skip = pos - end
+        self.frames += found
+        return found
+
+
+# -- one keep-alive HTTP/1.1 connection (thin I/O) ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    keep_alive: bool
+    body_bytes: int
+
+
+class HttpConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection; one request at a time. httptools parses the
+    answers (C speed), so thousands of these fit on one core."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[Response] | None = None
+        self._chunks: list[bytes] = []
+        self._body_bytes = 0
+        self._on_body: Callable[[bytes], None] | None = None
+        self._status = 0
+        self.closed = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BenchError("protocol", "The server switched protocols."))
+        except httptools.HttpParserError as exc:
+            self._fail(BenchError("protocol", f"Malformed HTTP answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if self._on_body is not None and self._status == 200:
+                # a stream read to its end (HTTP/1.0 style, e.g. Icecast)
+                waiter.set_result(Response(200, b"", False, self._body_bytes))
+            else:
+                waiter.set_exception(BenchError("reset", "The server closed the connection."))
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._chunks = []
+        self._body_bytes = 0
+        self._status = 0
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._on_body is not None and self._status == 200:
+            self._on_body(body)
+        else:
+            self._chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter = self._waiter
+        keep_alive = self._parser.should_keep_alive()
+        if waiter is not None and not waiter.done():
+            body = b"".join(self._chunks)
+            waiter.set_result(Response(self._status, body, keep_alive, self._body_bytes))
+        if not keep_alive:
+            self.close()
+
+    def _fail(self, error: BenchError) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def send(
+        self,
+        request: bytes,
+        on_body: Callable[[bytes], None] | None = None,
+    ) -> asyncio.Future[Response]:
+        """Write one request; the future resolves with its answer."""
+        if self._transport is None or self.closed:
+            raise BenchError("reset", "The connection is closed.")
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._on_body = on_body
+        self._transport.write(request)
+        return self._waiter
+
+
+# -- listeners ------------------------------------------------------------------
+
+
+@dataclass
+class ListenerStats:
+    """One listener's account, filled in by its loop. Times are monotonic seconds."""
+
+    started_at_s: float
+    playout: Playout
+    first_audio_s: float | None = None
+    join_s: float | None = None
+    ended_at_s: float | None = None
+    requests: int = 0
+    bytes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    failed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """What every listener of a run shares."""
+
+    host: str
+    port: int
+    path: str
+    mode: Mode
+    request_timeout_s: float = 10.0
+    blocking_timeout_s: float = 12.0
+    startup_s: float | None = None  # None: the playlist's hold-back (LL-HLS), 3 segments, 1 s
+    retry_delay_s: float = 1.0
+    max_retries: int = 20
+    join_path: str | None = None
+    use_preload_hint: bool = True
+
+
+class Client:
+    """A listener's connection to the target: reconnects when the server closed
+    it, counts requests and bytes, maps failures onto error kinds."""
+
+    def __init__(self, config: ListenerConfig, stats: ListenerStats) -> None:
+        self.config = config
+        self.stats = stats
+        self._conn: HttpConnection | None = None
+        self._host_header = f"Host: {config.host}:{config.port}\r\n".encode()
+
+    async def _connection(self) -> HttpConnection:
+        if self._conn is None or self._conn.closed:
+            loop = asyncio.get_running_loop()
+            try:
+                _, proto = await loop.create_connection(
+                    HttpConnection, self.config.host, self.config.port
+                )
+            except OSError as exc:
+                raise BenchError("connect", f"Could not connect: {exc}") from None
+            self._conn = proto
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def request(
+        self,
+        path: str,
+        *,
+        timeout_s: float,
+        method: str = "GET",
+        body: bytes = b"",
+        extra_headers: str = "",
+        on_body: Callable[[bytes], None] | None = None,
+    ) -> Response:
+        conn = await self._connection()
+        head = f"{method} {path} HTTP/1.1\r\n".encode() + self._host_header
+        if body:
+            extra_headers += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        head += extra_headers.encode() + b"User-Agent: townhall-bench\r\n\r\n"
+        self.stats.requests += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await conn.send(head + body, on_body)
+        except TimeoutError:
+            self.close()
+            raise BenchError("timeout", f"No answer to {path} in {timeout_s:g} s.") from None
+        except BenchError:
+            self.close()
+            raise
+        if on_body is None:  # streamed bodies are counted by their consumer
+            self.stats.bytes += response.body_bytes
+        if response.status >= 400 or response.status < 200:
+            raise BenchError(f"http_{response.status}", f"{path} answered {response.status}.")
+        return response
+
+    async def get_media(self, uri: str, base: str, byterange: tuple[int, int] | None) -> Response:
+        extra = ""
+        if byterange is not None:
+            length, offset = byterange
+            extra = f"Range: bytes={offset}-{offset + length - 1}\r\n"
+        return await self.request(
+            resolve(base, uri), timeout_s=self.config.request_timeout_s, extra_headers=extra
+        )
+
+
+def resolve(base_path: str, uri: str) -> str:
+    """A playlist URI as a request path on the same host (query kept)."""
+    parts = urlsplit(urljoin(base_path, uri))
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}{'&' if '?' in path else '?'}{query}"
+
+
+async def join(client: Client, join_path: str) -> str | None:
+    """POST the join; returns the path of the stream URL it hands out for the
+    client's mode (None if the answer has none)."""
+    import orjson
+
+    t0 = time.monotonic()
+    response = await client.request(
+        join_path, method="POST", body=b"{}", timeout_s=client.config.request_timeout_s
+    )
+    client.stats.join_s = time.monotonic() - t0
+    try:
+        urls = orjson.loads(response.body).get("urls", {})
+    except orjson.JSONDecodeError:
+        raise BenchError("join", "The join answer is not JSON.") from None
+    key = {"llhls": "live_m3u8", "hls": "plain_m3u8", "progressive": "live_aac"}[client.config.mode]
+    url = urls.get(key)
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _mark_first_audio(stats: ListenerStats) -> None:
+    if stats.first_audio_s is None and stats.playout.play_start_s is not None:
+        stats.first_audio_s = stats.playout.play_start_s - stats.started_at_s
+
+
+async def run_llhls(client: Client, path: str, deadline_s: float) -> None:
+    """Follow an LL-HLS playlist as a player does until ``deadline_s``: join at
+    PART-HOLD-BACK behind the edge, then at the edge ask for the preload-hinted
+    part (the origin answers when it exists) and reload the playlist blocking on
+    the next part (``_HLS_msn``/``_HLS_part``)."""
+    stats, cfg = client.stats, client.config
+    response = await client.request(path, timeout_s=cfg.request_timeout_s)
+    playlist = parse_playlist_cached(response.body)
+    if not playlist.is_low_latency:
+        raise BenchError("not_llhls", "The playlist has no EXT-X-PART-INF; it is not LL-HLS.")
+    if playlist.map_uri:
+        await client.get_media(playlist.map_uri, path, None)
+    hold_back = playlist.part_hold_back_s or 3 * (playlist.part_target_s or 1.0)
+    if stats.playout.play_start_s is None:
+        stats.playout.startup_s = cfg.startup_s if cfg.startup_s is not None else hold_back
+    start = live_start_parts(playlist, hold_back)
+    last = (start[0].msn, start[0].index - 1) if start else (playlist.next_msn, -1)
+    first = True
+    while time.monotonic() < deadline_s and not playlist.ended:
+        parts = playlist.all_parts()
+        new = [p for p in parts if (p.msn, p.index) > last]
+        if new and not first and (new[0].msn, new[0].index) != next_part_after(playlist, *last):
+            raise BenchError("fell_behind", "The live window moved past this listener.")
+        for part in new:
+            await client.get_media(part.uri, path, part.byterange)
+            stats.playout.add(part.duration_s, time.monotonic())
+            last = (part.msn, part.index)
+        if first:
+            stats.playout.start_now(time.monotonic())
+            first = False
+        _mark_first_audio(stats)
+        hint = playlist.preload_hint
+        at_edge = not parts or last == (parts[-1].msn, parts[-1].index)
+        if (
+            cfg.use_preload_hint
+            and at_edge
+            and hint is not None
+            and hint.type == "PART"
+            and hint.byterange_start is None
+            and time.monotonic() < deadline_s
+        ):
+            await client.request(resolve(path, hint.uri), timeout_s=cfg.blocking_timeout_s)
+            stats.playout.add(playlist.part_target_s or 0.0, time.monotonic())
+            last = next_part_after(playlist, *last) if parts else (playlist.next_msn, 0)
+            # the playlist that lists the part just received names the next hint
+            # (a player sends this reload alongside the hinted request)
+            want = last
+        else:
+            want = next_part_after(playlist, *last)
+        query = f"_HLS_msn={want[0]}&_HLS_part={want[1]}"
+        if playlist.can_skip_until_s:
+            query += "&_HLS_skip=YES"  # a delta update, as players ask when offered
+        response = await client.request(_with_query(path, query), timeout_s=cfg.blocking_timeout_s)
+        playlist = parse_playlist_cached(response.body)
+
+
+async def run_plain_hls(client: Client, path: str, deadline_s: float) -> None:
+    """Follow a plain HLS playlist: reload every half target duration, fetch
+    each new segment."""
+    stats, cfg = client.stats, client.config
+    response = await client.request(path, timeout_s=cfg.request_timeout_s)
+    playlist = parse_playlist_cached(response.body)
+    if playlist.map_uri:
+        await client.get_media(playlist.map_uri, path, None)
+    start = live_start_segments(playlist)
+    if stats.playout.play_start_s is None:
+        startup = sum(s.duration_s for s in start)
+        stats.playout.startup_s = cfg.startup_s if cfg.startup_s is not None else startup
+    last_msn = playlist.media_sequence - 1
+    for segment in start:
+        await client.get_media(segment.uri, path, segment.byterange)
+        stats.playout.add(segment.duration_s, time.monotonic())
+        last_msn = segment.msn
+    stats.playout.start_now(time.monotonic())
+    _mark_first_audio(stats)
+    while time.monotonic() < deadline_s and not playlist.ended:
+        await asyncio.sleep(
+            min(playlist.target_duration_s / 2, max(0.0, deadline_s - time.monotonic()))
+        )
+        if time.monotonic() >= deadline_s:
+            break
+        response = await client.request(path, timeout_s=cfg.request_timeout_s)
+        playlist = parse_playlist_cached(response.body)
+        if playlist.segments and playlist.media_sequence > last_msn + 1:
+            raise BenchError("fell_behind", "The live window moved past this listener.")
+        for segment in playlist.segments:
+            if segment.msn > last_msn:
+                await client.get_media(segment.uri, path, segment.byterange)
+                stats.playout.add(segment.duration_s, time.monotonic())
+                last_msn = segment.msn
+        _mark_first_audio(stats)
+
+
+async def run_progressive(client: Client, path: str, deadline_s: float) -> None:
+    """Read a progressive ADTS stream; each chunk's frames feed the playout."""
+    stats, cfg = client.stats, client.config
+    counter = AdtsCounter()
+    if stats.playout.play_start_s is None:
+        stats.playout.startup_s = cfg.startup_s if cfg.startup_s is not None else 1.0
+
+    def on_body(data: bytes) -> None:
+        stats.bytes += len(data)
+        frames = counter.feed(data)
+        if frames and counter.sample_rate_hz:
+            # the chunk arrived whole at this instant
+            stats.playout.add(frames * 1024 / counter.sample_rate_hz, time.monotonic())
+            _mark_first_audio(stats)
+
+    remaining = deadline_s - time.monotonic()
+    if remaining <= 0:
+        return
+    try:
+        await client.request(path, timeout_s=remaining, on_body=on_body)
+    except BenchError as exc:
+        if exc.kind == "timeout" and time.monotonic() >= deadline_s - 0.1:
+            return  # the run's deadline ended the stream: the normal way out
+        raise
+    raise BenchError("stream_ended", "The server ended the progressive stream.")
