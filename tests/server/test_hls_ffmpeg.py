@@ -14,7 +14,7 @@ import uvicorn
 from tests.conftest import free_port
 from tests.live.test_program import SPACE, feed, small_settings
 from tests.server.test_hls import Origin
-from townhall.media.signals import tone
+from townhall.media.signals import dominant_frequency, read_wav, tone
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,6 +85,47 @@ async def test_ffmpeg_reads_live_and_vod_playlists(tmp_path: Path) -> None:
         assert duration_s == pytest.approx(recorded_s, abs=0.1)
         code, _, err = await run("ffmpeg", "-v", "error", "-i", url, "-f", "null", "-")
         assert code == 0 and err.strip() == "", err
+    finally:
+        stop_feeding.set()
+        await asyncio.gather(feeder, return_exceptions=True)
+        server.should_exit = True
+        await serving
+        await origin.program.suspend()
+        await origin.client.aclose()
+
+
+async def test_progressive_stream_over_real_http_decodes_to_the_tone(tmp_path: Path) -> None:
+    """live.aac through uvicorn (not only ASGI): ffmpeg reads ADTS from the
+    chunked response and the decoded audio is the 1 kHz tone."""
+    origin = Origin(small_settings(tmp_path))
+    await origin.start()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(origin.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    serving = asyncio.create_task(server.serve())
+    stop_feeding = asyncio.Event()
+
+    async def keep_talking() -> None:
+        chunk = tone(1000, 0.1)
+        while not stop_feeding.is_set():
+            await feed(origin.program, chunk)
+            await asyncio.sleep(0.1)
+
+    feeder = asyncio.create_task(keep_talking())
+    out_wav = tmp_path / "heard.wav"
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        url = f"http://127.0.0.1:{port}/spaces/{SPACE}/live.aac"
+        code, _, err = await run(
+            "ffmpeg", "-v", "error", "-y", "-f", "aac", "-i", url, "-t", "1.5",
+            "-ac", "1", "-ar", "48000", str(out_wav),
+        )  # fmt: skip
+        assert code == 0, err
+        pcm, rate_hz = read_wav(out_wav)
+        assert len(pcm) >= int(1.4 * rate_hz)
+        assert dominant_frequency(pcm[rate_hz // 10 :], rate_hz) == pytest.approx(1000, abs=15)
     finally:
         stop_feeding.set()
         await asyncio.gather(feeder, return_exceptions=True)

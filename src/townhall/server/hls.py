@@ -315,6 +315,8 @@ class _ProgressiveResponse(Response):
             media_type=AAC,
             headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
         )
+        # an endless chunked body: no Content-Length (Response adds 0 for no content)
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.program = program
         self.listener = listener
 
