@@ -33,7 +33,7 @@ fi
 
 if [ "$want_test" = 1 ]; then
   need=()
-  for pkg in chromium ffmpeg nginx-light icecast2 wrk; do
+  for pkg in chromium ffmpeg nginx-light icecast2 wrk fonts-noto-color-emoji; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ "${#need[@]}" -gt 0 ]; then

@@ -1,0 +1,613 @@
+"""`townhall bench latency`: how long a word takes to reach an ear.
+
+(a) speaker to speaker (mouth-to-ear over WebRTC): bot A publishes tone
+    bursts, bot B records its return audio (the mix-minus), and each burst's
+    onset in B's audio is matched to the moment A handed it to its sender.
+(b) speaker to listener through LL-HLS: a player that fetches like hls.js
+    (blocking playlist reload with _HLS_msn/_HLS_part, every part, playout
+    starting PART-HOLD-BACK behind the live edge) decodes the parts; each
+    burst's latency is the time the part holding it would be played minus
+    the time A sent it.
+(c) with ``--cpu-speakers 2,13``: the server process's CPU while N bots talk
+    in one space (psutil, on the server's own process).
+
+All bots run in this process; the target must be on this machine for (c).
+Traffic goes only to ``--target`` (loopback unless ``--allow-remote``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+import click
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from townhall.bench.hlsclient import (
+    MediaPlaylist,
+    Part,
+    live_start_parts,
+    next_part_after,
+    parse_playlist,
+)
+from townhall.bench.report import percentile
+from townhall.client.speak import FRAME_SAMPLES, PcmTrack, SpeakerClient, http_offer
+from townhall.media import signals
+
+SAMPLE_RATE_HZ = 48000
+# bursts cycle through these tones so that a latency longer than the burst
+# period (LL-HLS: seconds) is not mistaken for the next burst; 800 Hz apart is
+# a whole number of cycles in the 5 ms detection window, so they do not leak
+BURST_FREQS_HZ = (1000.0, 1800.0, 2600.0, 3400.0)
+BURST_MS = 100
+PERIOD_MS = 1000
+LEAD_MS = 3000
+DETECT_THRESHOLD = 0.1  # bursts go out at 0.5 full scale
+BAR_SPEAKER_P50_S = 0.250
+BAR_LISTENER_P50_S = 2.5
+BAR_CPU_13_CORES = 0.5
+
+
+# -- pure ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BurstPlan:
+    """Tone bursts, one per period, cycling through ``BURST_FREQS_HZ``."""
+
+    pcm: npt.NDArray[np.int16]
+    onsets: dict[float, tuple[int, ...]]  # frequency -> sample indices of its bursts
+
+    @property
+    def count(self) -> int:
+        return sum(len(v) for v in self.onsets.values())
+
+
+def plan_bursts(count: int, *, lead_ms: int = LEAD_MS, period_ms: int = PERIOD_MS) -> BurstPlan:
+    """``count`` bursts: burst k is at ``lead_ms + k * period_ms`` with tone k mod 4."""
+    cycle = len(BURST_FREQS_HZ)
+    parts = []
+    onsets = {}
+    for j, freq in enumerate(BURST_FREQS_HZ):
+        n = len(range(j, count, cycle))
+        if n == 0:
+            continue
+        b = signals.tone_bursts(
+            freq,
+            count=n,
+            burst_ms=BURST_MS,
+            period_ms=period_ms * cycle,
+            lead_ms=lead_ms + j * period_ms,
+        )
+        parts.append(b.pcm)
+        onsets[freq] = b.onsets
+    length = max(len(p) for p in parts)
+    total = np.zeros(length, dtype=np.int32)
+    for p in parts:
+        total[: len(p)] += p
+    return BurstPlan(np.clip(total, -32768, 32767).astype(np.int16), onsets)
+
+
+def match_latencies(sent_s: list[float], heard_s: list[float], period_s: float) -> list[float]:
+    """For each heard onset, the time since the latest sent onset before it,
+    if that is within one period (otherwise it is not a burst we sent)."""
+    out = []
+    sent = sorted(sent_s)
+    used: set[int] = set()
+    for t in sorted(heard_s):
+        i = int(np.searchsorted(sent, t, side="right")) - 1
+        if i >= 0 and i not in used and 0 <= t - sent[i] < period_s:
+            used.add(i)
+            out.append(t - sent[i])
+    return out
+
+
+def onset_send_times(onsets: tuple[int, ...], frame_send_s: list[float]) -> list[float]:
+    """Monotonic times the samples at ``onsets`` were handed to the sender."""
+    out = []
+    for sample in onsets:
+        frame = sample // FRAME_SAMPLES
+        if frame < len(frame_send_s):
+            out.append(frame_send_s[frame] + (sample % FRAME_SAMPLES) / SAMPLE_RATE_HZ)
+    return out
+
+
+def onset_arrival_times(onsets: list[int], frame_arrival_s: list[float]) -> list[float]:
+    """Monotonic times the frames holding ``onsets`` arrived (were decoded)."""
+    return [
+        frame_arrival_s[s // FRAME_SAMPLES]
+        for s in onsets
+        if s // FRAME_SAMPLES < len(frame_arrival_s)
+    ]
+
+
+@dataclass
+class PartTimeline:
+    """Where each fetched part sits in the player's timeline.
+
+    Playback starts when the start-up parts have arrived and runs at real
+    time; a part that arrives after its turn stalls playback until it does.
+    """
+
+    durations_s: list[float] = field(default_factory=list)
+    arrivals_s: list[float] = field(default_factory=list)
+
+    def add(self, duration_s: float, arrival_s: float) -> None:
+        self.durations_s.append(duration_s)
+        self.arrivals_s.append(arrival_s)
+
+    def play_starts(self, startup_parts: int) -> list[float]:
+        if not self.durations_s:
+            return []
+        first = self.arrivals_s[max(0, min(startup_parts, len(self.arrivals_s)) - 1)]
+        starts = [first]
+        for i in range(1, len(self.durations_s)):
+            starts.append(max(starts[-1] + self.durations_s[i - 1], self.arrivals_s[i]))
+        return starts
+
+    def play_time(self, media_s: float, startup_parts: int) -> float | None:
+        """When media position ``media_s`` (from the first fetched part) is played."""
+        starts = self.play_starts(startup_parts)
+        edge = 0.0
+        for start, duration in zip(starts, self.durations_s, strict=True):
+            if media_s < edge + duration:
+                return start + (media_s - edge)
+            edge += duration
+        return None
+
+
+def stats_row(name: str, values: list[float], expected: int, bar_s: float | None) -> dict[str, Any]:
+    p50 = percentile(values, 50)
+    return {
+        "metric": name,
+        "bursts_sent": expected,
+        "bursts_matched": len(values),
+        "p50_s": None if p50 is None else round(p50, 3),
+        "p90_s": None if not values else round(percentile(values, 90) or 0.0, 3),
+        "max_s": None if not values else round(max(values), 3),
+        "bar_p50_s": bar_s,
+        "pass": None if p50 is None or bar_s is None else p50 <= bar_s,
+    }
+
+
+# -- HTTP setup ----------------------------------------------------------------------
+
+
+async def _post(http: httpx.AsyncClient, url: str, **kw: Any) -> httpx.Response:
+    """POST, waiting out a 429 (sign-up and sign-in are rate limited) once or twice."""
+    for _ in range(4):
+        r = await http.post(url, **kw)
+        if r.status_code != 429:
+            return r
+        await asyncio.sleep(min(60.0, float(r.headers.get("retry-after", "5"))))
+    return r
+
+
+def _check(r: httpx.Response, what: str, ok: tuple[int, ...] = (200, 201)) -> dict[str, Any]:
+    if r.status_code not in ok:
+        raise click.ClickException(f"{what} failed: HTTP {r.status_code} {r.text[:300]}")
+    body: dict[str, Any] = r.json()
+    return body
+
+
+@dataclass
+class BenchStage:
+    space_id: str
+    host_session: dict[str, str]
+    tokens: list[str]
+
+
+async def create_stage(http: httpx.AsyncClient, speakers: int, title: str) -> BenchStage:
+    """A new unlisted live space with ``speakers`` bench accounts on stage
+    (host, up to two co-hosts, then speakers); returns their speaker tokens."""
+    tag = secrets.token_hex(4)
+    password = secrets.token_urlsafe(16)
+    sessions = []
+    names = [f"bench_{tag}_{i}" for i in range(speakers)]
+    for name in names:
+        _check(
+            await _post(http, "/api/accounts", json={"username": name, "password": password}),
+            f"creating account {name}",
+        )
+        body = _check(
+            await _post(http, "/api/sessions", json={"username": name, "password": password}),
+            f"signing in as {name}",
+        )
+        sessions.append({"Authorization": f"Bearer {body['token']}"})
+    space = _check(
+        await _post(
+            http,
+            "/api/spaces",
+            json={"title": title, "visibility": "unlisted"},
+            headers=sessions[0],
+        ),
+        "creating the space",
+    )
+    sid = str(space["id"])
+    for i, name in enumerate(names[1:], start=1):
+        role = "cohost" if i <= 2 else "speaker"
+        _check(
+            await _post(
+                http,
+                f"/api/spaces/{sid}/invites",
+                json={"username": name, "role": role},
+                headers=sessions[0],
+            ),
+            f"inviting {name}",
+        )
+    tokens = []
+    for session in sessions:
+        body = _check(
+            await _post(http, f"/api/spaces/{sid}/speaker-token", headers=session),
+            "getting a speaker token",
+        )
+        tokens.append(str(body["token"]))
+    return BenchStage(sid, sessions[0], tokens)
+
+
+async def end_stage(http: httpx.AsyncClient, stage: BenchStage) -> None:
+    await http.post(f"/api/spaces/{stage.space_id}/end", headers=stage.host_session)
+
+
+# -- (b) the LL-HLS player -------------------------------------------------------------
+
+
+@dataclass
+class HlsCapture:
+    timeline: PartTimeline = field(default_factory=PartTimeline)
+    data: bytearray = field(default_factory=bytearray)
+    startup_parts: int = 0
+    part_hold_back_s: float | None = None
+    error: str | None = None
+
+
+async def follow_llhls(
+    http: httpx.AsyncClient, space_id: str, stop: asyncio.Event, capture: HlsCapture
+) -> None:
+    """Fetch like hls.js until ``stop``: join PART-HOLD-BACK behind the edge,
+    then blocking reloads for the next part, and every part."""
+    base = f"/spaces/{space_id}/"
+    try:
+        r = await http.get(base + "live.m3u8")
+        r.raise_for_status()
+        playlist = parse_playlist(r.text)
+        hold_back = playlist.part_hold_back_s or 3 * (playlist.part_target_s or 1.0)
+        capture.part_hold_back_s = hold_back
+        start = live_start_parts(playlist, hold_back)
+        if not start or playlist.map_uri is None:
+            capture.error = "the live playlist lists no parts or no init segment"
+            return
+        capture.data += (await http.get(base + playlist.map_uri)).content
+        for part in start:
+            await _fetch_part(http, base, part, capture)
+        capture.startup_parts = len(start)
+        last = start[-1]
+        while not stop.is_set():
+            msn, index = next_part_after(playlist, last.msn, last.index)
+            r = await http.get(base + "live.m3u8", params={"_HLS_msn": msn, "_HLS_part": index})
+            if r.status_code != 200:
+                await asyncio.sleep(0.1)
+                continue
+            playlist = parse_playlist(r.text)
+            for part in _parts_after(playlist, last):
+                await _fetch_part(http, base, part, capture)
+                last = part
+            if playlist.ended:
+                return
+    except (httpx.HTTPError, ValueError) as exc:
+        capture.error = f"{type(exc).__name__}: {exc}"
+
+
+async def wait_for_playlist(
+    http: httpx.AsyncClient, space_id: str, timeout_s: float = 30.0
+) -> None:
+    """Wait until the live playlist holds more than PART-HOLD-BACK plus a second
+    of parts, so the player joins a steady live edge (not a new space's first part)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        r = await http.get(f"/spaces/{space_id}/live.m3u8")
+        if r.status_code == 200:
+            playlist = parse_playlist(r.text)
+            listed = sum(p.duration_s for p in playlist.all_parts())
+            if listed >= (playlist.part_hold_back_s or 3.0) + 1.0:
+                return
+        await asyncio.sleep(0.5)
+    raise click.ClickException("The live playlist did not fill up; is the listener plane running?")
+
+
+def _parts_after(playlist: MediaPlaylist, last: Part) -> list[Part]:
+    return [p for p in playlist.all_parts() if (p.msn, p.index) > (last.msn, last.index)]
+
+
+async def _fetch_part(http: httpx.AsyncClient, base: str, part: Part, capture: HlsCapture) -> None:
+    r = await http.get(base + part.uri)
+    r.raise_for_status()
+    capture.data += r.content
+    capture.timeline.add(part.duration_s, time.monotonic())
+
+
+def decode_mono(data: bytes) -> npt.NDArray[np.float64]:
+    """Decode fMP4/AAC bytes to mono float samples (full scale 1.0)."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        chunks = [f.to_ndarray().astype(np.float64) for f in container.decode(audio=0)]
+    if not chunks:
+        return np.zeros(0)
+    if chunks[0].ndim == 2 and chunks[0].shape[0] > 1:  # planar: channels x samples
+        return np.concatenate([c.mean(axis=0) for c in chunks])
+    return np.concatenate([c.reshape(-1) for c in chunks])
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+async def run_latency(
+    target: str, bursts: int, *, listener: bool, progress: bool
+) -> dict[str, Any]:
+    signal = plan_bursts(bursts)
+    async with httpx.AsyncClient(base_url=target, timeout=20.0) as http:
+        stage = await create_stage(http, 2, "townhall bench latency")
+        track_a = PcmTrack(signal.pcm, keep_send_times=True)
+        a = SpeakerClient(track_a, record=False)
+        b = SpeakerClient(PcmTrack(np.zeros(FRAME_SAMPLES, dtype=np.int16), loop=True))
+        capture = HlsCapture()
+        stop = asyncio.Event()
+        hls_task: asyncio.Task[None] | None = None
+        try:
+            if listener:
+                await wait_for_playlist(http, stage.space_id)
+            await b.connect(http_offer(http, stage.space_id, stage.tokens[1]))
+            await asyncio.wait_for(b.connected.wait(), 15)
+            await a.connect(http_offer(http, stage.space_id, stage.tokens[0]))
+            await asyncio.wait_for(a.connected.wait(), 15)
+            if listener:
+                async with httpx.AsyncClient(base_url=target, timeout=20.0) as hls_http:
+                    hls_task = asyncio.create_task(
+                        follow_llhls(hls_http, stage.space_id, stop, capture)
+                    )
+                    await _wait_sent(track_a, signal.pcm, progress)
+                    await asyncio.sleep(max(3.0, 2 * (capture.part_hold_back_s or 1.5)))
+                    stop.set()
+                    await asyncio.wait_for(hls_task, 15)
+            else:
+                await _wait_sent(track_a, signal.pcm, progress)
+                await asyncio.sleep(1.0)
+        finally:
+            stop.set()
+            if hls_task is not None and not hls_task.done():
+                hls_task.cancel()
+            await a.close()
+            await b.close()
+            await end_stage(http, stage)
+
+    window_s = PERIOD_MS / 1000 * len(BURST_FREQS_HZ)
+    heard_pcm = b.recorder.pcm()
+    speaker_lat: list[float] = []
+    listener_lat: list[float] = []
+    hls_pcm = decode_mono(bytes(capture.data)) if listener and capture.data else None
+    for freq, onsets in signal.onsets.items():
+        sent = onset_send_times(onsets, track_a.send_times_s)
+        heard = onset_arrival_times(
+            signals.detect_onsets(heard_pcm, freq, threshold=DETECT_THRESHOLD),
+            b.recorder.arrival_s,
+        )
+        speaker_lat += match_latencies(sent, heard, window_s)
+        if hls_pcm is not None:
+            played = [
+                t
+                for t in (
+                    capture.timeline.play_time(i / SAMPLE_RATE_HZ, capture.startup_parts)
+                    for i in signals.detect_onsets(hls_pcm, freq, threshold=DETECT_THRESHOLD)
+                )
+                if t is not None
+            ]
+            listener_lat += match_latencies(sent, played, window_s)
+    rows = [stats_row("speaker_to_speaker", speaker_lat, signal.count, BAR_SPEAKER_P50_S)]
+    result: dict[str, Any] = {"target": target, "bursts": bursts, "rows": rows}
+    if listener:
+        # bursts sent before the player joined cannot be heard by it
+        rows.append(
+            stats_row("speaker_to_llhls_listener", listener_lat, signal.count, BAR_LISTENER_P50_S)
+        )
+        result["part_hold_back_s"] = capture.part_hold_back_s
+        if capture.error:
+            result["listener_error"] = capture.error
+    return result
+
+
+async def _wait_sent(track: PcmTrack, pcm: npt.NDArray[np.int16], progress: bool) -> None:
+    total_frames = len(pcm) // FRAME_SAMPLES
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_frames * FRAME_SAMPLES // SAMPLE_RATE_HZ, unit="s", desc="bursts")
+    try:
+        while track.readyState == "live" and track.frames_sent < total_frames:
+            await asyncio.sleep(0.25)
+            if bar is not None:
+                bar.n = track.frames_sent * FRAME_SAMPLES // SAMPLE_RATE_HZ
+                bar.refresh()
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def find_server_pid(target: str) -> int | None:
+    """The pid listening on the target's port on this machine, if visible."""
+    import psutil
+
+    port = urlsplit(target).port or 80
+    try:
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return int(conn.pid) if conn.pid is not None else None
+    except psutil.AccessDenied:
+        return None
+    return None
+
+
+async def run_cpu(
+    target: str, speakers: int, pid: int, *, warmup_s: float, duration_s: float
+) -> dict[str, Any]:
+    """Server CPU (cores) while ``speakers`` bots talk in one space."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    async with httpx.AsyncClient(base_url=target, timeout=30.0) as http:
+        stage = await create_stage(http, speakers, f"townhall bench cpu {speakers}")
+        idle = proc.cpu_times()
+        idle_at = time.monotonic()
+        await asyncio.sleep(2.0)
+        idle_cores = _cores(idle, proc.cpu_times(), time.monotonic() - idle_at)
+        clients = [
+            SpeakerClient(
+                PcmTrack(signals.speech_like(10.0, seed=i, base_pitch_hz=100 + 10 * i), loop=True),
+                record=False,
+            )
+            for i in range(speakers)
+        ]
+        try:
+            for client, token in zip(clients, stage.tokens, strict=True):
+                await client.connect(http_offer(http, stage.space_id, token))
+            await asyncio.wait_for(asyncio.gather(*(c.connected.wait() for c in clients)), 30)
+            await asyncio.sleep(warmup_s)
+            before, at = proc.cpu_times(), time.monotonic()
+            await asyncio.sleep(duration_s)
+            cores = _cores(before, proc.cpu_times(), time.monotonic() - at)
+        finally:
+            for client in clients:
+                await client.close()
+            await end_stage(http, stage)
+    return {
+        "speakers": speakers,
+        "server_cpu_cores": round(cores, 3),
+        "server_cpu_cores_idle_space": round(idle_cores, 3),
+        "duration_s": duration_s,
+        "bar_cores": BAR_CPU_13_CORES if speakers >= 13 else None,
+        "pass": cores < BAR_CPU_13_CORES if speakers >= 13 else None,
+    }
+
+
+def _cores(before: Any, after: Any, wall_s: float) -> float:
+    used = (after.user - before.user) + (after.system - before.system)
+    return used / wall_s if wall_s > 0 else 0.0
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'metric':28} {'matched':>9} {'p50 s':>7} {'p90 s':>7} {'max s':>7} {'bar':>6}  ok"]
+    for row in result.get("rows", []):
+        lines.append(
+            f"{row['metric']:28} {row['bursts_matched']:>4}/{row['bursts_sent']:<4} "
+            f"{_f(row['p50_s']):>7} {_f(row['p90_s']):>7} {_f(row['max_s']):>7} "
+            f"{_f(row['bar_p50_s']):>6}  {'-' if row['pass'] is None else ('yes' if row['pass'] else 'NO')}"
+        )
+    for cpu in result.get("cpu", []):
+        lines.append(
+            f"server CPU, {cpu['speakers']:2d} speakers: {cpu['server_cpu_cores']:.3f} cores "
+            f"(idle space {cpu['server_cpu_cores_idle_space']:.3f})"
+            + (
+                ""
+                if cpu["pass"] is None
+                else f"  bar < {cpu['bar_cores']}: {'yes' if cpu['pass'] else 'NO'}"
+            )
+        )
+    if "listener_error" in result:
+        lines.append(f"listener: {result['listener_error']}")
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+@click.command("latency")
+@click.option("--target", required=True, help="Base URL of the townhall server to measure.")
+@click.option(
+    "--bursts",
+    type=click.IntRange(3, 600),
+    default=20,
+    show_default=True,
+    help="Tone bursts sent (one per second).",
+)
+@click.option(
+    "--listener/--no-listener",
+    default=True,
+    show_default=True,
+    help="Also measure speaker to LL-HLS listener.",
+)
+@click.option(
+    "--cpu-speakers",
+    default="",
+    help="Comma-separated speaker counts to measure server CPU for, e.g. 2,13 (server on this machine).",
+)
+@click.option(
+    "--server-pid",
+    type=int,
+    default=None,
+    help="Server process id for --cpu-speakers (found by port if omitted).",
+)
+@click.option(
+    "--cpu-duration-s",
+    type=click.FloatRange(2, 600),
+    default=20.0,
+    show_default=True,
+    help="Measurement window per CPU point.",
+)
+@click.option("--allow-remote", is_flag=True, help="Allow a target that is not a loopback address.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def latency_command(
+    target: str,
+    bursts: int,
+    listener: bool,
+    cpu_speakers: str,
+    server_pid: int | None,
+    cpu_duration_s: float,
+    allow_remote: bool,
+    as_json: bool,
+) -> None:
+    """Measure mouth-to-ear latency (speaker to speaker over WebRTC, speaker
+    to LL-HLS listener) and, optionally, server CPU per speaker count."""
+    host = urlsplit(target).hostname or ""
+    if not allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+        raise click.UsageError(
+            f"{target} is not a loopback address; pass --allow-remote if you mean it."
+        )
+    try:
+        counts = [int(x) for x in cpu_speakers.split(",") if x.strip()]
+    except ValueError:
+        raise click.UsageError("--cpu-speakers takes numbers, e.g. 2,13") from None
+    if any(not 1 <= n <= 13 for n in counts):
+        raise click.UsageError("--cpu-speakers: each count must be 1..13 (one space's stage).")
+    pid = server_pid
+    if counts and pid is None:
+        pid = find_server_pid(target)
+        if pid is None:
+            raise click.UsageError("Could not find the server process; pass --server-pid.")
+
+    async def main() -> dict[str, Any]:
+        result = await run_latency(target, bursts, listener=listener, progress=not as_json)
+        if counts:
+            assert pid is not None
+            result["cpu"] = [
+                await run_cpu(target, n, pid, warmup_s=3.0, duration_s=cpu_duration_s)
+                for n in counts
+            ]
+        return result
+
+    try:
+        result = asyncio.run(main())
+    except (httpx.HTTPError, OSError) as exc:
+        raise click.ClickException(f"Could not reach {target}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(format_table(result))

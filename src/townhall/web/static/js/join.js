@@ -1,0 +1,89 @@
+// Listener tokens: join a space (no sign-in needed), renew before expiry, and
+// put a refused or queued join into words.
+
+import { ApiError, api } from "./api.js";
+
+const RENEW_AT_FRACTION = 0.8;
+const RENEW_RETRY_MS = 5000;
+
+/**
+ * The sentence and retry delay for a refused join (admission control answers
+ * 503 or 429 problem+json with retry_after_s, and maybe a queue position).
+ * Pure: returns {text, retry_after_s (or null), queued (bool)}.
+ */
+export function refusalMessage(status, problem = {}) {
+  const retry = Number(problem.retry_after_s);
+  const retry_after_s = Number.isFinite(retry) && retry > 0 ? retry : null;
+  const position = Number(problem.position ?? problem.queue_position);
+  const queued = status === 503 || status === 429;
+  const parts = [];
+  if (queued) {
+    parts.push(problem.detail || "The space is full right now.");
+    if (Number.isInteger(position) && position > 0) parts.push(`You are number ${position} in line.`);
+    if (retry_after_s !== null) {
+      const s = Math.ceil(retry_after_s);
+      parts.push(`Trying again in ${s} second${s === 1 ? "" : "s"}.`);
+    }
+  } else {
+    parts.push(problem.detail || `Joining failed (${status}).`);
+  }
+  return { text: parts.join(" "), retry_after_s, queued };
+}
+
+/** Holds a listener token for one space and renews it before it runs out. */
+export class ListenerPass {
+  constructor(spaceId) {
+    this.spaceId = spaceId;
+    this.grant = null;
+    this.timer = null;
+    this.stopped = false;
+  }
+
+  get token() {
+    return this.grant?.token || null;
+  }
+
+  get urls() {
+    return this.grant?.urls || {};
+  }
+
+  /** Join (or renew); throws ApiError on refusal. */
+  async join() {
+    this.stopped = false;
+    const body = this.grant ? { token: this.grant.token } : {};
+    const grant = await api("POST", `/api/spaces/${encodeURIComponent(this.spaceId)}/join`, { body });
+    this.grant = grant;
+    this.schedule();
+    return grant;
+  }
+
+  /** A valid token, joining first when there is none. */
+  async ensure() {
+    if (this.grant && Date.parse(this.grant.expires_at) - Date.now() > 10000) return this.grant.token;
+    await this.join();
+    return this.grant.token;
+  }
+
+  schedule() {
+    clearTimeout(this.timer);
+    if (this.stopped || !this.grant) return;
+    const left_ms = Date.parse(this.grant.expires_at) - Date.now();
+    const wait_ms = Number.isFinite(left_ms) ? Math.max(1000, left_ms * RENEW_AT_FRACTION) : 60000;
+    this.timer = setTimeout(() => this.renew(), wait_ms);
+  }
+
+  async renew() {
+    if (this.stopped) return;
+    try {
+      await this.join();
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) this.grant = null;
+      if (!this.stopped) this.timer = setTimeout(() => this.renew(), RENEW_RETRY_MS);
+    }
+  }
+
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+}

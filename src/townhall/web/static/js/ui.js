@@ -1,0 +1,92 @@
+// Small DOM helpers shared by the pages, and the account area of the top bar.
+
+import { clearSession, getSession } from "./api.js";
+
+export const $ = (id) => document.getElementById(id);
+
+/** Build an element: h("li", {class: "x", dataset: {a: 1}, onclick: f}, "text", child). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") el.className = value;
+    else if (key === "dataset") Object.assign(el.dataset, value);
+    else if (key.startsWith("on") && typeof value === "function") el.addEventListener(key.slice(2), value);
+    else if (value === true) el.setAttribute(key, "");
+    else el.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    el.append(child instanceof Node ? child : String(child));
+  }
+  return el;
+}
+
+/** Show a sentence in a status region; kind is "", "error", "ok" or "wait". */
+export function setStatus(el, text, kind = "") {
+  if (!el) return;
+  el.textContent = text || "";
+  el.dataset.kind = kind;
+}
+
+export function displayName(person) {
+  if (!person) return "someone";
+  return person.display_name || person.username || "someone";
+}
+
+export function formatWhen(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return "";
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+/** The path to come back to after signing in (only same-site paths). */
+export function nextPath(fallback = "/") {
+  const next = new URLSearchParams(location.search).get("next");
+  return next && next.startsWith("/") && !next.startsWith("//") ? next : fallback;
+}
+
+export function signinHref(path = location.pathname) {
+  return `/signin?next=${encodeURIComponent(path)}`;
+}
+
+/** Fill the top bar: "Signed in as X · Sign out", or links to sign in and up. */
+export function renderAccount() {
+  const box = $("account");
+  if (!box) return;
+  box.replaceChildren();
+  const session = getSession();
+  if (session) {
+    const out = h("button", { class: "link-button", type: "button" }, "Sign out");
+    out.addEventListener("click", () => {
+      clearSession();
+      location.reload();
+    });
+    box.append(h("span", { class: "who" }, "Signed in as ", h("strong", {}, displayName(session.account))), " ", out);
+  } else {
+    box.append(
+      h("a", { href: signinHref(), id: "nav-signin" }, "Sign in"),
+      " ",
+      h("a", { href: "/signup", class: "button small" }, "Sign up"),
+    );
+  }
+}
+
+/** Wait `ms` milliseconds unless `signal` aborts first. */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    }, { once: true });
+  });
+}
+
+/** "2026-11-20T23:46" read in local time -> "2026-11-20T22:46:00Z" (UTC, no ms); null if invalid. */
+export function localToUtcIso(value) {
+  const date = new Date(value);
+  if (!value || Number.isNaN(date.getTime())) return null;
+  return date.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
