@@ -18,6 +18,9 @@ import pytest
 from townhall.config import Settings
 from townhall.server.app import create_app
 
+# WebRTC in tests stays on loopback (aioice would gather on every other interface)
+os.environ.setdefault("TOWNHALL_WEBRTC_HOST_ADDRESSES", "127.0.0.1")
+
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -139,6 +139,21 @@ class Settings(BaseSettings):
         ge=0,
         description="Recent audio sent at once to a new live.aac listener so its player starts fast (kept below progressive_max_lag_ms).",
     )
+    progressive_batch_ms: int = Field(
+        500,
+        ge=0,
+        le=2000,
+        description="On the fast path, live.aac audio is written to listeners in batches this long (one write per listener per batch instead of one per AAC frame); 0 writes every frame.",
+    )
+    fast_path: bool = Field(
+        True,
+        description="Answer the listener plane's hot GETs (parts, segments, init, live playlists, blocking reloads, live.aac) below the web framework from pre-rendered bytes; off sends every request through the app (same bytes, slower).",
+    )
+    listener_wake_batch: int = Field(
+        256,
+        ge=1,
+        description="Listeners answered per event-loop turn when a part is published (blocked reloads, hinted parts, live.aac writes); smaller keeps the mixer clock punctual under a large audience, larger answers a crowd in fewer turns.",
+    )
     program_queue_ms: int = Field(
         2000,
         ge=100,
@@ -149,6 +164,10 @@ class Settings(BaseSettings):
     )
     webrtc_offer_timeout_s: float = Field(
         10.0, ge=1, description="Longest SDP negotiation allowed."
+    )
+    webrtc_host_addresses: str = Field(
+        "",
+        description="Comma-separated local IP addresses speakers' WebRTC connects to (host candidates); empty means every non-loopback interface. Tests and loopback benchmarks use 127.0.0.1.",
     )
     webrtc_ice_servers: str = Field(
         "",
@@ -205,6 +224,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
+
+    @field_validator("webrtc_host_addresses")
+    @classmethod
+    def _check_host_addresses(cls, value: str) -> str:
+        from townhall.live.ice import parse_addresses
+
+        parse_addresses(value)
+        return value
 
     def resolved_database_url(self) -> str:
         """The database URL actually used: the setting, or SQLite under data_dir."""

@@ -27,6 +27,8 @@ BASE_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
+    # WebRTC over loopback: the server offers 127.0.0.1 only (TOWNHALL_WEBRTC_HOST_ADDRESSES)
+    "--allow-loopback-in-peer-connection",
 ]
 
 

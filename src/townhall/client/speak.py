@@ -30,6 +30,7 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from townhall.live.ice import loopback_for, restrict_host_addresses
 from townhall.media import signals
 
 log = logging.getLogger("townhall.client")
@@ -348,6 +349,8 @@ async def publish(
         track = PcmTrack(source, loop=loop)
     stop = stop or asyncio.Event()
     started = time.monotonic()
+    # a server on loopback is reached over loopback only (aioice skips it otherwise)
+    restrict_host_addresses(loopback_for(httpx.URL(server_url).host))
     async with (
         httpx.AsyncClient(base_url=server_url, timeout=timeout_s) as http,
         SpeakerClient(track, record=record_to is not None) as client,

@@ -48,6 +48,7 @@ from prometheus_client import Counter, Gauge
 
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, ServiceUnavailable
+from townhall.live.ice import parse_addresses, restrict_host_addresses
 from townhall.media.mixer import Mixer
 
 log = logging.getLogger("townhall.media")
@@ -466,6 +467,7 @@ class Stage:
     # -- peers ------------------------------------------------------------------------
 
     def _new_peer(self) -> _Peer:
+        restrict_host_addresses(parse_addresses(self.settings.webrtc_host_addresses))
         urls = [u.strip() for u in self.settings.webrtc_ice_servers.split(",") if u.strip()]
         # an empty list, not None: aiortc would otherwise contact a public STUN server
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in urls])
