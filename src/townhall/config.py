@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     )
     webrtc_host_addresses: str = Field(
         "",
-        description="Comma-separated local IP addresses speakers' WebRTC connects to (host candidates); empty means every non-loopback interface. Tests and loopback benchmarks use 127.0.0.1.",
+        description="Comma-separated local IP addresses speakers' WebRTC connects to (host candidates); empty means loopback when --host is a loopback address, else every non-loopback interface.",
     )
     webrtc_ice_servers: str = Field(
         "",

@@ -48,7 +48,7 @@ from prometheus_client import Counter, Gauge
 
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, ServiceUnavailable
-from townhall.live.ice import parse_addresses, restrict_host_addresses
+from townhall.live.ice import loopback_for, parse_addresses, restrict_host_addresses
 from townhall.media.mixer import Mixer
 
 log = logging.getLogger("townhall.media")
@@ -467,7 +467,10 @@ class Stage:
     # -- peers ------------------------------------------------------------------------
 
     def _new_peer(self) -> _Peer:
-        restrict_host_addresses(parse_addresses(self.settings.webrtc_host_addresses))
+        # named addresses; else a server bound to loopback is reached over loopback
+        restrict_host_addresses(
+            parse_addresses(self.settings.webrtc_host_addresses) or loopback_for(self.settings.host)
+        )
         urls = [u.strip() for u in self.settings.webrtc_ice_servers.split(",") if u.strip()]
         # an empty list, not None: aiortc would otherwise contact a public STUN server
         config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in urls])
