@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     workers_loop: str = Field(
         "auto", description="Event loop: auto (uvloop where available), asyncio or uvloop."
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated CIDRs of reverse proxies in front of this server (e.g. 10.0.0.0/8,::1/128). When a request comes from one, the client address for per-network rate limits is read from X-Forwarded-For (the rightmost address that is not a trusted proxy); empty trusts no proxy.",
+    )
 
     # -- storage -----------------------------------------------------------
     database_url: str = Field(
@@ -55,6 +59,35 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "",
         description="Redis URL for state shared by many nodes (admission, rate limits, room state); empty means in-process (one node). Example: redis://127.0.0.1:6379/0.",
+    )
+    redis_prefix: str = Field(
+        "townhall:",
+        description="Prefix of every Redis key townhall writes, so several deployments (or test runs) can share one Redis.",
+    )
+    redis_timeout_ms: int = Field(
+        500,
+        ge=10,
+        description="Longest one Redis connect or command may take before it counts as a failure (the node then carries on from memory).",
+    )
+    redis_max_connections: int = Field(
+        64,
+        ge=1,
+        description="Redis connections each node keeps at most; a request that finds them all busy waits up to redis_timeout_ms.",
+    )
+    redis_backoff_ms: int = Field(
+        1000,
+        ge=0,
+        description="After a Redis failure, how long this node works from memory (and refuses sign-ins) before it tries Redis again.",
+    )
+    redis_warn_interval_s: float = Field(
+        30.0,
+        ge=0,
+        description="While Redis is unreachable, a warning is logged at most this often (every failure is counted in townhall_redis_failures_total).",
+    )
+    shared_flush_max_ids: int = Field(
+        100_000,
+        ge=100,
+        description="Listener token ids each node buffers between two flushes to Redis (one per state interval); beyond this, joins are not counted and townhall_shared_listener_ids_dropped_total grows.",
     )
 
     # -- accounts and tokens -------------------------------------------------
@@ -224,6 +257,20 @@ class Settings(BaseSettings):
         ge=0,
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: str) -> str:
+        import ipaddress
+
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {item!r} is not an IP address or CIDR such as 10.0.0.0/8"
+                ) from None
+        return value
 
     @field_validator("webrtc_host_addresses")
     @classmethod

@@ -11,6 +11,16 @@ function of the stored "theoretical arrival time" (TAT) and the clock
 Both implement :class:`Limiter`: ``hit`` consumes a unit when allowed,
 ``check`` only tells whether a hit would be allowed (sign-in checks before
 hashing and counts only failures).
+
+A shared store can be unreachable. Two wrappers say what a limit does then:
+
+- :class:`FailClosed` refuses (503 with a sentence): for sign-in, where an
+  unlimited window would let password guessing through;
+- :class:`FailOver` falls back to a per-node :class:`MemoryLimiter`: for limits
+  whose only job is to keep one client from hogging (sign-up, reactions).
+
+Both consult a :class:`StoreHealth` first, so while the store is known to be
+down no request waits for its timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from townhall.errors import TooManyRequests
+from redis.exceptions import RedisError
+
+from townhall.errors import ServiceUnavailable, TooManyRequests
+
+# What a shared store raises when it cannot answer (refused, reset, timed out).
+STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +191,109 @@ class RedisLimiter:
 
     async def reset(self, key: str) -> None:
         await self._redis.delete(self._prefix + key)
+
+
+# ---------------------------------------------------------------- when the store is down
+
+
+class StoreHealth(Protocol):
+    """Whether the shared store is worth asking now (see ``store.shared.RedisHealth``)."""
+
+    def available(self) -> bool: ...
+    def failed(self, op: str, exc: BaseException) -> None: ...
+    def succeeded(self) -> None: ...
+
+
+class FailClosed:
+    """A shared limiter that refuses with 503 (``detail``) when its store cannot answer."""
+
+    def __init__(
+        self,
+        inner: Limiter,
+        health: StoreHealth,
+        *,
+        detail: str,
+        retry_after_s: float,
+        op: str = "ratelimit",
+    ) -> None:
+        self.limit = inner.limit
+        self._inner = inner
+        self._health = health
+        self._detail = detail
+        self._retry_after_s = retry_after_s
+        self._op = op
+
+    def _refuse(self) -> ServiceUnavailable:
+        return ServiceUnavailable(self._detail, retry_after_s=self._retry_after_s)
+
+    async def hit(self, key: str) -> Decision:
+        if not self._health.available():
+            raise self._refuse()
+        try:
+            decision = await self._inner.hit(key)
+        except STORE_ERRORS as exc:
+            self._health.failed(self._op, exc)
+            raise self._refuse() from None
+        self._health.succeeded()
+        return decision
+
+    async def check(self, key: str) -> Decision:
+        if not self._health.available():
+            raise self._refuse()
+        try:
+            decision = await self._inner.check(key)
+        except STORE_ERRORS as exc:
+            self._health.failed(self._op, exc)
+            raise self._refuse() from None
+        self._health.succeeded()
+        return decision
+
+    async def reset(self, key: str) -> None:
+        try:
+            await self._inner.reset(key)
+        except STORE_ERRORS as exc:
+            self._health.failed(self._op, exc)
+
+
+class FailOver:
+    """A shared limiter that decides with ``fallback`` (per node) when its store
+    cannot answer. The fallback keeps its own history, so a client limited
+    only on the shared store gets a fresh burst on each node during an outage."""
+
+    def __init__(
+        self, inner: Limiter, fallback: Limiter, health: StoreHealth, *, op: str = "ratelimit"
+    ) -> None:
+        self.limit = inner.limit
+        self._inner = inner
+        self._fallback = fallback
+        self._health = health
+        self._op = op
+
+    async def hit(self, key: str) -> Decision:
+        if self._health.available():
+            try:
+                decision = await self._inner.hit(key)
+            except STORE_ERRORS as exc:
+                self._health.failed(self._op, exc)
+            else:
+                self._health.succeeded()
+                return decision
+        return await self._fallback.hit(key)
+
+    async def check(self, key: str) -> Decision:
+        if self._health.available():
+            try:
+                decision = await self._inner.check(key)
+            except STORE_ERRORS as exc:
+                self._health.failed(self._op, exc)
+            else:
+                self._health.succeeded()
+                return decision
+        return await self._fallback.check(key)
+
+    async def reset(self, key: str) -> None:
+        await self._fallback.reset(key)
+        try:
+            await self._inner.reset(key)
+        except STORE_ERRORS as exc:
+            self._health.failed(self._op, exc)

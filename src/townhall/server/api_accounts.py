@@ -1,8 +1,10 @@
 """Accounts and sessions: sign up, sign in, who am I.
 
-Sign-in is rate-limited twice: per client network (/24 or /64, every attempt)
-and per account (failed attempts only; checked before the password is hashed,
-so a locked account costs the server nothing).
+Sign-in is rate-limited twice: per client network (/24 or /64, every attempt;
+behind a trusted proxy the client is read from X-Forwarded-For) and per
+account (failed attempts only; checked before the password is hashed, so a
+locked account costs the server nothing). With Redis, both limits hold across
+nodes; when Redis cannot be reached, sign-in answers 503 (fails closed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from townhall.server import metrics
 from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Session,
+    client_host,
     client_network,
     iso_epoch,
     refuse_if,
@@ -64,7 +67,7 @@ class SessionOut(BaseModel):
 @router.post("/accounts", status_code=201, response_model=AccountOut, summary="Sign up")
 async def sign_up(body: SignUp, request: Request) -> AccountOut:
     services = services_of(request)
-    network = client_network(request.client.host if request.client else None)
+    network = client_network(client_host(request))
     refuse_if(
         await services.limits.signup_network.hit(network),
         "signup_network",
@@ -78,7 +81,7 @@ async def sign_up(body: SignUp, request: Request) -> AccountOut:
 @router.post("/sessions", response_model=SessionOut, summary="Sign in")
 async def sign_in(body: SignIn, request: Request) -> SessionOut:
     services = services_of(request)
-    network = client_network(request.client.host if request.client else None)
+    network = client_network(client_host(request))
     refuse_if(
         await services.limits.signin_network.hit(network),
         "signin_network",

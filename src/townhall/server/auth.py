@@ -1,11 +1,12 @@
 """Request helpers shared by the API routers: the services, the bearer token,
-the client's network (for rate limits), absolute listener URLs, and the
-problem+json response documentation for the OpenAPI schema."""
+the client's address and network (for rate limits; X-Forwarded-For is read
+only from trusted proxies), absolute listener URLs, and the problem+json
+response documentation for the OpenAPI schema."""
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -94,6 +95,82 @@ async def _optional_session(
 Session = Annotated[Claims, Depends(_session)]
 OptionalSession = Annotated[Claims | None, Depends(_optional_session)]
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Networks = tuple[Network, ...]
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(value: str) -> Networks:
+    """Comma-separated addresses or CIDRs (``settings.trusted_proxies``).
+
+    Raises ValueError naming the entry that is neither."""
+    networks: list[Network] = []
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+    return tuple(networks)
+
+
+def _address(text: str) -> Address | None:
+    """An address as proxies write it: bare, ``[v6]``, ``[v6]:port`` or ``v4:port``."""
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _trusted(address: Address, trusted: Networks) -> bool:
+    return any(address.version == net.version and address in net for net in trusted)
+
+
+def forwarded_client(
+    peer: str | None, forwarded_for: Iterable[str], trusted: Networks
+) -> str | None:
+    """The client address a request should be keyed on.
+
+    The peer (the TCP connection's address) unless it is a trusted proxy;
+    then X-Forwarded-For (all its header lines, in order) read from the
+    right: each trusted proxy appended the address it saw, so the first
+    address that is not a trusted proxy is the client. Everything left of it
+    was written by the client and is ignored. When every hop is trusted, the
+    leftmost; when a hop is not an address, the last good hop (the proxy that
+    forwarded it)."""
+    if peer is None or not trusted:
+        return peer
+    address = _address(peer)
+    if address is None or not _trusted(address, trusted):
+        return peer
+    hops = [hop for line in forwarded_for for hop in line.split(",") if hop.strip()]
+    client = address
+    for hop in reversed(hops):
+        hop_address = _address(hop)
+        if hop_address is None:
+            break
+        client = hop_address
+        if not _trusted(hop_address, trusted):
+            break
+    return str(client)
+
+
+def client_host(request: Request) -> str | None:
+    """The client address of a request (see :func:`forwarded_client`)."""
+    peer = request.client.host if request.client else None
+    trusted = services_of(request).trusted_proxies
+    if not trusted:
+        return peer
+    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"), trusted)
 
 
 def client_network(host: str | None) -> str:

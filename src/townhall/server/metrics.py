@@ -33,6 +33,21 @@ SPACE_INDEX_REFRESH_FAILURES = Counter(
     "townhall_space_index_refresh_failures_total",
     "Failed reloads of the in-memory space index from the database.",
 )
+# -- scaled out (Redis) -----------------------------------------------------------
+REDIS_FAILURES = Counter(
+    "townhall_redis_failures_total",
+    "Redis operations that failed or were skipped while Redis was unreachable (the node carried on from memory, or refused sign-ins).",
+    ["op"],
+)
+SHARED_IDS_DROPPED = Counter(
+    "townhall_shared_listener_ids_dropped_total",
+    "Listener token ids not counted because this node's buffer towards Redis was full.",
+)
+SHARED_FLUSHED = Counter(
+    "townhall_shared_flushed_total",
+    "Items this node flushed to Redis (listener token ids, reaction increments).",
+    ["kind"],
+)
 # -- listener plane -------------------------------------------------------------
 PROGRAM_PARTS = Counter("townhall_program_parts_total", "LL-HLS parts produced by programs.")
 PROGRAM_FRAMES_DROPPED = Counter(
@@ -58,4 +73,13 @@ LISTENER_BYTES = Counter(
     "townhall_listener_bytes_served_total",
     "Bytes of media and playlists served to listeners.",
     ["kind"],
+)
+FASTPATH_RESPONSES = Counter(
+    "townhall_fastpath_responses_total",
+    "Listener-plane answers written by the fast path, below the web framework (progressive: streams started).",
+    ["kind"],
+)
+FASTPATH_FALLBACKS = Counter(
+    "townhall_fastpath_fallbacks_total",
+    "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
