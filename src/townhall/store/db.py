@@ -16,7 +16,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -28,6 +28,10 @@ from sqlalchemy.ext.asyncio import (
 log = logging.getLogger("townhall.store")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+MIGRATION_LOCK_KEY = 0x746F776E68616C6C  # "townhall": the advisory lock migrations hold
+"""PostgreSQL advisory lock taken for the migration transaction."""
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -67,6 +71,11 @@ class Database:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
+            if self.engine.dialect.name == "postgresql":
+                # nodes starting together migrate one after another, not at once
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
             await conn.run_sync(_upgrade)
         log.info("database migrated (%s)", self.engine.url.render_as_string(hide_password=True))
 
