@@ -173,10 +173,10 @@ class Settings(BaseSettings):
         description="Recent audio sent at once to a new live.aac listener so its player starts fast (kept below progressive_max_lag_ms).",
     )
     progressive_batch_ms: int = Field(
-        500,
+        1500,
         ge=0,
-        le=2000,
-        description="On the fast path, live.aac audio is written to listeners in batches this long (one write per listener per batch instead of one per AAC frame); 0 writes every frame.",
+        le=5000,
+        description="On the fast path, live.aac audio is written to listeners in batches this long (one write per listener per batch instead of one per AAC frame: less CPU, up to this much more delay); 0 writes every frame. A new listener's burst grows by one batch, so its player's buffer stays above progressive_burst_ms.",
     )
     fast_path: bool = Field(
         True,

@@ -26,7 +26,7 @@ import numpy as np
 
 from townhall.config import Settings
 from townhall.errors import Conflict
-from townhall.live.window import LiveWindow, ProgressiveHub
+from townhall.live.window import LiveWindow, ProgressiveHub, Spreader
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
@@ -55,10 +55,15 @@ class Program:
         self.sample_rate_hz = settings.sample_rate_hz
         self.part_frames = part_frames(settings.part_ms, settings.sample_rate_hz)
         frame_ms = AAC_FRAME_SAMPLES * 1000 / settings.sample_rate_hz
+        # one spreader per program: wake-ups and live.aac writes share its order
+        self.spreader = Spreader(settings.listener_wake_batch)
         self.progressive = ProgressiveHub(
             max_lag_ms=settings.progressive_max_lag_ms,
             burst_ms=settings.progressive_burst_ms,
             frame_ms=frame_ms,
+            bitrate_bps=settings.program_bitrate_bps,
+            batch_ms=settings.progressive_batch_ms,
+            spreader=self.spreader,
         )
         queue_frames = max(2, math.ceil(settings.program_queue_ms / settings.frame_ms))
         self._frames: asyncio.Queue[np.ndarray | None] = asyncio.Queue(queue_frames)
@@ -102,6 +107,7 @@ class Program:
             part_duration_samples=self.part_frames * AAC_FRAME_SAMPLES,
             segment_parts=self.settings.segment_parts,
             window_segments=self.settings.window_segments,
+            spreader=self.spreader,
         )
         self._running = True
         self._encoder_task = asyncio.create_task(

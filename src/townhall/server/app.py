@@ -7,6 +7,7 @@ their own data directory.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -87,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await Services.open(settings)
         app.state.services = services
+        # what start-up built lives for the whole process: keep it out of the
+        # collector's full passes, which otherwise stall the mixer clock
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

@@ -97,12 +97,18 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
     loop = settings.workers_loop
     if loop == "auto":
         loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http: Any = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    if settings.fast_path and http == "httptools":
+        # the listener plane's hot GETs below the framework (server/fastproto.py)
+        from townhall.server.fastproto import protocol_for_app
+
+        http = protocol_for_app(app, settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop=loop,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=http,
         lifespan="on",
         log_config=None,
         access_log=False,

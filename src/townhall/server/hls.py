@@ -14,6 +14,12 @@ URIs under ``/spaces/{space_id}/`` (relative in the playlists)::
 
 Media bytes are immutable and cached for a year; live playlists for 1 s,
 blocking-reload answers for 6 s (their URL names the version), VOD for a day.
+
+These routes are the reference implementation. With ``fast_path`` on,
+``server/fastpath.py`` + ``server/fastproto.py`` answer the hot GETs of a live
+space (parts, segments, init, live playlists, blocking reloads, live.aac) below
+the framework with the same bytes and headers, built with the helpers here;
+every error and every cold path still ends up in these routes.
 """
 
 from __future__ import annotations
@@ -122,9 +128,29 @@ def _disk_playlist(
     return text
 
 
+def media_response(data: bytes, media_type: str, cache: str) -> Response:
+    """The response for listener bytes (the fast path renders the same one)."""
+    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
+
+
 def _bytes(data: bytes, media_type: str, cache: str, kind: str) -> Response:
     metrics.LISTENER_BYTES.labels(kind=kind).inc(len(data))
-    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
+    return media_response(data, media_type, cache)
+
+
+def blocking_timeout() -> ServiceUnavailable:
+    """The error of a blocking request whose part did not come in time."""
+    return ServiceUnavailable(
+        "The requested part is not ready yet; the stream may be stalled. Reload the playlist in a moment.",
+        retry_after_s=1,
+    )
+
+
+def playlist_cache(window: LiveWindow, *, blocking: bool) -> str:
+    """Cache-Control of a live playlist answer (decided after any wait)."""
+    if window.ended:
+        return ENDED_PLAYLIST
+    return BLOCKING_PLAYLIST if blocking else LIVE_PLAYLIST
 
 
 # -- playlists -----------------------------------------------------------------
@@ -154,7 +180,7 @@ async def _playlist(space_id: str, request: Request, *, plain: bool) -> Response
     window = program.window
     assert window is not None
     settings = _settings(request)
-    cache = LIVE_PLAYLIST
+    blocking = False
     if plain:
         directives = parse_blocking_query(None, None, None)
     if directives.msn is not None and not window.closed:
@@ -165,12 +191,11 @@ async def _playlist(space_id: str, request: Request, *, plain: bool) -> Response
             )
         position = window.normalize(directives.msn, directives.part)
         await _wait(window, position, settings.blocking_reload_timeout_s)
-        cache = BLOCKING_PLAYLIST
+        blocking = True
     elif window.version == 0:
         # nothing published yet in this run: hold the very first request
         await _wait(window, (window.open_msn, 0), settings.blocking_reload_timeout_s)
-    if window.ended:
-        cache = ENDED_PLAYLIST
+    cache = playlist_cache(window, blocking=blocking)
     kind = "plain" if plain else ("ll-skip" if directives.skip else "ll")
     text = window.playlist(kind)
     return _bytes(text.encode(), M3U8, cache, "playlist")
@@ -179,10 +204,7 @@ async def _playlist(space_id: str, request: Request, *, plain: bool) -> Response
 async def _wait(window: LiveWindow, position: tuple[int, int], timeout_s: float) -> None:
     if not await window.wait_for(position, timeout_s):
         metrics.HLS_BLOCKING_TIMEOUTS.inc()
-        raise ServiceUnavailable(
-            "The requested part is not ready yet; the stream may be stalled. Reload the playlist in a moment.",
-            retry_after_s=1,
-        )
+        raise blocking_timeout()
 
 
 async def _playlist_from_disk(
@@ -302,6 +324,17 @@ async def progressive(space_id: str, request: Request) -> Response:
     return _ProgressiveResponse(program, program.progressive.subscribe())
 
 
+PROGRESSIVE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+def progressive_head() -> list[tuple[bytes, bytes]]:
+    """Headers of the live.aac response: an endless chunked body, so no
+    Content-Length (Response adds 0 for no content); the server adds
+    Transfer-Encoding."""
+    response = Response(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
+    return [(k, v) for k, v in response.raw_headers if k != b"content-length"]
+
+
 class _ProgressiveResponse(Response):
     """Chunked ADTS for one listener. Sends from the listener's own queue; if
     the hub drops the listener (too far behind), the send is cancelled and the
@@ -310,13 +343,8 @@ class _ProgressiveResponse(Response):
     media_type = AAC
 
     def __init__(self, program: Program, listener: ProgressiveListener) -> None:
-        super().__init__(
-            content=None,
-            media_type=AAC,
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-        )
-        # an endless chunked body: no Content-Length (Response adds 0 for no content)
-        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        super().__init__(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
+        self.raw_headers = progressive_head()
         self.program = program
         self.listener = listener
 

@@ -1,0 +1,147 @@
+"""FastPath.decide without a server: what it claims, what it leaves to the app
+(every error and every cold path), the waits it asks for, and that rendered
+responses are made once and evicted with the window."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.live.test_window import end, make_window, publish
+from townhall.config import Settings
+from townhall.live.window import COMPLETE, LiveWindow, ProgressiveHub
+from townhall.server.fastpath import FastPath, Rendered, Stream, Wait
+
+SPACE = "abcdefgh2345"
+
+
+def make_fast(window: LiveWindow) -> tuple[FastPath, Any]:
+    program = SimpleNamespace(
+        window=window, progressive=ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=20)
+    )
+    settings = Settings(blocking_reload_timeout_s=2.0)
+    fast = FastPath(settings, lambda space_id: program if space_id == SPACE else None)
+    return fast, program
+
+
+@pytest.fixture
+def live() -> tuple[FastPath, LiveWindow]:
+    window = make_window(window_segments=3)
+    window.init_segment = b"\x00\x00\x00\x10ftypiso6" + b"\x00" * 4
+    for msn in range(4):
+        publish(window, msn, 0)
+        publish(window, msn, 1)
+        end(window, msn)
+    publish(window, 4, 0)  # open segment 4 has one part
+    return make_fast(window)[0], window
+
+
+def decide(fast: FastPath, path: str, query: str | None = None, method: str = "GET") -> Any:
+    return fast.decide(
+        method.encode(), f"/spaces/{SPACE}/{path}".encode(), query.encode() if query else None
+    )
+
+
+def test_media_is_claimed_rendered_once_and_evicted_with_the_window(
+    live: tuple[FastPath, LiveWindow],
+) -> None:
+    fast, window = live
+    part = decide(fast, "part/3.1.m4s")
+    assert isinstance(part, Rendered) and part.status == 200
+    assert part.body == window.part(3, 1)
+    assert b"content-length: %d\r\n" % len(part.body) in part.head
+    assert part.tail == part.head + b"\r\n" + part.body
+    assert decide(fast, "part/3.1.m4s") is part  # rendered once
+    assert decide(fast, "part/4.0.m4s", method="HEAD").body == window.part(4, 0)
+    segment = decide(fast, "seg/3.m4s")
+    assert isinstance(segment, Rendered) and segment.body == window.segment(3)
+    init = decide(fast, "init.mp4")
+    assert init is decide(fast, "init/0.mp4") and init.body == window.init_segment
+    publish(window, 4, 1)
+    end(window, 4)  # segment 1 leaves the window
+    assert decide(fast, "seg/1.m4s") is None  # from disk: the app
+    assert decide(fast, "part/1.0.m4s") is None  # 404: the app
+    assert decide(fast, "part/3.1.m4s") is part
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "method"),
+    [
+        ("part/3.2.m4s", None, "GET"),  # index past the segment's parts: 404
+        ("part/3.m4s", None, "GET"),
+        ("part/3.1.mp4", None, "GET"),
+        ("part/-1.0.m4s", None, "GET"),
+        ("part/9.0.m4s", None, "GET"),  # too far ahead: 404
+        ("part/1234567890123.0.m4s", None, "GET"),
+        ("seg/%33.m4s", None, "GET"),
+        ("seg/x.m4s", None, "GET"),
+        ("init/1.mp4", None, "GET"),  # another epoch: from disk
+        ("init/..mp4", None, "GET"),
+        ("live.aac", None, "HEAD"),  # 405 from the app
+        ("recording.m4a", None, "GET"),
+        ("state.json", None, "GET"),
+        ("live.m3u8", "_HLS_msn=abc", "GET"),
+        ("live.m3u8", "_HLS_part=1", "GET"),  # part without msn: 400
+        ("live.m3u8", "_HLS_msn=1&_HLS_msn=2", "GET"),
+        ("live.m3u8", "_HLS_msn=%31", "GET"),
+        ("live.m3u8", "_HLS_skip=NO", "GET"),
+        ("live.m3u8", "_HLS_msn=7", "GET"),  # more than two past the edge: 400
+        ("plain.m3u8", "_HLS_msn=x", "GET"),  # the app validates it too
+    ],
+)
+def test_errors_and_cold_paths_are_left_to_the_app(
+    live: tuple[FastPath, LiveWindow], path: str, query: str | None, method: str
+) -> None:
+    fast, _ = live
+    assert decide(fast, path, query, method) is None
+
+
+def test_other_spaces_and_paths_are_not_claimed(live: tuple[FastPath, LiveWindow]) -> None:
+    fast, _ = live
+    for raw in (b"/api/spaces", b"/healthz", b"/spaces/abcdefgh2345", b"/spaces/zzzzzzzzzzzz/live.m3u8",
+                b"/spaces/abcdefgh2345/../x", "/spaces/é/live.m3u8".encode()):  # fmt: skip
+        assert fast.decide(b"GET", raw, None) is None
+
+
+def test_playlists_ready_or_waiting(live: tuple[FastPath, LiveWindow]) -> None:
+    fast, window = live
+    plain = decide(fast, "plain.m3u8", "_HLS_msn=99&_HLS_skip=YES")  # ignored on plain
+    assert isinstance(plain, Rendered) and b"#EXT-X-PART" not in plain.body
+    ll = decide(fast, "live.m3u8", "token=abc")  # unknown parameters are ignored, as the app does
+    assert isinstance(ll, Rendered) and b"max-age=1\r\n" in ll.head
+    assert decide(fast, "live.m3u8") is ll  # once per version
+    blocking = decide(fast, "live.m3u8", "_HLS_msn=4&_HLS_part=0")
+    assert isinstance(blocking, Rendered) and b"max-age=6\r\n" in blocking.head
+    wait = decide(fast, "live.m3u8", "_HLS_msn=4&_HLS_part=1&_HLS_skip=YES")
+    assert isinstance(wait, Wait) and wait.position == (4, 1) and wait.timeout_s == 2.0
+    whole = decide(fast, "live.m3u8", "_HLS_msn=5")
+    assert isinstance(whole, Wait) and whole.position == (5, COMPLETE)
+    publish(window, 4, 1)
+    answer = wait.answer()
+    assert answer is not None and b'"part/4.1.m4s"' in answer.body
+    assert b"max-age=6\r\n" in answer.head
+    timeout = wait.timeout()
+    assert timeout.status == 503 and b"retry-after: 1\r\n" in timeout.head
+    assert b"/spaces/abcdefgh2345/live.m3u8" in timeout.body
+    assert decide(fast, "live.m3u8") is not ll  # a new version
+
+
+def test_hinted_part_waits_and_closed_window_answers_through_the_app() -> None:
+    window = make_window()
+    fast, program = make_fast(window)
+    first = decide(fast, "live.m3u8")
+    assert isinstance(first, Wait) and first.position == (0, 0)  # nothing published yet
+    publish(window, 0, 0)
+    hinted = decide(fast, "part/0.1.m4s")
+    assert isinstance(hinted, Wait) and hinted.answer() is None  # not there yet
+    stream = decide(fast, "live.aac")
+    assert isinstance(stream, Stream) and stream.hub is program.progressive
+    assert b"content-type: audio/aac\r\n" in stream.head and b"content-length" not in stream.head
+    window.close(ended=True)
+    assert hinted.answer() is None  # never came: the app says 404
+    assert decide(fast, "part/0.1.m4s") is None
+    assert decide(fast, "live.aac") is None
+    ended = decide(fast, "live.m3u8", "_HLS_msn=3")
+    assert isinstance(ended, Rendered) and b"max-age=86400" in ended.head
