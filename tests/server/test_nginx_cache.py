@@ -1,0 +1,115 @@
+"""The deployment guide's cache in front (deploy/nginx-cache.conf), run for
+real: nginx in front of a live `townhall serve`. Listeners waiting for the
+same next part (a blocking playlist reload) are collapsed into ONE request to
+the origin, and immutable parts are answered from the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def nginx_in_front(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
+    if shutil.which("nginx") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("nginx is not installed (scripts/setup.sh --test installs nginx-light)")
+        pytest.skip("NGINX NOT TESTED: nginx is not installed")
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    (prefix / "cache").mkdir(parents=True)
+    conf = (ROOT / "deploy" / "nginx-cache.conf").read_text()
+    conf = (
+        conf.replace("@ORIGIN@", f"127.0.0.1:{live_server.port}")
+        .replace("@LISTEN@", f"127.0.0.1:{port}")
+        .replace("@CACHE_DIR@", str(prefix / "cache"))
+    )
+    (prefix / "nginx.conf").write_text(conf)
+    directives = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/error.log;"
+    if os.geteuid() == 0:
+        directives += " user root;"  # workers must reach the test's private temp dir
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", directives],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise AssertionError(f"nginx did not start: {err}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def live_space(http: httpx.AsyncClient) -> str:
+    password = "correct horse 1"
+    await http.post("/api/accounts", json={"username": "cachehost", "password": password})
+    token = (
+        await http.post("/api/sessions", json={"username": "cachehost", "password": password})
+    ).json()["token"]
+    response = await http.post(
+        "/api/spaces", json={"title": "Cached"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def test_waiters_for_the_next_part_reach_the_origin_once(
+    nginx_in_front: str, live_server: LiveServer
+) -> None:
+    async with httpx.AsyncClient(base_url=nginx_in_front, timeout=20) as http:
+        space_id = await live_space(http)
+        base = f"/spaces/{space_id}/"
+        # wait for the live edge, then ask everyone for the part after it
+        for _ in range(100):
+            playlist = (await http.get(base + "live.m3u8")).text
+            if "#EXT-X-PRELOAD-HINT" in playlist:
+                break
+            await asyncio.sleep(0.1)
+        hint = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part/(\d+)\.(\d+)\.m4s"', playlist)
+        assert hint, playlist
+        msn, part = hint.groups()
+        blocking = f"{base}live.m3u8?_HLS_msn={msn}&_HLS_part={part}"
+
+        answers = await asyncio.gather(*(http.get(blocking) for _ in range(40)))
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.content for a in answers}) == 1  # the same playlist for all
+        assert f"part/{msn}.{part}.m4s" in answers[0].text
+        cache = [a.headers.get("x-cache") for a in answers]
+        assert cache.count("MISS") == 1, cache  # one request reached the origin
+
+        # an immutable part: the second listener is served by the cache
+        first = await http.get(f"{base}part/{msn}.{part}.m4s")
+        second = await http.get(f"{base}part/{msn}.{part}.m4s")
+        assert first.status_code == second.status_code == 200
+        assert second.headers["x-cache"] == "HIT"
+        assert first.content == second.content
+
+        # the API is passed through, never cached
+        join = await http.post(f"/api/spaces/{space_id}/join", json={})
+        assert join.status_code == 200 and "x-cache" not in join.headers
