@@ -65,6 +65,17 @@ async def _target_role(services: Services, space_id: str, account_id: str) -> st
     return await services.spaces.current_role(space_id, account_id)
 
 
+async def _authorize(
+    services: Services, space_id: str, actor_id: str, action: roles.Action, target_id: str
+) -> str | None:
+    """Raise unless ``actor_id`` may do ``action`` to ``target_id`` in the space;
+    returns the target's current role."""
+    actor = await _actor_role(services, space_id, actor_id)
+    target = await _target_role(services, space_id, target_id)
+    roles.check(actor, action, target, is_self=target_id == actor_id)
+    return target
+
+
 @router.post("/requests", status_code=202, response_model=StageChangeOut, summary="Ask to speak")
 async def request_to_speak(space_id: SpaceId, claims: Session, request: Request) -> StageChangeOut:
     services = services_of(request)
@@ -98,9 +109,7 @@ async def approve_request(
     space_id: SpaceId, account_id: AccountId, claims: Session, request: Request
 ) -> StageChangeOut:
     services = services_of(request)
-    actor = await _actor_role(services, space_id, claims.subject)
-    target = await _target_role(services, space_id, account_id)
-    roles.check(actor, "approve_request", target, is_self=account_id == claims.subject)
+    await _authorize(services, space_id, claims.subject, "approve_request", account_id)
     if not await services.spaces.has_request(space_id, account_id):
         raise NotFound("That account has not asked to speak (or the request was answered).")
     await services.spaces.grant(space_id, account_id, "speaker")
@@ -112,9 +121,7 @@ async def deny_request(
     space_id: SpaceId, account_id: AccountId, claims: Session, request: Request
 ) -> StageChangeOut:
     services = services_of(request)
-    actor = await _actor_role(services, space_id, claims.subject)
-    target = await _target_role(services, space_id, account_id)
-    roles.check(actor, "deny_request", target, is_self=account_id == claims.subject)
+    await _authorize(services, space_id, claims.subject, "deny_request", account_id)
     if not await services.spaces.remove_request(space_id, account_id):
         raise NotFound("That account has not asked to speak (or the request was answered).")
     return StageChangeOut(account_id=account_id, role="listener")
@@ -138,9 +145,9 @@ async def invite(
 async def _set_muted(
     space_id: str, account_id: str, muted: bool, claims_subject: str, services: Services
 ) -> StageChangeOut:
-    actor = await _actor_role(services, space_id, claims_subject)
-    target = await _target_role(services, space_id, account_id)
-    roles.check(actor, "mute" if muted else "unmute", target, is_self=account_id == claims_subject)
+    target = await _authorize(
+        services, space_id, claims_subject, "mute" if muted else "unmute", account_id
+    )
     room = services.rooms.get(space_id)
     if room is not None:
         await room.stage.set_muted(account_id, muted)
@@ -168,9 +175,7 @@ async def demote(
     space_id: SpaceId, account_id: AccountId, claims: Session, request: Request
 ) -> StageChangeOut:
     services = services_of(request)
-    actor = await _actor_role(services, space_id, claims.subject)
-    target = await _target_role(services, space_id, account_id)
-    roles.check(actor, "demote", target, is_self=account_id == claims.subject)
+    await _authorize(services, space_id, claims.subject, "demote", account_id)
     await services.spaces.revoke(space_id, account_id)
     room = services.rooms.get(space_id)
     if room is not None:
@@ -183,9 +188,7 @@ async def block(
     space_id: SpaceId, body: BlockIn, claims: Session, request: Request
 ) -> StageChangeOut:
     services = services_of(request)
-    actor = await _actor_role(services, space_id, claims.subject)
-    target = await _target_role(services, space_id, body.account_id)
-    roles.check(actor, "block", target, is_self=body.account_id == claims.subject)
+    await _authorize(services, space_id, claims.subject, "block", body.account_id)
     await services.spaces.block(space_id, body.account_id, claims.subject)
     room = services.rooms.get(space_id)
     if room is not None:
