@@ -36,11 +36,12 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
     import uvicorn
     from fastapi import FastAPI
 
+    from townhall import problems
     from townhall.config import Settings
     from townhall.live.program import Program
-    from townhall.server import hls, problems
-    from townhall.server.fastpath import FastPath, programs_of
-    from townhall.server.fastproto import protocol_for
+    from townhall.origin import asgi as hls
+    from townhall.origin.fastproto import protocol_for
+    from townhall.origin.rules import FastPath, programs_of
 
     settings = Settings(data_dir=Path(data_dir), listener_wake_batch=batch)
     app = FastAPI()

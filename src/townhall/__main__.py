@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from townhall.server.cli import main
+from townhall.cli.main import main
 
 if __name__ == "__main__":
     main()

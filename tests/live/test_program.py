@@ -15,11 +15,11 @@ from tests.media.hls_validator import decode_pcm, validate
 from townhall.config import Settings
 from townhall.errors import Conflict
 from townhall.live.program import Program
-from townhall.live.window import COMPLETE, ProgressiveHub
 from townhall.media import adts
 from townhall.media.encoder import AAC_FRAME_SAMPLES
-from townhall.media.playlist import render_vod
 from townhall.media.signals import dominant_frequency, tone
+from townhall.origin.playlist import render_vod
+from townhall.origin.window import COMPLETE, ProgressiveHub
 from townhall.store.recordings import RecordingStore
 
 SPACE = "abcdefgh2345"

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from townhall.live.window import (
+from townhall import metrics
+from townhall.media.cmaf import Part, SegmentEnd
+from townhall.origin.window import (
     LAST_CHUNK,
     LiveWindow,
     ProgressiveHub,
     Spreader,
     http_chunk,
 )
-from townhall.media.cmaf import Part, SegmentEnd
-from townhall.server import metrics
 
 PART = 480
 

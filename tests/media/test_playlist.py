@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from townhall.errors import BadRequest
-from townhall.media.playlist import (
+from townhall.origin.playlist import (
     PartRef,
     PlaylistView,
     SegmentRef,

@@ -14,9 +14,9 @@ import pytest
 from tests.live.test_program import SPACE, feed, small_settings
 from tests.media.hls_validator import decode_pcm
 from tests.server.test_fastproto import BASE, Conn, request, serve
+from townhall import metrics
 from townhall.media.signals import dominant_frequency, read_wav, tone
-from townhall.server import metrics
-from townhall.server.fastproto import COUNTS
+from townhall.origin.fastproto import COUNTS
 
 
 def counter(metric: object, **labels: str) -> float:

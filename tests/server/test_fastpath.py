@@ -11,8 +11,8 @@ import pytest
 
 from tests.live.test_window import end, make_window, publish
 from townhall.config import Settings
-from townhall.live.window import COMPLETE, LiveWindow, ProgressiveHub
-from townhall.server.fastpath import FastPath, Rendered, Stream, Wait
+from townhall.origin.rules import FastPath, Rendered, Stream, Wait
+from townhall.origin.window import COMPLETE, LiveWindow, ProgressiveHub
 
 SPACE = "abcdefgh2345"
 

@@ -18,11 +18,11 @@ import uvicorn
 from tests.conftest import free_port
 from tests.live.test_program import SPACE, feed, small_settings
 from tests.server.test_hls import Origin
+from townhall import metrics
 from townhall.config import Settings
 from townhall.media.signals import tone
-from townhall.server import metrics
-from townhall.server.fastpath import FastPath, programs_of
-from townhall.server.fastproto import COUNTS, protocol_for
+from townhall.origin.fastproto import COUNTS, protocol_for
+from townhall.origin.rules import FastPath, programs_of
 
 BASE = f"/spaces/{SPACE}"
 

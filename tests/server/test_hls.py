@@ -15,10 +15,11 @@ from fastapi import FastAPI
 
 from tests.live.test_program import SPACE, feed, small_settings
 from tests.media.hls_validator import decode_pcm, validate
+from townhall import problems
 from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.media.signals import dominant_frequency, tone
-from townhall.server import hls, problems
+from townhall.origin import asgi as hls
 
 
 class Rooms:

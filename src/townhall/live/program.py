@@ -24,13 +24,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import Conflict
-from townhall.live.window import LiveWindow, ProgressiveHub, Spreader
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
-from townhall.server import metrics
+from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
 log = logging.getLogger("townhall.media")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.live.room import Room
-from townhall.server import metrics
 
 
 class RoomRegistry:

@@ -14,8 +14,8 @@ import logging
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from townhall import metrics
 from townhall.errors import NotFound, Unauthorized
-from townhall.server import metrics
 from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Session,

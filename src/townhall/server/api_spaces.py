@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from townhall import metrics
 from townhall.errors import (
     BadRequest,
     Conflict,
@@ -31,7 +32,6 @@ from townhall.errors import (
     ValidationFailed,
 )
 from townhall.policy import roles
-from townhall.server import metrics
 from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Bearer,

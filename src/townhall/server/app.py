@@ -17,10 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from townhall import __version__
+from townhall import __version__, problems
 from townhall.config import Settings
 from townhall.errors import PayloadTooLarge
-from townhall.server import problems
 from townhall.server.services import Services
 
 

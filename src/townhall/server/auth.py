@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from townhall import metrics
 from townhall.errors import TooManyRequests, Unauthorized
 from townhall.policy.ratelimit import Decision
 from townhall.policy.tokens import Claims, Kind
-from townhall.server import metrics
 
 if TYPE_CHECKING:
     from townhall.server.services import Services

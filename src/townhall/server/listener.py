@@ -32,8 +32,8 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from townhall import metrics
 from townhall.errors import NotFound
-from townhall.server import metrics
 from townhall.server.auth import PROBLEM_SCHEMA
 
 if TYPE_CHECKING:

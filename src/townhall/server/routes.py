@@ -7,24 +7,18 @@ import importlib
 
 from fastapi import FastAPI
 
-# module name under townhall.server -> included if present (areas land one by one)
+# full module names, in the order their routes are matched
 ROUTER_MODULES = (
-    "api_accounts",
-    "api_spaces",
-    "api_stage",
-    "api_webrtc",
-    "listener",
-    "hls",
-    "pages",
+    "townhall.server.api_accounts",
+    "townhall.server.api_spaces",
+    "townhall.server.api_stage",
+    "townhall.server.api_webrtc",
+    "townhall.server.listener",
+    "townhall.origin.asgi",
+    "townhall.server.pages",
 )
 
 
 def include_all(app: FastAPI) -> None:
     for name in ROUTER_MODULES:
-        try:
-            module = importlib.import_module(f"townhall.server.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"townhall.server.{name}":
-                continue
-            raise
-        app.include_router(module.router)
+        app.include_router(importlib.import_module(name).router)

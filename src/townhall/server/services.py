@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.live.registry import RoomRegistry
 from townhall.policy.ratelimit import (
@@ -26,7 +27,6 @@ from townhall.policy.ratelimit import (
     RedisLimiter,
 )
 from townhall.policy.tokens import TokenSigner, load_keys
-from townhall.server import metrics
 from townhall.server.auth import Networks, parse_networks
 from townhall.server.listener import (
     ListenerCounter,

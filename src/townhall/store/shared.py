@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.policy.ratelimit import STORE_ERRORS
-from townhall.server import metrics
 
 log = logging.getLogger("townhall.store")
 

@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from townhall import metrics
 from townhall.errors import TownhallError
-from townhall.server import metrics
 
 log = logging.getLogger("townhall.access")
 

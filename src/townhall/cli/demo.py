@@ -23,10 +23,11 @@ from typing import Any
 import click
 import httpx
 
+from townhall.cli.options import build_settings, settings_options
 from townhall.client.speak import PcmTrack, publish, speaker_token
 from townhall.config import Settings
 from townhall.media import signals
-from townhall.server.cli import build_settings, run_server, settings_options
+from townhall.server.run import run_server
 
 log = logging.getLogger("townhall.demo")
 

@@ -29,10 +29,11 @@ from typing import Any
 
 from starlette.responses import Response
 
+from townhall import metrics, problems
 from townhall.config import Settings
 from townhall.live.program import Program
-from townhall.live.window import LiveWindow, ProgressiveHub
-from townhall.server import hls, metrics, problems
+from townhall.origin import asgi as hls
+from townhall.origin.window import LiveWindow, ProgressiveHub
 
 log = logging.getLogger("townhall.access")
 

@@ -36,10 +36,10 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from townhall import metrics
 from townhall.config import Settings
-from townhall.live.window import LAST_CHUNK, StreamSink, Waiter
-from townhall.server import metrics
-from townhall.server.fastpath import Decision, FastPath, Rendered, Stream, Wait, programs_of
+from townhall.origin.rules import Decision, FastPath, Rendered, Stream, Wait, programs_of
+from townhall.origin.window import LAST_CHUNK, StreamSink, Waiter
 
 log = logging.getLogger("townhall.access")
 

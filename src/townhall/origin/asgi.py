@@ -33,14 +33,14 @@ from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from townhall.live.program import Program
-from townhall.live.window import LiveWindow, ProgressiveListener, records_view
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
-from townhall.media.playlist import parse_blocking_query, render_ll, render_plain
-from townhall.server import metrics
+from townhall.origin.playlist import parse_blocking_query, render_ll, render_plain
+from townhall.origin.window import LiveWindow, ProgressiveListener, records_view
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)

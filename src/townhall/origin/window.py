@@ -32,9 +32,9 @@ from collections.abc import Callable, Hashable, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
+from townhall import metrics
 from townhall.media.cmaf import Part, SegmentEnd
-from townhall.media.playlist import PartRef, PlaylistView, SegmentRef, render_ll, render_plain
-from townhall.server import metrics
+from townhall.origin.playlist import PartRef, PlaylistView, SegmentRef, render_ll, render_plain
 from townhall.store.recordings import SegmentRecord
 
 COMPLETE = 1 << 30

@@ -1,0 +1,75 @@
+"""The ``townhall`` command line (the group, ``serve`` and the attached verbs).
+
+``serve`` and ``demo`` take one flag per setting (generated from
+:class:`townhall.config.Settings`: field ``part_ms`` is ``--part-ms`` and
+``TOWNHALL_PART_MS``). Other verbs (``speak``, ``bench ...``) live beside the
+code they drive and are attached here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from townhall import __version__
+from townhall.cli.options import build_settings, settings_options
+from townhall.server.run import run_server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="townhall")
+def main() -> None:
+    """townhall: live audio spaces. A few people talk over WebRTC; any number
+    listen over Low-Latency HLS, in a browser or any HLS player.
+
+    \b
+    Start here:
+      townhall serve               run the server (SQLite and files under ./townhall-data)
+      townhall demo                the same, plus a live demo space with bot speakers
+      townhall speak FILE ...      publish an audio file into a space as a speaker
+      townhall bench join ...      load-test a running server before your event
+
+    Every setting has a flag, a TOWNHALL_* environment variable and a default:
+    see `townhall serve --help`.
+    """
+
+
+@main.command()
+@settings_options
+def serve(**overrides: Any) -> None:
+    """Run townhall: API, listener plane, pages, on one process.
+
+    With no flags it uses SQLite and local files under ./townhall-data and
+    needs no other service.
+    """
+    settings = build_settings(overrides)
+    click.echo(
+        f"townhall {__version__} serving on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
+    )
+    run_server(settings)
+
+
+# Verbs that live beside the code they drive: module -> attribute (a click command).
+ATTACHED = (
+    ("townhall.client.speak", "speak_command"),
+    ("townhall.cli.demo", "demo_command"),
+    ("townhall.bench.cli", "bench_group"),
+)
+
+
+def _attach() -> None:
+    for module_name, attribute in ATTACHED:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        main.add_command(getattr(module, attribute))
+
+
+_attach()
+
+__all__ = ["build_settings", "main", "run_server", "settings_options"]
