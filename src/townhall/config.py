@@ -258,6 +258,55 @@ class Settings(BaseSettings):
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
 
+    # --- issue 11: every node serves every room ---
+    bus_enabled: bool = Field(
+        False,
+        description="Scaled out: publish the program of every room this node runs on a Redis stream, and serve rooms run by other nodes by following theirs (needs REDIS_URL).",
+    )
+    bus_max_entries: int = Field(
+        200,
+        ge=20,
+        le=100_000,
+        description="Entries kept in each live room's Redis stream (about 2.3 per second of audio at the default part length); a follower further behind than this resyncs at a segment boundary.",
+    )
+    bus_queue_entries: int = Field(
+        64,
+        ge=4,
+        le=10_000,
+        description="Bus entries an owner node buffers while Redis is slow; beyond that it drops them (counted) and followers resync.",
+    )
+    bus_block_ms: int = Field(
+        1000,
+        ge=50,
+        le=30_000,
+        description="How long a follower's read of a room's stream waits for the next entry before asking again.",
+    )
+    bus_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        description="How long a room's stream and records stay in Redis after its last write.",
+    )
+    room_lease: bool = Field(
+        False,
+        description="Scaled out: exactly one node runs each live room, by a lease in Redis with a fencing token; when it dies another node takes the room over (needs BUS_ENABLED).",
+    )
+    room_lease_ttl_ms: int = Field(
+        3000,
+        ge=500,
+        le=60_000,
+        description="How long a room's lease lasts without renewal: a dead owner's room is taken over about this long after its last renewal.",
+    )
+    room_lease_renew_ms: int = Field(
+        1000,
+        ge=100,
+        le=30_000,
+        description="How often the owner renews a room's lease, and how often other nodes try to take a room whose lease lapsed; keep it well below ROOM_LEASE_TTL_MS.",
+    )
+    node_id: str = Field(
+        "",
+        description="This node's name in room leases and logs; empty means host:port:pid.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

@@ -83,3 +83,34 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+
+# --- issue 11: every node serves every room ---
+BUS_PUBLISHED = Counter(
+    "townhall_bus_published_total", "Entries this node wrote to the segment bus, by kind.", ["kind"]
+)
+BUS_DROPPED = Counter(
+    "townhall_bus_dropped_total",
+    "Bus entries an owner dropped because Redis was too slow or away (followers resync).",
+)
+BUS_FENCED = Counter(
+    "townhall_bus_fenced_total",
+    "Bus writes refused because this node no longer holds the room's lease.",
+)
+BUS_FAILURES = Counter(
+    "townhall_bus_failures_total", "Segment bus operations that failed, by operation.", ["op"]
+)
+BUS_GAPS = Counter(
+    "townhall_bus_gaps_total",
+    "Times a follower found entries missing (fell behind the stream's length, or Redis lost data).",
+)
+BUS_RESYNCS = Counter(
+    "townhall_bus_resyncs_total",
+    "Times a follower restarted its window at a segment boundary after missing entries.",
+)
+FOLLOWED_ROOMS = Gauge(
+    "townhall_followed_rooms", "Live rooms this node serves by following another node's bus."
+)
+ROOM_TAKEOVERS = Counter(
+    "townhall_room_takeovers_total", "Rooms this node took over after their owner's lease lapsed."
+)
