@@ -300,6 +300,7 @@ class Follower:
         self.retry_s = retry_s
         self.status = FollowerStatus()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.synced = asyncio.Event()
 
     @property
@@ -312,6 +313,7 @@ class Follower:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True  # a client library may swallow the cancel: the loop checks this
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -323,7 +325,7 @@ class Follower:
 
     async def _run(self) -> None:
         need_snapshot = True
-        while not self.state.closed:
+        while not self.state.closed and not self._stopping:
             try:
                 if need_snapshot:
                     if self.state.restore(await self.reader.snapshot()):
@@ -342,6 +344,8 @@ class Follower:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away or a bad entry: retry, say so
+                if self._stopping:
+                    return
                 metrics.BUS_FAILURES.labels(op="follow").inc()
                 if self.status.behind_since_s is None:
                     self.status.behind_since_s = time.time()

@@ -160,8 +160,9 @@ class BusPublisher:
     """The owner's side of one room's bus: ``offer`` queues, a task writes.
 
     ``token()`` gives the current fencing token ('' without leases);
-    ``state()`` the current epoch start and the records so far (for a
-    restore). A refused write calls ``on_fenced`` once and stops the task.
+    ``history`` the segment records from before this run (the publisher
+    adds the ones it writes: a restore writes exactly what the bus carried).
+    A refused write calls ``on_fenced`` once and stops the task.
     """
 
     def __init__(
@@ -170,14 +171,15 @@ class BusPublisher:
         *,
         max_queue: int,
         token: Callable[[], str],
-        state: Callable[[], tuple[EpochStart | None, Sequence[SegmentRecord]]],
+        history: Sequence[SegmentRecord] = (),
         on_fenced: Callable[[], object] = lambda: None,
         retry_s: float = 0.3,
     ) -> None:
         self.writer = writer
         self._queue: asyncio.Queue[Message] = asyncio.Queue(max_queue)
         self._token = token
-        self._state = state
+        self._records = list(history)
+        self._meta: EpochStart | None = None
         self._on_fenced = on_fenced
         self.retry_s = retry_s
         self.dropped = 0
@@ -229,10 +231,12 @@ class BusPublisher:
         while True:
             try:
                 _, has_meta = await self.writer.write(message, self._token())
-                if not has_meta:
-                    meta, records = self._state()
-                    if meta is not None:
-                        await self.writer.restore(meta, records, self._token())
+                if isinstance(message, EpochStart):
+                    self._meta = message
+                elif isinstance(message, SegmentEnded):
+                    self._records.append(message.record)
+                if not has_meta and self._meta is not None:
+                    await self.writer.restore(self._meta, self._records, self._token())
                 return
             except Fenced:
                 raise
