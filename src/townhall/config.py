@@ -261,7 +261,7 @@ class Settings(BaseSettings):
     # --- issue 11: every node serves every room ---
     bus_enabled: bool = Field(
         False,
-        description="Scaled out: publish the program of every room this node runs on a Redis stream, and serve rooms run by other nodes by following theirs (needs REDIS_URL).",
+        description="Scaled out (needs REDIS_URL): exactly one node runs each live room, by a lease in Redis with a fencing token, and publishes its program on a Redis stream; every other node serves the room's listeners by following that stream, keeps a copy of the recording, and takes the room over when the owner's lease lapses.",
     )
     bus_max_entries: int = Field(
         200,
@@ -285,10 +285,6 @@ class Settings(BaseSettings):
         86_400,
         ge=60,
         description="How long a room's stream and records stay in Redis after its last write.",
-    )
-    room_lease: bool = Field(
-        False,
-        description="Scaled out: exactly one node runs each live room, by a lease in Redis with a fencing token; when it dies another node takes the room over (needs BUS_ENABLED).",
     )
     room_lease_ttl_ms: int = Field(
         3000,

@@ -31,6 +31,9 @@ class Rooms:
     def get(self, space_id: str) -> Any:
         return self.rooms.get(space_id)
 
+    def listener_source(self, space_id: str) -> Any:
+        return getattr(self.rooms.get(space_id), "program", None)
+
 
 def make_app(settings: Settings) -> tuple[FastAPI, Rooms]:
     app = FastAPI()

@@ -30,6 +30,7 @@ from townhall.errors import Conflict
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
+from townhall.origin.bus import Closed, EpochStart, Message, PartPublished, SegmentEnded
 from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
@@ -80,6 +81,8 @@ class Program:
         self._encoder_task: asyncio.Task[None] | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self.frames_dropped = 0
+        # the segment bus (scaled out): told every call made on the window; never blocks
+        self.tap: Callable[[Message], None] | None = None
 
     @property
     def ended(self) -> bool:
@@ -177,8 +180,13 @@ class Program:
         self._running = False
         if self.window is not None:
             self.window.close(ended=ended)
+            self._tell(Closed(ended))
         self.progressive.close()
         log.info("program %s %s", self.space_id, "finished" if ended else "suspended")
+
+    def _tell(self, message: Message) -> None:
+        if self.tap is not None:
+            self.tap(message)
 
     # -- tasks -------------------------------------------------------------------
 
@@ -212,6 +220,16 @@ class Program:
                         events.extend(packager.close())
                     if events and not init_written and packager.init_segment is not None:
                         window.init_segment = packager.init_segment
+                        self._tell(
+                            EpochStart(
+                                self._epoch,
+                                window.open_msn,
+                                packager.init_segment,
+                                self.sample_rate_hz,
+                                window.part_duration_samples,
+                                window.segment_parts,
+                            )
+                        )
                         self._manifest = await asyncio.to_thread(
                             self.recording.begin_epoch,
                             self._manifest,
@@ -239,9 +257,11 @@ class Program:
             wall = self._epoch_wall_s if self._epoch_wall_s is not None else self._clock()
             pdt = wall + (event.start_samples - self._epoch_start_samples) / self.sample_rate_hz
             self.window.publish_part(event, pdt)
+            self._tell(PartPublished(event, pdt))
             metrics.PROGRAM_PARTS.inc()
         else:
             record, data = self.window.end_segment(event)
+            self._tell(SegmentEnded(event, record))
             await self._writes.put((record, data))
 
     async def _write_loop(self) -> None:

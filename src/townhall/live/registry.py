@@ -1,12 +1,17 @@
-"""The rooms running in this process, one per live space."""
+"""The rooms running in this process, one per live space (and, scaled out,
+the rooms this node follows: see ``live/scaleout.py``)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.config import Settings
 from townhall.live.room import Room
+
+if TYPE_CHECKING:
+    from townhall.live.scaleout import Scaleout
 
 
 class RoomRegistry:
@@ -16,20 +21,46 @@ class RoomRegistry:
         self.settings = settings
         self._rooms: dict[str, Room] = {}
         self._lock = asyncio.Lock()
+        self.scaleout: Scaleout | None = None
+        """Set when ``bus_enabled``: leases decide where a room runs."""
 
     def get(self, space_id: str) -> Room | None:
         return self._rooms.get(space_id)
 
+    def listener_source(self, space_id: str) -> Any:
+        """What answers listeners of a live space on this node: the program of
+        the room running here, else (scaled out) the followed room's copy, or
+        None. Both have ``window``, ``progressive`` and ``ended``."""
+        room = self._rooms.get(space_id)
+        if room is not None:
+            return room.program
+        if self.scaleout is not None:
+            return self.scaleout.listener_source(space_id)
+        return None
+
     def __len__(self) -> int:
         return len(self._rooms)
 
-    async def start(self, space_id: str) -> Room:
-        """Start the room of a live space; a second call returns the same room."""
+    async def start(self, space_id: str) -> Room | None:
+        """Start the room of a live space; a second call returns the same room.
+        Scaled out: only if this node gets the room's lease (else None: it follows)."""
+        if self.scaleout is not None:
+            return await self.scaleout.claim(space_id)
+        return await self.start_local(space_id)
+
+    async def start_local(self, space_id: str) -> Room:
         async with self._lock:
             room = self._rooms.get(space_id)
             if room is None:
                 room = Room(space_id, self.settings)
-                await room.start()
+                if self.scaleout is not None:
+                    self.scaleout.attach(room)
+                try:
+                    await room.start()
+                except BaseException:
+                    if self.scaleout is not None:
+                        await self.scaleout.detach(space_id, release=True)
+                    raise
                 self._rooms[space_id] = room
                 metrics.SPACES_LIVE.set(len(self._rooms))
             return room
@@ -41,6 +72,18 @@ class RoomRegistry:
             metrics.SPACES_LIVE.set(len(self._rooms))
         if room is not None:
             await room.end()
+            if self.scaleout is not None:
+                await self.scaleout.detach(space_id, release=True)
+
+    async def suspend(self, space_id: str) -> None:
+        """Stop running the room here without ending the talk (lost its lease)."""
+        async with self._lock:
+            room = self._rooms.pop(space_id, None)
+            metrics.SPACES_LIVE.set(len(self._rooms))
+        if room is not None:
+            await room.suspend()
+            if self.scaleout is not None:
+                await self.scaleout.detach(space_id, release=False)
 
     async def close(self) -> None:
         """Process shutdown: suspend every room (they resume at the next start)."""
@@ -50,3 +93,7 @@ class RoomRegistry:
             metrics.SPACES_LIVE.set(0)
         for room in rooms:
             await room.suspend()
+            if self.scaleout is not None:
+                await self.scaleout.detach(room.space_id, release=True)
+        if self.scaleout is not None:
+            await self.scaleout.close()

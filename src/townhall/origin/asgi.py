@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, Response
@@ -36,9 +36,9 @@ from starlette.types import Receive, Scope, Send
 from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from townhall.live.program import Program
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
+from townhall.origin.follower import ListenerSource
 from townhall.origin.playlist import parse_blocking_query, render_ll, render_plain
 from townhall.origin.window import LiveWindow, ProgressiveListener, records_view
 from townhall.store.recordings import Manifest, RecordingStore
@@ -67,13 +67,12 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _program(request: Request, space_id: str) -> Program | None:
+def _program(request: Request, space_id: str) -> ListenerSource | None:
     services = getattr(request.app.state, "services", None)
     rooms = getattr(services, "rooms", None)
-    room = rooms.get(space_id) if rooms is not None else None
-    program = getattr(room, "program", None)
-    if isinstance(program, Program) and program.window is not None:
-        return program
+    source = rooms.listener_source(space_id) if rooms is not None else None
+    if source is not None and source.window is not None:
+        return cast(ListenerSource, source)
     return None
 
 
@@ -342,7 +341,7 @@ class _ProgressiveResponse(Response):
 
     media_type = AAC
 
-    def __init__(self, program: Program, listener: ProgressiveListener) -> None:
+    def __init__(self, program: ListenerSource, listener: ProgressiveListener) -> None:
         super().__init__(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
         self.raw_headers = progressive_head()
         self.program = program

@@ -28,10 +28,22 @@ from typing import Protocol
 
 from townhall import metrics
 from townhall.origin.bus import Closed, Entry, EpochStart, PartPublished, SegmentEnded, Snapshot
-from townhall.origin.window import COMPLETE, LiveWindow, Spreader
+from townhall.origin.window import COMPLETE, LiveWindow, ProgressiveHub, Spreader
 from townhall.store.recordings import SegmentRecord
 
 log = logging.getLogger("townhall.media")
+
+
+class ListenerSource(Protocol):
+    """What answers a live space's listeners on a node: the Program of a room
+    running here, or the copy of a room this node follows."""
+
+    @property
+    def window(self) -> LiveWindow | None: ...
+    @property
+    def progressive(self) -> ProgressiveHub: ...
+    @property
+    def ended(self) -> bool: ...
 
 
 class Gap(Exception):
@@ -152,7 +164,8 @@ class FollowerState:
             self._meta = message
             self._start_window(message, message.first_msn)
         elif isinstance(message, Closed):
-            self.closed = True
+            # not ended: the owner stopped (shutdown, lost lease); another resumes it
+            self.closed = message.ended
             if window is not None and not window.closed:
                 window.close(ended=message.ended)
             self._on_close(message.ended)

@@ -31,8 +31,8 @@ from starlette.responses import Response
 
 from townhall import metrics, problems
 from townhall.config import Settings
-from townhall.live.program import Program
 from townhall.origin import asgi as hls
+from townhall.origin.follower import ListenerSource
 from townhall.origin.window import LiveWindow, ProgressiveHub
 
 log = logging.getLogger("townhall.access")
@@ -101,11 +101,13 @@ def _number(raw: bytes, max_digits: int) -> int | None:
 class FastPath:
     """Decides requests for the live spaces of this process.
 
-    ``programs(space_id)`` returns the running Program of a live space (a dict
-    lookup) or None.
+    ``programs(space_id)`` returns what answers a live space's listeners here
+    (its running Program, or a followed room's copy; a dict lookup) or None.
     """
 
-    def __init__(self, settings: Settings, programs: Callable[[str], Program | None]) -> None:
+    def __init__(
+        self, settings: Settings, programs: Callable[[str], ListenerSource | None]
+    ) -> None:
         self.settings = settings
         self.programs = programs
         self.timeout_s = settings.blocking_reload_timeout_s
@@ -282,20 +284,19 @@ def timeout_response(path: str) -> Rendered:
     return Rendered.of(response, "problem")
 
 
-def programs_of(app: Any) -> Callable[[str], Program | None]:
+def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:
     """The lookup of running programs in an app built by ``create_app`` (its
     services exist once the lifespan started)."""
 
     found: list[Any] = []
 
-    def lookup(space_id: str) -> Program | None:
+    def lookup(space_id: str) -> ListenerSource | None:
         if not found:
             rooms = getattr(getattr(app.state, "services", None), "rooms", None)
             if rooms is None:
                 return None  # not started yet
             found.append(rooms)
-        room = found[0].get(space_id)
-        program = getattr(room, "program", None)
-        return program if isinstance(program, Program) else None
+        source: ListenerSource | None = found[0].listener_source(space_id)
+        return source
 
     return lookup

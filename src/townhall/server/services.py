@@ -143,6 +143,8 @@ class Services:
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+        if settings.bus_enabled and redis is not None:
+            services.rooms.scaleout = _scaleout(settings, redis, spaces, services.rooms)
         for space_id in await spaces.live_ids():
             try:
                 await services.rooms.start(space_id)
@@ -152,6 +154,8 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        if services.rooms.scaleout is not None:
+            services.rooms.scaleout.start_supervisor()
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -187,6 +191,19 @@ class Services:
                 log.exception("space index refresh failed; retrying")
                 continue
             since = started
+
+
+def _scaleout(settings: Settings, redis: Any, spaces: Spaces, rooms: RoomRegistry) -> Any:
+    """Issue 11: leases, the segment bus and followers (``live/scaleout.py``)."""
+    from townhall.live.scaleout import Scaleout
+
+    def is_live(space_id: str) -> bool:
+        entry = spaces.index.get(space_id)
+        return entry is not None and entry.state == "live"
+
+    scaleout = Scaleout(settings, redis, is_live=is_live, live_ids=spaces.live_ids)
+    scaleout.rooms = rooms
+    return scaleout
 
 
 def _limits(settings: Settings, redis: Any, health: RedisHealth | None) -> Limits:

@@ -190,6 +190,10 @@ class BusPublisher:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="bus-publisher")
 
+    def set_history(self, records: Sequence[SegmentRecord]) -> None:
+        """The records from before this run (call before the first write)."""
+        self._records = list(records)
+
     def offer(self, message: Message) -> None:
         """Queue ``message`` for the bus; never waits (drops when full)."""
         if self.fenced:

@@ -1,0 +1,400 @@
+"""Every node serves every room: a lease decides which node runs a room (its
+owner), the owner publishes the program on the bus, the others follow it.
+
+:class:`Scaleout` is one node's part, used by the room registry when
+``bus_enabled`` is set:
+
+- ``attach(room)`` before a room starts here: its program's calls on the
+  live window go to a :class:`BusPublisher` (fenced by the room's lease);
+- ``listener_source(space_id)`` for a listener request of a live space this
+  node does not run: starts following its bus (the first request answers from
+  disk as before; the next ones from the follower's window);
+- ``claim(space_id)`` runs the room here only if this
+  node gets the lease, and the supervisor task, once per
+  ``room_lease_renew_ms``: renews the leases of the rooms it runs (a lost
+  lease: the room stops at once and the node follows), takes over rooms
+  whose lease lapsed (the room resumes here in a new discontinuity, from the
+  recording this node kept while following), follows every other live room,
+  and ends rooms whose space ended (on whichever node the host ended it).
+
+A follower writes each finished segment to this node's own recording, in a
+worker thread, through a bounded queue (full: the segment is not written,
+counted, and the copy stops: a recording with a hole cannot resume a room).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from townhall import metrics
+from townhall.config import Settings
+from townhall.origin.bus import EpochStart, Message
+from townhall.origin.follower import Follower, FollowerState
+from townhall.origin.window import ProgressiveHub
+from townhall.store.bus_redis import BusPublisher, BusWriter, RedisBusReader, connect_blocking
+from townhall.store.lease import Lease, Leases
+from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
+
+if TYPE_CHECKING:
+    from townhall.live.registry import RoomRegistry
+    from townhall.live.room import Room
+
+log = logging.getLogger("townhall.media")
+
+_RECORDING_QUEUE = 16  # segments (about a minute) a slow disk may fall behind
+
+
+def node_name(settings: Settings) -> str:
+    return settings.node_id or f"{socket.gethostname()}:{settings.port}:{os.getpid()}"
+
+
+class FollowedRoom:
+    """A room this node follows: the follower, its recording copy, and what
+    the fast path needs (``window``, ``progressive``, ``ended``)."""
+
+    def __init__(self, space_id: str, settings: Settings, redis: Any, blocking: Any) -> None:
+        self.space_id = space_id
+        self.recording = RecordingStore(settings.recordings_dir, space_id)
+        self.sample_rate_hz = settings.sample_rate_hz
+        self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(_RECORDING_QUEUE)
+        self.recording_intact = True
+        state = FollowerState(
+            window_segments=settings.window_segments,
+            on_epoch=self._on_epoch,
+            on_segment=self._on_segment,
+            on_close=self._on_close,
+        )
+        reader = RedisBusReader(redis, blocking, prefix=settings.redis_prefix, space_id=space_id)
+        self.follower = Follower(
+            space_id,
+            state,
+            reader,
+            block_ms=settings.bus_block_ms,
+            retry_s=max(0.1, settings.redis_backoff_ms / 1000),
+        )
+        # live.aac is not carried by the bus (yet): a closed hub sends it to the app
+        self.progressive = ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=21.333)
+        self.progressive.close()
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def window(self) -> Any:
+        return self.follower.window
+
+    @property
+    def ended(self) -> bool:
+        window = self.follower.window
+        return window is not None and window.ended
+
+    def start(self) -> None:
+        self.follower.start()
+        self._writer = asyncio.create_task(self._write_loop(), name=f"follower-rec-{self.space_id}")
+        metrics.FOLLOWED_ROOMS.inc()
+
+    async def stop(self, *, drain_s: float = 5.0) -> None:
+        """Stop following; wait (bounded) until the recording copy is durable."""
+        await self.follower.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._writes.join(), drain_s)
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+            metrics.FOLLOWED_ROOMS.dec()
+
+    # -- the recording copy -----------------------------------------------------------
+
+    def _queue(self, op: str, arg: Any) -> None:
+        try:
+            self._writes.put_nowait((op, arg))
+        except asyncio.QueueFull:
+            self.recording_intact = False
+            metrics.BUS_FAILURES.labels(op="follower-record").inc()
+
+    def _on_epoch(self, start: EpochStart) -> None:
+        self._queue("epoch", start)
+
+    def _on_segment(self, record: SegmentRecord, data: bytes) -> None:
+        self._queue("segment", (record, data))
+
+    def _on_close(self, ended: bool) -> None:
+        if ended:
+            self._queue("ended", None)
+
+    async def _write_loop(self) -> None:
+        manifest: Manifest | None = None
+        while True:
+            op, arg = await self._writes.get()
+            try:
+                if manifest is None:
+                    manifest = await asyncio.to_thread(self.recording.create, self.sample_rate_hz)
+                manifest = await asyncio.to_thread(self._write, manifest, op, arg)
+            except Exception:
+                self.recording_intact = False
+                metrics.BUS_FAILURES.labels(op="follower-record").inc()
+                log.exception("follower %s could not record; its copy stops", self.space_id)
+            finally:
+                self._writes.task_done()
+
+    def _write(self, manifest: Manifest, op: str, arg: Any) -> Manifest:
+        if op == "epoch":
+            start: EpochStart = arg
+            if manifest.sample_rate_hz != start.sample_rate_hz and not manifest.epochs:
+                manifest = Manifest(manifest.space_id, start.sample_rate_hz, False, (), ())
+            if start.epoch not in manifest.epochs:
+                return self.recording.begin_epoch(manifest, start.epoch, start.init_segment)
+            return manifest
+        if op == "segment":
+            record, data = arg
+            last = manifest.segments[-1].msn if manifest.segments else None
+            if last is not None and record.msn <= last:
+                return manifest  # had it already
+            if not self.recording_intact or (last is not None and record.msn != last + 1):
+                self.recording_intact = False
+                return manifest
+            return self.recording.append_segment(manifest, record, data)
+        if op == "ended" and not manifest.ended:
+            return self.recording.mark_ended(manifest)
+        return manifest
+
+
+@dataclass
+class OwnedRoom:
+    publisher: BusPublisher
+    lease: Lease | None = None
+    lost: bool = False
+    history_set: bool = field(default=False)
+
+
+class Scaleout:
+    """One node's side of the bus and the leases (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Any,
+        *,
+        is_live: Callable[[str], bool],
+        live_ids: Callable[[], Awaitable[list[str]]],
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.blocking = connect_blocking(settings)
+        self.is_live = is_live
+        self.live_ids = live_ids
+        self.node_id = node_name(settings)
+        self.leases = Leases(
+            redis,
+            prefix=settings.redis_prefix,
+            node_id=self.node_id,
+            ttl_ms=settings.room_lease_ttl_ms,
+        )
+        self.rooms: RoomRegistry | None = None
+        self.followed: dict[str, FollowedRoom] = {}
+        self.owned: dict[str, OwnedRoom] = {}
+        self._pending_leases: dict[str, Lease] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._claiming: set[str] = set()
+
+    # -- owner side --------------------------------------------------------------------
+
+    def attach(self, room: Room) -> None:
+        """Before ``room.start``: publish its program on the bus."""
+        space_id = room.space_id
+        lease = self._pending_leases.pop(space_id, None)
+        writer = BusWriter(
+            self.redis,
+            prefix=self.settings.redis_prefix,
+            space_id=space_id,
+            max_entries=self.settings.bus_max_entries,
+            ttl_s=self.settings.bus_ttl_s,
+        )
+        owned = OwnedRoom(
+            BusPublisher(
+                writer,
+                max_queue=self.settings.bus_queue_entries,
+                token=lambda: owned.lease.token if owned.lease is not None else "",
+                on_fenced=lambda: self._lost(space_id),
+            ),
+            lease=lease,
+        )
+        self.owned[space_id] = owned
+        program = room.program
+
+        def tap(message: Message) -> None:
+            if not owned.history_set and isinstance(message, EpochStart):
+                window = program.window
+                if window is not None:
+                    owned.publisher.set_history(
+                        [r for r in window.history if r.msn < message.first_msn]
+                    )
+                owned.history_set = True
+            owned.publisher.offer(message)
+
+        program.tap = tap
+        owned.publisher.start()
+
+    async def detach(self, space_id: str, *, release: bool) -> None:
+        """After the room stopped here: flush what is queued, let the lease go."""
+        owned = self.owned.pop(space_id, None)
+        if owned is None:
+            return
+        await owned.publisher.flush(2.0)
+        await owned.publisher.stop()
+        if release and owned.lease is not None and not owned.lost:
+            with contextlib.suppress(Exception):
+                await self.leases.release(owned.lease)
+
+    def _lost(self, space_id: str) -> None:
+        owned = self.owned.get(space_id)
+        if owned is not None:
+            owned.lost = True
+        log.warning("room %s: another node holds its lease; stopping it here", space_id)
+
+    # -- follower side --------------------------------------------------------------------
+
+    def listener_source(self, space_id: str) -> FollowedRoom | None:
+        """The followed room for a listener request (started on first ask)."""
+        followed = self.followed.get(space_id)
+        if followed is not None:
+            return followed if followed.window is not None else None
+        if space_id in self.owned or space_id in self._claiming or not self.is_live(space_id):
+            return None
+        self.follow(space_id)
+        return None
+
+    def follow(self, space_id: str) -> FollowedRoom:
+        followed = self.followed.get(space_id)
+        if followed is None:
+            followed = FollowedRoom(space_id, self.settings, self.redis, self.blocking)
+            self.followed[space_id] = followed
+            followed.start()
+            log.info("following room %s on the bus", space_id)
+        return followed
+
+    async def unfollow(self, space_id: str) -> FollowedRoom | None:
+        followed = self.followed.pop(space_id, None)
+        if followed is not None:
+            await followed.stop()
+        return followed
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def claim(self, space_id: str) -> Room | None:
+        """Run the room here if this node gets its lease; else follow it."""
+        assert self.rooms is not None
+        if self.rooms.get(space_id) is not None:
+            return self.rooms.get(space_id)
+        if space_id in self._claiming:
+            return None
+        self._claiming.add(space_id)
+        try:
+            try:
+                lease = await self.leases.acquire(space_id)
+            except Exception as exc:
+                metrics.BUS_FAILURES.labels(op="lease").inc()
+                log.warning("room %s: cannot reach Redis for its lease (%s)", space_id, exc)
+                return None
+            if lease is None:
+                self.follow(space_id)
+                return None
+            followed = await self.unfollow(space_id)
+            if followed is not None and not followed.recording_intact:
+                log.warning(
+                    "room %s: this node's copy of the recording has a hole; resuming anyway",
+                    space_id,
+                )
+            self._pending_leases[space_id] = lease
+            try:
+                room = await self.rooms.start_local(space_id)
+            except Exception:
+                self._pending_leases.pop(space_id, None)
+                with contextlib.suppress(Exception):
+                    await self.leases.release(lease)
+                raise
+            if followed is not None:
+                metrics.ROOM_TAKEOVERS.inc()
+                log.warning(
+                    "room %s taken over by %s (lease %s)", space_id, self.node_id, lease.token
+                )
+            return room
+        finally:
+            self._claiming.discard(space_id)
+
+    def start_supervisor(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="townhall-room-leases")
+
+    async def _supervise(self) -> None:
+        period_s = self.settings.room_lease_renew_ms / 1000
+        while True:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.BUS_FAILURES.labels(op="supervise").inc()
+                log.exception("room lease round failed; next round in %.1f s", period_s)
+            await asyncio.sleep(period_s)
+
+    async def _tick(self) -> None:
+        assert self.rooms is not None
+        live = set(await self.live_ids())
+        for space_id, owned in list(self.owned.items()):
+            if space_id not in live:
+                log.info("room %s: the space ended elsewhere; ending it here", space_id)
+                await self.rooms.end(space_id)
+                continue
+            if owned.lost or owned.lease is None or not await self._renew(owned):
+                await self.rooms.suspend(space_id)
+                self.follow(space_id)
+        for space_id in list(self.followed):
+            if space_id not in live:
+                await self.unfollow(space_id)
+        for space_id in live:
+            if space_id in self.owned or space_id in self._claiming:
+                continue
+            if await self._holder(space_id) is None:
+                await self.claim(space_id)
+            else:
+                self.follow(space_id)
+
+    async def _renew(self, owned: OwnedRoom) -> bool:
+        assert owned.lease is not None
+        try:
+            if await self.leases.renew(owned.lease):
+                return True
+            again = await self.leases.acquire(owned.lease.space_id)  # lapsed, nobody took it
+        except Exception as exc:
+            metrics.BUS_FAILURES.labels(op="lease").inc()
+            log.warning("room %s: lease renewal failed (%s)", owned.lease.space_id, exc)
+            return True  # Redis away: the bus refuses our writes if someone took it meanwhile
+        if again is None:
+            return False
+        owned.lease = again
+        return True
+
+    async def _holder(self, space_id: str) -> str | None:
+        try:
+            return await self.leases.holder(space_id)
+        except Exception:
+            metrics.BUS_FAILURES.labels(op="lease").inc()
+            return "unknown"
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        for space_id in list(self.followed):
+            await self.unfollow(space_id)
+        await self.blocking.aclose()
