@@ -42,7 +42,7 @@ from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
 from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
-from townhall.store.recordings import RecordingStore
+from townhall.store.recordings import Manifest, RecordingStore
 
 log = logging.getLogger("townhall.media")
 
@@ -77,6 +77,59 @@ class ProgramHealth:
         if self.recording is not None and self.recording.status in ("failing", "failed"):
             found.append(self.recording.message)
         return found
+
+
+def _clock_text(seconds: float) -> str:
+    whole = int(seconds)
+    return (
+        f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+        if whole >= 3600
+        else f"{whole // 60}:{whole % 60:02d}"
+    )
+
+
+def recording_summary(manifest: Manifest | None) -> dict[str, object]:
+    """state.json's ``recording`` field for a recording on disk (an ended space)."""
+    if manifest is None:
+        return {"status": OK, "message": "", "missing_s": 0.0, "missing": []}
+    ranges = manifest.missing_ranges()
+    total_s = sum(duration for _, duration in ranges)
+    message = ""
+    if ranges:
+        spans = ", ".join(
+            f"{_clock_text(start)}-{_clock_text(start + duration)}" for start, duration in ranges
+        )
+        message = f"{total_s:.1f} s of the talk could not be recorded ({spans}); the recording has silence there."
+    return {
+        "status": "incomplete" if ranges else OK,
+        "message": message,
+        "missing_s": round(total_s, 3),
+        "missing": [{"start_s": round(a, 3), "duration_s": round(d, 3)} for a, d in ranges],
+    }
+
+
+async def state_fields(
+    program: Program | None, recording: RecordingStore | None
+) -> dict[str, object]:
+    """The ``program`` and ``recording`` fields of state.json: from the running
+    ``program``, else (an ended space) from ``recording``'s manifest."""
+    if program is not None:
+        health = program.health()
+        fields: dict[str, object] = {
+            "program": {"status": health.status, "message": health.message}
+        }
+        if health.recording is not None:
+            rec = health.recording
+            fields["recording"] = {
+                "status": rec.status,
+                "message": rec.message,
+                "missing_s": rec.missing_s,
+            }
+        return fields
+    if recording is not None:
+        manifest = await asyncio.to_thread(recording.load)
+        return {"recording": recording_summary(manifest)}
+    return {}
 
 
 class Program:
