@@ -10,7 +10,8 @@ logged with the cause; meanwhile ``health()`` says "failing" with a sentence
 for people. Once the cause is gone the next retry succeeds and recording goes
 on in the same recording, with nothing lost as long as the backlog held.
 Segments that do not fit in the backlog are listed in the manifest as missing
-(in order), and the next recorded segment carries a discontinuity.
+(in order, and every one after them until a write succeeds again, so an
+outage makes one gap), and the next recorded segment carries a discontinuity.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Recorder:
         self._failing_since: float | None = None
         self._cause = ""
         self._gave_up = False
+        self._overflowed = False
         self._deadline: float | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -109,7 +111,12 @@ class Recorder:
     def append(self, record: SegmentRecord, data: bytes) -> None:
         """Queue a finished segment; never blocks. Beyond the backlog bound the
         segment is listed as missing instead (counted)."""
-        if self._backlog_bytes + len(data) > self.settings.recording_backlog_bytes:
+        if (
+            self._overflowed
+            or self._backlog_bytes + len(data) > self.settings.recording_backlog_bytes
+        ):
+            # once full, drop until a write succeeds again: one gap, not many
+            self._overflowed = True
             self._drop(record)
             return
         self._push(_Segment(record, data), len(data), record.duration_samples)
@@ -243,6 +250,7 @@ class Recorder:
                     delay_s = min(delay_s, left_s)
                 await asyncio.sleep(delay_s)
                 continue
+            self._overflowed = False
             if self._failing_since is not None:
                 log.warning(
                     "recording of %s resumed after %.1f s (%s)",
