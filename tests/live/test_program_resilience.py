@@ -249,6 +249,8 @@ async def test_an_outage_longer_than_the_backlog_is_marked_as_missing(tmp_path: 
         writer.error = None
         await until(lambda: program.health().recording.status == "incomplete", 5.0, "resumed")  # type: ignore[union-attr]
         assert "missing" in program.health().recording.message  # type: ignore[union-attr]
+        # (fed faster than real time: let the backlog drain before more comes)
+        await until(lambda: program.health().recording.backlog_bytes == 0, 2.0, "drained")  # type: ignore[union-attr]
         await feed(program, tone(1000, 1.0))
     finally:
         await program.finish()

@@ -87,6 +87,7 @@ class Recorder:
         self._items: deque[_Item] = deque()
         self._ready = asyncio.Event()
         self._backlog_bytes = 0
+        self._backlog_segment_bytes = 0  # the bound applies to segments only
         self._backlog_samples = 0
         self._dropped_samples = 0  # listed missing, not yet in a written manifest
         self._failing_since: float | None = None
@@ -110,15 +111,15 @@ class Recorder:
 
     def append(self, record: SegmentRecord, data: bytes) -> None:
         """Queue a finished segment; never blocks. Beyond the backlog bound the
-        segment is listed as missing instead (counted)."""
-        if (
-            self._overflowed
-            or self._backlog_bytes + len(data) > self.settings.recording_backlog_bytes
-        ):
+        segment is listed as missing instead (counted); one segment is always
+        taken (the one being written), whatever the bound."""
+        held = self._backlog_segment_bytes
+        if self._overflowed or (held and held + len(data) > self.settings.recording_backlog_bytes):
             # once full, drop until a write succeeds again: one gap, not many
             self._overflowed = True
             self._drop(record)
             return
+        self._backlog_segment_bytes += len(data)
         self._push(_Segment(record, data), len(data), record.duration_samples)
 
     def health(self) -> RecordingHealth:
@@ -188,6 +189,7 @@ class Recorder:
         self._backlog_bytes -= nbytes
         if isinstance(item, _Segment):
             self._backlog_samples -= item.record.duration_samples
+            self._backlog_segment_bytes -= nbytes
         metrics.RECORDING_BACKLOG_BYTES.dec(nbytes)
 
     async def _run(self) -> None:
