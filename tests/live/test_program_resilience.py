@@ -21,7 +21,7 @@ import pytest
 from tests.live.test_program import SEGMENT_SAMPLES, SPACE, feed, small_settings
 from tests.media.hls_validator import decode_pcm, validate
 from townhall.config import Settings
-from townhall.live.program import Program, recording_summary
+from townhall.live.program import Program, recording_summary, state_fields
 from townhall.media.encoder import AacEncoder
 from townhall.media.signals import dominant_frequency, tone
 from townhall.origin.playlist import render_vod
@@ -181,6 +181,8 @@ async def test_encoder_that_keeps_failing_marks_the_space_failed(tmp_path: Path)
         assert program.window.closed and not program.window.ended
         assert program.progressive.closed
         program.push_frame(tone(1000, 0.02))  # ignored, not counted as "encoder behind"
+        fields = await state_fields(program, None)
+        assert fields["program"] == {"status": "failed", "message": health.message}
         assert program.statistics()["frames_dropped"] == 0
     finally:
         await program.finish()
@@ -359,13 +361,16 @@ async def test_disk_full_for_a_while_in_the_middle_of_a_talk(small_disk: Path) -
     )
     program = Program(SPACE, settings)
     await program.start()
-    outage_s = 3.0
+    # issue 14's bar is 20 s; 3 s keeps the suite short (TOWNHALL_TEST_OUTAGE_S=20 for the bar)
+    outage_s = float(os.environ.get("TOWNHALL_TEST_OUTAGE_S", "3"))
     try:
         await feed(program, tone(1000, 1.0))
         await until(lambda: len(program.recording.load().segments) >= 2, 2.0, "written")  # type: ignore[union-attr]
         filler = await asyncio.to_thread(fill, small_disk)
         started = time.monotonic()
-        await feed_while(program, 1000, lambda: time.monotonic() - started >= outage_s, 10.0)
+        await feed_while(
+            program, 1000, lambda: time.monotonic() - started >= outage_s, outage_s + 10.0
+        )
         health = program.health()
         assert health.recording is not None and health.recording.status == "failing"
         assert "the disk is full" in health.recording.message
@@ -375,10 +380,14 @@ async def test_disk_full_for_a_while_in_the_middle_of_a_talk(small_disk: Path) -
         await feed_while(
             program,
             1000,
-            lambda: program.health().recording.status != "failing",
-            10.0,  # type: ignore[union-attr]
+            lambda: program.health().recording.status != "failing",  # type: ignore[union-attr]
+            10.0,
         )
-        assert time.monotonic() - freed < 5.0
+        resumed_after_s = time.monotonic() - freed
+        print(
+            f"outage {outage_s:.1f} s; recording resumed {resumed_after_s:.2f} s after space was freed"
+        )
+        assert resumed_after_s < 5.0
         await feed(program, tone(1000, 1.0))
     finally:
         await program.finish()
@@ -393,6 +402,10 @@ async def test_disk_full_for_a_while_in_the_middle_of_a_talk(small_disk: Path) -
     path = await asyncio.to_thread(program.recording.build_m4a)
     samples, _ = decode_pcm(path.read_bytes())
     assert len(samples) == talk
+    print(
+        f"talk {talk / RATE:.2f} s, recorded {(talk - manifest.missing_samples) / RATE:.2f} s, "
+        f"missing {manifest.missing_samples / RATE:.2f} s in {len(manifest.missing_ranges())} gap(s)"
+    )
 
 
 async def test_exhausted_descriptors_cannot_stop_the_recording(tmp_path: Path) -> None:
