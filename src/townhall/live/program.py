@@ -396,7 +396,9 @@ class Program:
         self._epoch += 1
         self._epoch_start_samples = self._next_start_samples
         self._epoch_wall_s = None
-        # the window's current epoch and init are public fields it reads as is
+        # the window's current epoch and init are public fields it reads as is.
+        # (origin/rules.py memoises the init per window, not per epoch: safe
+        # because the init bytes depend only on the settings, which a test checks)
         self.window.epoch = self._epoch
         self.window.init_segment = None
 
