@@ -18,8 +18,9 @@ owner), the owner publishes the program on the bus, the others follow it.
   and ends rooms whose space ended (on whichever node the host ended it).
 
 A follower writes each finished segment to this node's own recording, in a
-worker thread, through a bounded queue (full: the segment is not written,
-counted, and the copy stops: a recording with a hole cannot resume a room).
+worker thread, through a bounded queue; segments it missed (it fell behind,
+or the queue was full: counted) are listed as missing, as the recorder does
+for a failing disk, so the copy can still resume the room.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class FollowedRoom:
                 await self._writer
             self._writer = None
             metrics.FOLLOWED_ROOMS.dec()
+        await asyncio.to_thread(self.recording.close)
 
     # -- the recording copy -----------------------------------------------------------
 
@@ -155,11 +157,18 @@ class FollowedRoom:
         if op == "segment":
             record, data = arg
             last = manifest.segments[-1].msn if manifest.segments else None
-            if last is not None and record.msn <= last:
+            if last is not None and record.msn < manifest.next_msn:
                 return manifest  # had it already
-            if not self.recording_intact or (last is not None and record.msn != last + 1):
-                self.recording_intact = False
-                return manifest
+            if last is not None:
+                # segments the bus carried but this node missed (it fell behind):
+                # listed as missing, as the recorder does for a failing disk
+                for msn in range(manifest.next_msn, record.msn):
+                    missed = self.follower.state.record(msn)
+                    if missed is None:
+                        self.recording_intact = False
+                        return manifest
+                    manifest = manifest.with_missing(missed)
+                    metrics.RECORDING_SEGMENTS_MISSING.inc()
             return self.recording.append_segment(manifest, record, data)
         if op == "ended" and not manifest.ended:
             return self.recording.mark_ended(manifest)

@@ -113,6 +113,10 @@ class FollowerState:
             closed=self.closed,
         )
 
+    def record(self, msn: int) -> SegmentRecord | None:
+        """The owner's record of segment ``msn``, if the bus carried it."""
+        return self._records.get(msn)
+
     # -- entries -------------------------------------------------------------------
 
     def apply(self, entry: Entry) -> None:
