@@ -51,7 +51,7 @@ async def wait_for_parts(client: httpx.AsyncClient, space_id: str, timeout_s: fl
     raise AssertionError(f"no parts in {timeout_s}s: {text[-500:]}")
 
 
-async def tone_in_parts(client: httpx.AsyncClient, space_id: str, count: int = 4) -> float:
+async def tone_in_parts(client: httpx.AsyncClient, space_id: str, count: int = 2) -> float:
     text = await playlist(client, space_id)
     maps = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', text)
     base = f"/spaces/{space_id}/"
