@@ -147,6 +147,9 @@ async def test_follower_serves_the_owners_bytes_and_takes_over(cluster: Cluster)
                 f"/spaces/{space_id}/live.m3u8", params={"_HLS_msn": msn + 1, "_HLS_part": 0}
             )
             assert blocked.status_code == 200 and f"part/{msn + 1}.0.m4s" in blocked.text
+            # live.aac is the owner's: a follower says so at once (nginx tries the next)
+            aac = await b.get(f"/spaces/{space_id}/live.aac")
+            assert aac.status_code == 503 and "retry-after" in aac.headers, aac.text
 
             # kill -9 the owner: B takes the room over within 5 s
             killed_at = time.monotonic()

@@ -320,6 +320,12 @@ async def progressive(space_id: str, request: Request) -> Response:
         raise NotFound(
             "This space is not live on this server; once it ends, its recording is at recording.m4a."
         )
+    if program.progressive.closed:  # scaled out: a node that follows the room
+        raise ServiceUnavailable(
+            "This server relays this space's playlist but not its progressive stream; "
+            "retry (another server has it) or listen at live.m3u8.",
+            retry_after_s=1.0,
+        )
     return _ProgressiveResponse(program, program.progressive.subscribe())
 
 
