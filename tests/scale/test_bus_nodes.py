@@ -204,3 +204,52 @@ async def test_follower_serves_the_owners_bytes_and_takes_over(cluster: Cluster)
         finally:
             if speaker is not None:
                 await speaker.close()
+
+
+async def test_a_paused_owner_is_fenced_and_follows(cluster: Cluster) -> None:
+    """Two nodes that both believe they own the room: the owner is paused
+    (SIGSTOP) past its lease, the other takes the room; when the first wakes
+    up its bus writes are refused, it stops its room and follows."""
+    node_a = cluster.node("a", **BUS)
+    node_b = cluster.node("b", **BUS)
+    async with (
+        httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
+        httpx.AsyncClient(base_url=node_b.url, timeout=20) as b,
+    ):
+        _, headers = await Api(a).account("host")
+        space_id = (await Api(a).space(headers, title="Fenced"))["id"]
+        await wait_for_parts(b, space_id, 20)
+        deadline = time.monotonic() + 15  # a whole segment first: B resumes after it
+        while "#EXTINF" not in await playlist(b, space_id):
+            assert time.monotonic() < deadline, "no segment finished"
+            await asyncio.sleep(0.2)
+        assert node_a.proc is not None
+        node_a.proc.send_signal(signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 10
+            text = ""
+            while time.monotonic() < deadline and "#EXT-X-DISCONTINUITY" not in text:
+                text = (await b.get(f"/spaces/{space_id}/live.m3u8")).text
+                await asyncio.sleep(0.2)
+            assert "#EXT-X-DISCONTINUITY" in text, "B did not take the room over"
+        finally:
+            node_a.proc.send_signal(signal.SIGCONT)
+        # A wakes up believing it owns the room: it must stop and follow B
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = (await a.get("/metrics")).text
+            if re.search(r"^townhall_followed_rooms 1\.0$", metrics, re.M) and re.search(
+                r"^townhall_spaces_live 0\.0$", metrics, re.M
+            ):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"A did not give the room up:\n{node_a.log()[-3000:]}")
+        # both answer with B's program, the same part bytes
+        uri = PART_URI.findall(await playlist(b, space_id))[-1]
+        await asyncio.sleep(0.5)
+        part_a, part_b = (
+            (await a.get(f"/spaces/{space_id}/{uri}")),
+            (await b.get(f"/spaces/{space_id}/{uri}")),
+        )
+        assert part_a.status_code == 200 and part_a.content == part_b.content
