@@ -83,3 +83,9 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+# --- issue 8: the origin package ---
+LISTENER_WAKE_FAILURES = Counter(
+    "townhall_listener_wake_failures_total",
+    "Listener wake-up callbacks that raised (logged with the traceback; the others still ran).",
+)

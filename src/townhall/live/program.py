@@ -30,7 +30,8 @@ from townhall.errors import Conflict
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
-from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
+from townhall.origin.fanout import ProgressiveHub, Spreader
+from townhall.origin.window import LiveWindow
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
 log = logging.getLogger("townhall.media")
@@ -150,7 +151,7 @@ class Program:
             "queued_frames": self._frames.qsize(),
             "queued_writes": self._writes.qsize(),
             "frames_dropped": self.frames_dropped,
-            "progressive_listeners": len(self.progressive),
+            "progressive_listeners": self.progressive.statistics().listeners,
         }
 
     async def drained(self) -> None:

@@ -12,13 +12,9 @@ import pytest
 
 from townhall import metrics
 from townhall.media.cmaf import Part, SegmentEnd
-from townhall.origin.window import (
-    LAST_CHUNK,
-    LiveWindow,
-    ProgressiveHub,
-    Spreader,
-    http_chunk,
-)
+from townhall.origin.chunked import LAST_CHUNK, http_chunk
+from townhall.origin.fanout import ProgressiveHub, Spreader
+from townhall.origin.window import LiveWindow
 
 PART = 480
 
@@ -63,12 +59,12 @@ async def test_spreader_runs_slices_in_order_with_loop_turns_between() -> None:
     spreader.submit(seen.append, list(range(5)))
     spreader.submit(seen.append, ["a", "b", "c", "d"])
     assert seen == [0, 1, 2]  # the first slice at once
-    assert spreader.pending() == 6
-    while spreader.pending():
+    assert spreader.statistics().pending_calls == 6
+    while spreader.statistics().pending_calls:
         await asyncio.sleep(0)
     assert seen == [0, 1, 2, 3, 4, "a", "b", "c", "d"]
     assert marks == [3]  # the loop ran other work between slices
-    assert spreader.turns == 3
+    assert spreader.statistics().turns == 3
 
 
 async def test_spreader_survives_a_failing_callback(caplog: pytest.LogCaptureFixture) -> None:
@@ -89,7 +85,7 @@ def test_spreader_without_a_loop_finishes_at_once() -> None:
     spreader = Spreader(batch=2)
     seen: list[int] = []
     spreader.submit(seen.append, list(range(7)))
-    assert seen == list(range(7)) and spreader.pending() == 0
+    assert seen == list(range(7)) and spreader.statistics().pending_calls == 0
 
 
 # -- parked waiters --------------------------------------------------------------------------
@@ -107,7 +103,7 @@ async def test_thousand_waiters_share_one_entry_one_timer_and_one_publish() -> N
     assert list(window._waiters) == [(1, 0)]
     slot = window._waiters[(1, 0)]
     timer = slot.timer
-    assert timer is not None and window.waiting() == 1000
+    assert timer is not None and window.statistics().waiting == 1000
     assert gauge(metrics.HLS_BLOCKING_WAITERS) == before + 1000
     ticks: list[int] = []
     asyncio.get_running_loop().call_soon(lambda: ticks.append(len(answers)))
@@ -117,7 +113,7 @@ async def test_thousand_waiters_share_one_entry_one_timer_and_one_publish() -> N
     publish(window, 1, 0)
     assert window._waiters == {} and timer.cancelled()
     assert len(answers) == 100  # one slice per loop turn
-    while spreader.pending():
+    while spreader.statistics().pending_calls:
         await asyncio.sleep(0)
     assert answers == [True] * 1000
     assert ticks == [100]  # other callbacks ran between slices
@@ -136,7 +132,7 @@ async def test_waiters_time_out_on_one_timer_each_at_its_own_deadline() -> None:
     await asyncio.sleep(0.35)
     assert first == [False, False]
     assert late == []  # its own deadline has not come
-    assert window.waiting() == 1
+    assert window.statistics().waiting == 1
     publish(window, 0, 1)
     assert late == [True]
     assert window._waiters == {}
@@ -169,7 +165,7 @@ async def test_wait_for_shares_the_position_and_times_out() -> None:
     window = make_window()
     tasks = [asyncio.create_task(window.wait_for((0, 0), 5.0)) for _ in range(10)]
     await asyncio.sleep(0)
-    assert window.waiting() == 10 and len(window._waiters) == 1
+    assert window.statistics().waiting == 10 and len(window._waiters) == 1
     publish(window, 0, 0)
     assert await asyncio.gather(*tasks) == [True] * 10
     assert await window.wait_for((0, 1), 0.05) is False
@@ -178,7 +174,9 @@ async def test_wait_for_shares_the_position_and_times_out() -> None:
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
-    assert window.waiting() == 0 or not any(w.active for w in window._waiters[(0, 1)].waiters)
+    assert window.statistics().waiting == 0 or not any(
+        w.active for w in window._waiters[(0, 1)].waiters
+    )
 
 
 # -- memo --------------------------------------------------------------------------------------
@@ -261,7 +259,7 @@ async def test_sinks_get_one_chunk_per_batch_and_a_burst_without_duplicates() ->
     transport = FakeTransport()
     ended: list[bool] = []
     late = hub.subscribe()
-    assert len(late) == 5 and len(listener) == 7
+    assert late.statistics().queued_frames == 5 and listener.statistics().queued_frames == 7
     sink = hub.attach(transport, ended.append)  # type: ignore[arg-type]
     assert sink is not None
     # the burst: the most recent frames (burst + one batch: up to 10), the
@@ -273,7 +271,7 @@ async def test_sinks_get_one_chunk_per_batch_and_a_burst_without_duplicates() ->
     assert transport.writes[1:] == [http_chunk(bytes([107, 108, 109]))]
     hub.close()
     assert transport.writes[2:] == [http_chunk(bytes([110, 111, 112])), LAST_CHUNK]
-    assert ended == [False] and len(hub) == 0 and late.closed
+    assert ended == [False] and hub.statistics().listeners == 0 and late.closed
     received = b"".join(transport.writes)
     for i in range(13):
         assert received.count(bytes([100 + i])) == 1, i
@@ -297,7 +295,7 @@ async def test_sink_over_the_lag_bound_is_aborted_and_counted_others_unaffected(
     await asyncio.sleep(0)
     assert slow.aborted and slow_end == [True]
     assert metrics.PROGRESSIVE_DROPPED._value.get() == dropped_before + 1
-    assert len(fast.writes) == 2 and not fast.aborted and len(hub) == 1
+    assert len(fast.writes) == 2 and not fast.aborted and hub.statistics().listeners == 1
 
 
 def test_detached_and_closing_sinks_are_skipped() -> None:
@@ -311,6 +309,6 @@ def test_detached_and_closing_sinks_are_skipped() -> None:
     closing.closing = True
     for i in range(5):
         hub.publish(bytes([i]))
-    assert gone.writes == [] and closing.writes == [] and len(hub) == 0
+    assert gone.writes == [] and closing.writes == [] and hub.statistics().listeners == 0
     hub.close()
     assert hub.attach(FakeTransport(), lambda dropped: None) is None  # type: ignore[arg-type]

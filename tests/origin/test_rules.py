@@ -9,17 +9,20 @@ from typing import Any
 
 import pytest
 
-from tests.live.test_window import end, make_window, publish
+from tests.origin.test_window import end, make_window, publish
 from townhall.config import Settings
+from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait
-from townhall.origin.window import COMPLETE, LiveWindow, ProgressiveHub
+from townhall.origin.window import COMPLETE, LiveWindow
 
 SPACE = "abcdefgh2345"
 
 
 def make_fast(window: LiveWindow) -> tuple[FastPath, Any]:
     program = SimpleNamespace(
-        window=window, progressive=ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=20)
+        window=window,
+        ended=False,
+        progressive=ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=20),
     )
     settings = Settings(blocking_reload_timeout_s=2.0)
     fast = FastPath(settings, lambda space_id: program if space_id == SPACE else None)
