@@ -57,7 +57,7 @@ from townhall.origin.answers import (
     progressive_head,
     timeout_response,
 )
-from townhall.origin.playlist import BlockingRequest, render_ll, render_plain
+from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.window import LiveWindow, records_view
 from townhall.store.recordings import SPACE_ID_RE, Manifest
 
@@ -113,6 +113,8 @@ class FastPath:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
         if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
+            return None
+        if method != b"GET" and method != b"HEAD":
             return None
         slash = path.find(b"/", 8)
         if slash < 0:
@@ -261,12 +263,9 @@ class FastPath:
         )
 
     def _playlist(
-        self, window: LiveWindow, directives: BlockingRequest, path: bytes, *, plain: bool
+        self, window: LiveWindow, directives: Directives, path: bytes, *, plain: bool
     ) -> Answer:
-        if plain:
-            msn, part, skip = None, None, False
-        else:
-            msn, part, skip = directives.msn, directives.part, directives.skip
+        msn, part, skip = _NO_DIRECTIVES if plain else directives
         kind = "plain" if plain else ("ll-skip" if skip else "ll")
         if msn is not None and not window.closed:
             if window.is_far_future(msn):
@@ -302,10 +301,10 @@ class FastPath:
         space_id: str,
         program: Program | None,
         name: bytes,
-        directives: BlockingRequest,
+        directives: Directives,
     ) -> Answer:
         if name == b"live.m3u8" or name == b"plain.m3u8":
-            blocking = directives.msn is not None
+            blocking = directives[0] is not None
             return FromDisk("playlist", space_id, plain=name[0] == 112, blocking=blocking)
         if name.startswith(b"part/"):
             if _part_name(name[5:]) is None:
@@ -374,7 +373,11 @@ def _part_name(name: bytes) -> tuple[int, int] | None:
     return msn, index
 
 
-def _directives(query: bytes | None) -> BlockingRequest | None:
+Directives = tuple[int | None, int | None, bool]
+"""(_HLS_msn, _HLS_part, _HLS_skip): a tuple, cheaper to make than a dataclass."""
+
+
+def _directives(query: bytes | None) -> Directives | None:
     """(_HLS_msn, _HLS_part, _HLS_skip) of a plain query; None when anything is
     off (needs decoding, repeats a key, or is invalid)."""
     if not query:
@@ -403,13 +406,13 @@ def _directives(query: bytes | None) -> BlockingRequest | None:
             skip = True
     if part is not None and msn is None:
         return None
-    return BlockingRequest(msn=msn, part=part, skip=skip)
+    return msn, part, skip
 
 
-_NO_DIRECTIVES = BlockingRequest(msn=None, part=None, skip=False)
+_NO_DIRECTIVES: Directives = (None, None, False)
 
 
-def _strict_directives(query: bytes | None) -> BlockingRequest | Problem:
+def _strict_directives(query: bytes | None) -> Directives | Problem:
     """A query :func:`_directives` refused, decoded as the router does (the
     last of repeated keys counts): its directives, or its 400."""
     from urllib.parse import parse_qsl
@@ -418,11 +421,12 @@ def _strict_directives(query: bytes | None) -> BlockingRequest | Problem:
 
     values = dict(parse_qsl((query or b"").decode("latin-1"), keep_blank_values=True))
     try:
-        return parse_blocking_query(
+        parsed = parse_blocking_query(
             values.get("_HLS_msn"), values.get("_HLS_part"), values.get("_HLS_skip")
         )
     except BadRequest as error:
         return Problem(error)
+    return parsed.msn, parsed.part, parsed.skip
 
 
 def _media(data: bytes, media_type: str, cache: str, kind: str) -> Rendered:
