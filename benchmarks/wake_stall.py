@@ -117,7 +117,7 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
 
 
 async def listen(port: int, listeners: int, seconds: float) -> None:
-    from townhall.bench.hlsclient import parse_playlist
+    from townhall.bench.hlsplaylist import parse_playlist
 
     answered = 0
     deadline = time.monotonic() + seconds
