@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.bus import EpochStart, Message
+from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import Follower, FollowerState
-from townhall.origin.window import ProgressiveHub
 from townhall.store.bus_redis import BusPublisher, BusWriter, RedisBusReader, connect_blocking
 from townhall.store.lease import Lease, Leases
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
@@ -256,7 +256,8 @@ class Scaleout:
         owned = self.owned.pop(space_id, None)
         if owned is None:
             return
-        await owned.publisher.flush(2.0)
+        if not owned.publisher.fenced:
+            await owned.publisher.flush(2.0)
         await owned.publisher.stop()
         if release and owned.lease is not None and not owned.lost:
             with contextlib.suppress(Exception):

@@ -28,7 +28,8 @@ from typing import Protocol
 
 from townhall import metrics
 from townhall.origin.bus import Closed, Entry, EpochStart, PartPublished, SegmentEnded, Snapshot
-from townhall.origin.window import COMPLETE, LiveWindow, ProgressiveHub, Spreader
+from townhall.origin.fanout import ProgressiveHub, Spreader
+from townhall.origin.window import COMPLETE, LiveWindow
 from townhall.store.recordings import SegmentRecord
 
 log = logging.getLogger("townhall.media")
