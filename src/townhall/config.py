@@ -258,6 +258,22 @@ class Settings(BaseSettings):
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
 
+    # --- issue 14: the control plane fails safe ---
+    database_timeout_ms: int = Field(
+        5000,
+        ge=100,
+        description="Longest a PostgreSQL connect, statement or wait for a pooled connection may take; past it (or when the database refuses), the request answers 503 with Retry-After instead of hanging.",
+    )
+    database_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="Retry-After (seconds) of the 503 answered while the database cannot be reached.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names (optionally host:port) share and listener URLs may be built from when public_url is empty; any other Host gets relative URLs. Empty means the bound address, localhost, 127.0.0.1 and ::1.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from townhall import metrics
 from townhall.errors import TownhallError
@@ -113,15 +114,52 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         metrics.PROBLEMS.labels(status="500").inc()
-        return problem_response(
-            {
-                "type": "https://townhall.invalid/problems/internal",
-                "title": "Internal error",
-                "status": 500,
-                "detail": "Something went wrong on our side; it has been logged. Try again in a moment.",
-                "instance": request.url.path,
-            }
-        )
+        return problem_response(_internal_problem(request.url.path))
+
+
+def _internal_problem(path: str | None) -> dict[str, Any]:
+    return {
+        "type": "https://townhall.invalid/problems/internal",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "Something went wrong on our side; it has been logged. Try again in a moment.",
+        "instance": path or "",
+    }
+
+
+class KeepAlive:
+    """Answer an unexpected error with the 500 problem and keep the connection.
+
+    Starlette's outermost error middleware re-raises after its 500, and the
+    server then closes the connection, so the client's next request on it (a
+    playlist, /healthz) fails too. This middleware, placed inside it, renders
+    the same problem and returns normally. An error after the response has
+    started still propagates: that connection cannot be saved."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            metrics.PROBLEMS.labels(status="500").inc()
+            response = problem_response(_internal_problem(scope.get("path")))
+            await response(scope, receive, send)
 
 
 def _title(status: int) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.errors import DatabaseUnavailable
 from townhall.live.registry import RoomRegistry
 from townhall.policy.ratelimit import (
     FailClosed,
@@ -90,7 +91,11 @@ class Services:
     async def open(cls, settings: Settings) -> Services:
         """Create the data directory, apply migrations, load keys, start rooms."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url())
+        db = Database(
+            settings.resolved_database_url(),
+            timeout_s=settings.database_timeout_ms / 1000,
+            retry_after_s=settings.database_retry_after_s,
+        )
         await db.migrate()
         tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
         passwords = Passwords(
@@ -182,6 +187,10 @@ class Services:
             started = utcnow()
             try:
                 await self.spaces.refresh_index(since - timedelta(seconds=INDEX_REFRESH_OVERLAP_S))
+            except DatabaseUnavailable:
+                # the database warns (rate-limited); joins go on from the index
+                metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
+                continue
             except Exception:
                 metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
                 log.exception("space index refresh failed; retrying")
