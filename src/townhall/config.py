@@ -274,6 +274,17 @@ class Settings(BaseSettings):
         description="Comma-separated Host names (optionally host:port) share and listener URLs may be built from when public_url is empty; any other Host gets relative URLs. Empty means the bound address, localhost, 127.0.0.1 and ::1.",
     )
 
+    revoked_sessions_max: int = Field(
+        1_000_000,
+        ge=100,
+        description="Signed-out sessions (and 'sign out everywhere' accounts) each node remembers until their tokens expire; beyond this the one that would expire first is forgotten early (counted in townhall_revocations_evicted_total).",
+    )
+    revocation_sync_ms: int = Field(
+        1000,
+        ge=100,
+        description="With Redis, how often each node reads the sign-outs made on other nodes (a signed-out session stays usable elsewhere at most this long).",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

@@ -83,3 +83,14 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+# --- issue 14: the control plane fails safe ---
+REVOCATIONS = Counter(
+    "townhall_revocations_total",
+    "Sign-outs made on this node (one session, or every session of an account).",
+    ["kind"],
+)
+REVOCATIONS_EVICTED = Counter(
+    "townhall_revocations_evicted_total",
+    "Sign-outs forgotten before their tokens expired because revoked_sessions_max was reached.",
+)

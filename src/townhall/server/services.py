@@ -27,7 +27,7 @@ from townhall.policy.ratelimit import (
     MemoryLimiter,
     RedisLimiter,
 )
-from townhall.policy.tokens import TokenSigner, load_keys
+from townhall.policy.tokens import Revocations, TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
 from townhall.server.listener import (
     ListenerCounter,
@@ -38,6 +38,7 @@ from townhall.server.listener import (
 )
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
+from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
 from townhall.store.spaces import SpaceIndex, Spaces
 
@@ -84,6 +85,9 @@ class Services:
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
     trusted_proxies: Networks = ()
+    # sign-outs shared with the other nodes (None: one node, tokens.revocations only)
+    revoked: SharedRevocations | None = field(default=None, repr=False)
+    _revocation_sync: asyncio.Task[None] | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -98,6 +102,11 @@ class Services:
         )
         await db.migrate()
         tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        tokens.revocations = Revocations(
+            horizon_s=settings.session_ttl_s,
+            max_entries=settings.revoked_sessions_max,
+            on_evict=metrics.REVOCATIONS_EVICTED.inc,
+        )
         passwords = Passwords(
             time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
         )
@@ -157,6 +166,14 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        if redis is not None and health is not None:
+            services.revoked = SharedRevocations(
+                redis, health, tokens.revocations, prefix=settings.redis_prefix
+            )
+            services._revocation_sync = asyncio.create_task(
+                services.revoked.run(settings.revocation_sync_ms / 1000),
+                name="townhall-revocation-sync",
+            )
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -166,7 +183,7 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher):
+        for task in (self._refresher, self._flusher, self._revocation_sync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,6 +1,6 @@
 // Small DOM helpers shared by the pages, and the account area of the top bar.
 
-import { clearSession, getSession } from "./api.js";
+import { api, clearSession, getSession } from "./api.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -80,7 +80,14 @@ export function renderAccount() {
   const session = getSession();
   if (session) {
     const out = h("button", { class: "link-button", type: "button" }, "Sign out");
-    out.addEventListener("click", () => {
+    out.addEventListener("click", async () => {
+      out.disabled = true;
+      try {
+        // revoke the token on the server; signed out here whatever it answers
+        await api("DELETE", "/api/sessions/current");
+      } catch {
+        // unreachable or already invalid: nothing more to revoke from here
+      }
       clearSession();
       location.reload();
     });
