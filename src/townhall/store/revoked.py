@@ -97,7 +97,7 @@ class SharedRevocations:
             pending = list(self._pending)
             pipe = self._redis.pipeline(transaction=False)
             if pending:
-                pipe.zadd(self._key, {member: at for member, at in pending})
+                pipe.zadd(self._key, dict(pending))
             pipe.zremrangebyscore(self._key, "-inf", now - self.revocations.horizon_s)
             since = max(self._read_since - SYNC_OVERLAP_S, now - self.revocations.horizon_s)
             pipe.zrangebyscore(self._key, since, "+inf")
