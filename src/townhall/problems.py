@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from townhall import metrics
@@ -20,11 +21,16 @@ log = logging.getLogger("townhall.access")
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(problem: dict[str, Any], *, retry_after_s: float | None = None) -> Response:
+def problem_response(
+    problem: dict[str, Any],
+    *,
+    retry_after_s: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """A problem+json response; adds Retry-After (whole seconds, rounded up) when given."""
     import orjson
 
-    headers = {"Cache-Control": "no-store"}
+    headers = {**(headers or {}), "Cache-Control": "no-store"}
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, int(-(-retry_after_s // 1))))
     return Response(
@@ -100,6 +106,9 @@ def install(app: FastAPI) -> None:
             exc.status_code, "The request could not be served."
         )
         metrics.PROBLEMS.labels(status=str(exc.status_code)).inc()
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
         return problem_response(
             {
                 "type": "about:blank",
@@ -107,7 +116,8 @@ def install(app: FastAPI) -> None:
                 "status": exc.status_code,
                 "detail": sentence,
                 "instance": request.url.path,
-            }
+            },
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -115,6 +125,23 @@ def install(app: FastAPI) -> None:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         metrics.PROBLEMS.labels(status="500").inc()
         return problem_response(_internal_problem(request.url.path))
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of ``app`` answers at this request's path (for
+    ``Allow``: Starlette names only the first route whose path matched, and a
+    path such as /api/spaces has one route per method)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in app.router.routes
+        )
+    ]
 
 
 def _internal_problem(path: str | None) -> dict[str, Any]:

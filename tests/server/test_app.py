@@ -63,3 +63,21 @@ async def test_unexpected_error_is_a_500_problem_that_keeps_the_connection(
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     assert "logged" in response.json()["detail"]
+
+
+async def test_405_names_every_allowed_method(app_client: httpx.AsyncClient) -> None:
+    cases = {
+        "/api/spaces": "GET, POST",
+        "/api/sessions": "POST",
+        "/api/sessions/current": "DELETE",
+        "/api/me": "GET",
+        "/api/spaces/abcdefghijkl/join": "POST",
+        "/spaces/abcdefghijkl/state.json": "GET",
+        "/static/js/ui.js": "GET, HEAD",
+    }
+    for path, allow in cases.items():
+        for method in ("TRACE", "PUT", "PATCH"):
+            response = await app_client.request(method, path)
+            assert response.status_code == 405, (method, path, response.status_code)
+            assert response.headers["allow"] == allow, (method, path)
+            assert response.headers["content-type"] == "application/problem+json"

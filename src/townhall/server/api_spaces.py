@@ -331,6 +331,8 @@ class JoinEndpoint:
     response_model=JoinOut,
     summary="Join as a listener (or renew a listener token)",
     description="Anyone may join a public or unlisted space; a session token is optional (blocked accounts get 403). No database write.",
+    # the bearer token is optional: {} (no requirement) joins the generated one
+    openapi_extra={"security": [{}]},
 )
 async def join_documented(
     space_id: SpaceId,
