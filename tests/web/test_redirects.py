@@ -150,3 +150,22 @@ def test_unpatched_check_would_have_left(page: Any, server: LiveServer) -> None:
         BYPASSES[:3],
     )
     assert left == [True, True, True]
+
+
+def test_the_page_sign_out_revokes_the_session_on_the_server(page: Any, server: LiveServer) -> None:
+    page.goto(server.url + "/signin")
+    page.evaluate("() => localStorage.clear()")
+    page.goto(server.url + "/signin")
+    page.fill("#username", "ada")
+    page.fill("#password", PASSWORD)
+    start = page.url
+    page.click("button[type=submit]")
+    _landed(page, server, start)
+    token = page.evaluate("() => JSON.parse(localStorage.getItem('townhall.session')).token")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(server.url + "/api/me", headers=auth).status_code == 200
+    with page.expect_navigation():
+        page.click("#account button")
+    assert page.evaluate("() => localStorage.getItem('townhall.session')") is None
+    refused = httpx.get(server.url + "/api/me", headers=auth)
+    assert refused.status_code == 401 and "signed out" in refused.json()["detail"]
