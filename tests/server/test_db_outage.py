@@ -104,6 +104,11 @@ def _outage(server: LiveServer, cluster: PgCluster) -> None:
         ("GET", f"/api/spaces/{space_id}", None, None),
         ("POST", f"/api/spaces/{space_id}/speaker-token", None, token),
         ("POST", "/api/spaces", {"title": "During"}, token),
+        ("GET", f"/api/spaces/{space_id}/requests", None, token),
+    ]
+    # answered 503 during the outage too (a repeat of it afterwards is a 409)
+    outage_only = [
+        ("POST", f"/api/spaces/{space_id}/invites", {"username": "bob", "role": "speaker"}, token)
     ]
 
     def signup() -> tuple[str, str, Any, str | None]:
@@ -120,7 +125,7 @@ def _outage(server: LiveServer, cluster: PgCluster) -> None:
     rounds = stale_seen = 0
     while time.monotonic() - stopped_at < OUTAGE_S:
         rounds += 1
-        for method, path, body, auth in [*control, signup()]:
+        for method, path, body, auth in [*control, *outage_only, signup()]:
             status, headers, payload = conn.call(method, path, body, auth)
             assert status == 503, (method, path, status, payload[:300])
             assert headers["content-type"] == "application/problem+json"
