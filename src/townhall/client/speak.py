@@ -167,7 +167,8 @@ class _Run:
     record: bool
     stop: asyncio.Event
     ended: asyncio.Event
-    deadline_s: float | None
+    duration_s: float | None
+    deadline_s: float | None = None  # duration_s after the first connection
     pushed: int = 0
     acked: int = 0
 
@@ -206,6 +207,8 @@ async def _one_connection(
             log.warning("%s", exc.message)
             return outcome
         connected_at = time.monotonic()
+        if run.deadline_s is None and run.duration_s is not None:
+            run.deadline_s = connected_at + run.duration_s
         while True:
             if run.ended.is_set():
                 outcome = "ended"
@@ -252,8 +255,8 @@ async def publish(
 ) -> PublishResult:
     """Publish ``source`` (a file path, int16 PCM, or a track) as a speaker.
 
-    Runs until the source ends (not ``loop``), ``duration_s`` passes, ``stop``
-    is set, or the server is lost; with ``reconnect``, a lost server is
+    Runs until the source ends (not ``loop``), ``duration_s`` passes (counted
+    from the first connection), ``stop`` is set, or the server is lost; with ``reconnect``, a lost server is
     retried with backoff (``renew_token`` gives a fresh speaker token for each
     attempt, else ``token`` is reused). ``record_to`` (a WAV path or a
     ReturnRecorder) receives what the speaker hears back. ``frames_sent`` of
@@ -273,7 +276,7 @@ async def publish(
         record=record_to is not None,
         stop=stop or asyncio.Event(),
         ended=asyncio.Event(),
-        deadline_s=None if duration_s is None else started + duration_s,
+        duration_s=duration_s,
     )
     track.on("ended", run.ended.set)
     # a server on loopback is reached over loopback only (aioice skips it otherwise)
