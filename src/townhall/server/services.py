@@ -19,6 +19,13 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import DatabaseUnavailable
 from townhall.live.registry import RoomRegistry
+from townhall.live.roomstate import (
+    ListenerCounter,
+    ListenerSink,
+    ReactionSink,
+    ReactionTotals,
+    StateCache,
+)
 from townhall.policy.ratelimit import (
     FailClosed,
     FailOver,
@@ -29,13 +36,6 @@ from townhall.policy.ratelimit import (
 )
 from townhall.policy.tokens import Revocations, TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
-from townhall.server.listener import (
-    ListenerCounter,
-    ListenerSink,
-    ReactionSink,
-    ReactionTotals,
-    StateCache,
-)
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
 from townhall.store.revoked import SharedRevocations

@@ -1,0 +1,200 @@
+"""``/spaces/{id}/state.json``: the room state for listeners (speakers,
+listener count, reaction totals), computed from the tallies of
+``live/roomstate.py`` at most once per ``state_interval_ms`` per space.
+
+However many clients ask, the first request after the document goes stale
+computes it, concurrent requests await that same computation, and everyone
+else gets the cached bytes with an ETag (``304`` on ``If-None-Match``) and a
+``max-age`` of the interval, so caches in front absorb the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, cast
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from townhall import metrics
+from townhall.errors import DatabaseUnavailable, NotFound
+from townhall.live.program import state_fields
+from townhall.live.roomstate import ListenerCounter, ReactionTotals
+from townhall.server.auth import PROBLEM_SCHEMA
+from townhall.store.recordings import RecordingStore
+
+if TYPE_CHECKING:
+    from townhall.server.services import Services
+
+
+router = APIRouter(tags=["listener"])
+
+LISTENER_COUNT_METHOD = (
+    "approximate: distinct listener token ids (a renewal keeps its id) seen on join or "
+    "renewal during the last one to two token lifetimes, counted with a HyperLogLog "
+    "sketch (about 1.6% error), on this node"
+)
+LISTENER_COUNT_METHOD_SHARED = (
+    "approximate: distinct listener token ids (a renewal keeps its id) seen on join or "
+    "renewal during the last one to two token lifetimes on every node, counted with a Redis "
+    "HyperLogLog (about 0.81% error) and flushed by each node once per state interval; while "
+    "Redis is unreachable, the last count read (or, if larger, this node's own count of the "
+    "listeners it saw meanwhile)"
+)
+
+
+async def compute_state(services: Services, space_id: str) -> bytes:
+    """The state.json document of one space (one database read for the stage)."""
+    metrics.STATE_COMPUTED.inc()
+    space = await services.spaces.get(space_id)
+    members = await services.spaces.stage(space_id) if space.state != "ended" else []
+    room = services.rooms.get(space_id)
+    status = room.stage.speaker_status() if room is not None else {}
+    speakers = []
+    for member in members:
+        st = status.get(member.account.id)
+        speakers.append(
+            {
+                "account_id": member.account.id,
+                "username": member.account.username,
+                "display_name": member.account.display_name,
+                "role": member.role,
+                "muted": bool(st.muted) if st else False,
+                "speaking": bool(st.speaking) if st else False,
+                "level": round(float(st.level), 3) if st else 0.0,
+                "connected": bool(st.connected) if st else False,
+            }
+        )
+    if services.shared is not None:
+        tally = await services.shared.read(space_id)
+        listener_count, reactions = tally.listener_count, tally.reactions
+        method = LISTENER_COUNT_METHOD_SHARED
+    else:
+        listener_count, reactions = _local_tallies(services, space_id)
+        method = LISTENER_COUNT_METHOD
+    doc = {
+        "id": space.id,
+        "title": space.title,
+        "state": space.state,
+        "speakers": speakers,
+        "listener_count": listener_count,
+        "listener_count_method": method,
+        "reactions": reactions,
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **await state_fields(
+            room.program if room is not None else None,
+            RecordingStore(services.settings.recordings_dir, space.id)
+            if space.state == "ended"
+            else None,
+        ),
+    }
+    return orjson.dumps(doc)
+
+
+def _local_tallies(services: Services, space_id: str) -> tuple[int, dict[str, int]]:
+    listeners, reactions = services.listeners, services.reactions
+    count = listeners.count(space_id) if isinstance(listeners, ListenerCounter) else 0
+    totals = reactions.totals(space_id) if isinstance(reactions, ReactionTotals) else {}
+    return count, totals
+
+
+STATE_EXAMPLE = {
+    "id": "abcdefghijkl",
+    "title": "Town hall",
+    "state": "live",
+    "speakers": [
+        {
+            "account_id": "mnopqrstuvwx",
+            "username": "ada",
+            "display_name": "Ada",
+            "role": "host",
+            "muted": False,
+            "speaking": True,
+            "level": 0.31,
+            "connected": True,
+        }
+    ],
+    "listener_count": 1234,
+    "listener_count_method": LISTENER_COUNT_METHOD,
+    "reactions": {"👏": 12},
+    "updated_at": "2026-11-20T23:46:16Z",
+}
+
+STATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "id",
+        "title",
+        "state",
+        "speakers",
+        "listener_count",
+        "listener_count_method",
+        "reactions",
+        "updated_at",
+    ],
+    "properties": {
+        "id": {"type": "string"},
+        "title": {"type": "string"},
+        "state": {"type": "string", "enum": ["scheduled", "live", "ended"]},
+        "speakers": {"type": "array", "items": {"type": "object"}},
+        "listener_count": {"type": "integer", "minimum": 0},
+        "listener_count_method": {"type": "string"},
+        "reactions": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "updated_at": {"type": "string"},
+        "stale": {
+            "type": "boolean",
+            "description": "Present (true) when the database cannot be reached and this is the last document computed.",
+        },
+        "stale_age_s": {"type": "number", "description": "How old a stale document is."},
+        "program": {
+            "type": "object",
+            "description": "The live program on this node: status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
+            "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "recording": {
+            "type": "object",
+            "description": "The recording: status ok, failing (writes retried now), incomplete (part of the talk is missing: see missing) or failed, with a sentence.",
+            "properties": {
+                "status": {"type": "string"},
+                "message": {"type": "string"},
+                "missing_s": {"type": "number"},
+                "missing": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    },
+}
+
+
+@router.get(
+    "/spaces/{space_id}/state.json",
+    summary="Room state for listeners",
+    description="Speakers, listener count and reaction totals; cacheable (max-age of the state interval, ETag).",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The room state.",
+            "content": {"application/json": {"schema": STATE_SCHEMA, "example": STATE_EXAMPLE}},
+        },
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        "default": {
+            "description": "A problem.",
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        },
+    },
+)
+async def state_json(space_id: str, request: Request) -> Response:
+    services = cast("Services", request.app.state.services)
+    if services.spaces.index.get(space_id) is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    entry = await services.state.get(
+        space_id, lambda: compute_state(services, space_id), stale_on=(DatabaseUnavailable,)
+    )
+    max_age = max(1, min(2, int(services.state.interval_s)))
+    headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": entry.etag}
+    inm = request.headers.get("if-none-match")
+    if inm is not None and (
+        inm.strip() == "*" or entry.etag in {t.strip() for t in inm.split(",")}
+    ):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type="application/json", headers=headers)
