@@ -140,6 +140,17 @@ RETURN_DROPPED_FRAMES = Counter(
     "Mix-minus frames dropped because a speaker's outgoing queue was full.",
 )
 
+# --- issue 14: the control plane fails safe ---
+REVOCATIONS = Counter(
+    "townhall_revocations_total",
+    "Sign-outs made on this node (one session, or every session of an account).",
+    ["kind"],
+)
+REVOCATIONS_EVICTED = Counter(
+    "townhall_revocations_evicted_total",
+    "Sign-outs forgotten before their tokens expired because revoked_sessions_max was reached.",
+)
+
 # --- issue 11: every node serves every room ---
 BUS_PUBLISHED = Counter(
     "townhall_bus_published_total", "Entries this node wrote to the segment bus, by kind.", ["kind"]
