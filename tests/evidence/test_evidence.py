@@ -142,7 +142,7 @@ def test_one_changed_byte_names_the_record() -> None:
 
 
 def test_missing_and_reordered_records_are_named() -> None:
-    _book_, doc = _chain()
+    _, doc = _chain()
     missing = copy.deepcopy(doc)
     del missing["records"][1]
     verdict = verify_chain(missing)
