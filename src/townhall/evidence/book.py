@@ -123,6 +123,10 @@ class EvidenceBook:
             return None
         return self._close(space_id, rec, self._clock())
 
+    def open_spaces(self) -> list[str]:
+        """Spaces with an interval open now."""
+        return list(self._open)
+
     def forget(self, space_id: str) -> None:
         self._open.pop(space_id, None)
         self._writers.pop(space_id, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from townhall.policy.ratelimit import (
 )
 from townhall.policy.tokens import TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
+from townhall.server.defense import Defense
+from townhall.server.evidence_node import EvidenceNode
 from townhall.server.listener import (
     ListenerCounter,
     ListenerSink,
@@ -83,6 +86,9 @@ class Services:
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
     trusted_proxies: Networks = ()
+    # what each space saw, signed (issue 10)
+    evidence: EvidenceNode | None = field(default=None, repr=False)
+    defense: Defense | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -92,7 +98,8 @@ class Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url())
         await db.migrate()
-        tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        keys = load_keys(settings.signing_keys, settings.data_dir)
+        tokens = TokenSigner(keys)
         passwords = Passwords(
             time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
         )
@@ -143,6 +150,10 @@ class Services:
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+        services.evidence = EvidenceNode(settings, _state_of(spaces))
+        services.evidence.start()
+        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense.start()
         for space_id in await spaces.live_ids():
             try:
                 await services.rooms.start(space_id)
@@ -167,6 +178,10 @@ class Services:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.rooms.close()
+        if self.defense is not None:
+            await self.defense.close()
+        if self.evidence is not None:
+            await self.evidence.close()
         if self.shared is not None:
             await self.shared.close()
         await self.db.close()
@@ -187,6 +202,14 @@ class Services:
                 log.exception("space index refresh failed; retrying")
                 continue
             since = started
+
+
+def _state_of(spaces: Spaces) -> Callable[[str], str | None]:
+    def state_of(space_id: str) -> str | None:
+        entry = spaces.index.get(space_id)
+        return None if entry is None else entry.state
+
+    return state_of
 
 
 def _limits(settings: Settings, redis: Any, health: RedisHealth | None) -> Limits:
