@@ -1,0 +1,111 @@
+"""Evidence over HTTP and the join path's defense layers, through the app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.conftest import Api
+from townhall.evidence.chain import verify_chain
+from townhall.policy import challenge as pow_
+
+
+def services(client: httpx.AsyncClient) -> Any:
+    return client._transport.app.state.services  # type: ignore[attr-defined]
+
+
+async def _live_space(api: Api) -> str:
+    _, headers = await api.account("hostess")
+    return str((await api.space(headers))["id"])
+
+
+async def test_evidence_records_joins_and_verifies(app_client: httpx.AsyncClient, api: Api) -> None:
+    space_id = await _live_space(api)
+    for _ in range(3):
+        assert (await app_client.post(f"/api/spaces/{space_id}/join")).status_code == 200
+    node = services(app_client).evidence
+    node.book._clock = lambda: 10**10  # close the open interval now
+    node.tick()
+    response = await app_client.get(f"/spaces/{space_id}/evidence.json")
+    assert response.status_code == 200
+    assert "max-age=" in response.headers["cache-control"]
+    doc = response.json()
+    key = (await app_client.get("/api/evidence/key")).json()
+    verdict = verify_chain(doc, pinned_key=key["public_key"])
+    assert verdict.ok, verdict.problems
+    assert doc["records"][0]["arrivals"] == 3
+    assert doc["records"][0]["label"] == "quiet"
+    assert "127.0.0.1" not in response.text and "testclient" not in response.text
+    # stored beside the recording
+    stored = node.store.records(space_id)
+    assert stored == doc["records"]
+    page = await app_client.get(f"/spaces/{space_id}/evidence")
+    assert page.status_code == 200 and "<svg" in page.text and "quiet" in page.text
+
+
+async def test_evidence_of_unknown_space_is_404(app_client: httpx.AsyncClient) -> None:
+    response = await app_client.get("/spaces/nosuchspace/evidence.json")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_stall_reports_need_a_token_and_are_rate_limited(
+    app_client: httpx.AsyncClient, api: Api
+) -> None:
+    space_id = await _live_space(api)
+    token = (await app_client.post(f"/api/spaces/{space_id}/join")).json()["token"]
+    url = f"/api/spaces/{space_id}/stalls"
+    body = {"played_s": 29.0, "stalled_s": 1.0}
+    assert (await app_client.post(url, json=body)).status_code == 401
+    auth = {"Authorization": f"Bearer {token}"}
+    assert (await app_client.post(url, json=body, headers=auth)).status_code == 202
+    again = await app_client.post(url, json=body, headers=auth)
+    assert again.status_code == 429 and "Retry-After" in again.headers
+    rec = services(app_client).evidence.recorder(space_id)
+    assert rec.goodput_reports == 1 and rec.stalled_s == 1.0
+
+
+async def test_join_under_pressure_asks_for_proof_of_work(
+    app_client: httpx.AsyncClient, api: Api
+) -> None:
+    space_id = await _live_space(api)
+    defense = services(app_client).defense
+    defense.effort = pow_.Effort(8)
+    defense.unsolved_lane = type(defense.unsolved_lane)(1, 3600.0, max_keys=1)
+    url = f"/api/spaces/{space_id}/join"
+    # the slower lane lets one client that does not solve in...
+    assert (await app_client.post(url)).status_code == 200
+    # ...then the others are asked to solve
+    response = await app_client.post(url)
+    assert response.status_code == 429
+    problem = response.json()
+    assert problem["type"].endswith("challenge-required") and problem["bits"] == 8
+    assert "Retry-After" in response.headers and "lower rate" in problem["detail"]
+    text = problem["challenge"]
+    nonce = pow_.solve(text, 8)
+    solved = await app_client.post(url, headers={"X-Townhall-Pow": f"{text} {nonce}"})
+    assert solved.status_code == 200, solved.text
+    assert solved.json()["seen_mark"]
+    replay = await app_client.post(url, headers={"X-Townhall-Pow": f"{text} {nonce}"})
+    assert replay.status_code == 429 and "already used" in replay.json()["detail"]
+    # a challenge for another space is refused
+    other = await api.space((await api.account("other"))[1])
+    wrong = await app_client.post(
+        f"/api/spaces/{other['id']}/join", headers={"X-Townhall-Pow": f"{text} {nonce}"}
+    )
+    assert wrong.status_code == 429 and "another space" in wrong.json()["detail"]
+    # garbage is a clear 429 problem, never a 500
+    bad = await app_client.post(url, headers={"X-Townhall-Pow": "garbage"})
+    assert bad.status_code == 429 and bad.json()["challenge"]
+
+
+async def test_listener_count_capped_per_network(app_client: httpx.AsyncClient, api: Api) -> None:
+    space_id = await _live_space(api)
+    defense = services(app_client).defense
+    defense.listener_cap.cap = 5
+    defense.join_buckets = type(defense.join_buckets)(10_000, 10.0)
+    for _ in range(30):
+        assert (await app_client.post(f"/api/spaces/{space_id}/join")).status_code == 200
+    count = services(app_client).listeners.count(space_id)
+    assert count <= 6, count
