@@ -48,7 +48,7 @@ from townhall.server.auth import (
     verify,
 )
 from townhall.server.services import Services
-from townhall.store.spaces import SpaceView
+from townhall.store.spaces import SpaceLimitReached, SpaceRateLimited, SpaceView
 
 log = logging.getLogger("townhall.access")
 
@@ -165,9 +165,16 @@ def space_out(space: SpaceView, base: str) -> SpaceOut:
 @router.post("/spaces", status_code=201, response_model=SpaceOut, summary="Create a space")
 async def create_space(body: SpaceIn, claims: Session, request: Request) -> SpaceOut:
     services = services_of(request)
-    space = await services.spaces.create(
-        claims.subject, body.title, body.description, body.visibility, body.scheduled_for
-    )
+    try:
+        space = await services.spaces.create(
+            claims.subject, body.title, body.description, body.visibility, body.scheduled_for
+        )
+    except SpaceLimitReached as exc:
+        metrics.SPACE_LIMITS.labels(limit=exc.limit).inc()
+        raise
+    except SpaceRateLimited:
+        metrics.SPACE_LIMITS.labels(limit="rate").inc()
+        raise
     if space.state == "live":
         await services.rooms.start(space.id)
     log.info("space %s created (%s) by %s", space.id, space.state, claims.subject)

@@ -41,7 +41,7 @@ from townhall.server.listener import (
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
 from townhall.store.shared import RedisHealth, SharedState, connect
-from townhall.store.spaces import SpaceIndex, Spaces
+from townhall.store.spaces import SpaceIndex, SpaceLimits, Spaces
 
 log = logging.getLogger("townhall.store")
 
@@ -117,6 +117,11 @@ class Services:
             max_speakers=settings.max_speakers,
             max_schedule_ahead_days=settings.max_schedule_ahead_days,
             index=SpaceIndex(),
+            limits=SpaceLimits(
+                live=settings.spaces_live_per_account,
+                scheduled=settings.spaces_scheduled_per_account,
+                created_per_hour=settings.spaces_created_per_account_per_hour,
+            ),
         )
         await spaces.refresh_index(None)
         local_count = ListenerCounter(ttl_s=settings.listener_token_ttl_s)
