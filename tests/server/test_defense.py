@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import Api
+from tests.conftest import FAST_ARGON2, Api
+from townhall.config import Settings
 from townhall.evidence.chain import verify_chain
 from townhall.policy import challenge as pow_
 
@@ -109,3 +113,40 @@ async def test_listener_count_capped_per_network(app_client: httpx.AsyncClient, 
         assert (await app_client.post(f"/api/spaces/{space_id}/join")).status_code == 200
     count = services(app_client).listeners.count(space_id)
     assert count <= 6, count
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        spaces_live_per_account=2,
+        spaces_scheduled_per_account=1,
+        spaces_created_per_account_per_hour=4,
+        **FAST_ARGON2,  # type: ignore[arg-type]
+    )
+
+
+async def test_account_space_limits(app_client: httpx.AsyncClient, api: Api) -> None:
+    _, headers = await api.account("busyhost")
+    await api.space(headers)
+    await api.space(headers)
+    third = await app_client.post("/api/spaces", json={"title": "3"}, headers=headers)
+    assert third.status_code == 409 and third.json()["limit"] == "live"
+    assert "end one" in third.json()["detail"]
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    await api.space(headers, scheduled_for=later)
+    again = await app_client.post(
+        "/api/spaces", json={"title": "s", "scheduled_for": later}, headers=headers
+    )
+    assert again.status_code == 409 and again.json()["limit"] == "scheduled"
+    # ending one frees a live place; then the hourly rate stops the fourth creation
+    first = (await app_client.get("/api/spaces?state=live")).json()["spaces"][0]["id"]
+    assert (await app_client.post(f"/api/spaces/{first}/end", headers=headers)).status_code == 200
+    assert (
+        await app_client.post("/api/spaces", json={"title": "4"}, headers=headers)
+    ).status_code == 201
+    live = [s["id"] for s in (await app_client.get("/api/spaces?state=live")).json()["spaces"]]
+    assert (await app_client.post(f"/api/spaces/{live[0]}/end", headers=headers)).status_code == 200
+    fast = await app_client.post("/api/spaces", json={"title": "5"}, headers=headers)
+    assert fast.status_code == 429 and "per hour" in fast.json()["detail"]
+    assert int(fast.headers["Retry-After"]) > 3000

@@ -101,7 +101,10 @@ class Services:
         keys = load_keys(settings.signing_keys, settings.data_dir)
         tokens = TokenSigner(keys)
         passwords = Passwords(
-            time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            workers=settings.password_hash_workers,
+            queue=settings.password_hash_queue,
         )
         redis: Any = None
         health: RedisHealth | None = None
@@ -190,6 +193,7 @@ class Services:
         if self.shared is not None:
             await self.shared.close()
         await self.db.close()
+        self.accounts.passwords.close()
         if self.redis is not None:
             await self.redis.aclose()
 
