@@ -377,6 +377,11 @@ class Settings(BaseSettings):
         ge=1000,
         description="Solved challenges remembered to refuse replays (bounded; oldest forgotten first).",
     )
+    challenge_unsolved_joins_per_s: int = Field(
+        20,
+        ge=0,
+        description="While proof-of-work is asked, joins per second per node let in without an answer (radio apps, no JavaScript): never walled off, only slower; 0 lets them in only once pressure drops.",
+    )
     returning_mark_ttl_s: int = Field(
         30 * 86400,
         ge=60,

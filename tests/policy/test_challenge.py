@@ -73,7 +73,7 @@ def test_seen_mark() -> None:
 
 def _step(bits: int, joins: float, dropped: int = 0, queue: int = 0) -> int:
     return pow_.adjust(
-        pow_.Effort(bits),
+        pow_.Effort(bits, calm=4),
         joins_per_s=joins,
         dropped=dropped,
         queue_len=queue,
@@ -101,3 +101,14 @@ def _step(bits: int, joins: float, dropped: int = 0, queue: int = 0) -> int:
 )
 def test_effort_control(bits: int, joins: float, dropped: int, queue: int, expected: int) -> None:
     assert _step(bits, joins, dropped, queue) == expected
+
+
+def test_effort_lowers_only_after_settling() -> None:
+    effort = pow_.Effort(16)
+    kwargs = {"joins_per_s": 1.0, "dropped": 0, "queue_len": 0, "threshold_per_s": 100}
+    bounds = {"min_bits": 12, "start_bits": 16, "max_bits": 20, "settle_steps": 3}
+    seen = []
+    for _ in range(6):
+        effort = pow_.adjust(effort, **kwargs, **bounds)  # type: ignore[arg-type]
+        seen.append(effort.bits)
+    assert seen == [16, 16, 15, 15, 15, 14]

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from tests.conftest import LiveServer
 from townhall.bench.join import Tally, join_command, percentile, summarize
 
-
 # bench join floods from one address: lift the per-network join bucket and the
 # proof-of-work threshold (issue 10), which would otherwise (rightly) stop it
 UNLIMITED = {

@@ -13,6 +13,7 @@ from tests.conftest import FAST_ARGON2, Api
 from townhall.config import Settings
 from townhall.evidence.chain import verify_chain
 from townhall.policy import challenge as pow_
+from townhall.policy.netbuckets import NetBuckets
 
 
 def services(client: httpx.AsyncClient) -> Any:
@@ -76,7 +77,7 @@ async def test_join_under_pressure_asks_for_proof_of_work(
     space_id = await _live_space(api)
     defense = services(app_client).defense
     defense.effort = pow_.Effort(8)
-    defense.unsolved_lane = type(defense.unsolved_lane)(1, 3600.0, max_keys=1)
+    defense.unsolved_lane = NetBuckets(1, 3600.0, max_keys=1)
     url = f"/api/spaces/{space_id}/join"
     # the slower lane lets one client that does not solve in...
     assert (await app_client.post(url)).status_code == 200

@@ -185,9 +185,11 @@ def mark_valid(key: bytes, text: str | None, now_s: float) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Effort:
-    """Effort control state. ``bits`` 0 means no challenge (no pressure)."""
+    """Effort control state. ``bits`` 0 means no challenge (no pressure);
+    ``calm``: consecutive control steps with the line drained."""
 
     bits: int = 0
+    calm: int = 0
 
 
 def adjust(
@@ -200,14 +202,16 @@ def adjust(
     min_bits: int,
     start_bits: int,
     max_bits: int,
+    settle_steps: int = 5,
 ) -> Effort:
     """One step of effort control, once per control period.
 
     - no challenge yet: start at ``start_bits`` when joins pass the threshold
       or requests were dropped;
     - challenging: one bit more while requests are dropped or joins still run
-      over twice the threshold; one bit less when the line is empty and joins
-      are under half the threshold; off when that goes under ``min_bits``.
+      over twice the threshold; one bit less after ``settle_steps`` steps in a
+      row with the line empty and joins under half the threshold; off when
+      that goes under ``min_bits``.
     """
     pressed = joins_per_s > threshold_per_s or dropped > 0
     if effort.bits == 0:
@@ -215,6 +219,8 @@ def adjust(
     if dropped > 0 or joins_per_s > 2 * threshold_per_s:
         return Effort(min(max_bits, effort.bits + 1))
     if queue_len == 0 and joins_per_s < threshold_per_s / 2:
+        if effort.calm + 1 < settle_steps:
+            return Effort(effort.bits, effort.calm + 1)
         lower = effort.bits - 1
         return Effort(0 if lower < min_bits else lower)
-    return effort
+    return Effort(effort.bits)

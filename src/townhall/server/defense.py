@@ -6,8 +6,8 @@ tell the evidence recorder:
    the effort is adjusted once a second from the join rate and the requests
    dropped; a join then needs ``X-Townhall-Pow: <challenge> <nonce>``;
 3. clients that do not solve are never walled off: a slower lane lets them in
-   at ``UNSOLVED_SHARE`` of the pressure threshold (beyond it, 429 with the
-   challenge and a Retry-After; with admission control they queue behind);
+   at ``challenge_unsolved_joins_per_s`` (beyond it, 429 with the challenge and
+   a Retry-After; with admission control they are to queue behind);
 4. a signed "seen before" mark (``X-Townhall-Seen``, handed out on every
    admission) lowers the effort asked of returning clients.
 
@@ -35,7 +35,6 @@ from townhall.server.evidence_node import EvidenceNode
 
 log = logging.getLogger("townhall.defense")
 
-UNSOLVED_SHARE = 0.1
 POW_HEADER = "x-townhall-pow"
 SEEN_HEADER = "x-townhall-seen"
 
@@ -74,8 +73,8 @@ class Defense:
             float(settings.listener_token_ttl_s),
             max_keys=max_keys,
         )
-        unsolved = max(1, int(settings.challenge_joins_per_s * UNSOLVED_SHARE))
-        self.unsolved_lane = NetBuckets(unsolved, 1.0, max_keys=1)
+        unsolved = settings.challenge_unsolved_joins_per_s
+        self.unsolved_lane = NetBuckets(unsolved, 1.0, max_keys=1) if unsolved else None
         self.key = hmac.new(key, b"townhall-challenge-v1", hashlib.sha256).digest()
         self.seen = pow_.SeenSet(settings.challenge_seen_max)
         self.effort = pow_.Effort()
@@ -150,7 +149,7 @@ class Defense:
             if rec is not None:
                 rec.challenge("solved", solved.bits)
             return network, returning
-        if not self.unsolved_lane.hit("lane", now):
+        if self.unsolved_lane is not None and not self.unsolved_lane.hit("lane", now):
             return network, returning  # the slower lane for clients that do not solve
         self._challenge(space_id, bits, now, rec, "")
         raise AssertionError("unreachable")
