@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import HTMLResponse, Response
 
+from townhall import metrics
 from townhall.errors import NotFound
 from townhall.evidence.chain import ALGORITHM, key_id
 from townhall.server.auth import (
@@ -123,4 +124,5 @@ async def report_stalls(
     rec = node.recorder(space_id)
     if rec is not None:
         rec.goodput(body.played_s, body.stalled_s)
+    metrics.STALL_REPORTS.inc()
     return AcceptedOut()
