@@ -81,10 +81,12 @@ async def evidence_key(request: Request) -> KeyOut:
     summary="What the space saw: signed 10 s records (verify with `townhall evidence verify`)",
 )
 async def evidence_json(space_id: SpaceId, request: Request) -> Response:
-    doc = _document(request, space_id)
+    data = _node(request).document_bytes(space_id)
+    if data is None:
+        data = orjson.dumps(_document(request, space_id))
     max_age = services_of(request).settings.evidence_max_age_s
     return Response(
-        orjson.dumps(doc),
+        data,
         media_type="application/json",
         headers={"Cache-Control": f"public, max-age={max_age}"},
     )

@@ -204,6 +204,19 @@ class Defense:
             metrics.NETWORK_UNCOUNTED.labels(kind="reaction").inc()
         return wait_s
 
+    def allow_state(self, space_id: str, client: str | None, now_s: float) -> float:
+        """state.json: 0.0 when this network may ask now, else seconds to wait
+        (for the state route; a cache in front absorbs honest traffic)."""
+        network = network_of(client)
+        if self.evidence is not None:
+            self.evidence.request(space_id, "state", client, network)
+        return self.state_buckets.hit(network, now_s)
+
+    def allow_playlist(self, network: str, now_s: float) -> float:
+        """A playlist without delivery directives: O(1), for origin/rules.py to
+        call with the request's network (``policy.netbuckets.network_of``)."""
+        return self.playlist_buckets.hit(network, now_s)
+
     # ------------------------------------------------------------ effort control
 
     def control(self) -> None:

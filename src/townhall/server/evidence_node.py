@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from townhall import metrics
 from townhall.config import Settings
 from townhall.evidence.book import EvidenceBook, make_document
@@ -58,7 +60,7 @@ class EvidenceNode:
             Limit(200, settings.stall_report_interval_s), max_keys=settings.rate_limit_max_keys
         )
         self._task: asyncio.Task[None] | None = None
-        self._rendered: dict[str, tuple[int, bytes]] = {}
+        self._rendered: dict[str, tuple[tuple[int, str], bytes]] = {}
 
     @property
     def public_key(self) -> str:
@@ -124,6 +126,22 @@ class EvidenceNode:
             log.exception("could not store the evidence record %s of %s", record["seq"], space_id)
 
     # ------------------------------------------------------------ reading
+
+    def document_bytes(self, space_id: str) -> bytes | None:
+        """The document as JSON, rendered once per new record (it only changes
+        when an interval closes), however many ask."""
+        doc = self.document(space_id)
+        if doc is None:
+            return None
+        stamp = (len(doc["records"]), doc["head"])
+        cached = self._rendered.get(space_id)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        data = orjson.dumps(doc)
+        if len(self._rendered) >= self.book.max_spaces:
+            self._rendered.clear()
+        self._rendered[space_id] = (stamp, data)
+        return data
 
     def empty_document(self, space_id: str) -> dict[str, Any]:
         return make_document(space_id, self.public_key, [], self.book.interval_s, self.thresholds)
