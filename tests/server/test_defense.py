@@ -151,3 +151,29 @@ async def test_account_space_limits(app_client: httpx.AsyncClient, api: Api) -> 
     fast = await app_client.post("/api/spaces", json={"title": "5"}, headers=headers)
     assert fast.status_code == 429 and "per hour" in fast.json()["detail"]
     assert int(fast.headers["Retry-After"]) > 3000
+
+
+async def test_a_network_sending_forged_tokens_is_slowed_before_any_work(
+    tmp_path: Path,
+) -> None:
+    from townhall.server.app import create_app
+
+    settings = Settings(data_dir=tmp_path / "d", auth_failures_per_network_per_10s=5, **FAST_ARGON2)  # type: ignore[arg-type]
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("10.9.8.7", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            forged = {"Authorization": "Bearer eyJhbGciOiJIUzI1NiJ9.forged.sig"}
+            statuses = [
+                (await client.post("/api/spaces", json={"title": "t"}, headers=forged)).status_code
+                for _ in range(8)
+            ]
+            assert statuses[:5] == [401] * 5 and statuses[5:] == [429] * 3
+            shielded = await client.get("/api/spaces")
+            assert (
+                shielded.status_code == 429 and "failed authentication" in shielded.json()["detail"]
+            )
+            assert (await client.get("/healthz")).status_code == 200
+        other = httpx.ASGITransport(app=app, client=("10.9.99.7", 1234))
+        async with httpx.AsyncClient(transport=other, base_url="http://t") as client:
+            assert (await client.get("/api/spaces")).status_code == 200

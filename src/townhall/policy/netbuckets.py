@@ -84,6 +84,12 @@ class NetBuckets:
         self._allowed += 1
         return 0.0
 
+    def check(self, key: str, now_s: float) -> float:
+        """What ``hit`` would answer, without consuming (0.0: allowed)."""
+        tat = self._tats.get(key, now_s)
+        over_s = max(tat, now_s) + self.interval_s - now_s - self.period_s
+        return over_s if over_s > 1e-9 else 0.0
+
     def statistics(self) -> BucketStats:
         return BucketStats(len(self._tats), self._allowed, self._refused)
 

@@ -128,4 +128,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     routes.include_all(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    from townhall.server.defense import AuthFailureShield
+
+    app.add_middleware(
+        AuthFailureShield,
+        failures_per_10s=settings.auth_failures_per_network_per_10s,
+        max_keys=settings.rate_limit_max_keys,
+    )
     return app

@@ -26,11 +26,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from townhall import metrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from townhall import metrics, problems
 from townhall.config import Settings
 from townhall.errors import TooManyRequests
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
+from townhall.server.auth import forwarded_client
 from townhall.server.evidence_node import EvidenceNode
 
 log = logging.getLogger("townhall.defense")
@@ -257,3 +260,47 @@ class Defense:
 
     def statistics(self) -> DefenseStats:
         return DefenseStats(self.effort.bits, self._rate, self._last_dropped, len(self.seen))
+
+
+class AuthFailureShield:
+    """ASGI middleware: a client network whose API requests keep failing
+    authentication (forged, expired, replayed tokens) is answered 429 before
+    the framework parses anything, until its bucket refills. Costs a path
+    check per request, and a dict lookup for /api/ requests."""
+
+    def __init__(self, app: ASGIApp, *, failures_per_10s: int, max_keys: int = 100_000) -> None:
+        self.app = app
+        self.failures = NetBuckets(failures_per_10s, 10.0, max_keys=max_keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        peer = scope["client"][0] if scope.get("client") else None
+        services = getattr(scope["app"].state, "services", None)
+        trusted = services.trusted_proxies if services is not None else ()
+        if trusted:
+            forwarded = [
+                v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"
+            ]
+            peer = forwarded_client(peer, forwarded, trusted)
+        network = network_of(peer)
+        now = time.monotonic()
+        wait_s = self.failures.check(network, now)
+        if wait_s:
+            metrics.RATE_LIMITED.labels(limit="auth-failures").inc()
+            err = TooManyRequests(
+                "Too many requests from your network failed authentication; wait and sign in or join again.",
+                retry_after_s=wait_s,
+            )
+            await problems.problem_response(err.to_problem(scope["path"]), retry_after_s=wait_s)(
+                scope, receive, send
+            )
+            return
+
+        async def counted(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                self.failures.hit(network, time.monotonic())
+            await send(message)
+
+        await self.app(scope, receive, counted)
