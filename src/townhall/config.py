@@ -422,10 +422,10 @@ class Settings(BaseSettings):
         ge=0,
         description="While proof-of-work is asked, joins per second per node let in without an answer (radio apps, no JavaScript): never walled off, only slower; 0 lets them in only once pressure drops.",
     )
-    auth_failures_per_network_per_10s: int = Field(
+    refusals_per_network_per_10s: int = Field(
         100,
         ge=1,
-        description="API answers of 401 (forged, expired or replayed tokens) one client network may get per 10 s; past it the network's API requests get 429 before any work.",
+        description="Refused API answers (401 for forged or expired tokens, 429) one client network, or one token, may get per 10 s; past it its API requests get 429 before any work.",
     )
     returning_mark_ttl_s: int = Field(
         30 * 86400,

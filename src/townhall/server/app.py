@@ -139,7 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(
         AuthFailureShield,
-        failures_per_10s=settings.auth_failures_per_network_per_10s,
+        failures_per_10s=settings.refusals_per_network_per_10s,
         max_keys=settings.rate_limit_max_keys,
     )
     return app

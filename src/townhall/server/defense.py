@@ -263,15 +263,30 @@ class Defense:
 
 
 class AuthFailureShield:
-    """ASGI middleware for /api/: a bearer token whose signature or expiry
-    fails is answered 401 here, before the framework parses anything (one
-    HMAC), and a client network whose requests keep failing authentication is
-    answered 429 until its bucket refills. Costs a path check per request, a
-    dict lookup (and a token decode when one is sent) for /api/ requests."""
+    """ASGI middleware for /api/, before the framework parses anything:
+
+    - a bearer token whose signature or expiry fails is answered 401 here
+      (one HMAC);
+    - a client network, or a token (one token replayed from many networks),
+      whose requests keep being refused (401, 429) is answered 429 until its
+      bucket refills.
+
+    Costs a path check per request, and for /api/ requests a dict lookup
+    (and a token decode when one is sent)."""
 
     def __init__(self, app: ASGIApp, *, failures_per_10s: int, max_keys: int = 100_000) -> None:
         self.app = app
         self.failures = NetBuckets(failures_per_10s, 10.0, max_keys=max_keys)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, wait_s: float) -> None:
+        metrics.RATE_LIMITED.labels(limit="refusals").inc()
+        err = TooManyRequests(
+            "Too many of your recent requests were refused; wait, then sign in or join again.",
+            retry_after_s=wait_s,
+        )
+        await problems.problem_response(err.to_problem(scope["path"]), retry_after_s=wait_s)(
+            scope, receive, send
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
@@ -285,38 +300,39 @@ class AuthFailureShield:
                 v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"
             ]
             peer = forwarded_client(peer, forwarded, trusted)
-        network = network_of(peer)
+        keys = [network_of(peer)]
         now = time.monotonic()
-        wait_s = self.failures.check(network, now)
-        if not wait_s and services is not None:
-            # a bad bearer token is a 401 on every route: say so before any framework work
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    scheme, _, raw = value.decode("latin-1").partition(" ")
-                    if scheme.lower() == "bearer" and raw.strip():
-                        try:
-                            services.tokens.decode(raw.strip())
-                        except Unauthorized as exc:
-                            self.failures.hit(network, now)
-                            await problems.problem_response(exc.to_problem(scope["path"]))(
-                                scope, receive, send
-                            )
-                            return
-                    break
+        wait_s = self.failures.check(keys[0], now)
         if wait_s:
-            metrics.RATE_LIMITED.labels(limit="auth-failures").inc()
-            err = TooManyRequests(
-                "Too many requests from your network failed authentication; wait and sign in or join again.",
-                retry_after_s=wait_s,
-            )
-            await problems.problem_response(err.to_problem(scope["path"]), retry_after_s=wait_s)(
-                scope, receive, send
-            )
+            await self._refuse(scope, receive, send, wait_s)
             return
+        if services is not None:
+            for name, value in scope["headers"]:
+                if name != b"authorization":
+                    continue
+                scheme, _, raw = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and raw.strip():
+                    try:
+                        claims = services.tokens.decode(raw.strip())
+                    except Unauthorized as exc:
+                        # a bad bearer token is a 401 on every route
+                        self.failures.hit(keys[0], now)
+                        await problems.problem_response(exc.to_problem(scope["path"]))(
+                            scope, receive, send
+                        )
+                        return
+                    keys.append("token:" + claims.token_id)
+                    wait_s = self.failures.check(keys[1], now)
+                    if wait_s:
+                        await self._refuse(scope, receive, send, wait_s)
+                        return
+                break
 
         async def counted(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 401:
-                self.failures.hit(network, time.monotonic())
+            if message["type"] == "http.response.start" and message["status"] in (401, 429):
+                later = time.monotonic()
+                for key in keys:
+                    self.failures.hit(key, later)
             await send(message)
 
         await self.app(scope, receive, counted)
