@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +32,11 @@ StateOf = Callable[[str], str | None]
 
 
 class EvidenceNode:
-    def __init__(self, settings: Settings, state_of: StateOf) -> None:
+    def __init__(
+        self, settings: Settings, state_of: StateOf, load_of: Callable[[str], int] | None = None
+    ) -> None:
+        """``state_of``: a space's state; ``load_of``: its listener count on
+        this node (recorded as ``load`` beside ``capacity`` = max_listeners)."""
         key, hash_key = load_or_create_keys(settings.data_dir)
         self.store = EvidenceStore(settings.recordings_dir)
         self.thresholds = Thresholds(
@@ -51,6 +56,8 @@ class EvidenceNode:
             resume=self.store.resume,
         )
         self._state_of = state_of
+        self._load_of = load_of
+        self._capacity = settings.max_listeners
         # one report per listener token per interval, and a bound per network
         self.stall_tokens = MemoryLimiter(
             Limit(1, settings.stall_report_interval_s * 0.8),
@@ -109,6 +116,14 @@ class EvidenceNode:
     def tick(self) -> None:
         for space_id in [s for s in self.book.open_spaces() if self._state_of(s) == "ended"]:
             self._end(space_id)
+        now = time.time()
+        for space_id in self.book.open_spaces():
+            rec = self.book.recorder(space_id)
+            # only intervals about to close: a count costs a sketch estimate
+            if rec is not None and now - rec.start_s >= self.book.interval_s:
+                rec.capacity = self._capacity
+                if self._load_of is not None:
+                    rec.load = self._load_of(space_id)
         for _space_id, _record in self.book.tick():
             metrics.EVIDENCE_RECORDS.inc()
 

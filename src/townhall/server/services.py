@@ -158,7 +158,7 @@ class Services:
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
-        services.evidence = EvidenceNode(settings, _state_of(spaces))
+        services.evidence = EvidenceNode(settings, _state_of(spaces), local_count.count)
         services.evidence.start()
         services.defense = Defense(settings, services.evidence, keys[0])
         services.defense.start()
