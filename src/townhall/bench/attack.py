@@ -34,8 +34,9 @@ import httpx
 import orjson
 import psutil
 
-from townhall.bench.hlsclient import ListenerConfig, ListenerStats, Playout
+from townhall.bench.hlsclient import ListenerConfig, ListenerStats
 from townhall.bench.listeners import _listener, is_loopback
+from townhall.bench.playout import Playout
 
 SHAPES = ("join", "ticket", "playlist", "state", "forged", "replay", "slowloris")
 MAX_SOURCES = 60_000
