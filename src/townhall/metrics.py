@@ -150,3 +150,40 @@ REVOCATIONS_EVICTED = Counter(
     "townhall_revocations_evicted_total",
     "Sign-outs forgotten before their tokens expired because revoked_sessions_max was reached.",
 )
+# --- issue 10: layered defense and evidence ---
+EVIDENCE_RECORDS = Counter(
+    "townhall_evidence_records_total",
+    "Evidence records signed and stored (one per space per interval).",
+)
+EVIDENCE_FAILURES = Counter(
+    "townhall_evidence_failures_total",
+    "Evidence intervals or records that could not be closed or stored.",
+)
+STALL_REPORTS = Counter("townhall_stall_reports_total", "Players' stall reports accepted.")
+CHALLENGES = Counter(
+    "townhall_challenges_total",
+    "Proof-of-work challenges by outcome (issued, solved, and each failure reason).",
+    ["outcome"],
+)
+CHALLENGE_BITS = Gauge(
+    "townhall_challenge_bits",
+    "Proof-of-work effort asked of joins now (0: no pressure, no challenge).",
+)
+PASSWORD_HASHES = Counter(
+    "townhall_password_hashes_total",
+    "Password hashes by outcome: done, or refused because the hashing queue was full.",
+    ["outcome"],
+)
+PASSWORD_HASH_QUEUE = Gauge(
+    "townhall_password_hash_queue", "Password hashes waiting for or using a hashing thread."
+)
+SPACE_LIMITS = Counter(
+    "townhall_space_limits_total",
+    "Space creations refused by an account limit (live, scheduled, rate).",
+    ["limit"],
+)
+NETWORK_UNCOUNTED = Counter(
+    "townhall_network_uncounted_total",
+    "Listeners or reactions not counted because their client network passed its cap.",
+    ["kind"],
+)

@@ -55,6 +55,7 @@ ATTACHED = (
     ("join", "join_command"),
     ("listeners", "listeners_command"),
     ("latency", "latency_command"),
+    ("attack", "attack_command"),
 )
 
 

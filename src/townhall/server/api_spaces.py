@@ -32,11 +32,14 @@ from townhall.errors import (
     ValidationFailed,
 )
 from townhall.policy import roles
+from townhall.policy.ratelimit import Decision
 from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Bearer,
     Session,
     base_url,
+    client_host,
+    forwarded_client,
     iso,
     iso_epoch,
     listener_urls,
@@ -46,7 +49,7 @@ from townhall.server.auth import (
     verify,
 )
 from townhall.server.services import Services
-from townhall.store.spaces import SpaceView
+from townhall.store.spaces import SpaceLimitReached, SpaceRateLimited, SpaceView
 
 log = logging.getLogger("townhall.access")
 
@@ -119,6 +122,10 @@ class JoinOut(BaseModel):
     role: Literal["listener"]
     expires_at: str
     urls: UrlsOut
+    seen_mark: str | None = Field(
+        default=None,
+        description="A signed 'seen before' mark: send it back as X-Townhall-Seen on later joins for priority and less proof-of-work.",
+    )
 
 
 class SpeakerTokenOut(BaseModel):
@@ -159,9 +166,16 @@ def space_out(space: SpaceView, base: str) -> SpaceOut:
 @router.post("/spaces", status_code=201, response_model=SpaceOut, summary="Create a space")
 async def create_space(body: SpaceIn, claims: Session, request: Request) -> SpaceOut:
     services = services_of(request)
-    space = await services.spaces.create(
-        claims.subject, body.title, body.description, body.visibility, body.scheduled_for
-    )
+    try:
+        space = await services.spaces.create(
+            claims.subject, body.title, body.description, body.visibility, body.scheduled_for
+        )
+    except SpaceLimitReached as exc:
+        metrics.SPACE_LIMITS.labels(limit=exc.limit).inc()
+        raise
+    except SpaceRateLimited:
+        metrics.SPACE_LIMITS.labels(limit="rate").inc()
+        raise
     if space.state == "live":
         await services.rooms.start(space.id)
     log.info("space %s created (%s) by %s", space.id, space.state, claims.subject)
@@ -214,10 +228,19 @@ def join(
     authorization: str | None,
     renew_token: str | None,
     base: str,
+    client: str | None = None,
+    pow_answer: str | None = None,
+    seen_mark: str | None = None,
 ) -> bytes:
     """Issue (or renew) a listener token; the JSON answer. Memory only."""
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
+    defense = services.defense
+    network = "unknown"
+    if defense is not None:  # issue 10: per-network bucket, proof-of-work under pressure
+        network, _returning = defense.gate_join(
+            space_id, client, pow_answer, seen_mark, renewal=renew_token is not None
+        )
     tokens = services.tokens
     account_id: str | None = None
     if authorization is not None:
@@ -243,7 +266,9 @@ def join(
         role="listener",
         token_id=token_id,
     )
-    services.listeners.add(space_id, claims.token_id)
+    counted, seen = defense.admitted(space_id, network) if defense is not None else (True, None)
+    if counted:  # one network's flood of tokens does not inflate the count
+        services.listeners.add(space_id, claims.token_id)
     (_JOIN_RENEWAL if token_id else _JOIN_NEW).inc()
     return orjson.dumps(
         {
@@ -251,6 +276,7 @@ def join(
             "role": "listener",
             "expires_at": iso_epoch(claims.expires_at),
             "urls": listener_urls(base, space_id),
+            "seen_mark": seen,
         }
     )
 
@@ -295,11 +321,22 @@ class JoinEndpoint:
         services: Services = scope["app"].state.services
         authorization: str | None = None
         host: str | None = None
+        pow_answer: str | None = None
+        seen_mark: str | None = None
+        forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"host":
                 host = value.decode("latin-1")
+            elif name == b"x-townhall-pow":
+                pow_answer = value.decode("latin-1")
+            elif name == b"x-townhall-seen":
+                seen_mark = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
+        peer = scope["client"][0] if scope.get("client") else None
+        client = forwarded_client(peer, forwarded, services.trusted_proxies)
         body = b""
         while True:
             message = await receive()
@@ -315,6 +352,9 @@ class JoinEndpoint:
             authorization,
             _parse_join_body(body),
             base,
+            client,
+            pow_answer,
+            seen_mark,
         )
         await send(
             {
@@ -347,6 +387,9 @@ async def join_documented(
         request.headers.get("authorization"),
         body.token if body else None,
         request_base(request),
+        client_host(request),
+        request.headers.get("x-townhall-pow"),
+        request.headers.get("x-townhall-seen"),
     )
     return Response(content, media_type="application/json", headers=_JSON_HEADERS)
 
@@ -418,6 +461,14 @@ async def react(
         "reactions",
         f"You can send {services.settings.reactions_per_token_per_10s} reactions per 10 seconds; wait a moment.",
     )
+    if services.defense is not None:  # issue 10: totals a network's token flood cannot inflate
+        refuse_if(
+            Decision(False, wait_s)
+            if (wait_s := services.defense.reaction_allowed(space_id, client_host(request)))
+            else Decision(True, 0.0),
+            "reactions-network",
+            "Too many reactions from your network right now; wait a moment.",
+        )
     services.reactions.add(space_id, body.emoji)
     metrics.REACTIONS.inc()
     return AcceptedOut()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -36,11 +37,13 @@ from townhall.policy.ratelimit import (
 )
 from townhall.policy.tokens import Revocations, TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
+from townhall.server.defense import Defense
+from townhall.server.evidence_node import EvidenceNode
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
 from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
-from townhall.store.spaces import SpaceIndex, Spaces
+from townhall.store.spaces import SpaceIndex, SpaceLimits, Spaces
 
 log = logging.getLogger("townhall.store")
 
@@ -88,6 +91,9 @@ class Services:
     # sign-outs shared with the other nodes (None: one node, tokens.revocations only)
     revoked: SharedRevocations | None = field(default=None, repr=False)
     _revocation_sync: asyncio.Task[None] | None = field(default=None, repr=False)
+    # what each space saw, signed (issue 10)
+    evidence: EvidenceNode | None = field(default=None, repr=False)
+    defense: Defense | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -101,14 +107,18 @@ class Services:
             retry_after_s=settings.database_retry_after_s,
         )
         await db.migrate()
-        tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        keys = load_keys(settings.signing_keys, settings.data_dir)
+        tokens = TokenSigner(keys)
         tokens.revocations = Revocations(
             horizon_s=settings.session_ttl_s,
             max_entries=settings.revoked_sessions_max,
             on_evict=metrics.REVOCATIONS_EVICTED.inc,
         )
         passwords = Passwords(
-            time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            workers=settings.password_hash_workers,
+            queue=settings.password_hash_queue,
         )
         redis: Any = None
         health: RedisHealth | None = None
@@ -124,6 +134,11 @@ class Services:
             max_speakers=settings.max_speakers,
             max_schedule_ahead_days=settings.max_schedule_ahead_days,
             index=SpaceIndex(),
+            limits=SpaceLimits(
+                live=settings.spaces_live_per_account,
+                scheduled=settings.spaces_scheduled_per_account,
+                created_per_hour=settings.spaces_created_per_account_per_hour,
+            ),
         )
         await spaces.refresh_index(None)
         local_count = ListenerCounter(ttl_s=settings.listener_token_ttl_s)
@@ -157,6 +172,10 @@ class Services:
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+        services.evidence = EvidenceNode(settings, _state_of(spaces), local_count.count)
+        services.evidence.start()
+        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense.start()
         for space_id in await spaces.live_ids():
             try:
                 await services.rooms.start(space_id)
@@ -189,9 +208,14 @@ class Services:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.rooms.close()
+        if self.defense is not None:
+            await self.defense.close()
+        if self.evidence is not None:
+            await self.evidence.close()
         if self.shared is not None:
             await self.shared.close()
         await self.db.close()
+        self.accounts.passwords.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -213,6 +237,14 @@ class Services:
                 log.exception("space index refresh failed; retrying")
                 continue
             since = started
+
+
+def _state_of(spaces: Spaces) -> Callable[[str], str | None]:
+    def state_of(space_id: str) -> str | None:
+        entry = spaces.index.get(space_id)
+        return None if entry is None else entry.state
+
+    return state_of
 
 
 def _limits(settings: Settings, redis: Any, health: RedisHealth | None) -> Limits:

@@ -21,7 +21,7 @@ from typing import Literal
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from townhall.errors import Conflict, NotFound, ValidationFailed
+from townhall.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from townhall.policy import roles
 from townhall.store.accounts import AccountView, new_id, utcnow
 from townhall.store.db import Database
@@ -143,6 +143,33 @@ class SpaceIndex:
         self._blocked.add((space_id, account_id))
 
 
+class SpaceLimitReached(Conflict):
+    """409: an account holds as many live or scheduled spaces as it may."""
+
+    type_slug = "space-limit"
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(detail, extra={"limit": limit})
+        self.limit = limit
+
+
+class SpaceRateLimited(TooManyRequests):
+    """429: an account creates spaces faster than it may."""
+
+    type_slug = "space-rate"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceLimits:
+    """What one account may hold and create (issue 10). Checked on this node
+    under a lock; two nodes creating for one account at the same instant may
+    each let one through (the limits keep abuse small, not exact)."""
+
+    live: int = 3
+    scheduled: int = 20
+    created_per_hour: int = 20
+
+
 class Spaces:
     """Space records. Every method opens its own short transaction."""
 
@@ -155,8 +182,11 @@ class Spaces:
         max_schedule_ahead_days: int,
         index: SpaceIndex | None = None,
         clock: Callable[[], datetime] = utcnow,
+        limits: SpaceLimits | None = None,
     ) -> None:
         self.db = db
+        self.limits = limits
+        self._creating = asyncio.Lock()
         self.max_cohosts = max_cohosts
         self.max_speakers = max_speakers
         self.max_schedule_ahead_days = max_schedule_ahead_days
@@ -195,13 +225,64 @@ class Spaces:
             ended_at=None,
             created_at=now,
         )
-        async with self.db.session() as session:
+        async with self._creating, self.db.session() as session:
             host = await session.get(Account, host_id)
             if host is None:
                 raise NotFound("Your account no longer exists; sign up again.")
+            if self.limits is not None:
+                await self._check_limits(session, host_id, space.state, now)
             session.add(space)
         self.index.put(space.id, space.state, space.visibility)
         return _view(space, host)
+
+    async def _check_limits(
+        self, session: AsyncSession, host_id: str, state: str, now: datetime
+    ) -> None:
+        """Conflict (409) over the live/scheduled caps, TooManyRequests (429)
+        over the creation rate; each counted in metrics by the caller's adapter."""
+        limits = self.limits
+        assert limits is not None
+        counts = dict(
+            (
+                await session.execute(
+                    select(Space.state, func.count())
+                    .where(Space.host_id == host_id, Space.state.in_(("live", "scheduled")))
+                    .group_by(Space.state)
+                )
+            ).all()
+        )
+        if state == "live" and counts.get("live", 0) >= limits.live:
+            raise SpaceLimitReached(
+                "live",
+                f"You already have {limits.live} live spaces; end one before going live with another.",
+            )
+        if state == "scheduled" and counts.get("scheduled", 0) >= limits.scheduled:
+            raise SpaceLimitReached(
+                "scheduled",
+                f"You already have {limits.scheduled} scheduled spaces; start or end one before scheduling another.",
+            )
+        recent = (
+            await session.execute(
+                select(func.count())
+                .select_from(Space)
+                .where(Space.host_id == host_id, Space.created_at >= now - timedelta(hours=1))
+            )
+        ).scalar_one()
+        if recent >= limits.created_per_hour:
+            oldest = (
+                await session.execute(
+                    select(func.min(Space.created_at)).where(
+                        Space.host_id == host_id, Space.created_at >= now - timedelta(hours=1)
+                    )
+                )
+            ).scalar_one()
+            retry_s = (
+                max(1.0, (oldest + timedelta(hours=1) - now).total_seconds()) if oldest else 60.0
+            )
+            raise SpaceRateLimited(
+                f"You can create {limits.created_per_hour} spaces per hour; try again in {retry_s:.0f} s.",
+                retry_after_s=retry_s,
+            )
 
     async def get(self, space_id: str) -> SpaceView:
         async with self.db.session() as session:
@@ -249,6 +330,19 @@ class Spaces:
             space, host = row
             role = await self._role_in(session, space, actor_id)
             roles.check(role, action)
+            if action == "start" and self.limits is not None and space.state == "scheduled":
+                live = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(Space)
+                        .where(Space.host_id == space.host_id, Space.state == "live")
+                    )
+                ).scalar_one()
+                if live >= self.limits.live:
+                    raise SpaceLimitReached(
+                        "live",
+                        f"You already have {self.limits.live} live spaces; end one before going live with another.",
+                    )
             space.state = next_state(space.state, action)
             if action == "start":
                 space.started_at = now

@@ -42,8 +42,8 @@ export function clearSession() {
  * null sends none, a string sends that token. Throws ApiError on any non-2xx
  * answer and TypeError when the server cannot be reached.
  */
-export async function api(method, path, { body, token, signal } = {}) {
-  const headers = { Accept: "application/json" };
+export async function api(method, path, { body, token, signal, headers: extra = {} } = {}) {
+  const headers = { Accept: "application/json", ...extra };
   const bearer = token === undefined ? getSession()?.token : token;
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const init = { method, headers, signal, cache: "no-store", credentials: "same-origin" };

@@ -2,6 +2,7 @@
 // put a refused or queued join into words.
 
 import { ApiError, api } from "./api.js";
+import { keepSeenMark, seenMark, solveChallenge } from "./defense.js";
 
 const RENEW_AT_FRACTION = 0.8;
 const RENEW_RETRY_MS = 5000;
@@ -51,7 +52,25 @@ export class ListenerPass {
   async join() {
     this.stopped = false;
     const body = this.grant ? { token: this.grant.token } : {};
-    const grant = await api("POST", `/api/spaces/${encodeURIComponent(this.spaceId)}/join`, { body });
+    const path = `/api/spaces/${encodeURIComponent(this.spaceId)}/join`;
+    const headers = {};
+    const mark = seenMark();
+    if (mark) headers["X-Townhall-Seen"] = mark;
+    let grant;
+    try {
+      grant = await api("POST", path, { body, headers });
+    } catch (err) {
+      // Under pressure the server asks for proof of work: solve it off the main thread, once.
+      if (!(err instanceof ApiError && err.status === 429 && err.problem.challenge)) throw err;
+      let answer;
+      try {
+        answer = await solveChallenge(err.problem);
+      } catch {
+        throw err; // cannot solve here: the refusal (with Retry-After) stands
+      }
+      grant = await api("POST", path, { body, headers: { ...headers, "X-Townhall-Pow": answer } });
+    }
+    keepSeenMark(grant.seen_mark);
     this.grant = grant;
     this.schedule();
     return grant;

@@ -3,6 +3,7 @@
 // place once approved), and the replay once the space ends.
 
 import { ApiError, api, describeError, getSession } from "../api.js";
+import { StallReporter } from "../defense.js";
 import { ListenerPass, refusalMessage } from "../join.js";
 import { HlsPlayer } from "../player.js";
 import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
@@ -106,6 +107,8 @@ async function listen() {
     // Same origin as this page (which may be a cache in front of the origin).
     const url = `/spaces/${encodeURIComponent(spaceId)}/live.m3u8`;
     await player.load(url);
+    view.stalls?.stop();
+    view.stalls = new StallReporter($("player"), spaceId, () => pass.token).start();
     setListening(true);
     setStatus(status, "You are listening live.", "ok");
   } catch (err) {
@@ -132,6 +135,8 @@ function countdown(seconds, err) {
 
 function leave() {
   clearTimeout(view.retryTimer);
+  view.stalls?.stop();
+  view.stalls = null;
   pass.stop();
   player.destroy();
   stopMic("");
@@ -359,6 +364,8 @@ async function switchToReplay() {
   view.ended = true;
   const wasListening = view.listening;
   clearTimeout(view.retryTimer);
+  view.stalls?.stop();
+  view.stalls = null;
   pass.stop();
   player.destroy();
   stopMic("");
