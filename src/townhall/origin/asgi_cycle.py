@@ -40,6 +40,7 @@ class Request:
         "cycle",
         "decision",
         "expect_continue",
+        "head_too_large",
         "headers",
         "http_version",
         "keep_alive",
@@ -70,6 +71,7 @@ class Request:
         self.started_s = started_s
         self.expect_continue = False
         self.upgrade = False
+        self.head_too_large = False
         self.too_large = False
         self.more_body = True
         self.body = bytearray()

@@ -156,6 +156,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         self._expect = False
         self._too_large = False
         self._head_bytes = 0
+        self._header_bytes = 0
         self._head_since: float | None = None
         self._body_since: float | None = None
         self._idle_since: float | None = None
@@ -261,12 +262,12 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
             return
         if self._head_since is not None and self._head_bytes > self.limits.max_head_bytes:
             self._cut(
-                "head_too_large",
-                431,
-                "headers-too-large",
-                "Request header fields too large",
-                f"The request line and headers are over {self.limits.max_head_bytes} bytes; send fewer or shorter headers.",
-            )
+                "head_too_large", 431, "headers-too-large", "Request header fields too large",
+                self._head_detail(),
+            )  # fmt: skip
+
+    def _head_detail(self) -> str:
+        return f"The request line and headers are over {self.limits.max_head_bytes} bytes; send fewer or shorter headers."
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:
@@ -291,6 +292,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._expect = self._too_large = False
+        self._header_bytes = 0
         timer = self._timer
         deadline = now + self.limits.header_timeout_s
         if timer is None or timer.when() > deadline:
@@ -308,6 +310,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
                 self._too_large = True
         elif name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
+        self._header_bytes += len(name) + len(value)
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -324,6 +327,8 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         )
         req.expect_continue = self._expect
         req.too_large = self._too_large
+        # a whole head in one read is not caught by data_received's count
+        req.head_too_large = len(self._url) + self._header_bytes > self.limits.max_head_bytes
         req.upgrade = parser.should_upgrade()
         self._head_since = None
         self._head_bytes = 0
@@ -375,6 +380,10 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         if limits.max_requests and self._served + 1 >= limits.max_requests:
             req.keep_alive = False
             _CLOSED["max_requests"].inc()
+        if req.head_too_large:
+            self._refuse(req, 431, "headers-too-large", "Request header fields too large",
+                         self._head_detail(), "head_too_large")  # fmt: skip
+            return
         if req.upgrade:
             self._refuse(req, 501, "upgrade-not-supported", "Upgrade not supported",
                          "This server does not upgrade connections (no WebSocket); send plain HTTP requests.",
