@@ -34,7 +34,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import httptools
 
@@ -165,8 +165,8 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
     # -- connection events ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports do not subclass asyncio.Transport; they behave as one)
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and isinstance(peer[0], str) else None
         limit = self.config.limit_concurrency
