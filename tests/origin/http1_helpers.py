@@ -131,8 +131,16 @@ def server(app: Any, http: Any, **config: Any) -> uvicorn.Server:
 async def running(*servers: uvicorn.Server) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     try:
-        while not all(s.started for s in servers):
+        for _ in range(1000):
+            if all(s.started for s in servers):
+                break
+            for task in tasks:
+                if task.done():
+                    task.result()  # raises what stopped it
+                    raise RuntimeError("a server stopped before it started")
             await asyncio.sleep(0.01)
+        else:
+            raise RuntimeError("the servers did not start within 10 s")
         yield
     finally:
         for s in servers:

@@ -277,8 +277,9 @@ async def test_connection_close_and_http_1_0_close_after_the_answer(servers: Ser
         conn = await Conn.open(port)
         conn.send(request(path, version="1.0"))
         reply = await conn.reply()
-        assert reply.status == 200 and reply.headers[b"connection"] == b"close"
-        assert await conn.at_eof()
+        assert reply.status == 200 and await conn.at_eof()
+        if port == servers.fast_port:  # (uvicorn's own says so only from 0.5x on)
+            assert reply.headers[b"connection"] == b"close"
         conn = await Conn.open(port)
         reply = await conn.get(path, method="HEAD", extra="Connection: close\r\n")
         assert reply.status == 200 and await conn.at_eof()

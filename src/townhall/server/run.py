@@ -55,6 +55,7 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
         port=settings.port,
         loop=loop,
         http=http,
+        ws="none",  # no route uses WebSocket; the driver answers upgrades 501
         lifespan="on",
         log_config=None,
         access_log=False,
