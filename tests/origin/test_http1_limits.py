@@ -154,18 +154,18 @@ async def test_slow_headers_and_slow_bodies_are_timed_out(app: App, tmp_path: Pa
 
 
 async def test_four_hundred_idle_connections_are_closed(app: App, tmp_path: Path) -> None:
-    s = driver(app, Settings(data_dir=tmp_path, http_keepalive_idle_s=1.5))
+    s = driver(app, Settings(data_dir=tmp_path, http_keepalive_idle_s=3.0))
     before = closed("idle")
     async with running(s):
         t0 = time.perf_counter()
         conns = [await Conn.open(port_of(s)) for _ in range(400)]
         used = conns[-1]
         assert (await used.get("/hello")).status == 200  # idle after an answer too
-        assert time.perf_counter() - t0 < 1.5, "too slow to open 400 connections here"
+        assert time.perf_counter() - t0 < 3.0, "too slow to open 400 connections here"
         assert len(s.server_state.connections) == 400
         ends = await asyncio.gather(*(read_all(c, 10) for c in conns))
         assert all(end == b"" for end in ends)
-        assert time.perf_counter() - t0 < 4
+        assert time.perf_counter() - t0 < 7
         for _ in range(100):
             if not s.server_state.connections:
                 break
