@@ -83,6 +83,31 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+
+# --- issue 8/14: program restarts and recording write failures ---
+PROGRAM_RESTARTS = Counter(
+    "townhall_program_restarts_total",
+    "Programs restarted in a new discontinuity after their encoder or packager failed.",
+)
+PROGRAM_GIVEN_UP = Counter(
+    "townhall_program_given_up_total",
+    "Programs marked failed after too many restarts in a row (their space says so).",
+)
+RECORDING_WRITE_FAILURES = Counter(
+    "townhall_recording_write_failures_total",
+    "Recording writes that failed and will be retried, by cause (errno name).",
+    ["cause"],
+)
+RECORDING_SEGMENTS_MISSING = Counter(
+    "townhall_recording_segments_missing_total",
+    "Segments left out of a recording (listed as missing in its manifest) because the backlog was full or the talk ended before they could be written.",
+)
+RECORDING_BACKLOG_BYTES = Gauge(
+    "townhall_recording_backlog_bytes",
+    "Bytes of segments held in memory because they could not be recorded yet (all spaces).",
+)
+
 # --- issue 10: connection limits (origin/http1.py) ---
 HTTP_CONNECTIONS_OPEN = Gauge(
     "townhall_http_connections_open", "HTTP connections open now (admitted by the connection caps)."
@@ -94,7 +119,7 @@ HTTP_CONNECTIONS_REFUSED = Counter(
 )
 HTTP_CONNECTIONS_CLOSED = Counter(
     "townhall_http_connections_closed_total",
-    "Connections the HTTP driver closed on a limit or a protocol error (head_too_large, header_timeout, body_timeout, body_too_large, idle, max_requests, bad_request, upgrade).",
+    "Connections the HTTP driver closed on a limit or a protocol error (head_too_large, header_timeout, body_timeout, body_too_large, idle, max_requests, bad_request, upgrade, internal).",
     ["reason"],
 )
 HTTP_APP_ERRORS = Counter(
