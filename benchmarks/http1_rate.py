@@ -50,7 +50,20 @@ from side_by_side import (  # noqa: E402
 )
 
 
-def start_townhall(name: str, src: Path, tmp: Path) -> tuple[Child, str, list[str], list[bytes]]:
+def current_parts(url: str, space_id: str) -> tuple[list[str], list[bytes]]:
+    """The part URLs of the live playlist now (older ones leave the window) and their bytes."""
+    with httpx.Client(base_url=url, timeout=10) as http:
+        text = http.get(f"/spaces/{space_id}/live.m3u8").text
+        paths, bodies = [], []
+        for uri in re.findall(r'URI="(part/[^"]+)"', text)[-24:]:
+            r = http.get(f"/spaces/{space_id}/{uri}")
+            if r.status_code == 200:
+                paths.append(f"/spaces/{space_id}/{uri}")
+                bodies.append(r.content)
+    return paths, bodies
+
+
+def start_townhall(name: str, src: Path, tmp: Path) -> tuple[Child, str, str]:
     """``townhall serve`` from ``src`` on core 0 with one live space (the stage
     clock's silence is its program); returns the server, URL, part paths, bytes."""
     port = free_port()
@@ -79,17 +92,7 @@ def start_townhall(name: str, src: Path, tmp: Path) -> tuple[Child, str, list[st
         space.raise_for_status()
         space_id = space.json()["id"]
         time.sleep(6)  # a few segments into the window
-        text = http.get(f"/spaces/{space_id}/live.m3u8").text
-        uris = re.findall(r'URI="(part/[^"]+)"', text)
-        paths = [f"/spaces/{space_id}/{uri}" for uri in uris]
-        bodies = []
-        ok_paths = []
-        for path in paths:
-            r = http.get(path)
-            if r.status_code == 200:
-                ok_paths.append(path)
-                bodies.append(r.content)
-    return server, url, ok_paths, bodies
+    return server, url, space_id
 
 
 def start_nginx(tmp: Path, bodies: list[bytes]) -> tuple[Child, str, list[str]]:
@@ -182,6 +185,7 @@ def main() -> None:
                                "base_commit": args.base_commit, "rounds": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="http1-rate-") as tmp_name:
         tmp = Path(tmp_name)
+        tmp.chmod(0o755)  # nginx's worker drops privileges when run as root
         base_src = tmp / "base"
         base_src.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.base_commit, "src"],
@@ -190,20 +194,24 @@ def main() -> None:
         children: list[Child] = []
         try:
             log(f"starting base ({args.base_commit}) and ours")
-            base, base_url, base_paths, _ = start_townhall("base", base_src / "src", tmp)
+            base, base_url, base_space = start_townhall("base", base_src / "src", tmp)
             children.append(base)
-            ours, ours_url, ours_paths, bodies = start_townhall("ours", ROOT / "src", tmp)
+            ours, ours_url, ours_space = start_townhall("ours", ROOT / "src", tmp)
             children.append(ours)
+            ours_paths, bodies = current_parts(ours_url, ours_space)
             nginx, nginx_url, nginx_paths = start_nginx(tmp, bodies)
             children.append(nginx)
             log(f"{len(ours_paths)} part URLs; {args.rounds} rounds of {args.wrk_s:g} s")
             systems = {
-                "base": (base, base_url, base_paths),
+                "base": (base, base_url, current_parts(base_url, base_space)[0]),
                 "ours": (ours, ours_url, ours_paths),
                 "nginx": (nginx, nginx_url, nginx_paths),
             }
             order = list(systems)
             for i in range(args.rounds):
+                for key, space in (("base", base_space), ("ours", ours_space)):
+                    server, url, _ = systems[key]
+                    systems[key] = (server, url, current_parts(url, space)[0])
                 row: dict[str, Any] = {}
                 for key in order[i % 3 :] + order[: i % 3]:
                     server, url, paths = systems[key]
@@ -240,12 +248,10 @@ def main() -> None:
             results["summary"] = summary
             if args.perf:
                 with contextlib.suppress(OSError, subprocess.SubprocessError):
-                    results["perf_ours"] = perf_breakdown(
-                        ours, tmp, ours_url, ours_paths, args.wrk_s
-                    )
-                    results["perf_base"] = perf_breakdown(
-                        base, tmp, base_url, base_paths, args.wrk_s
-                    )
+                    for key, space in (("ours", ours_space), ("base", base_space)):
+                        server, url, _ = systems[key]
+                        paths = current_parts(url, space)[0]
+                        results[f"perf_{key}"] = perf_breakdown(server, tmp, url, paths, args.wrk_s)
         finally:
             for child in reversed(children):
                 child.stop()

@@ -417,8 +417,17 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         if not req.keep_alive:
             transport.close()
             return
-        if not transport.is_closing():
+        if transport.is_closing():
+            return
+        if self._queue or self._dispatching:
             self._next()
+            return
+        # the common case, inline: nothing queued, wait for the next request
+        if self._reading_paused:
+            self._resume_reading()
+        self._idle_since = self.loop.time()
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.limits.idle_s, self._check)
 
     def _next(self) -> None:
         if self._dispatching:
