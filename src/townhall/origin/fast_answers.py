@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 from townhall import metrics
 from townhall.origin.asgi_cycle import Request
+from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.rules import Rendered, Stream, Wait
-from townhall.origin.window import LAST_CHUNK
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"

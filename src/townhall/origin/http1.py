@@ -41,11 +41,11 @@ import httptools
 from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
+from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
-from townhall.origin.window import LAST_CHUNK
 from townhall.origin.wire import problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")
