@@ -460,6 +460,43 @@ class Settings(BaseSettings):
         description="How long the signed 'seen before' mark given at admission gives priority.",
     )
 
+    # --- issue 10: connection limits (origin/http1.py) ---
+    http_max_head_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers accepted; a larger one is answered 431 and its connection closed.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request whose line and headers are not complete this long after its first byte is answered 408 and its connection closed (slow-header attacks).",
+    )
+    http_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request whose body is not complete this long after its first byte is answered 408 (or cut if the answer started) and its connection closed.",
+    )
+    http_keepalive_idle_s: float = Field(
+        5.0,
+        gt=0,
+        description="An open connection with no request in progress is closed after this long without one.",
+    )
+    http_max_requests_per_connection: int = Field(
+        0,
+        ge=0,
+        description="Requests served on one connection before it is closed (the last answer says Connection: close); 0 means no limit.",
+    )
+    http_max_connections_per_network: int = Field(
+        2048,
+        ge=0,
+        description="Open connections per client network (/24 for IPv4, /64 for IPv6, by the TCP peer's address; peers in trusted_proxies are exempt). A connection over it is answered 503 with Retry-After and closed; 0 means no limit.",
+    )
+    http_max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

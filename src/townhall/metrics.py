@@ -187,3 +187,21 @@ NETWORK_UNCOUNTED = Counter(
     "Listeners or reactions not counted because their client network passed its cap.",
     ["kind"],
 )
+# --- issue 10: connection limits (origin/http1.py) ---
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "townhall_http_connections_open", "HTTP connections open now (admitted by the connection caps)."
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "townhall_http_connections_refused_total",
+    "Connections answered 503 and closed at once because a connection cap was reached (network: the client network's, total: the process's).",
+    ["reason"],
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "townhall_http_connections_closed_total",
+    "Connections the HTTP driver closed on a limit or a protocol error (head_too_large, header_timeout, body_timeout, body_too_large, idle, max_requests, bad_request, upgrade, internal).",
+    ["reason"],
+)
+HTTP_APP_ERRORS = Counter(
+    "townhall_http_app_errors_total",
+    "Requests whose ASGI app call raised or ended without a complete answer (500 sent, or the connection closed).",
+)
