@@ -83,3 +83,22 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+# --- issue 9: admission and a fair waiting room ---
+ADMISSION_DECISIONS = Counter(
+    "townhall_admission_decisions_total",
+    "Join decisions of capped and uncapped spaces, by outcome (admit, queue, refuse) and reason.",
+    ["outcome", "reason"],
+)
+ADMISSION_TICKETS = Counter(
+    "townhall_admission_tickets_total", "Queue tickets handed out (places in a waiting line)."
+)
+ADMISSION_TICK_FAILURES = Counter(
+    "townhall_admission_tick_failures_total",
+    "Admission ticks (moving the lines, rendering queue.json) that failed unexpectedly.",
+)
+MEDIA_GATE_REFUSALS = Counter(
+    "townhall_media_gate_refusals_total",
+    "Media requests of capped spaces refused for a missing or bad listener token.",
+    ["reason"],
+)

@@ -26,7 +26,9 @@ from townhall.policy.ratelimit import (
     MemoryLimiter,
     RedisLimiter,
 )
+from townhall.policy.tickets import TicketSigner
 from townhall.policy.tokens import TokenSigner, load_keys
+from townhall.server.admission import Admission
 from townhall.server.auth import Networks, parse_networks
 from townhall.server.listener import (
     ListenerCounter,
@@ -36,6 +38,7 @@ from townhall.server.listener import (
     StateCache,
 )
 from townhall.store.accounts import Accounts, Passwords, utcnow
+from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmission
 from townhall.store.db import Database
 from townhall.store.shared import RedisHealth, SharedState, connect
 from townhall.store.spaces import SpaceIndex, Spaces
@@ -79,12 +82,14 @@ class Services:
     listeners: ListenerSink = field(repr=False)
     reactions: ReactionSink = field(repr=False)
     state: StateCache = field(repr=False)
+    admission: Admission = field(repr=False)
     redis: Any = field(default=None, repr=False)
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
     trusted_proxies: Networks = ()
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -92,7 +97,8 @@ class Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url())
         await db.migrate()
-        tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        keys = load_keys(settings.signing_keys, settings.data_dir)
+        tokens = TokenSigner(keys)
         passwords = Passwords(
             time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
         )
@@ -128,6 +134,21 @@ class Services:
             listeners, reactions = shared_state.listeners, shared_state.reactions
             if await shared_state.ping():
                 log.info("shared state in Redis (key prefix %r)", settings.redis_prefix)
+        admission_store: AdmissionStore = (
+            MemoryAdmission()
+            if redis is None
+            else RedisAdmission(
+                redis, prefix=settings.redis_prefix, tick_ms=settings.queue_interval_ms
+            )
+        )
+        admission = Admission(
+            settings,
+            admission_store,
+            tokens,
+            TicketSigner(keys, settings.ticket_ttl_s),
+            spaces.index,
+            health=health,
+        )
         services = cls(
             settings=settings,
             db=db,
@@ -139,6 +160,7 @@ class Services:
             listeners=listeners,
             reactions=reactions,
             state=StateCache(interval_s=settings.state_interval_ms / 1000),
+            admission=admission,
             redis=redis,
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
@@ -152,6 +174,7 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        services._admitter = asyncio.create_task(admission.run(), name="townhall-admission")
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -161,7 +184,7 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher):
+        for task in (self._refresher, self._flusher, self._admitter):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
