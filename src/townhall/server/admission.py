@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import orjson
@@ -174,6 +174,10 @@ class Admission:
                 raise ServiceUnavailable(PAUSED, retry_after_s=settings.redis_backoff_ms / 1000)
             try:
                 line = await self.line(space_id)
+                if line.lottery is None and entry.state != "scheduled":
+                    # gone live since the last tick: draw now, so nobody waits a tick for it
+                    await self._tick_space(space_id, entry, now)
+                    line = self._lines.get(space_id, line)
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
                 if renewal is None:
@@ -181,6 +185,16 @@ class Admission:
                         PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                     ) from None
         number = None if ticket is None else self.number_of(ticket, line)
+        if cap > 0 and number is not None and number <= line.through:
+            try:
+                used = await self.store.is_used(space_id, number)
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                raise ServiceUnavailable(
+                    PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
+                ) from None
+            if used:
+                raise TicketReused(REUSED)
         kind: Kind = (
             "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
         )
@@ -287,6 +301,9 @@ class Admission:
                 text, ticket = self.tickets.issue(space_id, index)
                 number = self.number_of(ticket, line)
                 metrics.ADMISSION_TICKETS.inc()
+                if index > line.issued:
+                    line = replace(line, issued=index)
+                    self._lines[space_id] = line
             else:
                 text, ticket = self.tickets.renew(ticket)
         except STORE_ERRORS as exc:

@@ -88,6 +88,7 @@ class AdmissionStore(Protocol):
         ...
 
     async def unuse(self, space_id: str, number: int) -> None: ...
+    async def is_used(self, space_id: str, number: int) -> bool: ...
     async def claim(self, space_id: str, batch_lo: int) -> None:
         """A called ticket of the batch starting after ``batch_lo`` came in."""
         ...
@@ -146,6 +147,9 @@ class MemoryAdmission:
 
     async def unuse(self, space_id: str, number: int) -> None:
         self._set(self._used, space_id).discard(str(number))
+
+    async def is_used(self, space_id: str, number: int) -> bool:
+        return str(number) in self._set(self._used, space_id)
 
     async def claim(self, space_id: str, batch_lo: int) -> None:
         line = self._lines.get(space_id)
@@ -237,6 +241,9 @@ class RedisAdmission:
 
     async def unuse(self, space_id: str, number: int) -> None:
         await self._redis.zrem(self._key(space_id, "used"), str(number))
+
+    async def is_used(self, space_id: str, number: int) -> bool:
+        return await self._redis.zscore(self._key(space_id, "used"), str(number)) is not None
 
     async def claim(self, space_id: str, batch_lo: int) -> None:
         await self._redis.hincrby(self._key(space_id, "c"), str(batch_lo), 1)
