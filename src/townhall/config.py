@@ -295,6 +295,10 @@ class Settings(BaseSettings):
         ge=0,
         description="How long before a scheduled start the waiting room of a capped space opens; arrivals before the start get places in a random order.",
     )
+    edge_link_secret: str = Field(
+        "",
+        description="Secret shared with nginx's secure_link (deploy/nginx-cache.conf, @LINK_SECRET@): when set, joining a capped space also sets th_link/th_exp cookies that nginx checks on every media request without asking the origin. Empty sets none.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

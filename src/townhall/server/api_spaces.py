@@ -10,6 +10,8 @@ per-request cost is the token signature, not the framework.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import math
 import secrets
@@ -323,7 +325,32 @@ async def join(
             f"Max-Age={services.settings.listener_token_ttl_s}; HttpOnly; SameSite=Lax"
         )
         headers.append((b"set-cookie", cookie.encode("latin-1")))
+        secret = services.settings.edge_link_secret
+        if secret:
+            headers.extend(
+                edge_link_cookies(
+                    secret, space_id, claims.expires_at, services.settings.listener_token_ttl_s
+                )
+            )
     return JoinAnswer(200, body, headers)
+
+
+def edge_link(secret: str, space_id: str, expires_s: int) -> str:
+    """nginx secure_link's value: base64url (no padding) of
+    md5("<expires>/spaces/<id>/ <secret>") (see deploy/nginx-cache.conf)."""
+    digest = hashlib.md5(f"{expires_s}/spaces/{space_id}/ {secret}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def edge_link_cookies(
+    secret: str, space_id: str, expires_s: int, ttl_s: int
+) -> list[tuple[bytes, bytes]]:
+    scope = f"Path=/spaces/{space_id}/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax"
+    link = edge_link(secret, space_id, expires_s)
+    return [
+        (b"set-cookie", f"th_link={link}; {scope}".encode("latin-1")),
+        (b"set-cookie", f"th_exp={expires_s}; {scope}".encode("latin-1")),
+    ]
 
 
 def _parse_join_body(body: bytes) -> tuple[str | None, str | None]:
