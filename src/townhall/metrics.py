@@ -102,3 +102,8 @@ MEDIA_GATE_REFUSALS = Counter(
     "Media requests of capped spaces refused for a missing or bad listener token.",
     ["reason"],
 )
+MIXER_CLOCK_LATE = Histogram(
+    "townhall_mixer_clock_late_seconds",
+    "How late each mixer clock tick ran against its 20 ms schedule (the speaker plane under listener load).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)

@@ -112,6 +112,7 @@ def test_advance_moves_by_rate_and_free_places() -> None:
     # (the second batch, 2 places, is still open: 20 - 12 admitted - 2 = 6 free)
     assert [(b.lo, b.hi) for b in s.batches] == [(10, 12), (12, 18)]
     assert s.through == 18
+    assert s.released == 8  # the first batch's unclaimed places
 
 
 def test_advance_is_bounded_after_a_quiet_spell() -> None:

@@ -46,6 +46,7 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from aiortc.mediastreams import MediaStreamError
 from prometheus_client import Counter, Gauge
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, ServiceUnavailable
 from townhall.live.ice import loopback_for, parse_addresses, restrict_host_addresses
@@ -62,6 +63,7 @@ OFFERS = Counter("townhall_webrtc_offers_total", "WebRTC offers by outcome.", ["
 SPEAKERS_CONNECTED = Gauge(
     "townhall_speakers_connected", "Speaker peers connected on this node (all spaces)."
 )
+_CLOCK_LATE = metrics.MIXER_CLOCK_LATE
 CLOCK_SKIPPED_FRAMES = Counter(
     "townhall_mixer_skipped_frames_total",
     "Mixer frames skipped because the clock fell behind by more than clock_max_catchup_ms.",
@@ -634,6 +636,7 @@ class Stage:
                 n += skipped
             else:
                 await asyncio.sleep(0)  # catching up: still let the network in
+            _CLOCK_LATE.observe(max(0.0, loop.time() - (start_s + n * period_s)))
             self._tick()
 
     def _tick(self) -> None:

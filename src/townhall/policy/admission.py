@@ -69,6 +69,7 @@ class QueueState:
     last_s: float | None = None
     speed_per_s: float = 0.0
     batches: tuple[Batch, ...] = ()
+    released: int = 0  # called places never claimed, given on to the next in line
 
     @property
     def reserved(self) -> int:
@@ -113,6 +114,9 @@ def advance(
         return replace(state, last_s=now_s, carry=0.0)
     lottery = state.issued if state.lottery is None else state.lottery
     batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
+    released = state.released + sum(
+        b.open_places for b in state.batches if b.at_s <= now_s - claim_s
+    )
     reserved = sum(b.open_places for b in batches)
     free = math.inf if cap <= 0 else max(0, cap - admitted - reserved)
     allowance = min(state.carry + rate_per_s * dt_s, max(1.0, 2.0 * rate_per_s))
@@ -134,6 +138,7 @@ def advance(
         last_s=now_s,
         speed_per_s=speed,
         batches=batches,
+        released=released,
     )
 
 

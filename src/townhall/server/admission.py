@@ -407,6 +407,7 @@ class Admission:
                 else entry.scheduled_for_s - settings.waiting_room_open_s
             ),
             "starts_at": _iso(entry.scheduled_for_s),
+            "released_places": line.released,
             "claim_s": settings.ticket_claim_s,
             "interval_ms": settings.queue_interval_ms,
             "updated_at": _iso(now),

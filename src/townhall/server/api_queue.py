@@ -49,6 +49,10 @@ QUEUE_SCHEMA = {
         "drawn_count": {"type": ["integer", "null"]},
         "opens_at": {"type": ["string", "null"]},
         "starts_at": {"type": ["string", "null"]},
+        "released_places": {
+            "type": "integer",
+            "description": "Places called whose ticket never came, given on to the next in line.",
+        },
         "claim_s": {
             "type": "number",
             "description": "Seconds a ticket whose turn came keeps its place.",

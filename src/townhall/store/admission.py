@@ -284,6 +284,7 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "carry": repr(state.carry),
         "last_s": "" if state.last_s is None else repr(state.last_s),
         "speed": repr(state.speed_per_s),
+        "released": str(state.released),
         "batches": orjson.dumps([[b.at_s, b.lo, b.hi] for b in state.batches]).decode(),
     }
 
@@ -303,6 +304,7 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         last_s=float(fields["last_s"]) if fields.get("last_s") else None,
         speed_per_s=float(fields.get("speed") or 0.0),
         batches=batches,
+        released=int(fields.get("released") or 0),
     )
 
 
