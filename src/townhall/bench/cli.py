@@ -18,6 +18,7 @@ ATTACHED = (
     ("join", "join_command"),
     ("listeners", "listeners_command"),
     ("latency", "latency_command"),
+    ("storm", "storm_command"),
 )
 
 for _module, _attr in ATTACHED:
