@@ -133,6 +133,7 @@ class Storm:
                 answer = await client.request(url, timeout_s=5.0)
                 self.doc = orjson.loads(answer.body)
                 self.doc_at = time.time()
+                self.doc_age_s()  # how old the position is when a page gets it
                 self.samples.append(
                     Sample(
                         self.doc_at,
@@ -170,7 +171,16 @@ class Storm:
         posted_at = time.monotonic()
         try:
             while time.monotonic() < deadline:
-                status, answer, _ = await client.post_json(join, body)
+                try:
+                    status, answer, _ = await client.post_json(join, body)
+                except BenchError as exc:
+                    # a slow or reset answer: try again as a page would (bounded)
+                    a.refusals[f"client_{exc.kind}"] += 1
+                    client.close()
+                    if a.refusals.total() >= 20:
+                        return
+                    await asyncio.sleep(1.0)
+                    continue
                 posted_at = time.monotonic()
                 if status == 200:
                     await self.play(a, client, answer, deadline)
@@ -191,8 +201,6 @@ class Storm:
                     await asyncio.sleep(float(answer.get("retry_after_s") or 1.0))
                     continue
                 return
-        except BenchError as exc:
-            a.refusals[f"client_{exc.kind}"] += 1
         finally:
             client.close()
             a.stats.ended_at_s = time.monotonic()
@@ -213,8 +221,10 @@ class Storm:
             doc = self.doc
             if not doc:
                 continue
-            self.doc_age_s()
             through = int(doc.get("admitting_through", 0))
+            rate = float(doc.get("admit_rate_per_s") or 0.0)
+            if a.number is not None and rate > 0 and random.random() < 0.2:
+                a.shown_etas.append((time.time(), max(0, a.number - through) / rate))
             if a.number is not None and a.number <= through:
                 return True
             if a.number is None and doc.get("drawn") and now - posted_at > jitter * 2:
@@ -292,7 +302,10 @@ class Storm:
                 from tqdm import tqdm
 
                 bar = tqdm(total=n, unit="admitted", file=sys.stderr, leave=False)
+            metrics_live = ""
             while time.monotonic() < deadline:
+                if self.live_at is not None and not metrics_live and time.time() > self.live_at + 2:
+                    metrics_live = (await http.get("/metrics")).text
                 if self.live_at is None and time.monotonic() - t0 >= o["pre_s"]:
                     started = await http.post(
                         f"/api/spaces/{self.space_id}/start", headers=self.host_headers
@@ -321,7 +334,8 @@ class Storm:
             live_at=self.live_at,
             cap=cap,
             max_doc_age_s=self.max_doc_age_s,
-            clock_late_p99_s=clock_late_p99(metrics_before, metrics_after),
+            clock_late_p99_s=clock_late_p99(metrics_live or metrics_before, metrics_after),
+            clock_late_whole_p99_s=clock_late_p99(metrics_before, metrics_after),
             client_cpu_percent=100 * cpu_s / wall_s if wall_s else 0.0,
             drawn_count=self.doc.get("drawn_count"),
             meta={
