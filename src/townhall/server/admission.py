@@ -354,6 +354,8 @@ class Admission:
                 self._active.pop(space_id, None)
                 self._lines.pop(space_id, None)
                 self._docs.pop(space_id, None)
+                self._counts.pop(space_id, None)
+                self._lottery_keys.pop(space_id, None)
                 continue
             await self._tick_space(space_id, entry, now)
 

@@ -219,8 +219,17 @@ function renderSeats(state) {
   $("listener-count").textContent = count;
 }
 
+// state.json says when the program or the recording fails ("Recording is
+// failing: the disk is full. ..."): the host sees it while it lasts.
+function renderHealth(state) {
+  const notes = [state.program, state.recording].filter((p) => p && p.status !== "ok" && p.message);
+  $("health-alert").textContent = notes.map((p) => p.message).join(" ");
+  $("health-alert").hidden = !notes.length;
+}
+
 function onState(state) {
   view.state = state;
+  renderHealth(state);
   if (state.state !== view.space?.state) {
     if (view.space) view.space.state = state.state;
     showState(state.state);

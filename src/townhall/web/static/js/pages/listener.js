@@ -230,6 +230,9 @@ function onState(state) {
   view.pendingOwn = pending;
   for (const [emoji, n] of Object.entries(bursts)) floatEmoji($("float-layer"), emoji, n);
   syncStage(state);
+  const program = state.program && state.program.status !== "ok" ? state.program.message : "";
+  $("program-alert").textContent = program;
+  $("program-alert").hidden = !program;
   if (previous?.state === "scheduled" && state.state === "live" && !view.listening) {
     setStatus($("join-status"), "The space is live now: press Listen live.", "ok");
   }
