@@ -160,3 +160,19 @@ def test_eta() -> None:
     assert eta_s(0, s, 10) == 0.0
     assert eta_s(100, QueueState(), 10) == 10.0  # before the start: the configured rate
     assert eta_s(100, QueueState(lottery=0), 0) is None
+
+
+def test_speed_is_measured_only_while_someone_waits() -> None:
+    s = QueueState(issued=100, lottery=0, last_s=0.0, speed_per_s=10.0)
+    s = advance(s, 1.0, cap=0, admitted=0, rate_per_s=20, claim_s=5, live=True)
+    assert s.speed_per_s > 10.0  # 20 called, 80 still waiting
+    emptied = advance(
+        QueueState(issued=3, lottery=0, last_s=0.0, speed_per_s=10.0),
+        1.0,
+        cap=0,
+        admitted=0,
+        rate_per_s=20,
+        claim_s=5,
+        live=True,
+    )
+    assert emptied.through == 3 and emptied.speed_per_s == 10.0

@@ -127,7 +127,9 @@ def advance(
     if k:
         batches = (*batches, Batch(now_s, state.through, state.through + k))
     speed = state.speed_per_s
-    if dt_s > 0:
+    # the speed of the line, measured only while someone waits (an empty line
+    # moves at the pace of arrivals, which says nothing about the next wait)
+    if dt_s > 0 and k < state.issued - state.through:
         alpha = 1.0 - math.exp(-dt_s / SPEED_TAU_S)
         speed += alpha * (k / dt_s - speed)
     return QueueState(
