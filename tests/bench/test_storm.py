@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LiveServer
-from townhall.bench.hlsclient import ListenerStats, Playout
+from townhall.bench.hlsclient import ListenerStats
+from townhall.bench.playout import Playout
 from townhall.bench.storm import clock_late_p99
 from townhall.bench.storm_report import Arrival, Sample, reclaim_times, spearman
 

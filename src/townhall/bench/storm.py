@@ -32,16 +32,16 @@ import psutil
 
 from townhall.bench import storm_report
 from townhall.bench.hlsclient import (
-    BenchError,
     Client,
     ListenerConfig,
     ListenerStats,
-    Playout,
     Response,
     run_llhls,
     run_plain_hls,
 )
+from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
+from townhall.bench.playout import Playout
 from townhall.bench.storm_report import Arrival, Sample
 
 MAX_ARRIVALS = 15000
