@@ -40,7 +40,7 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.fanout import StreamSink
-from townhall.origin.rules import Decision, FastPath, Rendered, Stream, Wait, programs_of
+from townhall.origin.rules import Decision, FastPath, Rendered, Stream, Wait, gate_of, programs_of
 from townhall.origin.window import Waiter
 
 log = logging.getLogger("townhall.access")
@@ -242,7 +242,10 @@ class FastHttpToolsProtocol(HttpToolsProtocol):
             query = query.partition(b"#")[0]
         try:
             # origin-form only ("/spaces/..."); anything else is not claimed
-            return self.fast_path.decide(method, path, query)
+            cookie = None
+            if self.fast_path.gate is not None:
+                cookie = next((v for n, v in self.headers if n.lower() == b"cookie"), None)
+            return self.fast_path.decide(method, path, query, cookie)
         except Exception:
             log.exception("fast path failed to decide on %r; the app answers", self.url)
             metrics.FASTPATH_FALLBACKS.inc()
@@ -441,4 +444,4 @@ def protocol_for(fast_path: FastPath) -> type[FastHttpToolsProtocol]:
 def protocol_for_app(app: Any, settings: Settings) -> type[FastHttpToolsProtocol]:
     """The protocol for an app made by ``create_app`` (rooms found through its
     services once its lifespan has started)."""
-    return protocol_for(FastPath(settings, programs_of(app)))
+    return protocol_for(FastPath(settings, programs_of(app), gate=gate_of(app)))

@@ -11,9 +11,12 @@ that a cache keys on).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
 
+from townhall import metrics
 from townhall.errors import Unauthorized
 from townhall.policy.tokens import Claims, TokenSigner
 
@@ -52,3 +55,46 @@ def check(tokens: TokenSigner, space_id: str, query: str, cookie_header: str | N
     if token is None:
         raise Unauthorized(MISSING.format(space_id=space_id))
     return tokens.verify(token, kind="listener", space_id=space_id)
+
+
+# Verified tokens remembered (token -> (space, expiry)), so a listener's
+# every part costs a dict lookup after its first; cleared when full.
+MAX_REMEMBERED = 100_000
+
+
+class MediaGate:
+    """The gate as the listener rules use it: ``refuse`` answers None (let
+    the media through) or the error to answer (401). ``tokens()`` gives the
+    signer once the server has started (None before: everything refused)."""
+
+    def __init__(
+        self, tokens: Callable[[], TokenSigner | None], *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._tokens = tokens
+        self._clock = clock
+        self._known: dict[str, tuple[str | None, int]] = {}
+
+    def refuse(
+        self, space_id: str, query: bytes | None, cookie: bytes | None
+    ) -> Unauthorized | None:
+        token = token_of(
+            (query or b"").decode("latin-1"), None if cookie is None else cookie.decode("latin-1")
+        )
+        if token is None:
+            metrics.MEDIA_GATE_REFUSALS.labels(reason="missing").inc()
+            return Unauthorized(MISSING.format(space_id=space_id))
+        known = self._known.get(token)
+        if known is not None and known[0] == space_id and known[1] > self._clock():
+            return None
+        signer = self._tokens()
+        if signer is None:
+            return Unauthorized(MISSING.format(space_id=space_id))
+        try:
+            claims = signer.verify(token, kind="listener", space_id=space_id)
+        except Unauthorized as exc:
+            metrics.MEDIA_GATE_REFUSALS.labels(reason="invalid").inc()
+            return exc
+        if len(self._known) >= MAX_REMEMBERED:
+            self._known.clear()
+        self._known[token] = (claims.space_id, claims.expires_at)
+        return None
