@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from townhall.errors import NotFound, Unauthorized
-from townhall.server.auth import PROBLEM_SCHEMA
+from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -97,6 +97,7 @@ async def queue_json(space_id: str, request: Request) -> Response:
     "/api/spaces/{space_id}/leave",
     status_code=204,
     tags=["spaces"],
+    responses=PROBLEM_RESPONSES,
     summary="Leave (listener token): the place is free at once",
     description='The listener token in Authorization: Bearer, or in a body {"token": ...} (for navigator.sendBeacon, which cannot set headers).',
     response_class=Response,
