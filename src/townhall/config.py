@@ -258,6 +258,48 @@ class Settings(BaseSettings):
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
 
+    # --- issue 9: admission and a fair waiting room ---
+    node_max_listeners: int = Field(
+        8000,
+        ge=0,
+        description="Listeners this node serves at most (every space together); beyond it joins get 503 with Retry-After so the load balancer can try another node. Default: the largest step of `townhall bench listeners` that held on one core (docs/BENCHMARKS.md); measure yours and set it. 0 means no limit.",
+    )
+    llhls_budget_listeners: int = Field(
+        4000,
+        ge=0,
+        description="LL-HLS listeners this node admits; once spent, new listeners are admitted on plain HLS (about a quarter of the cost, a few seconds more delay) before anyone is queued. Default: the LL-HLS step that held without stalls on one core (docs/BENCHMARKS.md). 0 means no budget (always LL-HLS).",
+    )
+    admit_rate_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="Listeners let in from a space's waiting line per second at most, so a storm is spread (default: the join storm of docs/BENCHMARKS.md, 200 joins/s on top of 2,000 playing with no stall).",
+    )
+    ticket_ttl_s: int = Field(
+        120,
+        ge=10,
+        description="Lifetime of a queue ticket; the waiting page renews it well before (closing the tab and coming back within it keeps the place).",
+    )
+    ticket_claim_s: float = Field(
+        6.0,
+        ge=1,
+        description="How long a ticket whose turn has come keeps its reserved place; unclaimed places then go to the next in line.",
+    )
+    queue_interval_ms: int = Field(
+        1000,
+        ge=100,
+        le=1000,
+        description="How often each space's line moves and queue.json is recomputed (its max-age is at most 1 s).",
+    )
+    waiting_room_open_s: int = Field(
+        900,
+        ge=0,
+        description="How long before a scheduled start the waiting room of a capped space opens; arrivals before the start get places in a random order.",
+    )
+    edge_link_secret: str = Field(
+        "",
+        description="Secret shared with nginx's secure_link (deploy/nginx-cache.conf, @LINK_SECRET@): when set, joining a capped space also sets th_link/th_exp cookies that nginx checks on every media request without asking the origin. Empty sets none.",
+    )
+
     # --- issue 8/14: program restarts and recording write failures ---
     program_restart_max: int = Field(
         5,

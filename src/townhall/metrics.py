@@ -84,6 +84,30 @@ FASTPATH_FALLBACKS = Counter(
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
 
+# --- issue 9: admission and a fair waiting room ---
+ADMISSION_DECISIONS = Counter(
+    "townhall_admission_decisions_total",
+    "Join decisions of capped and uncapped spaces, by outcome (admit, queue, refuse) and reason.",
+    ["outcome", "reason"],
+)
+ADMISSION_TICKETS = Counter(
+    "townhall_admission_tickets_total", "Queue tickets handed out (places in a waiting line)."
+)
+ADMISSION_TICK_FAILURES = Counter(
+    "townhall_admission_tick_failures_total",
+    "Admission ticks (moving the lines, rendering queue.json) that failed unexpectedly.",
+)
+MEDIA_GATE_REFUSALS = Counter(
+    "townhall_media_gate_refusals_total",
+    "Media requests of capped spaces refused for a missing or bad listener token.",
+    ["reason"],
+)
+MIXER_CLOCK_LATE = Histogram(
+    "townhall_mixer_clock_late_seconds",
+    "How late each mixer clock tick ran against its 20 ms schedule (the speaker plane under listener load).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+
 # --- issue 8/14: program restarts and recording write failures ---
 PROGRAM_RESTARTS = Counter(
     "townhall_program_restarts_total",

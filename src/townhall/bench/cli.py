@@ -56,6 +56,7 @@ ATTACHED = (
     ("listeners", "listeners_command"),
     ("latency", "latency_command"),
     ("attack", "attack_command"),
+    ("storm", "storm_command"),
 )
 
 

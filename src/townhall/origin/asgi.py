@@ -52,6 +52,7 @@ from townhall.origin.rules import (
     FastPath,
     disk_media,
     disk_playlist,
+    gate_of,
     latest_epoch,
     programs_of,
 )
@@ -74,7 +75,13 @@ async def listener(request: Request) -> Response:
     """Every listener URL: the rules' answer, performed."""
     rules = _rules(request)
     path = request.url.path
-    answer = rules.answer(request.method.encode(), path.encode(), request.scope.get("query_string"))
+    cookie = request.headers.get("cookie")
+    answer = rules.answer(
+        request.method.encode(),
+        path.encode(),
+        request.scope.get("query_string"),
+        None if cookie is None else cookie.encode("latin-1"),
+    )
     for _ in range(3):  # a Wait, then what follows it, then perhaps a disk read
         if isinstance(answer, Rendered):
             return _RenderedResponse(answer)
@@ -105,7 +112,9 @@ def _rules(request: Request) -> FastPath:
     state = request.app.state
     rules: FastPath | None = getattr(state, "listener_rules", None)
     if rules is None:
-        rules = state.listener_rules = FastPath(_settings(request), programs_of(request.app))
+        rules = state.listener_rules = FastPath(
+            _settings(request), programs_of(request.app), gate=gate_of(request.app)
+        )
     return rules
 
 

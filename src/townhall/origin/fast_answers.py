@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from functools import partial
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 from townhall import metrics
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.chunked import LAST_CHUNK
-from townhall.origin.rules import Rendered, Stream, Wait
+from townhall.origin.rules import FastPath, Rendered, Stream, Wait
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"
@@ -174,3 +175,25 @@ class FastAnswers:
             assert isinstance(stream, Stream)
             stream.hub.detach(req.sink)
             req.sink = None
+
+
+_log = logging.getLogger("townhall.access")
+
+
+def decide(
+    fast_path: FastPath, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+) -> object:
+    """The rules' fast answer for a request target (origin-form only: anything
+    else is not claimed); a rules failure is logged, counted and left to the app."""
+    path, _, query = url.partition(b"?")
+    if b"#" in query:
+        query = query.partition(b"#")[0]
+    try:
+        cookie = None
+        if fast_path.gate is not None:  # capped spaces: the listener token may be a cookie
+            cookie = next((v for n, v in headers if n == b"cookie"), None)
+        return fast_path.decide(method, path, query, cookie)
+    except Exception:
+        _log.exception("fast path failed to decide on %r; the app answers", url)
+        metrics.FASTPATH_FALLBACKS.inc()
+        return None

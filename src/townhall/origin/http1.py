@@ -44,8 +44,8 @@ from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
 from townhall.origin.fast_answers import COUNTS as COUNTS
-from townhall.origin.fast_answers import FastAnswers
-from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
+from townhall.origin.fast_answers import FastAnswers, decide
+from townhall.origin.rules import FastPath, Rendered, Stream, Wait, gate_of, programs_of
 from townhall.origin.wire import problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")
@@ -395,7 +395,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         fast_path = self.fast_path
         method = req.method
         if fast_path is not None and method in (_GET, _HEAD):
-            decision = self._decide(fast_path, method, req.url)
+            decision = decide(fast_path, method, req.url, req.headers)
             if isinstance(decision, _FAST):
                 req.decision = decision
                 if not req.more_body:
@@ -540,18 +540,6 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
 
     # -- the fast path -------------------------------------------------------------------
 
-    def _decide(self, fast_path: FastPath, method: bytes, url: bytes) -> object:
-        path, _, query = url.partition(b"?")
-        if b"#" in query:
-            query = query.partition(b"#")[0]
-        try:
-            # origin-form only ("/spaces/..."); anything else is not claimed
-            return fast_path.decide(method, path, query)
-        except Exception:
-            log.exception("fast path failed to decide on %r; the app answers", url)
-            metrics.FASTPATH_FALLBACKS.inc()
-            return None
-
     # -- the app ---------------------------------------------------------------------
 
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -592,5 +580,7 @@ def protocol_for(fast_path: FastPath | None, settings: Settings) -> type[Http1Pr
 def protocol_for_app(app: Any, settings: Settings) -> type[Http1Protocol]:
     """The protocol for an app made by ``create_app`` (rooms found through its
     services once its lifespan has started); the fast path only if enabled."""
-    fast_path = FastPath(settings, programs_of(app)) if settings.fast_path else None
+    fast_path = (
+        FastPath(settings, programs_of(app), gate=gate_of(app)) if settings.fast_path else None
+    )
     return protocol_for(fast_path, settings)

@@ -59,6 +59,7 @@ from townhall.origin.answers import (
 )
 from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.window import LiveWindow, records_view
+from townhall.policy.media_gate import MediaGate
 from townhall.store.recordings import SPACE_ID_RE, Manifest
 
 __all__ = [
@@ -103,13 +104,23 @@ class FastPath:
     lookup) or None.
     """
 
-    def __init__(self, settings: Settings, programs: Callable[[str], Program | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        programs: Callable[[str], Program | None],
+        *,
+        gate: MediaGate | None = None,
+    ) -> None:
         self.settings = settings
         self.programs = programs
+        # spaces with a cap: media needs a listener token (policy/media_gate.py)
+        self.gate = gate if settings.max_listeners > 0 else None
         self.timeout_s = settings.blocking_reload_timeout_s
         self._stream_head = header_lines(progressive_head())
 
-    def decide(self, method: bytes, path: bytes, query: bytes | None) -> Decision:
+    def decide(
+        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+    ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
         if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
@@ -126,6 +137,8 @@ class FastPath:
         if window is None:
             return None
         name = path[slash + 1 :]
+        if self.gate is not None and self.gate.refuse(path[8:slash].decode("ascii"), query, cookie):
+            return None  # the app answers the 401
         if name.startswith(b"part/"):  # the hot one first
             found = self._part(window, name[5:], path)
         elif name == b"live.m3u8" or name == b"plain.m3u8":
@@ -139,7 +152,9 @@ class FastPath:
             return found
         return None
 
-    def answer(self, method: bytes, path: bytes, query: bytes | None) -> Answer:
+    def answer(
+        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+    ) -> Answer:
         """Every answer: ``path`` decoded as the router sees it (UTF-8 bytes),
         ``query`` as sent (decoded here when it has to be; 400 when malformed)."""
         if method != b"GET" and method != b"HEAD":
@@ -172,6 +187,10 @@ class FastPath:
             directives = parsed
         if program is None or window is None:
             return self._cold(method, space_id, program, name, directives)
+        if self.gate is not None and name != b"recording.m4a":
+            refused = self.gate.refuse(space_id, query, cookie)
+            if refused is not None:
+                return Problem(refused)
         if name.startswith(b"part/"):
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
@@ -516,6 +535,12 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
+
+
+def gate_of(app: Any) -> MediaGate:
+    """The media gate of an app built by ``create_app`` (its token signer
+    exists once the lifespan started)."""
+    return MediaGate(lambda: getattr(getattr(app.state, "services", None), "tokens", None))
 
 
 def programs_of(app: Any) -> Callable[[str], Program | None]:

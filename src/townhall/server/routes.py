@@ -15,6 +15,7 @@ ROUTER_MODULES = (
     "townhall.server.api_webrtc",
     "townhall.server.api_state",
     "townhall.server.api_evidence",
+    "townhall.server.api_queue",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )

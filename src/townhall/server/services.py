@@ -35,11 +35,14 @@ from townhall.policy.ratelimit import (
     MemoryLimiter,
     RedisLimiter,
 )
+from townhall.policy.tickets import TicketSigner
 from townhall.policy.tokens import Revocations, TokenSigner, load_keys
+from townhall.server.admission import Admission
 from townhall.server.auth import Networks, parse_networks
 from townhall.server.defense import Defense
 from townhall.server.evidence_node import EvidenceNode
 from townhall.store.accounts import Accounts, Passwords, utcnow
+from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmission
 from townhall.store.db import Database
 from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
@@ -84,6 +87,7 @@ class Services:
     listeners: ListenerSink = field(repr=False)
     reactions: ReactionSink = field(repr=False)
     state: StateCache = field(repr=False)
+    admission: Admission = field(repr=False)
     redis: Any = field(default=None, repr=False)
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
@@ -96,6 +100,7 @@ class Services:
     defense: Defense | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -157,6 +162,21 @@ class Services:
             listeners, reactions = shared_state.listeners, shared_state.reactions
             if await shared_state.ping():
                 log.info("shared state in Redis (key prefix %r)", settings.redis_prefix)
+        admission_store: AdmissionStore = (
+            MemoryAdmission()
+            if redis is None
+            else RedisAdmission(
+                redis, prefix=settings.redis_prefix, tick_ms=settings.queue_interval_ms
+            )
+        )
+        admission = Admission(
+            settings,
+            admission_store,
+            tokens,
+            TicketSigner(keys, settings.ticket_ttl_s),
+            spaces.index,
+            health=health,
+        )
         services = cls(
             settings=settings,
             db=db,
@@ -168,6 +188,7 @@ class Services:
             listeners=listeners,
             reactions=reactions,
             state=StateCache(interval_s=settings.state_interval_ms / 1000),
+            admission=admission,
             redis=redis,
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
@@ -193,6 +214,7 @@ class Services:
                 services.revoked.run(settings.revocation_sync_ms / 1000),
                 name="townhall-revocation-sync",
             )
+        services._admitter = asyncio.create_task(admission.run(), name="townhall-admission")
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -202,7 +224,7 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher, self._revocation_sync):
+        for task in (self._refresher, self._flusher, self._revocation_sync, self._admitter):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, func, or_, select
@@ -94,6 +94,12 @@ class SpeakRequestView:
 class IndexEntry:
     state: str
     visibility: str
+    scheduled_for_s: float | None = None  # epoch seconds (admission's waiting room)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back; they are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _account(row: Account) -> AccountView:
@@ -133,8 +139,11 @@ class SpaceIndex:
     def get(self, space_id: str) -> IndexEntry | None:
         return self._spaces.get(space_id)
 
-    def put(self, space_id: str, state: str, visibility: str) -> None:
-        self._spaces[space_id] = IndexEntry(state, visibility)
+    def put(
+        self, space_id: str, state: str, visibility: str, scheduled_for: datetime | None = None
+    ) -> None:
+        when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
+        self._spaces[space_id] = IndexEntry(state, visibility, when)
 
     def is_blocked(self, space_id: str, account_id: str) -> bool:
         return (space_id, account_id) in self._blocked
@@ -232,7 +241,7 @@ class Spaces:
             if self.limits is not None:
                 await self._check_limits(session, host_id, space.state, now)
             session.add(space)
-        self.index.put(space.id, space.state, space.visibility)
+        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
         return _view(space, host)
 
     async def _check_limits(
@@ -348,7 +357,7 @@ class Spaces:
                 space.started_at = now
             else:
                 space.ended_at = now
-        self.index.put(space.id, space.state, space.visibility)
+        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
         return _view(space, host)
 
     async def start(self, space_id: str, actor_id: str) -> SpaceView:
@@ -533,7 +542,7 @@ class Spaces:
     async def refresh_index(self, since: datetime | None) -> int:
         """Load spaces and blocks changed at or after ``since`` (all when None)
         into :attr:`index`; how many rows were read."""
-        space_q = select(Space.id, Space.state, Space.visibility)
+        space_q = select(Space.id, Space.state, Space.visibility, Space.scheduled_for)
         block_q = select(Block.space_id, Block.account_id)
         if since is not None:
             space_q = space_q.where(
@@ -547,8 +556,8 @@ class Spaces:
         async with self.db.session() as session:
             spaces = (await session.execute(space_q)).all()
             blocks = (await session.execute(block_q)).all()
-        for space_id, state, visibility in spaces:
-            self.index.put(space_id, state, visibility)
+        for space_id, state, visibility, scheduled_for in spaces:
+            self.index.put(space_id, state, visibility, scheduled_for)
         for space_id, account_id in blocks:
             self.index.add_block(space_id, account_id)
         return len(spaces) + len(blocks)

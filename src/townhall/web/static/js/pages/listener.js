@@ -9,6 +9,7 @@ import { HlsPlayer } from "../player.js";
 import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { mountReplay } from "../replay.js";
 import { MicSession } from "../speak.js";
+import { queueView, storedTicket, waitInLine } from "../queue.js";
 import { pollState } from "../state.js";
 import { $, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
 
@@ -31,6 +32,7 @@ const view = {
   muteChangedAt: 0,
   retryTimer: null,
   latencyTimer: null,
+  waiting: null, // AbortController of the waiting room
   pendingOwn: {},
 };
 
@@ -82,8 +84,15 @@ async function listen() {
   const status = $("join-status");
   setStatus(status, "Joining…", "wait");
   $("play-button").disabled = true;
+  let grant;
   try {
-    await pass.join();
+    const kept = pass.token ? null : storedTicket(spaceId);
+    grant = await pass.join({ ticket: kept?.ticket });
+    if (typeof grant.ticket === "string") grant = await waitForTurn(grant);
+    if (!grant) {
+      $("play-button").disabled = false;
+      return;
+    }
   } catch (err) {
     $("play-button").disabled = false;
     if (err instanceof ApiError) {
@@ -104,16 +113,51 @@ async function listen() {
     return;
   }
   try {
-    // Same origin as this page (which may be a cache in front of the origin).
-    const url = `/spaces/${encodeURIComponent(spaceId)}/live.m3u8`;
+    // Same origin as this page (which may be a cache in front of the origin);
+    // plain HLS when this server's low-latency budget is spent.
+    const playlist = grant.delivery === "hls" ? "plain.m3u8" : "live.m3u8";
+    const url = `/spaces/${encodeURIComponent(spaceId)}/${playlist}`;
     await player.load(url);
     view.stalls?.stop();
     view.stalls = new StallReporter($("player"), spaceId, () => pass.token).start();
     setListening(true);
-    setStatus(status, "You are listening live.", "ok");
+    const delayed = grant.delivery === "hls";
+    $("listen-mode").hidden = !delayed;
+    setStatus(status, delayed ? "You are listening live, with a few seconds more delay." : "You are listening live.", "ok");
   } catch (err) {
     player.destroy();
     setStatus(status, err && err.name === "NotAllowedError" ? "Press Listen live to start the audio." : describeError(err), "error");
+  }
+}
+
+/** Show our place in line until admitted; the 200 answer, or null if stopped. */
+async function waitForTurn(queued) {
+  const status = $("join-status");
+  const bar = $("queue-progress");
+  view.waiting?.abort();
+  const waiting = new AbortController();
+  view.waiting = waiting;
+  $("play-button").hidden = true;
+  $("leave-button").hidden = false;
+  bar.hidden = false;
+  const show = (q) => {
+    setStatus(status, q.text, "wait");
+    bar.value = q.progress;
+    bar.setAttribute("aria-valuetext", q.text);
+  };
+  show(queueView(queued, null, queued.position));
+  try {
+    const grant = await waitInLine(spaceId, queued, { onUpdate: show, signal: waiting.signal });
+    pass.admitted(grant);
+    return grant;
+  } catch (err) {
+    if (err && err.name === "AbortError") return null;
+    $("play-button").hidden = false;
+    $("leave-button").hidden = true;
+    throw err;
+  } finally {
+    bar.hidden = true;
+    if (view.waiting === waiting) view.waiting = null;
   }
 }
 
@@ -137,7 +181,9 @@ function leave() {
   clearTimeout(view.retryTimer);
   view.stalls?.stop();
   view.stalls = null;
-  pass.stop();
+  view.waiting?.abort();
+  pass.leave();
+  $("listen-mode").hidden = true;
   player.destroy();
   stopMic("");
   setListening(false);
@@ -393,6 +439,8 @@ renderAccount();
 buildReactionButtons();
 $("play-button").addEventListener("click", listen);
 $("leave-button").addEventListener("click", leave);
+// closing the page frees the place at once (a ticket in line is kept for a return)
+window.addEventListener("pagehide", () => pass.leave());
 $("request-button").addEventListener("click", requestToSpeak);
 $("self-mute-button").addEventListener("click", toggleSelfMute);
 $("leave-stage-button").addEventListener("click", leaveStage);
