@@ -28,7 +28,7 @@ async function main() {
     );
     return;
   }
-  await mountReplay(section, spaceId, { autoplay: false });
+  await mountReplay(section, spaceId, { autoplay: false, title: space.title });
 }
 
 main();
