@@ -41,6 +41,7 @@ from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
 from townhall.origin.playlist import parse_blocking_query, render_ll, render_plain
 from townhall.origin.window import LiveWindow, ProgressiveListener, records_view
+from townhall.store.m4a import build_fragmented
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)
@@ -397,7 +398,8 @@ async def recording(space_id: str, request: Request) -> Response:
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:
-            path = await asyncio.to_thread(store.build_m4a)
+            # served at once from the segments, whatever the talk's length (issue 12)
+            path = await asyncio.to_thread(build_fragmented, store)
     finally:
         if not lock.locked():
             _build_locks.pop(space_id, None)

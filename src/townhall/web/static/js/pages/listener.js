@@ -313,7 +313,7 @@ function syncStage(state) {
       $("request-button").dataset.mode = "join";
       setStatus($("speak-status"), "You have been invited on stage.");
     }
-  } else if (!seat && view.mic) {
+  } else if (!seat && view.mic && view.mic.live) {
     stopMic("You are back in the audience.");
   } else if (seat && view.mic && Boolean(seat.muted) !== view.selfMuted && Date.now() - view.muteChangedAt > MUTE_SETTLE_MS) {
     // The host (or you, elsewhere) changed your mute on the server.
