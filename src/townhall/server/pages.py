@@ -280,6 +280,13 @@ async def replay_page(space_id: str) -> HTMLResponse:
 
 _static = StaticFiles(directory=_STATIC_DIR, check_dir=False)
 
+if not (_WEB / "static" / "vendor" / "hls.min.js").is_file():
+    log.warning(
+        "hls.js is not installed in %s/vendor: the listener page plays only in Safari; "
+        "install townhall from a built wheel, or run scripts/setup.sh (npm ci)",
+        _STATIC_DIR,
+    )
+
 
 @router.api_route("/static/{path:path}", methods=["GET", "HEAD"])
 async def static_file(path: str, request: Request) -> Response:

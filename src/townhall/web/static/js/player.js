@@ -70,6 +70,10 @@ export class HlsPlayer {
     } else if (nativeHls(this.audio)) {
       this.audio.src = url;
     } else {
+      if (!window.Hls) {
+        // the server was installed without its web player (built without npm, see scripts/setup.sh)
+        throw new Error("This server is missing its web audio player (hls.js), so only Safari can play here; ask the operator to install townhall from its built package.");
+      }
       throw new Error("This browser cannot play live audio; try a current Chrome, Firefox or Safari.");
     }
     if (play) await this.audio.play();

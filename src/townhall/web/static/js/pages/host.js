@@ -442,8 +442,8 @@ function renderRequests(requests) {
   }
   view.seenRequests = ids;
   $("requests-h").textContent = requests.length ? `Requests to speak (${requests.length})` : "Requests to speak";
-  const base = document.title.replace(/^\(\d+\) /, "");
-  document.title = requests.length ? `(${requests.length}) ${base}` : base;
+  const plainTitle = document.title.replace(/^\(\d+\) /, "");
+  document.title = requests.length ? `(${requests.length}) ${plainTitle}` : plainTitle;
 }
 
 async function pollRequests() {
