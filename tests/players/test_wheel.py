@@ -29,7 +29,9 @@ UI_TIMEOUT_MS = 30_000
 
 def build_wheel(out: Path) -> Path:
     if not (ROOT / "node_modules" / "hls.js" / "dist" / "hls.min.js").is_file():
-        pytest.skip("node_modules/hls.js is missing: run `npm ci` (scripts/setup.sh) to build a wheel")
+        pytest.skip(
+            "node_modules/hls.js is missing: run `npm ci` (scripts/setup.sh) to build a wheel"
+        )
     # builds in a copy, so the tree under test (src/) is not touched
     tree = out / "tree"
     shutil.copytree(
@@ -58,11 +60,16 @@ def fresh_venv(root: Path, wheel: Path) -> Path:
     reached through a plain path entry (their .pth files, such as the editable
     install of the tree under test, are not processed)."""
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60
+    )
     python = venv / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True, timeout=30,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
     ).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     with zipfile.ZipFile(wheel) as archive:
@@ -85,7 +92,12 @@ def test_wheel_without_npm_plays_in_chromium(tmp_path: Path) -> None:
     }
     where = subprocess.run(
         [str(python), "-c", "import townhall; print(townhall.__file__)"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert where.startswith(str(tmp_path / "venv")), where
     assert shutil.which("npm", path=env["PATH"]) is None

@@ -85,6 +85,7 @@ class Services:
     trusted_proxies: Networks = ()
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _absence: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -152,6 +153,12 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        if settings.host_absent_end_s > 0:
+            from townhall.server.absence import end_abandoned_forever
+
+            services._absence = asyncio.create_task(
+                end_abandoned_forever(services), name="townhall-absent-hosts"
+            )
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -161,7 +168,7 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher):
+        for task in (self._refresher, self._flusher, self._absence):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
