@@ -56,7 +56,7 @@ function onAir(state) {
 }
 
 function waitingSentence() {
-  return view.state?.state === "scheduled" || view.space?.state === "scheduled"
+  return (view.state?.state || view.space?.state) === "scheduled"
     ? "Waiting for the start: the audio starts here by itself when the host goes live."
     : "Waiting for the host: the audio starts here by itself when they go live.";
 }
@@ -282,6 +282,8 @@ function onState(state) {
   if (state.state === "live" && !view.blocked) {
     if (nowOnAir && view.wantListen) {
       listen(); // pressed before the start: the page starts the audio by itself
+    } else if (view.wantListen) {
+      if (previous?.state === "scheduled") setStatus($("join-status"), waitingSentence(), "wait");
     } else if (!view.listening && !view.wantListen) {
       setPlayLabel(nowOnAir ? LISTEN_LABEL : "Listen when the host goes live");
       if (previous?.state === "scheduled" || (!wasOnAir && nowOnAir && previous)) {
