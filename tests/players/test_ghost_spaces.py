@@ -24,7 +24,7 @@ FRAME = np.zeros(960, dtype=np.int16)
 
 
 def test_room_feeds_its_program_only_once_a_microphone_is_connected(tmp_path: Path) -> None:
-    room = Room(SPACE, Settings(data_dir=tmp_path))
+    room = Room(SPACE, Settings(data_dir=tmp_path, program_waits_for_host=True))
     pushed: list[int] = []
     room.program.push_frame = lambda pcm: pushed.append(len(pcm))  # type: ignore[method-assign]
     statuses: dict[str, SpeakerStatus] = {}

@@ -88,7 +88,10 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     root = tmp_path_factory.mktemp("first-use")
-    server = LiveServer(root / "data").start()
+    # the product's default, which tests/conftest.py turns off for the other tests
+    server = LiveServer(
+        root / "data", extra_env={"TOWNHALL_PROGRAM_WAITS_FOR_HOST": "true"}
+    ).start()
     site = Site(server, root)
     try:
         yield site
