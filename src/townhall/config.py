@@ -258,6 +258,46 @@ class Settings(BaseSettings):
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
 
+    # --- issue 8/14: program restarts and recording write failures ---
+    program_restart_max: int = Field(
+        5,
+        ge=0,
+        description="Restarts in a row of a failed program encoder or packager (each in a new discontinuity) before the space is marked failed.",
+    )
+    program_restart_backoff_ms: int = Field(
+        200,
+        ge=0,
+        description="Wait before the first restart of a failed program; doubles with each restart in a row.",
+    )
+    program_restart_backoff_max_ms: int = Field(
+        5000, ge=0, description="Longest wait between restarts of a failed program."
+    )
+    program_restart_reset_s: float = Field(
+        30.0,
+        gt=0,
+        description="A program that has run this long since its last restart starts counting its restarts from zero again.",
+    )
+    recording_backlog_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Segments a space's recorder could not write yet (disk full, no descriptors) are held in memory up to this size; beyond it they are listed as missing in the recording.",
+    )
+    recording_retry_ms: int = Field(
+        250,
+        ge=10,
+        description="Wait before retrying a failed recording write; doubles with each failure in a row.",
+    )
+    recording_retry_max_ms: int = Field(
+        2000,
+        ge=10,
+        description="Longest wait between retries of a failed recording write (recording resumes within about this long once the cause is gone).",
+    )
+    recording_drain_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="At the end of a talk or at shutdown, how long to keep retrying writes the recorder still holds before listing them as missing.",
+    )
+
     # --- issue 12: players and pages ---
     program_waits_for_host: bool = Field(
         True,

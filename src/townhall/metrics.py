@@ -83,3 +83,27 @@ FASTPATH_FALLBACKS = Counter(
     "townhall_fastpath_fallbacks_total",
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
+
+
+# --- issue 8/14: program restarts and recording write failures ---
+PROGRAM_RESTARTS = Counter(
+    "townhall_program_restarts_total",
+    "Programs restarted in a new discontinuity after their encoder or packager failed.",
+)
+PROGRAM_GIVEN_UP = Counter(
+    "townhall_program_given_up_total",
+    "Programs marked failed after too many restarts in a row (their space says so).",
+)
+RECORDING_WRITE_FAILURES = Counter(
+    "townhall_recording_write_failures_total",
+    "Recording writes that failed and will be retried, by cause (errno name).",
+    ["cause"],
+)
+RECORDING_SEGMENTS_MISSING = Counter(
+    "townhall_recording_segments_missing_total",
+    "Segments left out of a recording (listed as missing in its manifest) because the backlog was full or the talk ended before they could be written.",
+)
+RECORDING_BACKLOG_BYTES = Gauge(
+    "townhall_recording_backlog_bytes",
+    "Bytes of segments held in memory because they could not be recorded yet (all spaces).",
+)

@@ -6,8 +6,17 @@ Tasks (all owned here, all awaited on ``finish`` / ``suspend``):
 - the encoder task takes mix frames from a bounded queue (``push_frame`` never
   blocks the stage clock: a full queue drops the frame and counts it), encodes
   AAC, fans ADTS frames out, packages CMAF parts and publishes them;
-- the writer task makes each finished segment durable in the recording (file
-  I/O in a worker thread), so a slow disk never stalls encoding.
+- the recorder (``live/recorder.py``) makes each finished segment durable in
+  a worker thread, retrying through write failures, so a slow or failing disk
+  never stalls encoding.
+
+A failed encoder or packager is never silent: the failure is counted and
+logged with its traceback, the segment being built is closed short with the
+parts listeners already have, and after a doubling wait the program restarts
+in a new epoch (a DISCONTINUITY, a new init segment), at most
+``program_restart_max`` times in a row. Meanwhile ``health()`` says
+"recovering"; past the limit it says "failed" and the window closes, so
+listeners' players stop waiting and the space's state.json says why.
 
 ``start`` resumes a recording left by a previous run (crash or restart): the
 media sequence and the media timeline continue, the first new segment carries
@@ -21,21 +30,106 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import Conflict
+from townhall.live.recorder import Recorder, RecordingHealth
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
 from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
-from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
+from townhall.store.recordings import Manifest, RecordingStore
 
 log = logging.getLogger("townhall.media")
 
 _STOP = None
+
+OK, RECOVERING, FAILED = "ok", "recovering", "failed"
+
+EncoderFactory = Callable[[Settings], AacEncoder]
+"""Builds the encoder of each epoch (a seam: tests pass one that fails)."""
+
+
+def default_encoder(settings: Settings) -> AacEncoder:
+    return AacEncoder(
+        sample_rate_hz=settings.sample_rate_hz, bitrate_bps=settings.program_bitrate_bps
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramHealth:
+    """What /healthz and state.json say about a program. ``status``: ``ok``,
+    ``recovering`` (restarting after a failure) or ``failed`` (gave up)."""
+
+    status: str
+    message: str
+    restarts: int
+    epoch: int
+    recording: RecordingHealth | None
+
+    def problems(self) -> list[str]:
+        """Sentences for /healthz: empty when all is well."""
+        found = [self.message] if self.status != OK else []
+        if self.recording is not None and self.recording.status in ("failing", "failed"):
+            found.append(self.recording.message)
+        return found
+
+
+def _clock_text(seconds: float) -> str:
+    whole = int(seconds)
+    return (
+        f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+        if whole >= 3600
+        else f"{whole // 60}:{whole % 60:02d}"
+    )
+
+
+def recording_summary(manifest: Manifest | None) -> dict[str, object]:
+    """state.json's ``recording`` field for a recording on disk (an ended space)."""
+    if manifest is None:
+        return {"status": OK, "message": "", "missing_s": 0.0, "missing": []}
+    ranges = manifest.missing_ranges()
+    total_s = sum(duration for _, duration in ranges)
+    message = ""
+    if ranges:
+        spans = ", ".join(
+            f"{_clock_text(start)}-{_clock_text(start + duration)}" for start, duration in ranges
+        )
+        message = f"{total_s:.1f} s of the talk could not be recorded ({spans}); the recording has silence there."
+    return {
+        "status": "incomplete" if ranges else OK,
+        "message": message,
+        "missing_s": round(total_s, 3),
+        "missing": [{"start_s": round(a, 3), "duration_s": round(d, 3)} for a, d in ranges],
+    }
+
+
+async def state_fields(
+    program: Program | None, recording: RecordingStore | None
+) -> dict[str, object]:
+    """The ``program`` and ``recording`` fields of state.json: from the running
+    ``program``, else (an ended space) from ``recording``'s manifest."""
+    if program is not None:
+        health = program.health()
+        fields: dict[str, object] = {
+            "program": {"status": health.status, "message": health.message}
+        }
+        if health.recording is not None:
+            rec = health.recording
+            fields["recording"] = {
+                "status": rec.status,
+                "message": rec.message,
+                "missing_s": rec.missing_s,
+            }
+        return fields
+    if recording is not None:
+        manifest = await asyncio.to_thread(recording.load)
+        return {"recording": recording_summary(manifest)}
+    return {}
 
 
 class Program:
@@ -43,15 +137,24 @@ class Program:
 
     Lifecycle: ``start`` once, ``push_frame`` every frame, then ``finish``
     (the talk ended: ENDLIST) or ``suspend`` (process shutdown: resumable).
+    ``recording`` and ``encoder_factory`` are seams for tests (a store whose
+    writer fails, an encoder that fails).
     """
 
     def __init__(
-        self, space_id: str, settings: Settings, *, clock: Callable[[], float] = time.time
+        self,
+        space_id: str,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        recording: RecordingStore | None = None,
+        encoder_factory: EncoderFactory = default_encoder,
     ) -> None:
         self.space_id = space_id
         self.settings = settings
         self._clock = clock
-        self.recording = RecordingStore(settings.recordings_dir, space_id)
+        self._encoder_factory = encoder_factory
+        self.recording = recording or RecordingStore(settings.recordings_dir, space_id)
         self.sample_rate_hz = settings.sample_rate_hz
         self.part_frames = part_frames(settings.part_ms, settings.sample_rate_hz)
         frame_ms = AAC_FRAME_SAMPLES * 1000 / settings.sample_rate_hz
@@ -67,18 +170,20 @@ class Program:
         )
         queue_frames = max(2, math.ceil(settings.program_queue_ms / settings.frame_ms))
         self._frames: asyncio.Queue[np.ndarray | None] = asyncio.Queue(queue_frames)
-        self._writes: asyncio.Queue[tuple[SegmentRecord, bytes] | None] = asyncio.Queue(
-            settings.window_segments
-        )
         self.window: LiveWindow | None = None
-        self._manifest: Manifest | None = None
+        self.recorder: Recorder | None = None
         self._epoch = 0
         self._epoch_start_samples = 0
+        self._next_start_samples = 0
         self._epoch_wall_s: float | None = None
+        self._open_parts: list[Part] = []
         self._running = False
         self._stopping = False
+        self._stop_requested = asyncio.Event()
+        self._status = OK
+        self._status_message = ""
+        self._restarts = 0
         self._encoder_task: asyncio.Task[None] | None = None
-        self._writer_task: asyncio.Task[None] | None = None
         self.frames_dropped = 0
 
     @property
@@ -96,9 +201,8 @@ class Program:
             raise Conflict(
                 f"The recording of this space is at {manifest.sample_rate_hz} Hz but the server runs at {self.sample_rate_hz} Hz; restore the setting to resume it."
             )
-        self._manifest = manifest
         self._epoch = manifest.next_epoch
-        self._epoch_start_samples = manifest.end_samples
+        self._epoch_start_samples = self._next_start_samples = manifest.end_samples
         self.window = LiveWindow(
             epoch=self._epoch,
             first_msn=manifest.next_msn,
@@ -109,12 +213,11 @@ class Program:
             window_segments=self.settings.window_segments,
             spreader=self.spreader,
         )
+        self.recorder = Recorder(self.recording, manifest, self.settings)
+        self.recorder.start()
         self._running = True
         self._encoder_task = asyncio.create_task(
-            self._encode_loop(), name=f"program-encoder-{self.space_id}"
-        )
-        self._writer_task = asyncio.create_task(
-            self._write_loop(), name=f"program-writer-{self.space_id}"
+            self._supervise(), name=f"program-encoder-{self.space_id}"
         )
         log.info(
             "program %s started: epoch %d at msn %d",
@@ -124,8 +227,9 @@ class Program:
         )
 
     def push_frame(self, pcm: np.ndarray) -> None:
-        """Queue one mix frame (int16 mono). Never blocks; drops when behind."""
-        if not self._running or self._stopping:
+        """Queue one mix frame (int16 mono). Never blocks; drops when behind
+        (counted) and while the encoder restarts (a gap, not a backlog)."""
+        if not self._running or self._stopping or self._status != OK:
             return
         if self._epoch_wall_s is None:
             # wall-clock of the first sample of this epoch: the program date-time
@@ -146,12 +250,24 @@ class Program:
 
     def statistics(self) -> dict[str, int]:
         """Queue depths and counters (for tests, benches and debugging)."""
+        recording = self.recorder.health() if self.recorder is not None else None
         return {
             "queued_frames": self._frames.qsize(),
-            "queued_writes": self._writes.qsize(),
+            "recording_backlog_bytes": recording.backlog_bytes if recording else 0,
             "frames_dropped": self.frames_dropped,
+            "restarts": self._restarts,
             "progressive_listeners": len(self.progressive),
         }
+
+    def health(self) -> ProgramHealth:
+        """The program's and its recording's state, with sentences for people."""
+        return ProgramHealth(
+            status=self._status,
+            message=self._status_message,
+            restarts=self._restarts,
+            epoch=self._epoch,
+            recording=self.recorder.health() if self.recorder is not None else None,
+        )
 
     async def drained(self) -> None:
         """Wait until every queued frame has been encoded and packaged."""
@@ -164,16 +280,16 @@ class Program:
                 manifest = await asyncio.to_thread(self.recording.load)
                 if manifest is not None and not manifest.ended:
                     await asyncio.to_thread(self.recording.mark_ended, manifest)
+                await asyncio.to_thread(self.recording.close)
             return
         self._stopping = True
+        self._stop_requested.set()
         if self._encoder_task is not None and not self._encoder_task.done():
             await self._frames.put(_STOP)
         if self._encoder_task is not None:
             await asyncio.gather(self._encoder_task, return_exceptions=True)
-        if self._writer_task is not None:
-            await asyncio.gather(self._writer_task, return_exceptions=True)
-        if ended and self._manifest is not None:
-            self._manifest = await asyncio.to_thread(self.recording.mark_ended, self._manifest)
+        if self.recorder is not None:
+            await self.recorder.close(ended=ended)
         self._running = False
         if self.window is not None:
             self.window.close(ended=ended)
@@ -182,12 +298,116 @@ class Program:
 
     # -- tasks -------------------------------------------------------------------
 
-    async def _encode_loop(self) -> None:
-        assert self.window is not None and self._manifest is not None
-        window = self.window
-        encoder = AacEncoder(
-            sample_rate_hz=self.sample_rate_hz, bitrate_bps=self.settings.program_bitrate_bps
+    async def _supervise(self) -> None:
+        """Run the encoder epoch after epoch: a failure restarts it in a new
+        epoch after a doubling wait, ``program_restart_max`` times in a row."""
+        loop = asyncio.get_running_loop()
+        in_row = 0
+        while True:
+            started_s = loop.time()
+            try:
+                await self._encode_epoch()
+                return  # stopped
+            except Exception as exc:  # the task's top level: count, log, restart
+                metrics.PROGRAM_FAILURES.inc()
+                log.exception("program %s encoder failed in epoch %d", self.space_id, self._epoch)
+                if loop.time() - started_s >= self.settings.program_restart_reset_s:
+                    in_row = 0
+                in_row += 1
+                self._status = RECOVERING
+                stopped = self._discard_frames()
+                self._close_open_segment()
+                if stopped or self._stopping:
+                    return
+                if in_row > self.settings.program_restart_max:
+                    self._give_up(exc, in_row - 1)
+                    return
+                self._status_message = (
+                    f"The audio encoder failed ({type(exc).__name__}); the program is "
+                    f"restarting (attempt {in_row} of {self.settings.program_restart_max}), "
+                    "listeners hear a short gap."
+                )
+                backoff_ms = min(
+                    self.settings.program_restart_backoff_max_ms,
+                    self.settings.program_restart_backoff_ms * 2 ** min(in_row - 1, 16),
+                )
+                try:
+                    await asyncio.wait_for(self._stop_requested.wait(), backoff_ms / 1000)
+                    return  # stopped while waiting
+                except TimeoutError:
+                    pass
+                self._discard_frames()
+                self._new_epoch()
+                metrics.PROGRAM_RESTARTS.inc()
+                self._restarts += 1
+                log.warning(
+                    "program %s restarted in epoch %d at msn %d (restart %d in a row)",
+                    self.space_id,
+                    self._epoch,
+                    self.window.open_msn if self.window else -1,
+                    in_row,
+                )
+                self._status, self._status_message = OK, ""
+
+    def _give_up(self, exc: Exception, restarts: int) -> None:
+        metrics.PROGRAM_GIVEN_UP.inc()
+        self._status = FAILED
+        self._status_message = (
+            f"The audio encoder keeps failing ({type(exc).__name__}) after {restarts} "
+            "restarts; the live audio has stopped. The host can end the space and start a new one."
         )
+        log.error("program %s gave up after %d restarts", self.space_id, restarts)
+        if self.window is not None:
+            self.window.close(ended=False)
+        self.progressive.close()
+
+    def _discard_frames(self) -> bool:
+        """Empty the frame queue (frames from before a failure would play late).
+        True if the stop marker was among them."""
+        stopped = False
+        while True:
+            try:
+                item = self._frames.get_nowait()
+            except asyncio.QueueEmpty:
+                return stopped
+            stopped = stopped or item is _STOP
+            self._frames.task_done()
+
+    def _close_open_segment(self) -> None:
+        """End the segment being built with the parts listeners already have,
+        so every published part stays valid and is recorded."""
+        parts, self._open_parts = self._open_parts, []
+        if not parts or self.window is None:
+            return
+        end = SegmentEnd(
+            msn=parts[0].msn,
+            start_samples=parts[0].start_samples,
+            duration_samples=sum(p.duration_samples for p in parts),
+            part_count=len(parts),
+        )
+        try:
+            self._segment_ended(end)
+        except Exception:
+            log.exception("program %s could not close segment %d", self.space_id, end.msn)
+
+    def _new_epoch(self) -> None:
+        """The next run of the encoder: a new init segment and a discontinuity."""
+        assert self.window is not None
+        self._epoch += 1
+        self._epoch_start_samples = self._next_start_samples
+        self._epoch_wall_s = None
+        # the window's current epoch and init are public fields it reads as is.
+        # (origin/rules.py memoises the init per window, not per epoch: safe
+        # because the init bytes depend only on the settings, which a test checks)
+        self.window.epoch = self._epoch
+        self.window.init_segment = None
+
+    async def _encode_epoch(self) -> None:
+        """One run of encoder and packager; returns when stopped, raises when
+        either fails."""
+        assert self.window is not None and self.recorder is not None
+        window = self.window
+        encoder = self._encoder_factory(self.settings)
         config = adts.config_from_asc(encoder.audio_specific_config)
         packager = CmafPackager(
             sample_rate_hz=self.sample_rate_hz,
@@ -195,74 +415,45 @@ class Program:
             audio_specific_config=encoder.audio_specific_config,
             part_frames=self.part_frames,
             segment_parts=self.settings.segment_parts,
-            first_msn=self._manifest.next_msn,
+            first_msn=window.open_msn,
             start_samples=self._epoch_start_samples,
         )
         init_written = False
-        try:
-            while True:
-                pcm = await self._frames.get()
-                try:
-                    packets = encoder.flush() if pcm is None else encoder.encode(pcm)
-                    events = []
-                    for packet in packets:
-                        self.progressive.publish(adts.serialize(packet.data, config))
-                        events.extend(packager.add(packet))
-                    if pcm is None:
-                        events.extend(packager.close())
-                    if events and not init_written and packager.init_segment is not None:
-                        window.init_segment = packager.init_segment
-                        self._manifest = await asyncio.to_thread(
-                            self.recording.begin_epoch,
-                            self._manifest,
-                            self._epoch,
-                            packager.init_segment,
-                        )
-                        init_written = True
-                    for event in events:
-                        await self._publish(event)
-                finally:
-                    self._frames.task_done()
+        while True:
+            pcm = await self._frames.get()
+            try:
+                packets = encoder.flush() if pcm is None else encoder.encode(pcm)
+                events = []
+                for packet in packets:
+                    self.progressive.publish(adts.serialize(packet.data, config))
+                    events.extend(packager.add(packet))
                 if pcm is None:
-                    break
-        except Exception:
-            metrics.PROGRAM_FAILURES.inc()
-            log.exception("program %s encoder failed", self.space_id)
-            window.close(ended=False)
-            self.progressive.close()
-        finally:
-            await self._writes.put(None)
+                    events.extend(packager.close())
+                if events and not init_written and packager.init_segment is not None:
+                    window.init_segment = packager.init_segment
+                    self.recorder.begin_epoch(self._epoch, packager.init_segment)
+                    init_written = True
+                for event in events:
+                    self._publish(event)
+            finally:
+                self._frames.task_done()
+            if pcm is None:
+                return
 
-    async def _publish(self, event: Part | SegmentEnd) -> None:
+    def _publish(self, event: Part | SegmentEnd) -> None:
         assert self.window is not None
         if isinstance(event, Part):
             wall = self._epoch_wall_s if self._epoch_wall_s is not None else self._clock()
             pdt = wall + (event.start_samples - self._epoch_start_samples) / self.sample_rate_hz
             self.window.publish_part(event, pdt)
+            self._open_parts.append(event)
             metrics.PROGRAM_PARTS.inc()
         else:
-            record, data = self.window.end_segment(event)
-            await self._writes.put((record, data))
+            self._open_parts = []
+            self._segment_ended(event)
 
-    async def _write_loop(self) -> None:
-        failed = False
-        while True:
-            item = await self._writes.get()
-            if item is None:
-                return
-            if failed:
-                continue  # keep draining so the encoder never blocks on us
-            record, data = item
-            try:
-                assert self._manifest is not None
-                self._manifest = await asyncio.to_thread(
-                    self.recording.append_segment, self._manifest, record, data
-                )
-            except Exception:
-                failed = True
-                metrics.PROGRAM_FAILURES.inc()
-                log.exception(
-                    "program %s could not record segment %d; recording stops here",
-                    self.space_id,
-                    record.msn,
-                )
+    def _segment_ended(self, end: SegmentEnd) -> None:
+        assert self.window is not None and self.recorder is not None
+        record, data = self.window.end_segment(end)
+        self._next_start_samples = end.start_samples + end.duration_samples
+        self.recorder.append(record, data)

@@ -23,6 +23,15 @@ class RoomRegistry:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    def problems(self) -> list[dict[str, str]]:
+        """What is wrong with the rooms of this process now (for /healthz): one
+        entry per failing program or recording, with a sentence."""
+        return [
+            {"space_id": space_id, "problem": problem}
+            for space_id, room in self._rooms.items()
+            for problem in room.program.health().problems()
+        ]
+
     def space_ids(self) -> list[str]:
         """The spaces with a room on this node, now (a copy)."""
         return list(self._rooms)

@@ -111,9 +111,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
+        # "degraded" (a space's program restarting or failed, a recording
+        # failing to write) still answers 200: the node serves listeners and
+        # its other spaces, and a balancer that drained it on a 503 would cut
+        # every listener of every space to fix one. Monitors read "status".
+        services = getattr(app.state, "services", None)
+        problems = services.rooms.problems() if services is not None else []
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "degraded" if problems else "ok",
+                "problems": problems,
                 "version": __version__,
                 "uptime_s": round(time.time() - app.state.started_at, 1),
             },

@@ -34,7 +34,9 @@ from starlette.responses import Response
 
 from townhall import metrics
 from townhall.errors import NotFound
+from townhall.live.program import state_fields
 from townhall.server.auth import PROBLEM_SCHEMA
+from townhall.store.recordings import RecordingStore
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -235,6 +237,12 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         "listener_count_method": method,
         "reactions": reactions,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **await state_fields(
+            room.program if room is not None else None,
+            RecordingStore(services.settings.recordings_dir, space.id)
+            if space.state == "ended"
+            else None,
+        ),
     }
     return orjson.dumps(doc)
 
@@ -289,6 +297,21 @@ STATE_SCHEMA: dict[str, Any] = {
         "listener_count_method": {"type": "string"},
         "reactions": {"type": "object", "additionalProperties": {"type": "integer"}},
         "updated_at": {"type": "string"},
+        "program": {
+            "type": "object",
+            "description": "The live program on this node: status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
+            "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "recording": {
+            "type": "object",
+            "description": "The recording: status ok, failing (writes retried now), incomplete (part of the talk is missing: see missing) or failed, with a sentence.",
+            "properties": {
+                "status": {"type": "string"},
+                "message": {"type": "string"},
+                "missing_s": {"type": "number"},
+                "missing": {"type": "array", "items": {"type": "object"}},
+            },
+        },
     },
 }
 

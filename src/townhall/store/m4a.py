@@ -114,10 +114,14 @@ def build_fragmented(store: RecordingStore) -> Path:
         )
     if not manifest.segments:
         raise NotFound("This space ended before any audio was recorded.")
+    if manifest.missing:
+        # stretches that could not be recorded are filled with silence by the
+        # remux, so the file's timeline stays the talk's (rare: a long outage)
+        return store.build_m4a()
     init = store.read_init(manifest.segments[0].epoch)
     if init is None:
         raise NotFound("The recording's init segment is missing.")
-    total = sum(seg.duration_samples for seg in manifest.segments)
+    total = manifest.end_samples - manifest.segments[0].start_samples
     header = with_duration(init, total, manifest.sample_rate_hz)
     fd, name = tempfile.mkstemp(dir=store.dir, prefix=".recording.", suffix=".m4a.tmp")
     tmp = Path(name)

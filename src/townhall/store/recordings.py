@@ -9,11 +9,20 @@ Layout::
     recording.m4a         the whole talk remuxed into one file, built once ended
 
 Every file is written durably: temp file, fsync, rename, fsync of the
-directory. A segment's file is durable before the manifest names it, so after
+directory. The program's writes go through a :class:`DirectoryWriter`, which
+keeps the directory open and a few temp files opened ahead, so a write needs no
+new descriptor: a connection flood that exhausts the process's descriptors
+(EMFILE) cannot stop the recording. A segment's file is durable before the manifest names it, so after
 a crash (kill -9) the manifest lists only whole segments; the segment that was
 being built is lost, nothing else. The manifest is rewritten whole (a few
 hundred bytes per segment, one write per segment) rather than appended to, so
 it is never half-written.
+
+Segments that could not be written (the disk stayed full longer than the
+program's backlog could hold) are listed in the manifest's ``missing`` list,
+and the next recorded segment carries a discontinuity: the recording says
+what it lacks instead of losing it silently. ``recording.m4a`` fills each
+missing stretch with silence so its timeline is the talk's.
 
 Blocking file I/O: call these methods from a worker thread
 (``asyncio.to_thread``), never on the event loop.
@@ -21,18 +30,23 @@ Blocking file I/O: call these methods from a worker thread
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import orjson
 
 from townhall.errors import BadRequest, Conflict, NotFound
+from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
 
 log = logging.getLogger("townhall.media")
 
@@ -57,24 +71,55 @@ class SegmentRecord:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """The recording's journal. ``missing`` lists the segments that were live
+    but could not be recorded; msns of ``segments`` and ``missing`` together
+    are contiguous."""
+
     space_id: str
     sample_rate_hz: int
     ended: bool
     epochs: tuple[int, ...]
     segments: tuple[SegmentRecord, ...]
+    missing: tuple[SegmentRecord, ...] = ()
+
+    def _last(self) -> SegmentRecord | None:
+        candidates = [r[-1] for r in (self.segments, self.missing) if r]
+        return max(candidates, key=lambda r: r.msn) if candidates else None
 
     @property
     def next_msn(self) -> int:
-        return self.segments[-1].msn + 1 if self.segments else 0
+        last = self._last()
+        return last.msn + 1 if last else 0
 
     @property
     def end_samples(self) -> int:
-        last = self.segments[-1] if self.segments else None
+        last = self._last()
         return last.start_samples + last.duration_samples if last else 0
 
     @property
     def next_epoch(self) -> int:
         return self.epochs[-1] + 1 if self.epochs else 0
+
+    @property
+    def missing_samples(self) -> int:
+        return sum(r.duration_samples for r in self.missing)
+
+    def with_missing(self, record: SegmentRecord) -> Manifest:
+        """This manifest with ``record`` listed as missing (nothing written)."""
+        if record.msn != self.next_msn and self._last() is not None:
+            raise ValueError(f"missing segment {record.msn} does not follow {self.next_msn - 1}")
+        return replace(self, missing=(*self.missing, record))
+
+    def missing_ranges(self) -> list[tuple[float, float]]:
+        """The missing stretches as (start_s, duration_s), adjacent ones merged."""
+        ranges: list[list[int]] = []
+        for r in self.missing:
+            if ranges and ranges[-1][0] + ranges[-1][1] == r.start_samples:
+                ranges[-1][1] += r.duration_samples
+            else:
+                ranges.append([r.start_samples, r.duration_samples])
+        sr = self.sample_rate_hz
+        return [(start / sr, duration / sr) for start, duration in ranges]
 
     def to_json(self) -> bytes:
         return orjson.dumps(
@@ -85,6 +130,7 @@ class Manifest:
                 "ended": self.ended,
                 "epochs": list(self.epochs),
                 "segments": [asdict(s) for s in self.segments],
+                "missing": [asdict(s) for s in self.missing],
             },
             option=orjson.OPT_INDENT_2,
         )
@@ -100,6 +146,7 @@ class Manifest:
             ended=bool(raw["ended"]),
             epochs=tuple(int(e) for e in raw["epochs"]),
             segments=tuple(SegmentRecord(**s) for s in raw["segments"]),
+            missing=tuple(SegmentRecord(**s) for s in raw.get("missing", ())),
         )
 
 
@@ -136,12 +183,122 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class RecordingStore:
-    """The recording of one space. Methods block: run them in a thread."""
+WRITE_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EMFILE: "the server has run out of file descriptors",
+    errno.ENFILE: "the system has run out of file descriptors",
+    errno.EROFS: "the disk is read-only",
+    errno.EIO: "the disk reports input/output errors",
+    errno.EACCES: "the recordings folder is not writable",
+}
 
-    def __init__(self, recordings_dir: Path, space_id: str) -> None:
+
+def write_cause(exc: BaseException) -> str:
+    """A short sentence (no leading capital) for why a write failed."""
+    if isinstance(exc, OSError) and exc.errno in WRITE_CAUSES:
+        return WRITE_CAUSES[exc.errno]
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"an unexpected {type(exc).__name__}"
+
+
+class DirectoryWriter:
+    """Durable writes into one directory that need no new descriptor.
+
+    The directory stays open (for ``fsync`` and ``*at`` calls) and ``spares``
+    empty temp files are opened ahead; a write fills one, fsyncs it, renames it
+    over the target and fsyncs the directory (the guarantees of
+    :func:`write_durable`), then opens the next spare. If no spare could be
+    opened ahead, the write opens its temp file itself. Not thread-safe: one
+    writer per directory, used by one thread at a time. ``close`` when done.
+    """
+
+    def __init__(self, directory: Path, *, spares: int = 2) -> None:
+        self.dir = directory
+        self.spares = spares
+        self._dir_fd: int | None = None
+        self._free: list[tuple[str, int]] = []
+        self._serial = 0
+
+    def write(self, name: str, data: bytes) -> None:
+        """Replace ``dir/name`` atomically and durably; raises OSError on failure
+        (nothing half-written is left under ``name``)."""
+        dir_fd = self._open_dir()
+        self._refill()
+        tmp, fd = self._free.pop(0) if self._free else self._open_temp(dir_fd)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_at(tmp, dir_fd)
+            raise
+        os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        self._refill()
+
+    def close(self) -> None:
+        for tmp, fd in self._free:
+            os.close(fd)
+            if self._dir_fd is not None:
+                _unlink_at(tmp, self._dir_fd)
+        self._free.clear()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def _open_dir(self) -> int:
+        if self._dir_fd is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            for leftover in self.dir.glob(".spare-*.tmp"):  # from a crashed run
+                leftover.unlink(missing_ok=True)
+        return self._dir_fd
+
+    def _open_temp(self, dir_fd: int) -> tuple[str, int]:
+        self._serial += 1
+        tmp = f".spare-{os.getpid()}-{self._serial}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+        return tmp, fd
+
+    def _refill(self) -> None:
+        assert self._dir_fd is not None
+        while len(self._free) < self.spares:
+            try:
+                self._free.append(self._open_temp(self._dir_fd))
+            except OSError as exc:  # no descriptor to spare now: the next write tries again
+                log.debug("could not open a spare file in %s: %s", self.dir, exc)
+                return
+
+
+def _unlink_at(name: str, dir_fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+class RecordingStore:
+    """The recording of one space. Methods block: run them in a thread.
+
+    Writes go through ``writer`` (by default a :class:`DirectoryWriter` on the
+    space's folder; tests pass one that fails on purpose). Call ``close`` when
+    the program is done writing.
+    """
+
+    def __init__(
+        self, recordings_dir: Path, space_id: str, *, writer: DirectoryWriter | None = None
+    ) -> None:
         self.space_id = check_space_id(space_id)
         self.dir = recordings_dir / space_id
+        self.writer = writer or DirectoryWriter(self.dir)
+
+    def close(self) -> None:
+        """Release the writer's descriptors (reads keep working)."""
+        self.writer.close()
 
     def load(self) -> Manifest | None:
         """The durable manifest, or None when nothing was recorded yet."""
@@ -168,39 +325,26 @@ class RecordingStore:
 
     def begin_epoch(self, manifest: Manifest, epoch: int, init_segment: bytes) -> Manifest:
         """Write the epoch's init segment, then the manifest naming the epoch."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_durable(self.init_path(epoch), init_segment)
-        updated = Manifest(
-            manifest.space_id,
-            manifest.sample_rate_hz,
-            manifest.ended,
-            (*manifest.epochs, epoch),
-            manifest.segments,
-        )
-        write_durable(self.dir / MANIFEST, updated.to_json())
+        self.writer.write(self.init_path(epoch).name, init_segment)
+        updated = replace(manifest, epochs=(*manifest.epochs, epoch))
+        self.writer.write(MANIFEST, updated.to_json())
         return updated
 
     def append_segment(self, manifest: Manifest, record: SegmentRecord, data: bytes) -> Manifest:
-        """Make the segment durable, then the manifest that names it."""
-        if manifest.segments and record.msn != manifest.segments[-1].msn + 1:
-            raise ValueError(f"segment {record.msn} does not follow {manifest.segments[-1].msn}")
-        write_durable(self.segment_path(record.msn), data)
-        updated = Manifest(
-            manifest.space_id,
-            manifest.sample_rate_hz,
-            manifest.ended,
-            manifest.epochs,
-            (*manifest.segments, record),
-        )
-        write_durable(self.dir / MANIFEST, updated.to_json())
+        """Make the segment durable, then the manifest that names it. A segment
+        that follows a missing one is recorded with a discontinuity."""
+        if manifest.next_msn and record.msn != manifest.next_msn:
+            raise ValueError(f"segment {record.msn} does not follow {manifest.next_msn - 1}")
+        if manifest.missing and manifest.missing[-1].msn == record.msn - 1:
+            record = replace(record, discontinuity=True)
+        self.writer.write(self.segment_path(record.msn).name, data)
+        updated = replace(manifest, segments=(*manifest.segments, record))
+        self.writer.write(MANIFEST, updated.to_json())
         return updated
 
     def mark_ended(self, manifest: Manifest) -> Manifest:
-        updated = Manifest(
-            manifest.space_id, manifest.sample_rate_hz, True, manifest.epochs, manifest.segments
-        )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_durable(self.dir / MANIFEST, updated.to_json())
+        updated = replace(manifest, ended=True)
+        self.writer.write(MANIFEST, updated.to_json())
         return updated
 
     def init_path(self, epoch: int) -> Path:
@@ -258,7 +402,7 @@ class RecordingStore:
                 with path.open("rb") as src:
                     shutil.copyfileobj(src, out)
         try:
-            _remux(joined, tmp)
+            _remux(joined, tmp, manifest)
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
@@ -270,16 +414,56 @@ class RecordingStore:
         return target
 
 
-def _remux(source: Path, target: Path) -> None:
-    """Copy the audio packets of ``source`` into a faststart MP4 (.m4a)."""
+def _remux(source: Path, target: Path, manifest: Manifest) -> None:
+    """Copy the audio packets of ``source`` into a faststart MP4 (.m4a). Holes
+    in the timeline (segments that could not be recorded) are filled with
+    silent AAC frames, and the file's comment says what is missing."""
     with (
         av.open(str(source)) as src,
         av.open(str(target), "w", format="ipod", options={"movflags": "+faststart"}) as dst,
     ):
         in_stream = src.streams.audio[0]
         out_stream = dst.add_stream_from_template(in_stream)
+        ranges = manifest.missing_ranges()
+        if ranges:
+            dst.metadata["comment"] = "not recorded: " + ", ".join(
+                f"{start:.1f}-{start + duration:.1f} s" for start, duration in ranges
+            )
+        silence: bytes | None = None
+        expected: int | None = None
         for packet in src.demux(in_stream):
             if packet.dts is None:
                 continue
+            if expected is not None and packet.dts > expected:
+                silence = silence or _silent_frame(manifest.sample_rate_hz)
+                assert packet.time_base is not None
+                _mux_silence(dst, out_stream, packet.time_base, silence, expected, packet.dts)
+            expected = packet.dts + (packet.duration or AAC_FRAME_SAMPLES)
             packet.stream = out_stream
             dst.mux(packet)
+
+
+def _silent_frame(sample_rate_hz: int) -> bytes:
+    """One AAC-LC frame of silence with the program's codec parameters."""
+    encoder = AacEncoder(sample_rate_hz=sample_rate_hz, bitrate_bps=32000)
+    packets = encoder.encode(np.zeros(4 * AAC_FRAME_SAMPLES, dtype=np.int16)) + encoder.flush()
+    return packets[len(packets) // 2].data
+
+
+def _mux_silence(
+    dst: av.container.OutputContainer,
+    stream: av.stream.Stream,
+    time_base: Fraction,
+    frame: bytes,
+    start: int,
+    stop: int,
+) -> None:
+    at = start
+    while at < stop:
+        pkt = av.Packet(frame)
+        pkt.stream = stream
+        pkt.time_base = time_base
+        pkt.pts = pkt.dts = at
+        pkt.duration = min(AAC_FRAME_SAMPLES, stop - at)
+        dst.mux(pkt)
+        at += AAC_FRAME_SAMPLES

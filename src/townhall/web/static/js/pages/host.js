@@ -376,8 +376,17 @@ function showReactions(state) {
   }
 }
 
+// state.json says when the program or the recording fails ("Recording is
+// failing: the disk is full. ..."): the host sees it while it lasts.
+function renderHealth(state) {
+  const notes = [state.program, state.recording].filter((p) => p && p.status !== "ok" && p.message);
+  $("health-alert").textContent = notes.map((p) => p.message).join(" ");
+  $("health-alert").hidden = !notes.length;
+}
+
 function onState(state) {
   view.state = state;
+  renderHealth(state);
   checkHeard(state);
   showReactions(state);
   if (state.state !== view.space?.state) {

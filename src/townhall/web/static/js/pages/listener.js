@@ -274,6 +274,9 @@ function onState(state) {
   view.pendingOwn = pending;
   for (const [emoji, n] of Object.entries(bursts)) floatEmoji($("float-layer"), emoji, n);
   syncStage(state);
+  const program = state.program && state.program.status !== "ok" ? state.program.message : "";
+  $("program-alert").textContent = program;
+  $("program-alert").hidden = !program;
   const seat = mySeat(state);
   if (seat && (seat.role === "host" || seat.role === "cohost")) $("console-link").hidden = false;
   if (state.state !== "scheduled") $("ics-link").hidden = true;
