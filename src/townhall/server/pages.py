@@ -120,8 +120,15 @@ def render(
         for key, value in (meta or {}).items()
         if value
     )
+    links = (
+        # players and apps that read the page find the stream (and its codec) here
+        f'<link rel="alternate" type="application/vnd.apple.mpegurl" title="Live audio (HLS)" '
+        f'href="/spaces/{html.escape(space_id)}/master.m3u8">\n'
+        if page == "listener" and space_id
+        else ""
+    )
     body = _template(f"{page}.html").substitute(values)
-    document = _template("layout.html").substitute(values, body=body, meta=tags)
+    document = _template("layout.html").substitute(values, body=body, meta=tags, links=links)
     headers = {"Cache-Control": cache_control, **_PAGE_HEADERS}
     return HTMLResponse(document, status_code=status_code, headers=headers)
 
