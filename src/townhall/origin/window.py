@@ -489,7 +489,12 @@ class LiveWindow:
             )
         hint = None
         if not self.closed:
-            hint = part_uri(self.open_msn, len(self._open_parts))
+            # the hinted part must come: after a segment's last part it is the
+            # next segment's first part, never a part past the end (issue 12)
+            if len(self._open_parts) >= self.segment_parts:
+                hint = part_uri(self.open_msn + 1, 0)
+            else:
+                hint = part_uri(self.open_msn, len(self._open_parts))
         return PlaylistView(
             segments=tuple(segments),
             open_segment=open_segment,
