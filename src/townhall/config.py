@@ -314,6 +314,11 @@ class Settings(BaseSettings):
         le=60,
         description="How often each live space is checked for an absent host (host_absent_end_s).",
     )
+    live_playlist_window_segments: int = Field(
+        60,
+        ge=0,
+        description="Live playlists (LL-HLS and plain) list only this many of the latest segments, so their size does not grow with the talk; the VOD playlist after the end and recording.m4a have everything. 0 lists every segment while live.",
+    )
 
     @field_validator("trusted_proxies")
     @classmethod

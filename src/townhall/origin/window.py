@@ -227,8 +227,12 @@ class LiveWindow:
         window_segments: int,
         init_segment: bytes | None = None,
         spreader: Spreader | None = None,
+        playlist_segments: int = 0,
     ) -> None:
         self.epoch = epoch
+        # live playlists list only the last ``playlist_segments`` complete
+        # segments (0: all); the VOD after the end lists everything (issue 14)
+        self.playlist_segments = playlist_segments
         self.sample_rate_hz = sample_rate_hz
         self.part_duration_samples = part_duration_samples
         self.segment_parts = segment_parts
@@ -461,7 +465,15 @@ class LiveWindow:
 
     def view(self) -> PlaylistView:
         sr = self.sample_rate_hz
-        records = self._history
+        records: Sequence[SegmentRecord] = self._history
+        sliding = self.playlist_segments > 0 and not self.ended
+        discontinuity_sequence = 0
+        if sliding and len(records) > self.playlist_segments:
+            cut = len(records) - self.playlist_segments
+            # discontinuity tags before the first listed segment (the very
+            # first segment never carries one)
+            discontinuity_sequence = sum(1 for r in records[1 : cut + 1] if r.discontinuity)
+            records = records[cut:]
         segments = []
         # parts near the live edge only: the last two complete segments
         with_parts_from = max(0, len(records) - 2)
@@ -503,6 +515,8 @@ class LiveWindow:
             segment_target_s=self.segment_target_s,
             ended=self.ended,
             first_msn=records[0].msn if records else self.open_msn,
+            discontinuity_sequence=discontinuity_sequence,
+            sliding=sliding,
         )
 
     def playlist(self, kind: str) -> str:
