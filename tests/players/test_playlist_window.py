@@ -4,8 +4,8 @@ after the end lists everything."""
 
 from __future__ import annotations
 
-from tests.live.test_window import end, make_window, publish
 from tests.media.hls_validator import check_reload, validate
+from tests.origin.test_window import end, make_window, publish
 from townhall.config import Settings
 from townhall.origin.playlist import PlaylistView, render_ll, render_plain
 from townhall.origin.window import LiveWindow

@@ -3,7 +3,7 @@ segment (before its end is published) the hint is the next segment's part 0."""
 
 from __future__ import annotations
 
-from tests.live.test_window import end, make_window, publish
+from tests.origin.test_window import end, make_window, publish
 
 
 def test_hint_after_the_last_part_is_the_next_segments_first() -> None:

@@ -37,6 +37,7 @@ from townhall.config import Settings
 from townhall.errors import NotFound
 from townhall.origin.answers import (
     AAC,
+    CORS_HEADERS,
     MP4,
     PROGRESSIVE_HEADERS,
     Answer,
@@ -239,5 +240,5 @@ async def _recording(settings: Settings, space_id: str) -> Response:
         path,
         media_type=MP4,
         filename=f"{space_id}.m4a",
-        headers={"Cache-Control": "public, max-age=86400"},
+        headers={"Cache-Control": "public, max-age=86400", **CORS_HEADERS},
     )

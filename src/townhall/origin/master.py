@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from townhall.config import Settings
 from townhall.errors import NotFound
+from townhall.origin.answers import CORS_HEADERS
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,5 +47,20 @@ async def master_playlist(space_id: str, request: Request) -> Response:
     return Response(
         render_master(bitrate_bps=settings.program_bitrate_bps),
         media_type=MPEGURL,
-        headers={"Cache-Control": MASTER_CACHE},
+        headers={"Cache-Control": MASTER_CACHE, **CORS_HEADERS},
+    )
+
+
+@router.options("/spaces/{space_id}/{name:path}")
+async def listener_preflight(space_id: str, name: str) -> Response:
+    """CORS preflight of a listener resource: GET and HEAD from any origin."""
+    return Response(
+        status_code=204,
+        headers={
+            **CORS_HEADERS,
+            "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+            "Access-Control-Allow-Headers": "Range, If-None-Match, If-Modified-Since, Accept",
+            "Access-Control-Max-Age": "86400",
+            "Allow": "GET, HEAD, OPTIONS",
+        },
     )

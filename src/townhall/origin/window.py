@@ -282,8 +282,15 @@ class LiveWindow:
         return position <= self.position
 
     def is_far_future(self, msn: int) -> bool:
-        """RFC 8216bis: an msn more than two past the last segment is a client error."""
-        return msn > self.open_msn + 2
+        """RFC 8216bis 6.2.5.2: an msn more than two past the last (complete)
+        Media Segment of the playlist can never be satisfied in time: 400."""
+        return msn > (self.open_msn - 1) + 2
+
+    @property
+    def blocking_hold_s(self) -> float:
+        """How long a blocking reload may be held: three target durations
+        (RFC 8216bis 6.2.5.2), the playlist's integer TARGETDURATION."""
+        return 3.0 * max(1, int(self.segment_target_s + 0.5))
 
     def ready(self, position: tuple[int, int]) -> bool:
         """True when a request waiting for ``position`` can be answered now."""
