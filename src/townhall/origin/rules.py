@@ -296,6 +296,19 @@ class FastPath:
                 return _playlist(window, kind, False)
             answer = partial(_playlist, window, kind, False)
             return Wait(window, position, window.segment_target_s + 1.0, answer, answer)
+        if window.version == 0 and not window.closed:
+            # a resumed space, nothing published yet in this run: hold the very
+            # first request until the new run's first part (its discontinuity)
+            position = (window.open_msn, 0)
+            if window.ready(position):
+                return _playlist(window, kind, False)
+            return Wait(
+                window,
+                position,
+                self.timeout_s,
+                partial(_playlist, window, kind, False),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
         return _playlist(window, kind, False)
 
     # -- a space not live here: its recording ----------------------------------------------
