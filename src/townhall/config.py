@@ -298,6 +298,33 @@ class Settings(BaseSettings):
         description="At the end of a talk or at shutdown, how long to keep retrying writes the recorder still holds before listing them as missing.",
     )
 
+    # --- issue 14: the control plane fails safe ---
+    database_timeout_ms: int = Field(
+        5000,
+        ge=100,
+        description="Longest a PostgreSQL connect, statement or wait for a pooled connection may take; past it (or when the database refuses), the request answers 503 with Retry-After instead of hanging.",
+    )
+    database_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="Retry-After (seconds) of the 503 answered while the database cannot be reached.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names (optionally host:port) share and listener URLs may be built from when public_url is empty; any other Host gets relative URLs. Empty means the bound address, localhost, 127.0.0.1 and ::1.",
+    )
+
+    revoked_sessions_max: int = Field(
+        1_000_000,
+        ge=100,
+        description="Signed-out sessions (and 'sign out everywhere' accounts) each node remembers until their tokens expire; beyond this the one that would expire first is forgotten early (counted in townhall_revocations_evicted_total).",
+    )
+    revocation_sync_ms: int = Field(
+        1000,
+        ge=100,
+        description="With Redis, how often each node reads the sign-outs made on other nodes (a signed-out session stays usable elsewhere at most this long).",
+    )
+
     # --- issue 12: players and pages ---
     program_waits_for_host: bool = Field(
         True,

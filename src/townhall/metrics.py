@@ -139,3 +139,14 @@ RETURN_DROPPED_FRAMES = Counter(
     "townhall_mix_minus_dropped_frames_total",
     "Mix-minus frames dropped because a speaker's outgoing queue was full.",
 )
+
+# --- issue 14: the control plane fails safe ---
+REVOCATIONS = Counter(
+    "townhall_revocations_total",
+    "Sign-outs made on this node (one session, or every session of an account).",
+    ["kind"],
+)
+REVOCATIONS_EVICTED = Counter(
+    "townhall_revocations_evicted_total",
+    "Sign-outs forgotten before their tokens expired because revoked_sessions_max was reached.",
+)

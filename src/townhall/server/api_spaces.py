@@ -36,6 +36,7 @@ from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Bearer,
     Session,
+    base_url,
     iso,
     iso_epoch,
     listener_urls,
@@ -296,7 +297,7 @@ class JoinEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["app"].state.services
         authorization: str | None = None
-        host = "localhost"
+        host: str | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
@@ -310,8 +311,7 @@ class JoinEndpoint:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        settings = services.settings
-        base = settings.public_url.rstrip("/") or f"{scope['scheme']}://{host}"
+        base = base_url(services.settings, host, scope["scheme"])
         content = join(
             services,
             scope["path_params"]["space_id"],
@@ -334,6 +334,8 @@ class JoinEndpoint:
     response_model=JoinOut,
     summary="Join as a listener (or renew a listener token)",
     description="Anyone may join a public or unlisted space; a session token is optional (blocked accounts get 403). No database write.",
+    # the bearer token is optional: {} (no requirement) joins the generated one
+    openapi_extra={"security": [{}]},
 )
 async def join_documented(
     space_id: SpaceId,

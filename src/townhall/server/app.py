@@ -135,4 +135,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     routes.include_all(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    # outermost of ours: an unexpected error becomes a 500 that keeps the connection
+    app.add_middleware(problems.KeepAlive)
     return app

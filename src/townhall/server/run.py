@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,12 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
 
     from townhall.server import logs
     from townhall.server.app import create_app
+    from townhall.server.auth import public_url_warning
 
     logs.configure(settings.log_level, json=settings.log_json)
+    warning = public_url_warning(settings)
+    if warning is not None:
+        logging.getLogger("townhall.access").warning("%s", warning)
     app = create_app(settings)
     if on_startup is not None:
         app.state.on_startup = on_startup

@@ -17,6 +17,7 @@ from typing import Any
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.errors import DatabaseUnavailable
 from townhall.live.registry import RoomRegistry
 from townhall.live.roomstate import (
     ListenerCounter,
@@ -33,10 +34,11 @@ from townhall.policy.ratelimit import (
     MemoryLimiter,
     RedisLimiter,
 )
-from townhall.policy.tokens import TokenSigner, load_keys
+from townhall.policy.tokens import Revocations, TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
+from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
 from townhall.store.spaces import SpaceIndex, Spaces
 
@@ -83,6 +85,9 @@ class Services:
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
     trusted_proxies: Networks = ()
+    # sign-outs shared with the other nodes (None: one node, tokens.revocations only)
+    revoked: SharedRevocations | None = field(default=None, repr=False)
+    _revocation_sync: asyncio.Task[None] | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _absence: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -91,9 +96,18 @@ class Services:
     async def open(cls, settings: Settings) -> Services:
         """Create the data directory, apply migrations, load keys, start rooms."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url())
+        db = Database(
+            settings.resolved_database_url(),
+            timeout_s=settings.database_timeout_ms / 1000,
+            retry_after_s=settings.database_retry_after_s,
+        )
         await db.migrate()
         tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        tokens.revocations = Revocations(
+            horizon_s=settings.session_ttl_s,
+            max_entries=settings.revoked_sessions_max,
+            on_evict=metrics.REVOCATIONS_EVICTED.inc,
+        )
         passwords = Passwords(
             time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
         )
@@ -153,6 +167,14 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        if redis is not None and health is not None:
+            services.revoked = SharedRevocations(
+                redis, health, tokens.revocations, prefix=settings.redis_prefix
+            )
+            services._revocation_sync = asyncio.create_task(
+                services.revoked.run(settings.revocation_sync_ms / 1000),
+                name="townhall-revocation-sync",
+            )
         if settings.host_absent_end_s > 0:
             from townhall.server.absence import end_abandoned_forever
 
@@ -168,7 +190,7 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher, self._absence):
+        for task in (self._refresher, self._flusher, self._revocation_sync, self._absence):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -189,6 +211,10 @@ class Services:
             started = utcnow()
             try:
                 await self.spaces.refresh_index(since - timedelta(seconds=INDEX_REFRESH_OVERLAP_S))
+            except DatabaseUnavailable:
+                # the database warns (rate-limited); joins go on from the index
+                metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
+                continue
             except Exception:
                 metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
                 log.exception("space index refresh failed; retrying")

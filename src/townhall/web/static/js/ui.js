@@ -1,6 +1,6 @@
 // Small DOM helpers shared by the pages, and the account area of the top bar.
 
-import { clearSession, getSession } from "./api.js";
+import { api, clearSession, getSession } from "./api.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -41,10 +41,31 @@ export function formatWhen(iso) {
   return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
-/** The path to come back to after signing in (only same-site paths). */
+/**
+ * `next` if it is a path on `origin`, else `fallback`. Browsers read a
+ * backslash as "/" and drop tabs and newlines, so "/" + backslash + "evil" or
+ * "/" + TAB + "/evil" would become "//evil", another site: such input is
+ * refused outright, and what is left is parsed as a URL and kept only if it
+ * stays on this origin.
+ */
+export function safeNext(next, origin = location.origin, fallback = "/") {
+  if (typeof next !== "string" || !next.startsWith("/") || next.startsWith("//")) return fallback;
+  // backslashes, control characters (tab, CR, LF...), DEL: never part of a path we make
+  if (/[\\\u0000-\u001f\u007f]/.test(next)) return fallback;
+  let url;
+  try {
+    url = new URL(next, origin);
+  } catch {
+    return fallback;
+  }
+  if (url.origin !== origin) return fallback;
+  const path = url.pathname + url.search + url.hash;
+  return path.startsWith("/") && !path.startsWith("//") ? path : fallback;
+}
+
+/** The path to come back to after signing in or up (same origin only). */
 export function nextPath(fallback = "/") {
-  const next = new URLSearchParams(location.search).get("next");
-  return next && next.startsWith("/") && !next.startsWith("//") ? next : fallback;
+  return safeNext(new URLSearchParams(location.search).get("next"), location.origin, fallback);
 }
 
 export function signinHref(path = location.pathname) {
@@ -59,7 +80,14 @@ export function renderAccount() {
   const session = getSession();
   if (session) {
     const out = h("button", { class: "link-button", type: "button" }, "Sign out");
-    out.addEventListener("click", () => {
+    out.addEventListener("click", async () => {
+      out.disabled = true;
+      try {
+        // revoke the token on the server; signed out here whatever it answers
+        await api("DELETE", "/api/sessions/current");
+      } catch {
+        // unreachable or already invalid: nothing more to revoke from here
+      }
       clearSession();
       location.reload();
     });
