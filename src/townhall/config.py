@@ -539,6 +539,28 @@ class Settings(BaseSettings):
         description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
     )
 
+    # --- issue 12: players and pages ---
+    program_waits_for_host: bool = Field(
+        True,
+        description="A live space starts its program (live audio and recording) only once a host, co-host or speaker has a microphone connected; until then listeners see 'Waiting for the host'.",
+    )
+    host_absent_end_s: float = Field(
+        600.0,
+        ge=0,
+        description="A live space whose host and co-hosts have all been disconnected for this long ends by itself (its recording is published); 0 never ends a space by itself.",
+    )
+    host_absent_check_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How often each live space is checked for an absent host (host_absent_end_s).",
+    )
+    live_playlist_window_segments: int = Field(
+        60,
+        ge=0,
+        description="Live playlists (LL-HLS and plain) list only this many of the latest segments, so their size does not grow with the talk; the VOD playlist after the end and recording.m4a have everything. 0 lists every segment while live.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

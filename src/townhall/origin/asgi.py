@@ -37,6 +37,7 @@ from townhall.config import Settings
 from townhall.errors import NotFound
 from townhall.origin.answers import (
     AAC,
+    CORS_HEADERS,
     MP4,
     PROGRESSIVE_HEADERS,
     Answer,
@@ -56,6 +57,7 @@ from townhall.origin.rules import (
     latest_epoch,
     programs_of,
 )
+from townhall.store.m4a import build_fragmented
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)
@@ -236,7 +238,8 @@ async def _recording(settings: Settings, space_id: str) -> Response:
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:
-            path = await asyncio.to_thread(store.build_m4a)
+            # served at once from the segments, whatever the talk's length (issue 12)
+            path = await asyncio.to_thread(build_fragmented, store)
     finally:
         if not lock.locked():
             _build_locks.pop(space_id, None)
@@ -246,5 +249,5 @@ async def _recording(settings: Settings, space_id: str) -> Response:
         path,
         media_type=MP4,
         filename=f"{space_id}.m4a",
-        headers={"Cache-Control": "public, max-age=86400"},
+        headers={"Cache-Control": "public, max-age=86400", **CORS_HEADERS},
     )

@@ -58,7 +58,7 @@ from townhall.origin.answers import (
     timeout_response,
 )
 from townhall.origin.playlist import render_ll, render_plain
-from townhall.origin.window import LiveWindow, records_view
+from townhall.origin.window import COMPLETE, LiveWindow, records_view
 from townhall.policy.media_gate import MediaGate
 from townhall.store.recordings import SPACE_ID_RE, Manifest
 
@@ -295,22 +295,40 @@ class FastPath:
                     )
                 )
             position = window.normalize(msn, part)
-            then = partial(_playlist, window, kind, True)
-        elif window.version == 0:
-            # nothing published yet in this run: hold the very first request
+            if window.ready(position):
+                # satisfiable at once: a short max-age, so a client asking the
+                # same URL again is never shown an older playlist from a cache
+                return _playlist(window, kind, False)
+            return Wait(
+                window,
+                position,
+                max(self.timeout_s, window.blocking_hold_s),
+                partial(_playlist, window, kind, True),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
+        if msn is None and not window.closed and not window.history:
+            # the very first seconds: players without LL-HLS (ffmpeg, GStreamer,
+            # VLC, radio apps) need a whole segment, so a request without
+            # delivery directives waits for the first one, at most one segment
+            position = (window.open_msn, COMPLETE)
+            if window.ready(position):
+                return _playlist(window, kind, False)
+            answer = partial(_playlist, window, kind, False)
+            return Wait(window, position, window.segment_target_s + 1.0, answer, answer)
+        if window.version == 0 and not window.closed:
+            # a resumed space, nothing published yet in this run: hold the very
+            # first request until the new run's first part (its discontinuity)
             position = (window.open_msn, 0)
-            then = partial(_playlist, window, kind, False)
-        else:
-            return _playlist(window, kind, False)
-        if window.ready(position):
-            return then()
-        return Wait(
-            window,
-            position,
-            self.timeout_s,
-            then,
-            partial(timeout_response, path.decode("utf-8", "replace")),
-        )
+            if window.ready(position):
+                return _playlist(window, kind, False)
+            return Wait(
+                window,
+                position,
+                self.timeout_s,
+                partial(_playlist, window, kind, False),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
+        return _playlist(window, kind, False)
 
     # -- a space not live here: its recording ----------------------------------------------
 

@@ -89,6 +89,9 @@ class HostOut(BaseModel):
 
 class UrlsOut(BaseModel):
     page: str
+    master_m3u8: str = Field(
+        description="Multivariant playlist (CODECS, BANDWIDTH) naming live_m3u8: give this to players."
+    )
     live_m3u8: str
     plain_m3u8: str
     live_aac: str

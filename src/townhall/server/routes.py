@@ -16,6 +16,7 @@ ROUTER_MODULES = (
     "townhall.server.api_state",
     "townhall.server.api_evidence",
     "townhall.server.api_queue",
+    "townhall.origin.master",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )

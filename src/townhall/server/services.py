@@ -101,6 +101,7 @@ class Services:
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
+    _absence: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -215,6 +216,12 @@ class Services:
                 name="townhall-revocation-sync",
             )
         services._admitter = asyncio.create_task(admission.run(), name="townhall-admission")
+        if settings.host_absent_end_s > 0:
+            from townhall.server.absence import end_abandoned_forever
+
+            services._absence = asyncio.create_task(
+                end_abandoned_forever(services), name="townhall-absent-hosts"
+            )
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -224,7 +231,13 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher, self._revocation_sync, self._admitter):
+        for task in (
+            self._refresher,
+            self._flusher,
+            self._revocation_sync,
+            self._admitter,
+            self._absence,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -11,7 +11,7 @@ import { mountReplay } from "../replay.js";
 import { MicSession } from "../speak.js";
 import { queueView, storedTicket, waitInLine } from "../queue.js";
 import { pollState } from "../state.js";
-import { $, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
+import { $, countdownText, displayName, formatWhen, h, renderAccount, setStatus, shareLink, signinHref } from "../ui.js";
 
 const spaceId = document.body.dataset.spaceId;
 const base = `/api/spaces/${encodeURIComponent(spaceId)}`;
@@ -34,13 +34,39 @@ const view = {
   latencyTimer: null,
   waiting: null, // AbortController of the waiting room
   pendingOwn: {},
+  wantListen: false, // pressed Listen before the host was on the air: start by itself
+  blocked: false,
+  countdownTimer: null,
 };
+
+const LISTEN_LABEL = "Listen live";
+const LIVE_SENTENCE = "You are listening live.";
 
 const pass = new ListenerPass(spaceId);
 const player = new HlsPlayer($("player"), {
   live: true,
   onError: (text) => setStatus($("join-status"), text, "error"),
+  // the red "could not be loaded" goes away once audio is back
+  onRecover: () => {
+    if (view.listening && !view.mic) setStatus($("join-status"), onAir(view.state) ? LIVE_SENTENCE : waitingSentence(), "ok");
+  },
 });
+
+/** Is someone who runs the space (host or co-host) connected with a microphone? */
+function onAir(state) {
+  if (!state || state.state !== "live") return false;
+  return (state.speakers || []).some((s) => (s.role === "host" || s.role === "cohost") && s.connected === true);
+}
+
+function waitingSentence() {
+  return (view.state?.state || view.space?.state) === "scheduled"
+    ? "Waiting for the start: the audio starts here by itself when the host goes live."
+    : "Waiting for the host: the audio starts here by itself when they go live.";
+}
+
+function setPlayLabel(text) {
+  $("play-button").querySelector(".label").textContent = text;
+}
 
 // -- space facts -------------------------------------------------------------
 
@@ -51,8 +77,37 @@ function showSpace(space) {
   $("space-host").textContent = `Hosted by ${displayName(space.host)}`;
   $("space-description").textContent = space.description || "";
   showState(space.state);
+  if (me && space.host && space.host.id === me.id) $("console-link").hidden = false;
+  $("ics-link").hidden = space.state !== "scheduled";
   if (space.state === "scheduled") {
-    setStatus($("join-status"), `This space starts ${formatWhen(space.scheduled_for)}. Keep this page open.`);
+    setPlayLabel("Listen when it starts");
+    startCountdown(space.scheduled_for);
+  }
+}
+
+function startCountdown(iso) {
+  clearInterval(view.countdownTimer);
+  const box = $("countdown");
+  const at = Date.parse(iso || "");
+  const tick = () => {
+    const state = view.state?.state || view.space?.state;
+    if (state !== "scheduled") {
+      clearInterval(view.countdownTimer);
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const left = countdownText(at - Date.now());
+    box.textContent = Number.isFinite(at)
+      ? left
+        ? `Starts ${left} (${formatWhen(iso)})`
+        : `Starting any moment: scheduled for ${formatWhen(iso)}, waiting for the host.`
+      : "Starts when the host goes live.";
+  };
+  tick();
+  view.countdownTimer = setInterval(tick, 1000);
+  if (!view.wantListen && !view.listening) {
+    setStatus($("join-status"), "Keep this page open: press Listen when it starts and the audio begins by itself.");
   }
 }
 
@@ -79,8 +134,22 @@ function setListening(on) {
   }
 }
 
+/** The listen button: start now when on the air, else wait for the host and start by itself. */
+function listenPressed() {
+  if (onAir(view.state) || view.mic) {
+    listen();
+    return;
+  }
+  view.wantListen = true;
+  $("play-button").disabled = true;
+  setPlayLabel("Waiting for the host…");
+  setStatus($("join-status"), waitingSentence(), "wait");
+}
+
 async function listen() {
   clearTimeout(view.retryTimer);
+  view.wantListen = false;
+  if (view.blocked) return;
   const status = $("join-status");
   setStatus(status, "Joining…", "wait");
   $("play-button").disabled = true;
@@ -95,6 +164,10 @@ async function listen() {
     }
   } catch (err) {
     $("play-button").disabled = false;
+    if (err instanceof ApiError && err.status === 403) {
+      showBlocked(err);
+      return;
+    }
     if (err instanceof ApiError) {
       const refusal = refusalMessage(err.status, err.problem);
       setStatus(status, refusal.text, refusal.queued ? "wait" : "error");
@@ -123,7 +196,9 @@ async function listen() {
     setListening(true);
     const delayed = grant.delivery === "hls";
     $("listen-mode").hidden = !delayed;
-    setStatus(status, delayed ? "You are listening live, with a few seconds more delay." : "You are listening live.", "ok");
+    const live = onAir(view.state);
+    const liveText = delayed ? "You are listening live, with a few seconds more delay." : LIVE_SENTENCE;
+    setStatus(status, live ? liveText : waitingSentence(), live ? "ok" : "wait");
   } catch (err) {
     player.destroy();
     setStatus(status, err && err.name === "NotAllowedError" ? "Press Listen live to start the audio." : describeError(err), "error");
@@ -177,6 +252,20 @@ function countdown(seconds, err) {
   tick();
 }
 
+/** One coherent message for an account the host removed and blocked. */
+function showBlocked(err) {
+  view.blocked = true;
+  view.wantListen = false;
+  pass.stop();
+  player.destroy();
+  setListening(false);
+  for (const id of ["play-button", "leave-button", "request-button"]) $(id).hidden = true;
+  $("on-stage-controls").hidden = true;
+  setStatus($("speak-status"), "");
+  const detail = err?.message && /blocked/i.test(err.message) ? "" : ` (${err?.message || "refused"})`;
+  setStatus($("join-status"), `The host removed you from this space, so you cannot listen or speak here any more${detail}.`, "error");
+}
+
 function leave() {
   clearTimeout(view.retryTimer);
   view.stalls?.stop();
@@ -187,6 +276,9 @@ function leave() {
   player.destroy();
   stopMic("");
   setListening(false);
+  view.wantListen = false;
+  setPlayLabel(LISTEN_LABEL);
+  $("play-button").disabled = false;
   setStatus($("join-status"), "You left. Press Listen live to come back.");
   $("play-button").focus();
 }
@@ -238,8 +330,24 @@ function onState(state) {
   const program = state.program && state.program.status !== "ok" ? state.program.message : "";
   $("program-alert").textContent = program;
   $("program-alert").hidden = !program;
-  if (previous?.state === "scheduled" && state.state === "live" && !view.listening) {
-    setStatus($("join-status"), "The space is live now: press Listen live.", "ok");
+  const seat = mySeat(state);
+  if (seat && (seat.role === "host" || seat.role === "cohost")) $("console-link").hidden = false;
+  if (state.state !== "scheduled") $("ics-link").hidden = true;
+  const wasOnAir = onAir(previous);
+  const nowOnAir = onAir(state);
+  if (state.state === "live" && !view.blocked) {
+    if (nowOnAir && view.wantListen) {
+      listen(); // pressed before the start: the page starts the audio by itself
+    } else if (view.wantListen) {
+      if (previous?.state === "scheduled") setStatus($("join-status"), waitingSentence(), "wait");
+    } else if (!view.listening && !view.wantListen) {
+      setPlayLabel(nowOnAir ? LISTEN_LABEL : "Listen when the host goes live");
+      if (previous?.state === "scheduled" || (!wasOnAir && nowOnAir && previous)) {
+        setStatus($("join-status"), nowOnAir ? "The host is live now: press Listen live." : waitingSentence(), nowOnAir ? "ok" : "");
+      }
+    } else if (view.listening && !view.mic && wasOnAir !== nowOnAir && previous) {
+      setStatus($("join-status"), nowOnAir ? LIVE_SENTENCE : "The host's microphone is off for now; the audio comes back here by itself.", nowOnAir ? "ok" : "wait");
+    }
   }
   if (state.state === "ended" && !view.ended) switchToReplay();
 }
@@ -251,7 +359,7 @@ function mySeat(state) {
 }
 
 function syncStage(state) {
-  if (!me || view.ended) return;
+  if (!me || view.ended || view.blocked) return;
   const seat = mySeat(state);
   if (seat && !view.mic && !view.micStarting) {
     if (view.requested) {
@@ -422,9 +530,11 @@ async function switchToReplay() {
   $("reaction-buttons").closest("section").hidden = true;
   $("speakers").closest("section").hidden = true;
   document.querySelector(".player-facts").hidden = true;
+  clearInterval(view.countdownTimer);
+  $("countdown").hidden = true;
   setStatus($("join-status"), "This space has ended. The replay is below.");
   history.replaceState(null, "", `/spaces/${encodeURIComponent(spaceId)}/replay`);
-  await mountReplay($("replay-section"), spaceId, { autoplay: wasListening });
+  await mountReplay($("replay-section"), spaceId, { autoplay: wasListening, title: view.space?.title || view.state?.title || "" });
 }
 
 // -- start -------------------------------------------------------------------------------
@@ -437,7 +547,10 @@ function onStateError(err, status) {
 
 renderAccount();
 buildReactionButtons();
-$("play-button").addEventListener("click", listen);
+$("play-button").addEventListener("click", listenPressed);
+$("share-button").addEventListener("click", () =>
+  shareLink(new URL(`/spaces/${encodeURIComponent(spaceId)}`, location.origin).href, view.space?.title || document.title, $("share-status")),
+);
 $("leave-button").addEventListener("click", leave);
 // closing the page frees the place at once (a ticket in line is kept for a return)
 window.addEventListener("pagehide", () => pass.leave());
