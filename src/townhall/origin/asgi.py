@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import NotFound
+from townhall.live.program import Program
 from townhall.origin.answers import (
     AAC,
     CORS_HEADERS,
@@ -96,7 +98,7 @@ async def listener(request: Request) -> Response:
         elif isinstance(answer, FromDisk):
             if answer.what == "recording":
                 return await _recording(_settings(request), answer.space_id)
-            answer = await _read(_settings(request), answer)
+            answer = await _read(_settings(request), answer, _rules(request).programs)
         elif isinstance(answer, Stream):
             return _ProgressiveResponse(answer.hub, answer.hub.subscribe())
         else:
@@ -164,8 +166,16 @@ class _ManifestCache:
 _manifests = _ManifestCache()
 
 
-async def _read(settings: Settings, want: FromDisk) -> Answer:
+async def _read(
+    settings: Settings, want: FromDisk, programs: Callable[[str], Program | None]
+) -> Answer:
     store = RecordingStore(settings.recordings_dir, want.space_id)
+    program = programs(want.space_id)
+    recorder = program.recorder if program is not None else None
+    if recorder is not None and want.what in ("segment", "init"):
+        held = recorder.held(want.what, want.number)  # not on disk yet: from memory
+        if held is not None:
+            return disk_media(want, held)
     if want.what == "playlist":
         return disk_playlist(settings, want, await _manifests.get(store))
     if want.what == "segment":
