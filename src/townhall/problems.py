@@ -4,6 +4,7 @@ cause to a status and a sentence, so no request ever sees a traceback."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,6 +20,25 @@ from townhall.errors import TownhallError
 log = logging.getLogger("townhall.access")
 
 PROBLEM_JSON = "application/problem+json"
+
+
+# A browser navigating to an address that does not exist gets a page, not JSON:
+# the web layer registers how to render one (set_html_renderer).
+_html_renderer: Callable[[int, str], Response] | None = None
+
+
+def set_html_renderer(renderer: Callable[[int, str], Response]) -> None:
+    """Render 404s as a page for requests that ask for ``text/html``."""
+    global _html_renderer
+    _html_renderer = renderer
+
+
+def _wants_page(request: Request, status: int) -> bool:
+    if status != 404 or _html_renderer is None or request.method not in ("GET", "HEAD"):
+        return False
+    return "text/html" in request.headers.get("accept", "") and not request.url.path.startswith(
+        "/api/"
+    )
 
 
 def problem_response(
@@ -87,6 +107,8 @@ def install(app: FastAPI) -> None:
         if exc.status >= 500:
             log.error("townhall error on %s: %s", request.url.path, exc.detail)
         metrics.PROBLEMS.labels(status=str(exc.status)).inc()
+        if _html_renderer is not None and _wants_page(request, exc.status):
+            return _html_renderer(exc.status, exc.detail)
         return problem_response(exc.to_problem(request.url.path), retry_after_s=exc.retry_after_s)
 
     @app.exception_handler(RequestValidationError)
@@ -109,6 +131,8 @@ def install(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        if _html_renderer is not None and _wants_page(request, exc.status_code):
+            return _html_renderer(exc.status_code, sentence)
         return problem_response(
             {
                 "type": "about:blank",

@@ -443,3 +443,31 @@ async def test_exhausted_descriptors_cannot_stop_the_recording(tmp_path: Path) -
     manifest = program.recording.load()
     assert manifest is not None and not manifest.missing
     assert sum(s.duration_samples for s in manifest.segments) >= 3.5 * RATE
+
+
+async def test_segments_held_by_a_failing_recorder_are_served_from_memory(
+    tmp_path: Path,
+) -> None:
+    """A segment that left the live window while the disk fails is still
+    answered (from the recorder's backlog), not 404."""
+    from townhall.origin.answers import FromDisk, Rendered
+    from townhall.origin.asgi import _read
+
+    settings = small_settings(tmp_path, recording_retry_ms=20, recording_retry_max_ms=100)
+    store, writer = flaky_store(settings)
+    program = Program(SPACE, settings, recording=store)
+    await program.start()
+    try:
+        writer.error = errno.ENOSPC
+        await feed(program, tone(1000, 3.0))
+        assert program.window is not None and program.window.segment(0) is None  # left the window
+        assert store.read_segment(0) is None  # and not on disk
+        answer = await _read(settings, FromDisk("segment", SPACE, 0), lambda _id: program)
+        assert isinstance(answer, Rendered) and answer.status == 200
+        init = await _read(settings, FromDisk("init", SPACE, 0), lambda _id: program)
+        assert isinstance(init, Rendered) and init.status == 200
+        samples, _ = decode_pcm(init.body + answer.body)
+        assert dominant_frequency(samples[2400:]) == pytest.approx(1000, abs=5)
+        writer.error = None
+    finally:
+        await program.finish()

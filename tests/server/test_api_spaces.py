@@ -41,7 +41,7 @@ async def test_create_live_space_and_read_it(app_client: httpx.AsyncClient, api:
     # Host "testserver" is not an allowed host: the links are relative
     assert space["urls"]["live_m3u8"] == f"/spaces/{sid}/live.m3u8"
     assert set(space["urls"]) == {
-        "page", "live_m3u8", "plain_m3u8", "live_aac", "state_json", "recording_m4a"
+        "page", "master_m3u8", "live_m3u8", "plain_m3u8", "live_aac", "state_json", "recording_m4a"
     }  # fmt: skip
     got = await app_client.get(f"/api/spaces/{sid}")
     assert got.status_code == 200 and got.json() == space

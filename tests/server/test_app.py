@@ -72,7 +72,7 @@ async def test_405_names_every_allowed_method(app_client: httpx.AsyncClient) -> 
         "/api/sessions/current": "DELETE",
         "/api/me": "GET",
         "/api/spaces/abcdefghijkl/join": "POST",
-        "/spaces/abcdefghijkl/state.json": "GET",
+        "/spaces/abcdefghijkl/state.json": "GET, OPTIONS",  # CORS preflight (issue 12)
         "/static/js/ui.js": "GET, HEAD",
     }
     for path, allow in cases.items():

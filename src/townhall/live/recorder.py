@@ -184,6 +184,18 @@ class Recorder:
         metrics.RECORDING_SEGMENTS_MISSING.inc()
         self._ready.set()
 
+    def held(self, what: str, number: int) -> bytes | None:
+        """The bytes of segment (``what="segment"``) or init (``"init"``)
+        ``number`` if they wait in the backlog, not yet on disk: listeners are
+        served them meanwhile (a segment leaves the live window before its
+        write is done, and a failing disk may hold it for a while)."""
+        for item in self._items:
+            if what == "segment" and isinstance(item, _Segment) and item.record.msn == number:
+                return item.data
+            if what == "init" and isinstance(item, _Init) and item.epoch == number:
+                return item.data
+        return None
+
     def _done(self, item: _Init | _Segment) -> None:
         nbytes = len(item.data)
         self._backlog_bytes -= nbytes

@@ -12,6 +12,7 @@ import logging
 from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.live.stage import Stage
+from townhall.media.mixer import Frame
 
 log = logging.getLogger("townhall.media")
 
@@ -23,7 +24,18 @@ class Room:
         self.space_id = space_id
         self.settings = settings
         self.program = Program(space_id, settings)
-        self.stage = Stage(space_id, settings, sink=self.program.push_frame)
+        # no program (live audio, recording) before someone is on the microphone:
+        # no "listening live" over silence, no dead air at the start of the replay
+        self.on_air = not settings.program_waits_for_host
+        self.stage = Stage(space_id, settings, sink=self._frame)
+
+    def _frame(self, pcm: Frame) -> None:
+        if not self.on_air:
+            if not any(s.connected for s in self.stage.speaker_status().values()):
+                return
+            self.on_air = True
+            log.info("room %s on the air: a microphone is connected", self.space_id)
+        self.program.push_frame(pcm)
 
     async def start(self) -> None:
         await self.program.start()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,8 +36,10 @@ from starlette.types import Receive, Scope, Send
 from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import NotFound
+from townhall.live.program import Program
 from townhall.origin.answers import (
     AAC,
+    CORS_HEADERS,
     MP4,
     PROGRESSIVE_HEADERS,
     Answer,
@@ -48,13 +51,16 @@ from townhall.origin.answers import (
     progressive_head,
 )
 from townhall.origin.fanout import ProgressiveHub, ProgressiveListener
+from townhall.origin.follower import ListenerSource
 from townhall.origin.rules import (
     FastPath,
     disk_media,
     disk_playlist,
+    gate_of,
     latest_epoch,
     programs_of,
 )
+from townhall.store.m4a import build_fragmented
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)
@@ -74,7 +80,13 @@ async def listener(request: Request) -> Response:
     """Every listener URL: the rules' answer, performed."""
     rules = _rules(request)
     path = request.url.path
-    answer = rules.answer(request.method.encode(), path.encode(), request.scope.get("query_string"))
+    cookie = request.headers.get("cookie")
+    answer = rules.answer(
+        request.method.encode(),
+        path.encode(),
+        request.scope.get("query_string"),
+        None if cookie is None else cookie.encode("latin-1"),
+    )
     for _ in range(3):  # a Wait, then what follows it, then perhaps a disk read
         if isinstance(answer, Rendered):
             return _RenderedResponse(answer)
@@ -87,7 +99,7 @@ async def listener(request: Request) -> Response:
         elif isinstance(answer, FromDisk):
             if answer.what == "recording":
                 return await _recording(_settings(request), answer.space_id)
-            answer = await _read(_settings(request), answer)
+            answer = await _read(_settings(request), answer, _rules(request).programs)
         elif isinstance(answer, Stream):
             return _ProgressiveResponse(answer.hub, answer.hub.subscribe())
         else:
@@ -105,7 +117,9 @@ def _rules(request: Request) -> FastPath:
     state = request.app.state
     rules: FastPath | None = getattr(state, "listener_rules", None)
     if rules is None:
-        rules = state.listener_rules = FastPath(_settings(request), programs_of(request.app))
+        rules = state.listener_rules = FastPath(
+            _settings(request), programs_of(request.app), gate=gate_of(request.app)
+        )
     return rules
 
 
@@ -153,8 +167,16 @@ class _ManifestCache:
 _manifests = _ManifestCache()
 
 
-async def _read(settings: Settings, want: FromDisk) -> Answer:
+async def _read(
+    settings: Settings, want: FromDisk, programs: Callable[[str], ListenerSource | None]
+) -> Answer:
     store = RecordingStore(settings.recordings_dir, want.space_id)
+    program = programs(want.space_id)
+    recorder = program.recorder if isinstance(program, Program) else None
+    if recorder is not None and want.what in ("segment", "init"):
+        held = recorder.held(want.what, want.number)  # not on disk yet: from memory
+        if held is not None:
+            return disk_media(want, held)
     if want.what == "playlist":
         return disk_playlist(settings, want, await _manifests.get(store))
     if want.what == "segment":
@@ -227,7 +249,8 @@ async def _recording(settings: Settings, space_id: str) -> Response:
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:
-            path = await asyncio.to_thread(store.build_m4a)
+            # served at once from the segments, whatever the talk's length (issue 12)
+            path = await asyncio.to_thread(build_fragmented, store)
     finally:
         if not lock.locked():
             _build_locks.pop(space_id, None)
@@ -237,5 +260,5 @@ async def _recording(settings: Settings, space_id: str) -> Response:
         path,
         media_type=MP4,
         filename=f"{space_id}.m4a",
-        headers={"Cache-Control": "public, max-age=86400"},
+        headers={"Cache-Control": "public, max-age=86400", **CORS_HEADERS},
     )

@@ -276,6 +276,7 @@ def listener_urls(base: str, space_id: str) -> dict[str, str]:
     root = f"{base}/spaces/{space_id}"
     return {
         "page": root,
+        "master_m3u8": f"{root}/master.m3u8",
         "live_m3u8": f"{root}/live.m3u8",
         "plain_m3u8": f"{root}/plain.m3u8",
         "live_aac": f"{root}/live.aac",

@@ -14,6 +14,9 @@ ROUTER_MODULES = (
     "townhall.server.api_stage",
     "townhall.server.api_webrtc",
     "townhall.server.api_state",
+    "townhall.server.api_evidence",
+    "townhall.server.api_queue",
+    "townhall.origin.master",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )

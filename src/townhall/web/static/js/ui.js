@@ -118,3 +118,50 @@ export function localToUtcIso(value) {
   if (!value || Number.isNaN(date.getTime())) return null;
   return date.toISOString().replace(/\.\d{3}Z$/, "Z");
 }
+
+/** "in 2 days 3 h", "in 1 h 05 min", "in 4 min 09 s", "in 12 s"; "" once the time has come. */
+export function countdownText(ms) {
+  if (!Number.isFinite(ms) || ms <= 0) return "";
+  const s = Math.floor(ms / 1000);
+  const days = Math.floor(s / 86400);
+  const hours = Math.floor((s % 86400) / 3600);
+  const minutes = Math.floor((s % 3600) / 60);
+  const seconds = s % 60;
+  const pad = (n) => String(n).padStart(2, "0");
+  if (days) return `in ${days} day${days === 1 ? "" : "s"} ${hours} h`;
+  if (hours) return `in ${hours} h ${pad(minutes)} min`;
+  if (minutes) return `in ${minutes} min ${pad(seconds)} s`;
+  return `in ${seconds} s`;
+}
+
+/** A file name from a title: "Town hall: Budget!" -> "town-hall-budget.m4a"; the id when nothing is left. */
+export function fileNameFor(title, fallback, ext) {
+  const slug = String(title || "")
+    .normalize("NFKD")
+    .replace(/[\u0300-\u036f]/g, "")
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, "-")
+    .replace(/^-+|-+$/g, "")
+    .slice(0, 80)
+    .replace(/-+$/g, "");
+  return `${slug || fallback}.${ext}`;
+}
+
+/** Share a link with the system share sheet, or copy it; says what happened in `statusEl`. */
+export async function shareLink(url, title, statusEl) {
+  if (navigator.share) {
+    try {
+      await navigator.share({ url, title });
+      setStatus(statusEl, "");
+      return;
+    } catch (err) {
+      if (err && err.name === "AbortError") return;
+    }
+  }
+  try {
+    await navigator.clipboard.writeText(url);
+    setStatus(statusEl, "Link copied: paste it anywhere to share this space.", "ok");
+  } catch {
+    setStatus(statusEl, `Copy this link to share the space: ${url}`);
+  }
+}
