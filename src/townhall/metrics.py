@@ -107,3 +107,18 @@ RECORDING_BACKLOG_BYTES = Gauge(
     "townhall_recording_backlog_bytes",
     "Bytes of segments held in memory because they could not be recorded yet (all spaces).",
 )
+
+
+# --- issue 13: captions ---
+CAPTIONS_DROPPED_SECONDS = Counter(
+    "townhall_captions_dropped_seconds_total",
+    "Seconds of program audio not captioned because the recognizer fell behind (its bounded queue was full).",
+)
+CAPTIONS_LINES = Counter(
+    "townhall_captions_lines_total",
+    "Caption lines recognized (all spaces).",
+)
+CAPTIONS_FAILURES = Counter(
+    "townhall_captions_failures_total",
+    "Spaces whose captions stopped or never started (engine missing, failed to load, worker died).",
+)
