@@ -298,6 +298,41 @@ class Settings(BaseSettings):
         description="At the end of a talk or at shutdown, how long to keep retrying writes the recorder still holds before listing them as missing.",
     )
 
+    # --- issue 13: captions ---
+    captions: bool = Field(
+        False,
+        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.2-0.35 of a core and 300 MB). A host can still turn captions off for their space.",
+    )
+    captions_engine: str = Field(
+        "whisper-tiny.en",
+        description="Speech recognizer for captions: 'whisper-tiny.en' (faster-whisper with the model the captions extra ships).",
+    )
+    captions_chunk_s: float = Field(
+        5.0,
+        ge=1.0,
+        le=30.0,
+        description="Audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
+    )
+    captions_queue_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="Audio waiting for the recognizer at most; beyond it audio goes uncaptioned (counted in townhall_captions_dropped_seconds_total).",
+    )
+    captions_cpu_threads: int = Field(
+        1, ge=1, le=16, description="Threads of each space's recognizer process."
+    )
+    captions_recent_lines: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Caption lines in captions.json (the page's live caption line).",
+    )
+    captions_drain_timeout_s: float = Field(
+        15.0,
+        ge=0,
+        description="At the end of a talk, how long to wait for the recognizer to caption the last audio before the transcript is written.",
+    )
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_trusted_proxies(cls, value: str) -> str:

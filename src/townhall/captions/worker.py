@@ -19,25 +19,16 @@ import logging
 import multiprocessing as mp
 import queue
 from collections.abc import Iterator
-from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import numpy as np
 
+from townhall.captions.track import CaptionTrack, Line
+
 log = logging.getLogger("townhall.media")
 
 STARTING, RUNNING, UNAVAILABLE, OFF = "starting", "running", "unavailable", "off"
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    """A caption line on the program's media timeline (seconds)."""
-
-    start_s: float
-    end_s: float
-    text: str
-    speaker: str | None = None
 
 
 class Chunker:
@@ -135,6 +126,8 @@ def _worker_main(
             # the owner stopped reading: nothing to do but go on
             with contextlib.suppress(queue.Full):
                 outbox.put(("line", *line), timeout=5)
+        with contextlib.suppress(queue.Full):
+            outbox.put(("upto", (start_samples + len(pcm)) / sample_rate_hz), timeout=5)
     outbox.put(("done",))
 
 
@@ -176,6 +169,9 @@ class Captioner:
         self.message = "Captions are starting."
         self.dropped_s = 0.0
         self.engine_name = ""
+        self.finished = False
+        self._stopped = False
+        self.track = CaptionTrack()
 
     def start(self) -> None:
         self._proc = self._ctx.Process(
@@ -196,7 +192,7 @@ class Captioner:
     def feed(self, pcm: np.ndarray, start_samples: int, speaker: str | None = None) -> None:
         """One program frame at ``start_samples`` on the media timeline, and who
         was speaking (the loudest speaker, if any). Never blocks."""
-        if self.status not in (STARTING, RUNNING):
+        if self._stopped or self.status not in (STARTING, RUNNING):
             return
         if self._batch_len and start_samples != self._batch_start + self._batch_len:
             self._send()
@@ -236,7 +232,8 @@ class Captioner:
         return found
 
     def poll(self) -> list[Line]:
-        """New lines from the worker; updates ``status``. Never blocks."""
+        """New lines from the worker, also added to ``track``; updates
+        ``status``. Never blocks."""
         from townhall import metrics
 
         lines: list[Line] = []
@@ -252,8 +249,14 @@ class Captioner:
                 self._unavailable(f"Captions are off for this space: {msg[1]}")
             elif kind == "line":
                 start_s, end_s, text = msg[1], msg[2], msg[3]
-                lines.append(Line(start_s, end_s, text, self.speaker_at((start_s + end_s) / 2)))
+                line = Line(start_s, end_s, text, self.speaker_at((start_s + end_s) / 2))
+                lines.append(line)
+                self.track.add(line)
                 metrics.CAPTIONS_LINES.inc()
+            elif kind == "upto":
+                self.track.advance(msg[1])
+            elif kind == "done":
+                self.finished = True
         if (
             self.status in (STARTING, RUNNING)
             and self._proc is not None
@@ -275,7 +278,10 @@ class Captioner:
         self.status, self.message = UNAVAILABLE, message
 
     def stop_feeding(self) -> None:
-        """Send what is batched and the end marker (non-blocking)."""
+        """Send what is batched and the end marker (non-blocking, once)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._batch_len:
             self._send()
         with contextlib.suppress(queue.Full):

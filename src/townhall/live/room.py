@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
+from townhall.captions.live import LiveCaptions
 from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.live.stage import Stage
@@ -24,8 +27,19 @@ class Room:
         self.settings = settings
         self.program = Program(space_id, settings)
         self.stage = Stage(space_id, settings, sink=self.program.push_frame)
+        self.captions = LiveCaptions(space_id, settings, self.program.recording.dir)
+        self.program.taps.append(self._caption_tap)
+
+    def _caption_tap(self, pcm: np.ndarray, start_samples: int) -> None:
+        self.captions.feed(pcm, start_samples, self._loudest_speaker())
+
+    def _loudest_speaker(self) -> str | None:
+        mixer = self.stage.mixer
+        speaking = [s for s in mixer.speakers() if mixer.speaking(s)]
+        return max(speaking, key=mixer.level) if speaking else None
 
     async def start(self) -> None:
+        await self.captions.start()
         await self.program.start()
         await self.stage.start()
         log.info("room %s live", self.space_id)
@@ -34,6 +48,7 @@ class Room:
         """The talk is over: stop the stage, then finish the recording (ENDLIST)."""
         await self.stage.stop()
         await self.program.finish()
+        await self.captions.end(drain=True)
         log.info("room %s ended", self.space_id)
 
     async def suspend(self) -> None:
@@ -41,3 +56,4 @@ class Room:
         so a restart resumes the space in a new discontinuity."""
         await self.stage.stop()
         await self.program.suspend()
+        await self.captions.end(drain=False)
