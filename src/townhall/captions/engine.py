@@ -79,6 +79,20 @@ def level_dbfs(audio: np.ndarray) -> float:
     return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
+def voiced_bounds(audio: np.ndarray, *, floor_dbfs: float = -45.0) -> tuple[float, float]:
+    """First and last moment (s) of 16 kHz ``audio`` louder than ``floor_dbfs``
+    in 20 ms frames: where a chunk's one caption line starts and ends."""
+    frame = WHISPER_RATE_HZ // 50
+    n = len(audio) // frame
+    if n == 0:
+        return 0.0, len(audio) / WHISPER_RATE_HZ
+    power = np.square(audio[: n * frame], dtype=np.float64).reshape(n, frame).mean(axis=1)
+    loud = np.flatnonzero(power > 10 ** (floor_dbfs / 10))
+    if len(loud) == 0:
+        return 0.0, len(audio) / WHISPER_RATE_HZ
+    return float(loud[0]) / 50, float(loud[-1] + 1) / 50
+
+
 def bundled_model_path() -> Path:
     """The Whisper tiny.en model (CTranslate2) shipped by the captions extra."""
     try:
@@ -145,6 +159,7 @@ class WhisperRecognizer:
             vad_filter=True,
             vad_parameters={"min_silence_duration_ms": 300},
         )
+        voiced_start_s, voiced_end_s = voiced_bounds(audio)
         found = []
         for seg in segments:
             text = str(seg.text).strip()
@@ -152,7 +167,10 @@ class WhisperRecognizer:
                 continue
             if seg.compression_ratio > 2.4:
                 continue  # repetitive: the classic hallucination on noise
-            found.append(Segment(float(seg.start), float(seg.end), text))
+            # without timestamps a segment spans the chunk: trim it to the voice
+            start_s = max(float(seg.start), voiced_start_s)
+            end_s = max(start_s + 0.1, min(float(seg.end), voiced_end_s))
+            found.append(Segment(start_s, end_s, text))
         return found
 
 

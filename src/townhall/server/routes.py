@@ -14,6 +14,7 @@ ROUTER_MODULES = (
     "townhall.server.api_stage",
     "townhall.server.api_webrtc",
     "townhall.server.listener",
+    "townhall.server.api_captions",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )
