@@ -4,6 +4,7 @@
 
 import { ApiError, api, describeError, getSession } from "../api.js";
 import { ListenerPass, refusalMessage } from "../join.js";
+import { LiveCaptionLine } from "../captions.js";
 import { HlsPlayer } from "../player.js";
 import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { mountReplay } from "../replay.js";
@@ -34,6 +35,7 @@ const view = {
 };
 
 const pass = new ListenerPass(spaceId);
+const captionLine = new LiveCaptionLine($("caption-line"), spaceId, $("player"));
 const player = new HlsPlayer($("player"), {
   live: true,
   onError: (text) => setStatus($("join-status"), text, "error"),
@@ -66,6 +68,7 @@ function setListening(on) {
   $("play-button").hidden = on;
   $("leave-button").hidden = !on;
   clearInterval(view.latencyTimer);
+  captionLine.setActive(on);
   if (on) {
     view.latencyTimer = setInterval(() => {
       const s = player.latency_s();
