@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 from collections.abc import Iterator
 from multiprocessing.context import SpawnProcess
@@ -102,6 +103,9 @@ def _worker_main(
     """The worker process: load the engine, then chunk and transcribe until None."""
     from townhall.captions.engine import EngineUnavailable, load_recognizer
 
+    # the mixer's process comes first on a busy machine: captions may lag, the mix may not
+    with contextlib.suppress(OSError):
+        os.nice(10)
     try:
         recognizer = load_recognizer(engine, cpu_threads=cpu_threads)
     except EngineUnavailable as exc:
