@@ -55,7 +55,7 @@ async def run(captions: bool, seconds: float, data_dir: Path) -> dict[str, float
     t0 = time.monotonic()
     while time.monotonic() < end:
         await asyncio.sleep(0.25)
-        for i, line in enumerate(room.captions.track.lines):
+        for i in range(len(room.captions.track.lines)):
             seen.setdefault(i, time.monotonic())
     cpu1 = proc.cpu_times() if proc else None
     wall = time.monotonic() - t0
