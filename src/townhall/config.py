@@ -332,6 +332,15 @@ class Settings(BaseSettings):
         ge=0,
         description="At the end of a talk, how long to wait for the recognizer to caption the last audio before the transcript is written.",
     )
+    clips_max_s: float = Field(
+        60.0, gt=0, description="Longest clip a listener can cut, in seconds."
+    )
+    clips_per_listener: int = Field(
+        5,
+        ge=1,
+        description="Clips one listener (token, or network in the replay) can cut per clips_period_s.",
+    )
+    clips_period_s: float = Field(600.0, gt=0, description="The period of clips_per_listener.")
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -122,3 +122,9 @@ CAPTIONS_FAILURES = Counter(
     "townhall_captions_failures_total",
     "Spaces whose captions stopped or never started (engine missing, failed to load, worker died).",
 )
+CLIPS_MADE = Counter("townhall_clips_total", "Clips cut (all spaces).")
+CLIP_SECONDS = Histogram(
+    "townhall_clip_seconds",
+    "Time to cut one clip from the recorded segments.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)

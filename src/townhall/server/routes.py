@@ -15,6 +15,7 @@ ROUTER_MODULES = (
     "townhall.server.api_webrtc",
     "townhall.server.listener",
     "townhall.server.api_captions",
+    "townhall.server.api_clips",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )
