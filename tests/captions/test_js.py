@@ -22,3 +22,8 @@ def test_line_at_follows_the_player_clock(page: Any) -> None:
 def test_line_at_without_a_comparable_clock_shows_the_newest(page: Any) -> None:
     body = f"const L = {LINES}; return [m.lineAt(L, NaN).text, m.lineAt(L, 5000).text, m.lineAt([], 3)];"
     assert run(page, "captions.js", body) == ["b", "b", None]
+
+
+def test_behind_live(page: Any) -> None:
+    body = "return [m.behindLive(100, 40), m.behindLive(100, 120), m.behindLive(NaN, 3)];"
+    assert run(page, "rewind.js", body) == [60, 0, 0]

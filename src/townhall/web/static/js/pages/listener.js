@@ -8,6 +8,7 @@ import { LiveCaptionLine } from "../captions.js";
 import { HlsPlayer } from "../player.js";
 import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { mountReplay } from "../replay.js";
+import { RewindControl } from "../rewind.js";
 import { MicSession } from "../speak.js";
 import { pollState } from "../state.js";
 import { $, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
@@ -36,6 +37,7 @@ const view = {
 
 const pass = new ListenerPass(spaceId);
 const captionLine = new LiveCaptionLine($("caption-line"), spaceId, $("player"));
+const rewind = new RewindControl(document.querySelector(".player"), $("player"), { spaceId, token: () => pass.ensure() });
 const player = new HlsPlayer($("player"), {
   live: true,
   onError: (text) => setStatus($("join-status"), text, "error"),
@@ -69,6 +71,7 @@ function setListening(on) {
   $("leave-button").hidden = !on;
   clearInterval(view.latencyTimer);
   captionLine.setActive(on);
+  rewind.setActive(on && !view.mic);
   if (on) {
     view.latencyTimer = setInterval(() => {
       const s = player.latency_s();
