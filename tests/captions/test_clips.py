@@ -50,7 +50,7 @@ async def test_clips_live_and_replay(tmp_path: Path) -> None:
         data_dir=tmp_path / "data",
         part_ms=100,
         segment_parts=10,
-        clips_per_listener=3,
+        clips_per_listener=4,
         **FAST_ARGON2,  # type: ignore[arg-type]
     )
     app = create_app(settings)
@@ -61,7 +61,7 @@ async def test_clips_live_and_replay(tmp_path: Path) -> None:
             _, host = await api.account("ada")
             sid = (await api.space(host))["id"]
             room = app.state.services.rooms.get(sid)
-            await _feed(room, np.concatenate([tone(440, 6), tone(880, 6), tone(440, 1)]))
+            await _feed(room, np.concatenate([tone(440, 6), tone(880, 6), tone(440, 21)]))
             url = f"/api/spaces/{sid}/clips"
 
             anonymous = await client.post(url, json={"start_s": 1, "duration_s": 2})
@@ -90,10 +90,17 @@ async def test_clips_live_and_replay(tmp_path: Path) -> None:
             samples = decode(audio.content)
             assert 3.8 * RATE <= len(samples) <= 4.2 * RATE
             assert abs(dominant_hz(samples[RATE // 2 : 3 * RATE]) - 880) < 10
+            t0 = time.monotonic()
+            long = await client.post(url, json={"start_s": 2, "duration_s": 30}, headers=listener)
+            took_30_s = time.monotonic() - t0
+            assert long.status_code == 201, long.text
+            assert took_30_s < 2.0, took_30_s  # the bar: a 30 s clip within 2 s
+            print(f"30 s clip cut in {took_30_s:.3f} s")
+            assert abs(long.json()["duration_s"] - 30) < 0.1
             page = await client.get(clip["page_url"])
             assert page.status_code == 200 and "clip-audio" in page.text
 
-            # a flood: 3 tries per period (the one outside the recording counted), then 429
+            # a flood: 4 tries per period (the one outside the recording counted), then 429
             flood = [
                 await client.post(url, json={"start_s": 0, "duration_s": 1}, headers=listener)
                 for _ in range(3)
