@@ -493,7 +493,7 @@ def median_pair(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str,
 def townhall_parts(url: str, space_id: str, www: Path) -> list[str]:
     """The part URLs of townhall's live playlist, and a copy of each part's bytes
     under nginx's root (same sizes for the static comparison)."""
-    from townhall.bench.hlsclient import parse_playlist
+    from townhall.bench.hlsplaylist import parse_playlist
 
     with httpx.Client(base_url=url, timeout=10) as http:
         text = http.get(f"/spaces/{space_id}/live.m3u8").text

@@ -107,7 +107,7 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
                 "late_p99_ms": round(late_ms[int(len(late_ms) * 0.99)], 2),
                 "late_max_ms": round(late_ms[-1], 2),
                 "ticks_over_20ms_late": sum(1 for x in late_ms if x > 20),
-                "spreader_turns": program.spreader.turns,
+                "spreader_turns": program.spreader.statistics().turns,
                 "full_gc": len(gc_ms),
                 "full_gc_max_ms": round(max(gc_ms, default=0.0), 1),
             }
@@ -117,7 +117,7 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
 
 
 async def listen(port: int, listeners: int, seconds: float) -> None:
-    from townhall.bench.hlsclient import parse_playlist
+    from townhall.bench.hlsplaylist import parse_playlist
 
     answered = 0
     deadline = time.monotonic() + seconds

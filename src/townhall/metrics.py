@@ -84,7 +84,6 @@ FASTPATH_FALLBACKS = Counter(
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
 
-
 # --- issue 8/14: program restarts and recording write failures ---
 PROGRAM_RESTARTS = Counter(
     "townhall_program_restarts_total",
@@ -108,6 +107,38 @@ RECORDING_BACKLOG_BYTES = Gauge(
     "Bytes of segments held in memory because they could not be recorded yet (all spaces).",
 )
 
+# --- issue 8: the origin package ---
+LISTENER_WAKE_FAILURES = Counter(
+    "townhall_listener_wake_failures_total",
+    "Listener wake-up callbacks that raised (logged with the traceback; the others still ran).",
+)
+
+# speaker plane (were defined in live/stage.py)
+TASK_FAILURES = Counter(
+    "townhall_stage_task_failures_total",
+    "Unexpected failures of a stage task (logged with a traceback).",
+    ["task"],
+)
+OFFERS = Counter("townhall_webrtc_offers_total", "WebRTC offers by outcome.", ["outcome"])
+SPEAKERS_CONNECTED = Gauge(
+    "townhall_speakers_connected", "Speaker peers connected on this node (all spaces)."
+)
+CLOCK_SKIPPED_FRAMES = Counter(
+    "townhall_mixer_skipped_frames_total",
+    "Mixer frames skipped because the clock fell behind by more than clock_max_catchup_ms.",
+)
+JITTER_DROPPED_FRAMES = Counter(
+    "townhall_jitter_dropped_frames_total",
+    "Speaker frames dropped because their jitter buffer was full.",
+)
+JITTER_UNDERRUNS = Counter(
+    "townhall_jitter_underruns_total",
+    "Mixer ticks that found a speaker's jitter buffer empty (silence played).",
+)
+RETURN_DROPPED_FRAMES = Counter(
+    "townhall_mix_minus_dropped_frames_total",
+    "Mix-minus frames dropped because a speaker's outgoing queue was full.",
+)
 
 # --- issue 13: captions ---
 CAPTIONS_DROPPED_SECONDS = Counter(

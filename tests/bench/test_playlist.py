@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from townhall.bench.hlsclient import (
+from townhall.bench.hlsplaylist import (
     PlaylistError,
     live_start_parts,
     live_start_segments,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from townhall.bench import report
-from townhall.bench.hlsclient import AdtsCounter, ListenerStats, Playout
+from townhall.bench.hlsclient import ListenerStats
+from townhall.bench.playout import AdtsCounter, Playout
 
 
 def test_no_stall_when_parts_arrive_in_time() -> None:

@@ -10,14 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import LiveServer
-from townhall.bench.latency import (
+from townhall.bench.bursts import (
     BURST_FREQS_HZ,
     PartTimeline,
-    latency_command,
     match_latencies,
     onset_send_times,
     plan_bursts,
 )
+from townhall.bench.latency import latency_command
 from townhall.media import signals
 
 

@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from tests.conftest import free_port
 from tests.scale.conftest import REDIS_URL
 from townhall.config import Settings
-from townhall.server.listener import ListenerCounter
+from townhall.live.roomstate import ListenerCounter
 from townhall.store.shared import (
     ListenerBuffer,
     ReactionBuffer,

@@ -297,7 +297,7 @@ async def test_blocking_reload_answered_on_publish_then_503_after_the_timeout(
     conn.send(request(f"{BASE}/part/{msn + 1}.1.m4s"))  # a preload-hinted part
     pending = asyncio.create_task(conn.reply())
     await asyncio.sleep(0.2)
-    assert not pending.done() and window.waiting() == 1
+    assert not pending.done() and window.statistics().waiting == 1
     await feed(servers.origin.program, tone(1000, 1.0))
     hinted = await pending
     assert hinted.status == 200 and hinted.body == window.part(msn + 1, 1)
@@ -311,7 +311,7 @@ async def test_blocking_reload_answered_on_publish_then_503_after_the_timeout(
     assert got.status == 503 and got.headers[b"retry-after"] == b"1"
     assert b"not ready yet" in got.body
     assert (got.head, got.body) == (want.head, want.body)
-    assert window.waiting() == 0
+    assert window.statistics().waiting == 0
     await conn.close()
 
 
@@ -323,7 +323,7 @@ async def test_client_gone_while_parked_leaks_nothing(servers: Servers) -> None:
     conns = [await Conn.open(servers.fast_port) for _ in range(20)]
     for conn in conns:
         conn.send(request(path))
-    while window.waiting() < 20:
+    while window.statistics().waiting < 20:
         await asyncio.sleep(0.01)
     connections = servers.fast.server_state.connections
     assert len(connections) == 20
@@ -335,7 +335,7 @@ async def test_client_gone_while_parked_leaks_nothing(servers: Servers) -> None:
             break
         await asyncio.sleep(0.01)
     assert not connections
-    assert window.waiting() == 0
+    assert window.statistics().waiting == 0
     assert metrics.HLS_BLOCKING_WAITERS._value.get() == before
     fresh = await Conn.open(servers.fast_port)
     assert (await fresh.get(f"{BASE}/live.m3u8")).status == 200
@@ -351,10 +351,10 @@ async def test_a_thousand_parked_requests_answered_by_one_publish(servers: Serve
     conns = [await Conn.open(servers.fast_port) for _ in range(1000)]
     for conn in conns:
         conn.send(request(path))
-    while window.waiting() < 1000:
+    while window.statistics().waiting < 1000:
         await asyncio.sleep(0.01)
     assert list(window._waiters) == [(msn + 1, 0)]  # one entry, one timer, for all
-    turns = servers.origin.program.spreader.turns
+    turns = servers.origin.program.spreader.statistics().turns
     version = window.version
     await feed(servers.origin.program, tone(1000, 1.0))
     replies = await asyncio.gather(*(conn.reply() for conn in conns))
@@ -365,5 +365,5 @@ async def test_a_thousand_parked_requests_answered_by_one_publish(servers: Serve
     assert all(f"part/{msn + 1}.0.m4s".encode() in r.body for r in replies)
     # answered in slices of listener_wake_batch, the loop free between them
     batch = servers.origin.settings.listener_wake_batch
-    assert servers.origin.program.spreader.turns - turns >= 1000 // batch
+    assert servers.origin.program.spreader.statistics().turns - turns >= 1000 // batch
     await asyncio.gather(*(conn.close() for conn in conns))

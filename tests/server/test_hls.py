@@ -270,11 +270,11 @@ async def test_progressive_stream_slow_listener_dropped_fast_one_decodes(
     app: Callable[..., Awaitable[None]] = origin.app
     slow = asyncio.create_task(app(asgi_get(path), receive, slow_send))
     fast = asyncio.create_task(app(asgi_get(path), receive, fast_send))
-    while len(origin.program.progressive) < 2:
+    while origin.program.progressive.statistics().listeners < 2:
         await asyncio.sleep(0.01)
     await feed(origin.program, tone(1000, 1.5), batch=2)
     await asyncio.wait_for(slow, timeout=5)  # dropped: its response was cut off
-    assert len(origin.program.progressive) == 1
+    assert origin.program.progressive.statistics().listeners == 1
     await origin.program.finish()
     await asyncio.wait_for(fast, timeout=5)  # the end of the space ends the stream
     assert fast_start[0]["status"] == 200

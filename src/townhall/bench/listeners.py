@@ -27,17 +27,17 @@ import psutil
 
 from townhall.bench import report
 from townhall.bench.hlsclient import (
-    BenchError,
     Client,
     ListenerConfig,
     ListenerStats,
     Mode,
-    Playout,
     join,
     run_llhls,
     run_plain_hls,
     run_progressive,
 )
+from townhall.bench.hlsplaylist import BenchError
+from townhall.bench.playout import Playout
 from townhall.errors import BadRequest
 
 log = logging.getLogger("townhall.bench")

@@ -41,7 +41,8 @@ from townhall.live.recorder import Recorder, RecordingHealth
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
-from townhall.origin.window import LiveWindow, ProgressiveHub, Spreader
+from townhall.origin.fanout import ProgressiveHub, Spreader
+from townhall.origin.window import LiveWindow
 from townhall.store.recordings import Manifest, RecordingStore
 
 log = logging.getLogger("townhall.media")
@@ -261,7 +262,7 @@ class Program:
             "recording_backlog_bytes": recording.backlog_bytes if recording else 0,
             "frames_dropped": self.frames_dropped,
             "restarts": self._restarts,
-            "progressive_listeners": len(self.progressive),
+            "progressive_listeners": self.progressive.statistics().listeners,
         }
 
     def health(self) -> ProgramHealth:

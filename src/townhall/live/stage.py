@@ -20,270 +20,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
-import re
-import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 import numpy as np
-import numpy.typing as npt
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
-    RTCRtpCodecCapability,
-    RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc import sdp as aiortc_sdp
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamError
-from prometheus_client import Counter, Gauge
 
+from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, ServiceUnavailable
 from townhall.live.ice import loopback_for, parse_addresses, restrict_host_addresses
+from townhall.live.tracks import (
+    MixMinusTrack,
+    Rechunker,
+    SpeakerStatus,
+    check_offer_sdp,
+    downmix,
+    opus_only,
+    set_receive_prefetch,
+)
 from townhall.media.mixer import Mixer
 
 log = logging.getLogger("townhall.media")
-
-TASK_FAILURES = Counter(
-    "townhall_stage_task_failures_total",
-    "Unexpected failures of a stage task (logged with a traceback).",
-    ["task"],
-)
-OFFERS = Counter("townhall_webrtc_offers_total", "WebRTC offers by outcome.", ["outcome"])
-SPEAKERS_CONNECTED = Gauge(
-    "townhall_speakers_connected", "Speaker peers connected on this node (all spaces)."
-)
-CLOCK_SKIPPED_FRAMES = Counter(
-    "townhall_mixer_skipped_frames_total",
-    "Mixer frames skipped because the clock fell behind by more than clock_max_catchup_ms.",
-)
-JITTER_DROPPED_FRAMES = Counter(
-    "townhall_jitter_dropped_frames_total",
-    "Speaker frames dropped because their jitter buffer was full.",
-)
-JITTER_UNDERRUNS = Counter(
-    "townhall_jitter_underruns_total",
-    "Mixer ticks that found a speaker's jitter buffer empty (silence played).",
-)
-RETURN_DROPPED_FRAMES = Counter(
-    "townhall_mix_minus_dropped_frames_total",
-    "Mix-minus frames dropped because a speaker's outgoing queue was full.",
-)
-
-Frame = npt.NDArray[np.int16]
-
-MAX_SDP_BYTES = 32 * 1024
-_SDP_LINE = re.compile(r"^[a-z]=.*$")
-_M_LINE = re.compile(r"^m=(\w+) (\d+)(?:/\d+)? (\S+)(?: .*)?$")
-
-
-@dataclass(frozen=True, slots=True)
-class SpeakerStatus:
-    connected: bool
-    muted: bool
-    speaking: bool  # level above threshold, with a short hang time
-    level: float  # 0..1, RMS of the last ~200 ms, for live meters
-
-
-def check_offer_sdp(sdp: str) -> None:
-    """Refuse an SDP offer that is not one, or that sends no audio.
-
-    Raises BadRequest with a sentence naming what is wrong. Pure; aiortc's own
-    parser is lenient, so the structure is checked here first.
-    """
-    if not isinstance(sdp, str) or not sdp.strip():
-        raise BadRequest("The SDP offer is empty; send the offer your WebRTC stack created.")
-    if len(sdp.encode("utf-8", "replace")) > MAX_SDP_BYTES:
-        raise BadRequest(f"The SDP offer is larger than {MAX_SDP_BYTES} bytes.")
-    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line.strip()]
-    if lines[0].strip() != "v=0":
-        raise BadRequest("Malformed SDP: an SDP offer starts with the line 'v=0'.")
-    audio_ports: list[int] = []
-    for number, line in enumerate(lines, start=1):
-        if not _SDP_LINE.match(line):
-            raise BadRequest(f"Malformed SDP: line {number} is not of the form 'x=value'.")
-        if line.startswith("m="):
-            m = _M_LINE.match(line.strip())
-            if m is None:
-                raise BadRequest(f"Malformed SDP: media line {number} ({line[:60]!r}) is invalid.")
-            if m.group(1) == "audio":
-                audio_ports.append(int(m.group(2)))
-    if not any(port != 0 for port in audio_ports):
-        raise BadRequest(
-            "The SDP offer has no audio track; add a microphone track (an 'm=audio' line) and try again."
-        )
-    try:
-        parsed = aiortc_sdp.SessionDescription.parse(sdp)
-    except (ValueError, AssertionError, IndexError, KeyError, TypeError) as exc:
-        raise BadRequest(f"Malformed SDP: {exc or 'unparseable attribute'}.") from None
-    if not any(media.kind == "audio" for media in parsed.media):
-        raise BadRequest("The SDP offer has no audio track; add a microphone track.")
-
-
-class Rechunker:
-    """Cuts a stream of int16 sample blocks of any size into fixed frames."""
-
-    def __init__(self, samples_per_frame: int) -> None:
-        self.samples_per_frame = samples_per_frame
-        self._pending: list[Frame] = []
-        self._count = 0
-
-    def push(self, pcm: Frame) -> None:
-        if len(pcm):
-            self._pending.append(pcm)
-            self._count += len(pcm)
-
-    def frames(self) -> list[Frame]:
-        n = self.samples_per_frame
-        if self._count < n:
-            return []
-        if len(self._pending) == 1 and self._count == n:
-            out = [self._pending[0]]
-            self._pending, self._count = [], 0
-            return out
-        data = np.concatenate(self._pending)
-        whole = len(data) // n * n
-        out = [data[i : i + n] for i in range(0, whole, n)]
-        rest = data[whole:]
-        self._pending = [rest] if len(rest) else []
-        self._count = len(rest)
-        return out
-
-
-def _downmix(frame: av.AudioFrame) -> Frame:
-    """Packed s16 mono or stereo to mono int16 (the channels averaged)."""
-    data = frame.to_ndarray().reshape(-1)
-    if frame.layout.name == "stereo":
-        wide = data.astype(np.int32)
-        mono: Frame = ((wide[0::2] + wide[1::2]) >> 1).astype(np.int16)
-        return mono
-    out: Frame = data.astype(np.int16, copy=False)
-    return out
-
-
-def set_receive_prefetch(pc: RTCPeerConnection, frames: int) -> bool:
-    """Make aiortc hold ``frames`` audio frames (not its fixed 4) before decoding.
-
-    aiortc has no option for it, so this sets its receiver's jitter buffer
-    attribute; returns False (and changes nothing) if aiortc's insides differ.
-    """
-    done = False
-    for transceiver in pc.getTransceivers():
-        if transceiver.kind != "audio":
-            continue
-        buffer = getattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if buffer is not None and hasattr(buffer, "_prefetch"):
-            buffer._prefetch = frames
-            done = True
-    return done
-
-
-class MixMinusTrack(MediaStreamTrack):
-    """What one speaker hears: frames queued by the stage clock, bounded.
-
-    ``recv()`` encodes the next queued frame, or silence if none arrives by
-    the time the next frame is due, so the speaker's stream never stalls.
-    Frames leave as Opus packets encoded here (mono, low-delay mode,
-    ``bitrate_bps``, ``complexity``; pts count samples at 1/sample_rate_hz):
-    cheaper than aiortc's stereo encoder in a thread pool and its per-frame
-    level meter, which dominated the server's CPU with 13 speakers.
-    """
-
-    kind = "audio"
-
-    def __init__(
-        self,
-        *,
-        sample_rate_hz: int,
-        samples_per_frame: int,
-        max_frames: int,
-        bitrate_bps: int = 32000,
-        complexity: int = 5,
-    ) -> None:
-        super().__init__()
-        self.sample_rate_hz = sample_rate_hz
-        self.samples_per_frame = samples_per_frame
-        self._period_s = samples_per_frame / sample_rate_hz
-        self._queue: deque[Frame] = deque(maxlen=max(1, max_frames))
-        self._wakeup = asyncio.Event()
-        self._time_base = fractions.Fraction(1, sample_rate_hz)
-        self._silence = np.zeros(samples_per_frame, dtype=np.int16)
-        self._frames = 0
-        self._start_s: float | None = None
-        self._encoder = _opus_encoder(sample_rate_hz, bitrate_bps, complexity)
-        self.dropped = 0
-        self.underruns = 0
-
-    def put(self, pcm: Frame) -> None:
-        """Queue one frame; never blocks; drops the oldest when full."""
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1
-            RETURN_DROPPED_FRAMES.inc()
-        self._queue.append(pcm)
-        self._wakeup.set()
-
-    async def _next_pcm(self) -> Frame:
-        now = time.monotonic()
-        if self._start_s is None:
-            self._start_s = now
-        if not self._queue:
-            # wait for the clock, but no later than one frame after this frame is due
-            due = self._start_s + (self._frames + 1) * self._period_s
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, due + self._period_s - now)):
-                    await self._wakeup.wait()
-        self._frames += 1
-        if self._queue:
-            return self._queue.popleft()
-        self.underruns += 1
-        return self._silence
-
-    async def recv(self) -> av.Packet[Any]:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            pcm = await self._next_pcm()
-            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = self.sample_rate_hz
-            frame.pts = (self._frames - 1) * self.samples_per_frame
-            frame.time_base = self._time_base
-            packets = self._encoder.encode(frame)
-            if packets:  # the encoder holds back its very first frame (look-ahead)
-                packet = packets[-1]
-                packet.pts = (self._frames - 1) * self.samples_per_frame
-                packet.time_base = self._time_base
-                return packet
-
-
-def _opus_encoder(sample_rate_hz: int, bitrate_bps: int, complexity: int) -> av.AudioCodecContext:
-    codec = av.CodecContext.create("libopus", "w")
-    codec.sample_rate = sample_rate_hz
-    codec.layout = "mono"
-    codec.format = "s16"
-    codec.bit_rate = bitrate_bps
-    codec.time_base = fractions.Fraction(1, sample_rate_hz)
-    # "lowdelay" is Opus's CELT-only mode: 5 ms look-ahead instead of 26.5 ms, and
-    # the cheapest to encode; at 32 kbit/s and more it carries speech well
-    codec.options = {"application": "lowdelay", "compression_level": str(complexity)}
-    return codec
-
-
-def _opus_only() -> list[RTCRtpCodecCapability]:
-    return [
-        c
-        for c in RTCRtpSender.getCapabilities("audio").codecs
-        if c.mimeType.lower() == "audio/opus"
-    ]
 
 
 @dataclass(eq=False, slots=True)
@@ -379,7 +148,7 @@ class Stage:
         new_seat = seat is None
         if seat is None:
             if len(self._seats) >= self.max_seats:
-                OFFERS.labels(outcome="full").inc()
+                metrics.OFFERS.labels(outcome="full").inc()
                 raise Conflict(
                     f"The stage is full: {self.max_seats} speakers are already connected. "
                     "Ask the host to free a seat, then try again."
@@ -397,13 +166,13 @@ class Stage:
             if new_seat and self._seats.get(account_id) is seat and seat.peer is None:
                 del self._seats[account_id]
             if isinstance(exc, TimeoutError):
-                OFFERS.labels(outcome="timeout").inc()
+                metrics.OFFERS.labels(outcome="timeout").inc()
                 raise ServiceUnavailable(
                     "Connecting took too long (no ICE candidates gathered in time); try again.",
                     retry_after_s=1.0,
                 ) from None
             if isinstance(exc, (ValueError, InvalidStateError, OperationError, InvalidAccessError)):
-                OFFERS.labels(outcome="refused").inc()
+                metrics.OFFERS.labels(outcome="refused").inc()
                 raise BadRequest(f"The SDP offer cannot be used: {exc}.") from None
             raise
 
@@ -420,7 +189,7 @@ class Stage:
             self.mixer.reset_stream(account_id)
             self._spawn(self._close_peer(old), f"close-{account_id}")
         self.mixer.add_speaker(account_id, muted=account_id in self._muted)
-        OFFERS.labels(outcome="reconnected" if old is not None else "accepted").inc()
+        metrics.OFFERS.labels(outcome="reconnected" if old is not None else "accepted").inc()
         log.info(
             "speaker %s (%s) %s on %s",
             account_id,
@@ -501,7 +270,7 @@ class Stage:
 
         # the return track is sent pre-encoded as Opus: negotiate nothing else
         transceiver = pc.addTransceiver(peer.outgoing, direction="sendrecv")
-        transceiver.setCodecPreferences(_opus_only())
+        transceiver.setCodecPreferences(opus_only())
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if not set_receive_prefetch(pc, self.settings.webrtc_receive_prefetch_frames):
             log.debug("aiortc's receive jitter buffer could not be tuned; using its default")
@@ -517,7 +286,7 @@ class Stage:
         was = peer.connected
         peer.connected = state == "connected"
         if peer.connected != was:
-            SPEAKERS_CONNECTED.inc(1 if peer.connected else -1)
+            metrics.SPEAKERS_CONNECTED.inc(1 if peer.connected else -1)
         seat = self._seats.get(account_id)
         if seat is None or seat.peer is not peer:
             return  # an old peer of a reconnected speaker
@@ -542,7 +311,7 @@ class Stage:
             raise
         except Exception:
             log.exception("grace timer of speaker %s failed", seat.account_id)
-            TASK_FAILURES.labels(task="grace").inc()
+            metrics.TASK_FAILURES.labels(task="grace").inc()
 
     async def _reader_main(self, account_id: str, peer: _Peer, track: MediaStreamTrack) -> None:
         """Decode the speaker's track into the mixer until it ends."""
@@ -571,17 +340,17 @@ class Stage:
                 ):
                     # what aiortc's Opus decoder gives: average the channels in numpy,
                     # much cheaper than a resampler per frame
-                    rechunk.push(_downmix(frame))
+                    rechunk.push(downmix(frame))
                 else:
                     for out in resampler.resample(frame):
-                        rechunk.push(_downmix(out))
+                        rechunk.push(downmix(out))
                 for pcm in rechunk.frames():
                     self.mixer.push(account_id, pcm)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("reading audio of speaker %s failed", account_id)
-            TASK_FAILURES.labels(task="reader").inc()
+            metrics.TASK_FAILURES.labels(task="reader").inc()
 
     async def _close_peer(self, peer: _Peer) -> None:
         peer.outgoing.stop()
@@ -592,7 +361,7 @@ class Stage:
         finally:
             if peer.connected:
                 peer.connected = False
-                SPEAKERS_CONNECTED.dec()
+                metrics.SPEAKERS_CONNECTED.dec()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
@@ -612,7 +381,7 @@ class Stage:
                 raise
             except Exception:
                 log.exception("mixer clock of %s failed; restarting it", self.space_id)
-                TASK_FAILURES.labels(task="clock").inc()
+                metrics.TASK_FAILURES.labels(task="clock").inc()
                 await asyncio.sleep(self.settings.frame_ms / 1000)
 
     async def _clock_loop(self) -> None:
@@ -629,7 +398,7 @@ class Stage:
             elif -delay_s > max_behind_s:
                 # stalled for long: skip ahead rather than burst a second of frames
                 skipped = int(-delay_s / period_s)
-                CLOCK_SKIPPED_FRAMES.inc(skipped)
+                metrics.CLOCK_SKIPPED_FRAMES.inc(skipped)
                 log.warning("mixer clock of %s skipped %d frames", self.space_id, skipped)
                 n += skipped
             else:
@@ -653,6 +422,6 @@ class Stage:
             if stats is None:
                 continue
             dropped, underruns = self._jitter_seen.get(account_id, (0, 0))
-            JITTER_DROPPED_FRAMES.inc(max(0, stats.dropped - dropped))
-            JITTER_UNDERRUNS.inc(max(0, stats.underruns - underruns))
+            metrics.JITTER_DROPPED_FRAMES.inc(max(0, stats.dropped - dropped))
+            metrics.JITTER_UNDERRUNS.inc(max(0, stats.underruns - underruns))
             self._jitter_seen[account_id] = (stats.dropped, stats.underruns)

@@ -1,7 +1,7 @@
-"""The listener plane's origin: LL-HLS playlists, init/part/segment bytes, the
-progressive ADTS stream and the remuxed recording, all outside ``/api/``.
+"""The ASGI driver of the listener rules: the app's routes under
+``/spaces/{space_id}/`` (outside ``/api/``).
 
-URIs under ``/spaces/{space_id}/`` (relative in the playlists)::
+URIs (relative in the playlists)::
 
     live.m3u8              LL-HLS while live (blocking reload, delta updates);
                            VOD with ENDLIST once ended (from disk after a restart)
@@ -15,17 +15,16 @@ URIs under ``/spaces/{space_id}/`` (relative in the playlists)::
 Media bytes are immutable and cached for a year; live playlists for 1 s,
 blocking-reload answers for 6 s (their URL names the version), VOD for a day.
 
-These routes are the reference implementation. With ``fast_path`` on,
-``server/fastpath.py`` + ``server/fastproto.py`` answer the hot GETs of a live
-space (parts, segments, init, live playlists, blocking reloads, live.aac) below
-the framework with the same bytes and headers, built with the helpers here;
-every error and every cold path still ends up in these routes.
+What each request gets is decided by ``origin/rules.py``; this module only
+performs the answer: it awaits a ``Wait``, reads what ``FromDisk`` names (in a
+thread), subscribes a ``Stream`` listener and raises a ``Problem``'s error for
+the app's problem+json handler. The HTTP/1.1 driver asks the same rules and
+writes the answers it can itself, so both send the same bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import OrderedDict
 from typing import Any
 
@@ -35,31 +34,65 @@ from starlette.types import Receive, Scope, Send
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
-from townhall.live.program import Program
-from townhall.media.cmaf import part_frames
-from townhall.media.encoder import AAC_FRAME_SAMPLES
-from townhall.origin.playlist import parse_blocking_query, render_ll, render_plain
-from townhall.origin.window import LiveWindow, ProgressiveListener, records_view
+from townhall.errors import NotFound
+from townhall.origin.answers import (
+    AAC,
+    MP4,
+    PROGRESSIVE_HEADERS,
+    Answer,
+    FromDisk,
+    Problem,
+    Rendered,
+    Stream,
+    Wait,
+    progressive_head,
+)
+from townhall.origin.fanout import ProgressiveHub, ProgressiveListener
+from townhall.origin.rules import (
+    FastPath,
+    disk_media,
+    disk_playlist,
+    latest_epoch,
+    programs_of,
+)
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)
 
-M3U8 = "application/vnd.apple.mpegurl"
-MP4 = "audio/mp4"
-AAC = "audio/aac"
-IMMUTABLE = "public, max-age=31536000, immutable"
-LIVE_PLAYLIST = "public, max-age=1"
-BLOCKING_PLAYLIST = "public, max-age=6"
-ENDED_PLAYLIST = "public, max-age=86400"
-MAX_INDEX = 10**12
-
-_PART_RE = re.compile(r"^(\d{1,12})\.(\d{1,4})\.m4s$")
-_SEGMENT_RE = re.compile(r"^(\d{1,12})\.m4s$")
-_INIT_RE = re.compile(r"^(\d{1,6})\.mp4$")
+_ROUTE_METHODS = ["GET", "HEAD"]
 
 
-# -- lookups -------------------------------------------------------------------
+@router.api_route("/spaces/{space_id}/live.m3u8", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/plain.m3u8", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/init.mp4", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/init/{name}", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/part/{name}", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/seg/{name}", methods=_ROUTE_METHODS)
+@router.api_route("/spaces/{space_id}/recording.m4a", methods=_ROUTE_METHODS)
+@router.get("/spaces/{space_id}/live.aac")
+async def listener(request: Request) -> Response:
+    """Every listener URL: the rules' answer, performed."""
+    rules = _rules(request)
+    path = request.url.path
+    answer = rules.answer(request.method.encode(), path.encode(), request.scope.get("query_string"))
+    for _ in range(3):  # a Wait, then what follows it, then perhaps a disk read
+        if isinstance(answer, Rendered):
+            return _RenderedResponse(answer)
+        if isinstance(answer, Problem):
+            raise answer.error
+        if isinstance(answer, Wait):
+            if not await answer.window.wait_for(answer.position, answer.timeout_s):
+                return _RenderedResponse(answer.timeout())
+            answer = answer.then()
+        elif isinstance(answer, FromDisk):
+            if answer.what == "recording":
+                return await _recording(_settings(request), answer.space_id)
+            answer = await _read(_settings(request), answer)
+        elif isinstance(answer, Stream):
+            return _ProgressiveResponse(answer.hub, answer.hub.subscribe())
+        else:
+            break
+    raise NotFound("There is nothing at this address; check the link.")
 
 
 def _settings(request: Request) -> Settings:
@@ -67,28 +100,39 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def _program(request: Request, space_id: str) -> Program | None:
-    services = getattr(request.app.state, "services", None)
-    rooms = getattr(services, "rooms", None)
-    room = rooms.get(space_id) if rooms is not None else None
-    program = getattr(room, "program", None)
-    if isinstance(program, Program) and program.window is not None:
-        return program
-    return None
+def _rules(request: Request) -> FastPath:
+    """One FastPath per app (made on first use, after the lifespan started)."""
+    state = request.app.state
+    rules: FastPath | None = getattr(state, "listener_rules", None)
+    if rules is None:
+        rules = state.listener_rules = FastPath(_settings(request), programs_of(request.app))
+    return rules
 
 
-def _store(request: Request, space_id: str) -> RecordingStore:
-    return RecordingStore(_settings(request).recordings_dir, space_id)
+class _RenderedResponse(Response):
+    """A rendered answer as a Starlette response (the same header lines)."""
+
+    def __init__(self, rendered: Rendered) -> None:
+        self.status_code = rendered.status
+        self.body = rendered.body
+        self.background = None
+        self.raw_headers = rendered.headers()
+        if rendered.kind != "problem":
+            metrics.LISTENER_BYTES.labels(kind=rendered.kind).inc(len(rendered.body))
+
+
+# -- disk ----------------------------------------------------------------------------
 
 
 class _ManifestCache:
-    """Recently read manifests of spaces not running here, keyed by mtime."""
+    """Recently read manifests of spaces not running here, keyed by mtime, with
+    the playlists rendered from each."""
 
     def __init__(self, max_entries: int = 256) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, tuple[int, Manifest, dict[str, str]]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[int, Manifest, dict[str, Rendered]]] = OrderedDict()
 
-    async def get(self, store: RecordingStore) -> tuple[Manifest, dict[str, str]] | None:
+    async def get(self, store: RecordingStore) -> tuple[Manifest, dict[str, Rendered]] | None:
         key = str(store.dir)
         mtime = await asyncio.to_thread(store.manifest_mtime_ns)
         if mtime is None:
@@ -109,230 +153,22 @@ class _ManifestCache:
 _manifests = _ManifestCache()
 
 
-def _disk_playlist(
-    settings: Settings, manifest: Manifest, rendered: dict[str, str], kind: str
-) -> str:
-    text = rendered.get(kind)
-    if text is None:
-        part_s = part_frames(settings.part_ms, settings.sample_rate_hz) * AAC_FRAME_SAMPLES
-        view = records_view(
-            manifest.segments,
-            sample_rate_hz=manifest.sample_rate_hz,
-            part_target_s=part_s / manifest.sample_rate_hz,
-            segment_target_s=part_s * settings.segment_parts / manifest.sample_rate_hz,
-            ended=manifest.ended,
-        )
-        # not running here: complete segments only, no parts, hints or blocking
-        text = render_ll(view) if manifest.ended else render_plain(view)
-        rendered[kind] = text
-    return text
-
-
-def media_response(data: bytes, media_type: str, cache: str) -> Response:
-    """The response for listener bytes (the fast path renders the same one)."""
-    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
-
-
-def _bytes(data: bytes, media_type: str, cache: str, kind: str) -> Response:
-    metrics.LISTENER_BYTES.labels(kind=kind).inc(len(data))
-    return media_response(data, media_type, cache)
-
-
-def blocking_timeout() -> ServiceUnavailable:
-    """The error of a blocking request whose part did not come in time."""
-    return ServiceUnavailable(
-        "The requested part is not ready yet; the stream may be stalled. Reload the playlist in a moment.",
-        retry_after_s=1,
-    )
-
-
-def playlist_cache(window: LiveWindow, *, blocking: bool) -> str:
-    """Cache-Control of a live playlist answer (decided after any wait)."""
-    if window.ended:
-        return ENDED_PLAYLIST
-    return BLOCKING_PLAYLIST if blocking else LIVE_PLAYLIST
-
-
-# -- playlists -----------------------------------------------------------------
-
-
-@router.api_route("/spaces/{space_id}/live.m3u8", methods=["GET", "HEAD"])
-async def live_playlist(space_id: str, request: Request) -> Response:
-    return await _playlist(space_id, request, plain=False)
-
-
-@router.api_route("/spaces/{space_id}/plain.m3u8", methods=["GET", "HEAD"])
-async def plain_playlist(space_id: str, request: Request) -> Response:
-    return await _playlist(space_id, request, plain=True)
-
-
-async def _playlist(space_id: str, request: Request, *, plain: bool) -> Response:
-    store = _store(request, space_id)  # validates the id
-    query = request.query_params
-    directives = parse_blocking_query(
-        query.get("_HLS_msn"), query.get("_HLS_part"), query.get("_HLS_skip")
-    )
-    program = _program(request, space_id)
-    if program is None:
-        return await _playlist_from_disk(
-            request, store, plain=plain, blocking=directives.msn is not None
-        )
-    window = program.window
-    assert window is not None
-    settings = _settings(request)
-    blocking = False
-    if plain:
-        directives = parse_blocking_query(None, None, None)
-    if directives.msn is not None and not window.closed:
-        if window.is_far_future(directives.msn):
-            raise BadRequest(
-                f"_HLS_msn={directives.msn} is more than two segments past the live edge "
-                f"(segment {window.open_msn}); reload the playlist without it."
-            )
-        position = window.normalize(directives.msn, directives.part)
-        await _wait(window, position, settings.blocking_reload_timeout_s)
-        blocking = True
-    elif window.version == 0:
-        # nothing published yet in this run: hold the very first request
-        await _wait(window, (window.open_msn, 0), settings.blocking_reload_timeout_s)
-    cache = playlist_cache(window, blocking=blocking)
-    kind = "plain" if plain else ("ll-skip" if directives.skip else "ll")
-    text = window.playlist(kind)
-    return _bytes(text.encode(), M3U8, cache, "playlist")
-
-
-async def _wait(window: LiveWindow, position: tuple[int, int], timeout_s: float) -> None:
-    if not await window.wait_for(position, timeout_s):
-        metrics.HLS_BLOCKING_TIMEOUTS.inc()
-        raise blocking_timeout()
-
-
-async def _playlist_from_disk(
-    request: Request, store: RecordingStore, *, plain: bool, blocking: bool
-) -> Response:
-    hit = await _manifests.get(store)
-    if hit is None:
-        raise NotFound("This space is not live and has no recording; check the link.")
-    manifest, rendered = hit
-    if not manifest.ended and blocking:
-        raise ServiceUnavailable(
-            "This space is not producing audio on this server right now; try again shortly.",
-            retry_after_s=2,
-        )
-    text = _disk_playlist(_settings(request), manifest, rendered, "plain" if plain else "ll")
-    cache = ENDED_PLAYLIST if manifest.ended else LIVE_PLAYLIST
-    return _bytes(text.encode(), M3U8, cache, "playlist")
-
-
-# -- media bytes ---------------------------------------------------------------
-
-
-@router.api_route("/spaces/{space_id}/init.mp4", methods=["GET", "HEAD"])
-async def latest_init(space_id: str, request: Request) -> Response:
-    store = _store(request, space_id)
-    program = _program(request, space_id)
-    if program is not None and program.window is not None:
-        window = program.window
-        if window.init_segment is None:
-            await _wait(window, (window.open_msn, 0), _settings(request).blocking_reload_timeout_s)
-        if window.init_segment is not None:
-            return _bytes(window.init_segment, MP4, IMMUTABLE, "init")
-    hit = await _manifests.get(store)
-    if hit is None or not hit[0].epochs:
-        raise NotFound("This space has no audio yet; load live.m3u8 first.")
-    return await _init_from_disk(store, hit[0].epochs[-1])
-
-
-@router.api_route("/spaces/{space_id}/init/{name}", methods=["GET", "HEAD"])
-async def epoch_init(space_id: str, name: str, request: Request) -> Response:
-    store = _store(request, space_id)
-    match = _INIT_RE.fullmatch(name)
-    if match is None:
-        raise NotFound("Init segments are named <epoch>.mp4, as the playlist lists them.")
-    epoch = int(match.group(1))
-    program = _program(request, space_id)
-    if program is not None and program.window is not None:
-        window = program.window
-        if window.epoch == epoch and window.init_segment is not None:
-            return _bytes(window.init_segment, MP4, IMMUTABLE, "init")
-    return await _init_from_disk(store, epoch)
-
-
-async def _init_from_disk(store: RecordingStore, epoch: int) -> Response:
-    data = await asyncio.to_thread(store.read_init, epoch)
-    if data is None:
-        raise NotFound(f"There is no init segment {epoch} for this space.")
-    return _bytes(data, MP4, IMMUTABLE, "init")
-
-
-@router.api_route("/spaces/{space_id}/part/{name}", methods=["GET", "HEAD"])
-async def part(space_id: str, name: str, request: Request) -> Response:
-    _store(request, space_id)
-    match = _PART_RE.fullmatch(name)
-    if match is None:
-        raise NotFound("Parts are named <msn>.<part>.m4s, as the playlist lists them.")
-    msn, index = int(match.group(1)), int(match.group(2))
-    program = _program(request, space_id)
-    if program is None or program.window is None:
-        raise NotFound("Parts exist only near the live edge of a live space; use the segments.")
-    window = program.window
-    if index >= window.segment_parts:
-        raise NotFound(f"Segments have {window.segment_parts} parts; part {index} does not exist.")
-    data = window.part(msn, index)
-    if data is None and not window.has((msn, index)) and not window.closed:
-        if msn > window.open_msn + 1:
-            raise NotFound(
-                f"Part {msn}.{index} is too far past the live edge; reload the playlist."
-            )
-        # a preload-hinted part: answer as soon as it exists (shared wake-up)
-        await _wait(window, (msn, index), _settings(request).blocking_reload_timeout_s)
-        data = window.part(msn, index)
-    if data is None:
-        raise NotFound(
-            f"Part {msn}.{index} is not in the live window; fetch its segment seg/{msn}.m4s."
-        )
-    return _bytes(data, MP4, IMMUTABLE, "part")
-
-
-@router.api_route("/spaces/{space_id}/seg/{name}", methods=["GET", "HEAD"])
-async def segment(space_id: str, name: str, request: Request) -> Response:
-    store = _store(request, space_id)
-    match = _SEGMENT_RE.fullmatch(name)
-    if match is None:
-        raise NotFound("Segments are named <msn>.m4s, as the playlist lists them.")
-    msn = int(match.group(1))
-    program = _program(request, space_id)
-    data = program.window.segment(msn) if program is not None and program.window else None
-    if data is None:
-        data = await asyncio.to_thread(store.read_segment, msn)
-    if data is None:
-        raise NotFound(f"Segment {msn} does not exist (yet); reload the playlist.")
-    return _bytes(data, MP4, IMMUTABLE, "segment")
+async def _read(settings: Settings, want: FromDisk) -> Answer:
+    store = RecordingStore(settings.recordings_dir, want.space_id)
+    if want.what == "playlist":
+        return disk_playlist(settings, want, await _manifests.get(store))
+    if want.what == "segment":
+        return disk_media(want, await asyncio.to_thread(store.read_segment, want.number))
+    if want.what == "latest-init":
+        hit = await _manifests.get(store)
+        epoch = latest_epoch(hit[0] if hit is not None else None)
+        if isinstance(epoch, Problem):
+            return epoch
+        want = FromDisk("init", want.space_id, epoch)
+    return disk_media(want, await asyncio.to_thread(store.read_init, want.number))
 
 
 # -- progressive stream ----------------------------------------------------------
-
-
-@router.get("/spaces/{space_id}/live.aac")
-async def progressive(space_id: str, request: Request) -> Response:
-    _store(request, space_id)
-    program = _program(request, space_id)
-    if program is None or program.window is None or program.window.closed:
-        raise NotFound(
-            "This space is not live on this server; once it ends, its recording is at recording.m4a."
-        )
-    return _ProgressiveResponse(program, program.progressive.subscribe())
-
-
-PROGRESSIVE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-
-
-def progressive_head() -> list[tuple[bytes, bytes]]:
-    """Headers of the live.aac response: an endless chunked body, so no
-    Content-Length (Response adds 0 for no content); the server adds
-    Transfer-Encoding."""
-    response = Response(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
-    return [(k, v) for k, v in response.raw_headers if k != b"content-length"]
 
 
 class _ProgressiveResponse(Response):
@@ -342,15 +178,15 @@ class _ProgressiveResponse(Response):
 
     media_type = AAC
 
-    def __init__(self, program: Program, listener: ProgressiveListener) -> None:
+    def __init__(self, hub: ProgressiveHub, listener: ProgressiveListener) -> None:
         super().__init__(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
         self.raw_headers = progressive_head()
-        self.program = program
+        self.hub = hub
         self.listener = listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         listener = self.listener
-        hub = self.program.progressive
+        hub = self.hub
 
         async def pump() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -386,14 +222,8 @@ class _ProgressiveResponse(Response):
 _build_locks: dict[str, asyncio.Lock] = {}
 
 
-@router.api_route("/spaces/{space_id}/recording.m4a", methods=["GET", "HEAD"])
-async def recording(space_id: str, request: Request) -> Response:
-    store = _store(request, space_id)
-    program = _program(request, space_id)
-    if program is not None and not program.ended:
-        raise Conflict(
-            "The space is still live: the recording file is ready once the host ends it. Listen live at live.m3u8."
-        )
+async def _recording(settings: Settings, space_id: str) -> Response:
+    store = RecordingStore(settings.recordings_dir, space_id)
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:

@@ -38,8 +38,10 @@ from uvicorn.protocols.http.httptools_impl import (
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.origin.chunked import LAST_CHUNK
+from townhall.origin.fanout import StreamSink
 from townhall.origin.rules import Decision, FastPath, Rendered, Stream, Wait, programs_of
-from townhall.origin.window import LAST_CHUNK, StreamSink, Waiter
+from townhall.origin.window import Waiter
 
 log = logging.getLogger("townhall.access")
 

@@ -1,95 +1,90 @@
-"""The listener plane's fast path: which hot GETs can be answered without the
-web framework, and with what bytes. Pure: no sockets, no event loop.
+"""The listener plane's rules: what a request for ``/spaces/{id}/...`` gets.
+Pure: no sockets, no event loop, no files. Both drivers (the ASGI routes in
+``origin/asgi.py`` and the HTTP/1.1 driver below the framework) ask these
+rules and perform what they answer, so each answer has one implementation.
 
-``FastPath.decide(method, path, query)`` looks at a request line and answers
-one of:
+``FastPath.answer(method, path, query)`` answers one of:
 
-- a :class:`Rendered` response, ready to write (status, header lines and body
+- :class:`Rendered`: a response ready to write (status, header lines, body),
   pre-rendered ONCE per immutable part / segment / init and once per playlist
-  version and kind, memoised in the live window and evicted with it);
-- a :class:`Wait`: park the request until ``position`` is published, then
-  write ``answer()`` (or ``timeout()`` after ``timeout_s``);
-- a :class:`Stream`: live.aac, write ``head`` and attach to ``hub``;
-- None, "not mine": let the app answer. Every error (400, 404, ...), every
-  request for a space not live on this node and everything served from disk
-  goes to the app (``server/hls.py``), so each answer has one implementation.
+  version and kind, memoised in the live window and evicted with it;
+- :class:`Wait`: park until ``position`` is published, then ``then()`` (the
+  answer after the wait), or ``timeout()`` after ``timeout_s``;
+- :class:`Stream`: live.aac, write ``head`` and attach to ``hub``;
+- :class:`Problem`: an error with a sentence (404, 400, 409, ...);
+- :class:`FromDisk`: read the recording (playlist, segment, init,
+  recording.m4a); :func:`disk_playlist` / :func:`disk_media` /
+  :func:`latest_epoch` turn what was read into the answer;
+- None: not a listener URL (another route, or a method the router refuses).
 
-The bytes are made by the same helpers the app's routes use (Starlette
-``Response`` objects rendered once), so both paths send the same headers and
-bodies; tests compare them byte for byte.
+``FastPath.decide`` is the fast path's view of the same rules: the answers it
+can write itself (``Rendered`` / ``Wait`` / ``Stream``), None for everything
+else, which then goes to the app. It refuses what needs decoding (``%`` in the
+path, odd queries) so that the app, which decodes, answers it.
+
+The bytes are made by the helpers the ASGI driver uses (Starlette ``Response``
+objects rendered once), so both drivers send the same headers and bodies; tests
+compare them byte for byte.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from starlette.responses import Response
-
-from townhall import metrics, problems
 from townhall.config import Settings
+from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from townhall.live.program import Program
-from townhall.origin import asgi as hls
-from townhall.origin.window import LiveWindow, ProgressiveHub
+from townhall.media.cmaf import part_frames
+from townhall.media.encoder import AAC_FRAME_SAMPLES
+from townhall.origin.answers import (
+    ENDED_PLAYLIST,
+    IMMUTABLE,
+    LIVE_PLAYLIST,
+    M3U8,
+    MP4,
+    Answer,
+    Decision,
+    FromDisk,
+    Problem,
+    Rendered,
+    Stream,
+    Wait,
+    header_lines,
+    media_response,
+    playlist_cache,
+    progressive_head,
+    timeout_response,
+)
+from townhall.origin.playlist import render_ll, render_plain
+from townhall.origin.window import LiveWindow, records_view
+from townhall.store.recordings import SPACE_ID_RE, Manifest
 
-log = logging.getLogger("townhall.access")
+__all__ = [
+    "Answer",
+    "Decision",
+    "FastPath",
+    "FromDisk",
+    "Problem",
+    "Rendered",
+    "Stream",
+    "Wait",
+    "disk_media",
+    "disk_playlist",
+    "latest_epoch",
+    "programs_of",
+    "timeout_response",
+]
 
 _MAX_DIGITS_MSN = 12
 _MAX_DIGITS_PART = 4
 _MAX_DIGITS_EPOCH = 6
+_PREFIX = b"/spaces/"
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A whole response but the server's own lines (status line, Date): the
-    app's header lines ``head`` (each ending CRLF) and ``body``; ``tail`` is
-    ``head + CRLF + body``, what follows the server's lines on keep-alive."""
-
-    status: int
-    head: bytes
-    body: bytes
-    kind: str
-    tail: bytes = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tail", self.head + b"\r\n" + self.body)
-
-    @classmethod
-    def of(cls, response: Response, kind: str) -> Rendered:
-        return cls(
-            response.status_code, header_lines(response.raw_headers), bytes(response.body), kind
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Park until ``window`` has ``position``; then ``answer()`` (None: hand the
-    request to the app after all), or ``timeout()`` after ``timeout_s``."""
-
-    window: LiveWindow
-    position: tuple[int, int]
-    timeout_s: float
-    answer: Callable[[], Rendered | None]
-    timeout: Callable[[], Rendered]
-
-
-@dataclass(frozen=True, slots=True)
-class Stream:
-    """live.aac: write the status line and ``head`` (the app's header lines; the
-    server adds Transfer-Encoding), then attach the transport to ``hub``."""
-
-    hub: ProgressiveHub
-    head: bytes
-
-
-Decision = Rendered | Wait | Stream | None
-
-
-def header_lines(raw_headers: list[tuple[bytes, bytes]]) -> bytes:
-    return b"".join(name.lower() + b": " + value + b"\r\n" for name, value in raw_headers)
+def _not_found(detail: str) -> Problem:
+    return Problem(NotFound(detail))
 
 
 def _number(raw: bytes, max_digits: int) -> int | None:
@@ -98,8 +93,11 @@ def _number(raw: bytes, max_digits: int) -> int | None:
     return None
 
 
+# -- the rules --------------------------------------------------------------------
+
+
 class FastPath:
-    """Decides requests for the live spaces of this process.
+    """The rules for the spaces of this process.
 
     ``programs(space_id)`` returns the running Program of a live space (a dict
     lookup) or None.
@@ -109,11 +107,14 @@ class FastPath:
         self.settings = settings
         self.programs = programs
         self.timeout_s = settings.blocking_reload_timeout_s
-        self._stream_head = header_lines(hls.progressive_head())
+        self._stream_head = header_lines(progressive_head())
 
     def decide(self, method: bytes, path: bytes, query: bytes | None) -> Decision:
-        """``path`` as sent (percent-encoded), ``query`` without the '?'."""
-        if not path.startswith(b"/spaces/") or b"%" in path or not path.isascii():
+        """The fast path: ``path`` as sent (percent-encoded), ``query`` without
+        the '?'. Only live spaces, only answers it can write; None otherwise."""
+        if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
+            return None
+        if method != b"GET" and method != b"HEAD":
             return None
         slash = path.find(b"/", 8)
         if slash < 0:
@@ -125,102 +126,266 @@ class FastPath:
         if window is None:
             return None
         name = path[slash + 1 :]
-        if name.startswith(b"part/"):
-            return self._part(window, name[5:], path)
-        if name == b"live.m3u8":
-            return self._playlist(window, query, path, plain=False)
-        if name.startswith(b"seg/"):
-            return self._segment(window, name[4:])
-        if name == b"plain.m3u8":
-            return self._playlist(window, query, path, plain=True)
-        if name == b"live.aac":
-            if method != b"GET" or window.closed or program.progressive.closed:
-                return None
-            return Stream(program.progressive, self._stream_head)
-        if name == b"init.mp4":
-            return _init(window)
-        if (
-            name.startswith(b"init/")
-            and name.endswith(b".mp4")
-            and _number(name[5:-4], _MAX_DIGITS_EPOCH) == window.epoch
-        ):
-            return _init(window)
+        if name.startswith(b"part/"):  # the hot one first
+            found = self._part(window, name[5:], path)
+        elif name == b"live.m3u8" or name == b"plain.m3u8":
+            directives = _directives(query)
+            if directives is None:
+                return None  # the app parses it (and says 400 where one is due)
+            found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
+        else:
+            found = self._live(method, program, window, name, path)
+        if type(found) is Rendered or type(found) is Wait or type(found) is Stream:
+            return found
         return None
 
-    # -- media ---------------------------------------------------------------------
+    def answer(self, method: bytes, path: bytes, query: bytes | None) -> Answer:
+        """Every answer: ``path`` decoded as the router sees it (UTF-8 bytes),
+        ``query`` as sent (decoded here when it has to be; 400 when malformed)."""
+        if method != b"GET" and method != b"HEAD":
+            return None
+        if not path.startswith(_PREFIX):
+            return None
+        slash = path.find(b"/", 8)
+        if slash < 0:
+            return None
+        raw_id, name = path[8:slash], path[slash + 1 :]
+        space_id = raw_id.decode("utf-8", "replace")
+        program = self.programs(space_id) if raw_id.isascii() else None
+        window = program.window if program is not None else None
+        if window is None and not SPACE_ID_RE.fullmatch(space_id):
+            if not _listener_name(name):
+                return None
+            return Problem(
+                BadRequest(
+                    "That is not a space id: use the lowercase letters and digits from the share link."
+                )
+            )
+        directives = _NO_DIRECTIVES
+        if name == b"live.m3u8" or name == b"plain.m3u8":
+            parsed = _directives(query)
+            if parsed is None:
+                strict = _strict_directives(query)
+                if isinstance(strict, Problem):
+                    return strict
+                parsed = strict
+            directives = parsed
+        if program is None or window is None:
+            return self._cold(method, space_id, program, name, directives)
+        if name.startswith(b"part/"):
+            return self._part(window, name[5:], path)
+        if name == b"live.m3u8" or name == b"plain.m3u8":
+            return self._playlist(window, directives, path, plain=name[0] == 112)
+        return self._live(method, program, window, name, path)
 
-    def _part(self, window: LiveWindow, name: bytes, path: bytes) -> Decision:
-        if not name.endswith(b".m4s"):
-            return None
-        msn_raw, dot, index_raw = name[:-4].partition(b".")
-        msn = _number(msn_raw, _MAX_DIGITS_MSN)
-        index = _number(index_raw, _MAX_DIGITS_PART)
-        if not dot or msn is None or index is None or index >= window.segment_parts:
-            return None
-        ready = _part(window, msn, index)
-        if ready is not None:
-            return ready
-        if window.has((msn, index)) or window.closed or msn > window.open_msn + 1:
-            return None  # gone from the window, or too far ahead: the app says so
-        # a preload-hinted part: answer as soon as it exists
+    # -- a space live on this node ------------------------------------------------------
+
+    def _live(
+        self, method: bytes, program: Program, window: LiveWindow, name: bytes, path: bytes
+    ) -> Answer:
+        if name.startswith(b"seg/"):
+            msn = _media_number(name[4:], b".m4s", _MAX_DIGITS_MSN)
+            if msn is None:
+                return _not_found("Segments are named <msn>.m4s, as the playlist lists them.")
+            data = window.segment(msn)
+            if data is None:  # older ones come from the recording on disk
+                return FromDisk("segment", program_id(path), msn)
+            return window.memo("seg", partial(_media, data, MP4, IMMUTABLE, "segment"), msn=msn)
+        if name == b"live.aac":
+            if method != b"GET":
+                return None  # 405 from the router
+            if window.closed or program.progressive.closed:
+                return _not_live()
+            return Stream(program.progressive, self._stream_head)
+        if name == b"init.mp4":
+            found = _init(window)
+            if found is not None:
+                return found
+            if window.closed:
+                return FromDisk("latest-init", program_id(path))
+            # the first init comes with the first part
+            return Wait(
+                window,
+                (window.open_msn, 0),
+                self.timeout_s,
+                partial(_init_or_disk, window, program_id(path)),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
+        if name.startswith(b"init/"):
+            epoch = _media_number(name[5:], b".mp4", _MAX_DIGITS_EPOCH)
+            if epoch is None:
+                return _not_found(
+                    "Init segments are named <epoch>.mp4, as the playlist lists them."
+                )
+            found = _init(window) if epoch == window.epoch else None
+            return found if found is not None else FromDisk("init", program_id(path), epoch)
+        if name == b"recording.m4a":
+            if not program.ended:
+                return Problem(
+                    Conflict(
+                        "The space is still live: the recording file is ready once the host ends it. Listen live at live.m3u8."
+                    )
+                )
+            return FromDisk("recording", program_id(path))
+        return None
+
+    def _part(self, window: LiveWindow, name: bytes, path: bytes) -> Answer:
+        msn = index = None
+        if name.endswith(b".m4s"):
+            msn_raw, dot, index_raw = name[:-4].partition(b".")
+            if dot:
+                msn = _number(msn_raw, _MAX_DIGITS_MSN)
+                index = _number(index_raw, _MAX_DIGITS_PART)
+        if msn is None or index is None:
+            return _not_found("Parts are named <msn>.<part>.m4s, as the playlist lists them.")
+        if index >= window.segment_parts:
+            return _not_found(
+                f"Segments have {window.segment_parts} parts; part {index} does not exist."
+            )
+        data = window.part(msn, index)
+        if data is not None:
+            return window.memo(
+                ("part", index), partial(_media, data, MP4, IMMUTABLE, "part"), msn=msn
+            )
+        if window.has((msn, index)) or window.closed:
+            return _part_after(window, msn, index)  # gone from the window, or never came
+        if msn > window.open_msn + 1:
+            return _not_found(
+                f"Part {msn}.{index} is too far past the live edge; reload the playlist."
+            )
+        # a preload-hinted part: answer as soon as it exists (shared wake-up)
         return Wait(
             window,
             (msn, index),
             self.timeout_s,
-            partial(_part, window, msn, index),
-            partial(timeout_response, path.decode("ascii")),
+            partial(_part_after, window, msn, index),
+            partial(timeout_response, path.decode("utf-8", "replace")),
         )
 
-    def _segment(self, window: LiveWindow, name: bytes) -> Decision:
-        if not name.endswith(b".m4s"):
-            return None
-        msn = _number(name[:-4], _MAX_DIGITS_MSN)
-        if msn is None:
-            return None
-        data = window.segment(msn)
-        if data is None:
-            return None  # older ones come from the recording on disk: the app
-        return window.memo("seg", partial(_media, data, hls.MP4, hls.IMMUTABLE, "segment"), msn=msn)
-
-    # -- playlists -------------------------------------------------------------------
-
     def _playlist(
-        self, window: LiveWindow, query: bytes | None, path: bytes, *, plain: bool
-    ) -> Decision:
-        directives = _directives(query)
-        if directives is None:
-            return None
-        msn, part, skip = directives
-        if plain:
-            msn, part, skip = None, None, False
+        self, window: LiveWindow, directives: Directives, path: bytes, *, plain: bool
+    ) -> Answer:
+        msn, part, skip = _NO_DIRECTIVES if plain else directives
         kind = "plain" if plain else ("ll-skip" if skip else "ll")
         if msn is not None and not window.closed:
             if window.is_far_future(msn):
-                return None  # 400 from the app
+                return Problem(
+                    BadRequest(
+                        f"_HLS_msn={msn} is more than two segments past the live edge "
+                        f"(segment {window.open_msn}); reload the playlist without it."
+                    )
+                )
             position = window.normalize(msn, part)
-            answer = partial(_playlist, window, kind, True)
+            then = partial(_playlist, window, kind, True)
         elif window.version == 0:
             # nothing published yet in this run: hold the very first request
             position = (window.open_msn, 0)
-            answer = partial(_playlist, window, kind, False)
+            then = partial(_playlist, window, kind, False)
         else:
             return _playlist(window, kind, False)
         if window.ready(position):
-            return answer()
+            return then()
         return Wait(
-            window, position, self.timeout_s, answer, partial(timeout_response, path.decode())
+            window,
+            position,
+            self.timeout_s,
+            then,
+            partial(timeout_response, path.decode("utf-8", "replace")),
         )
 
+    # -- a space not live here: its recording ----------------------------------------------
 
-def _directives(query: bytes | None) -> tuple[int | None, int | None, bool] | None:
+    def _cold(
+        self,
+        method: bytes,
+        space_id: str,
+        program: Program | None,
+        name: bytes,
+        directives: Directives,
+    ) -> Answer:
+        if name == b"live.m3u8" or name == b"plain.m3u8":
+            blocking = directives[0] is not None
+            return FromDisk("playlist", space_id, plain=name[0] == 112, blocking=blocking)
+        if name.startswith(b"part/"):
+            if _part_name(name[5:]) is None:
+                return _not_found("Parts are named <msn>.<part>.m4s, as the playlist lists them.")
+            return _not_found(
+                "Parts exist only near the live edge of a live space; use the segments."
+            )
+        if name.startswith(b"seg/"):
+            msn = _media_number(name[4:], b".m4s", _MAX_DIGITS_MSN)
+            if msn is None:
+                return _not_found("Segments are named <msn>.m4s, as the playlist lists them.")
+            return FromDisk("segment", space_id, msn)
+        if name == b"init.mp4":
+            return FromDisk("latest-init", space_id)
+        if name.startswith(b"init/"):
+            epoch = _media_number(name[5:], b".mp4", _MAX_DIGITS_EPOCH)
+            if epoch is None:
+                return _not_found(
+                    "Init segments are named <epoch>.mp4, as the playlist lists them."
+                )
+            return FromDisk("init", space_id, epoch)
+        if name == b"live.aac":
+            return None if method != b"GET" else _not_live()
+        if name == b"recording.m4a":
+            if program is not None and not program.ended:
+                return Problem(
+                    Conflict(
+                        "The space is still live: the recording file is ready once the host ends it. Listen live at live.m3u8."
+                    )
+                )
+            return FromDisk("recording", space_id)
+        return None
+
+
+def _listener_name(name: bytes) -> bool:
+    return name in (b"live.m3u8", b"plain.m3u8", b"init.mp4", b"live.aac", b"recording.m4a") or (
+        name.startswith((b"part/", b"seg/", b"init/")) and name.count(b"/") == 1
+    )
+
+
+def program_id(path: bytes) -> str:
+    """The space id of a ``/spaces/{id}/...`` path (only for live spaces: valid)."""
+    return path[8 : path.find(b"/", 8)].decode("ascii")
+
+
+def _not_live() -> Problem:
+    return _not_found(
+        "This space is not live on this server; once it ends, its recording is at recording.m4a."
+    )
+
+
+def _media_number(name: bytes, suffix: bytes, max_digits: int) -> int | None:
+    if not name.endswith(suffix):
+        return None
+    return _number(name[: -len(suffix)], max_digits)
+
+
+def _part_name(name: bytes) -> tuple[int, int] | None:
+    if not name.endswith(b".m4s"):
+        return None
+    msn_raw, dot, index_raw = name[:-4].partition(b".")
+    msn = _number(msn_raw, _MAX_DIGITS_MSN)
+    index = _number(index_raw, _MAX_DIGITS_PART)
+    if not dot or msn is None or index is None:
+        return None
+    return msn, index
+
+
+Directives = tuple[int | None, int | None, bool]
+"""(_HLS_msn, _HLS_part, _HLS_skip): a tuple, cheaper to make than a dataclass."""
+
+
+def _directives(query: bytes | None) -> Directives | None:
     """(_HLS_msn, _HLS_part, _HLS_skip) of a plain query; None when anything is
-    off (the app then answers, with its 400 where one is due)."""
-    msn = part = None
-    skip = False
+    off (needs decoding, repeats a key, or is invalid)."""
     if not query:
-        return msn, part, skip
+        return _NO_DIRECTIVES
     if b"%" in query or b"+" in query:
         return None
+    msn = part = None
+    skip = False
     seen: set[bytes] = set()
     for item in query.split(b"&"):
         key, _, value = item.partition(b"=")
@@ -244,42 +409,113 @@ def _directives(query: bytes | None) -> tuple[int | None, int | None, bool] | No
     return msn, part, skip
 
 
+_NO_DIRECTIVES: Directives = (None, None, False)
+
+
+def _strict_directives(query: bytes | None) -> Directives | Problem:
+    """A query :func:`_directives` refused, decoded as the router does (the
+    last of repeated keys counts): its directives, or its 400."""
+    from urllib.parse import parse_qsl
+
+    from townhall.origin.playlist import parse_blocking_query
+
+    values = dict(parse_qsl((query or b"").decode("latin-1"), keep_blank_values=True))
+    try:
+        parsed = parse_blocking_query(
+            values.get("_HLS_msn"), values.get("_HLS_part"), values.get("_HLS_skip")
+        )
+    except BadRequest as error:
+        return Problem(error)
+    return parsed.msn, parsed.part, parsed.skip
+
+
 def _media(data: bytes, media_type: str, cache: str, kind: str) -> Rendered:
-    return Rendered.of(hls.media_response(data, media_type, cache), kind)
+    return Rendered.of(media_response(data, media_type, cache), kind)
 
 
-def _part(window: LiveWindow, msn: int, index: int) -> Rendered | None:
+def _part_after(window: LiveWindow, msn: int, index: int) -> Rendered | Problem:
     data = window.part(msn, index)
     if data is None:
-        return None
-    return window.memo(
-        ("part", index), partial(_media, data, hls.MP4, hls.IMMUTABLE, "part"), msn=msn
-    )
+        return _not_found(
+            f"Part {msn}.{index} is not in the live window; fetch its segment seg/{msn}.m4s."
+        )
+    return window.memo(("part", index), partial(_media, data, MP4, IMMUTABLE, "part"), msn=msn)
 
 
 def _init(window: LiveWindow) -> Rendered | None:
     data = window.init_segment
     if data is None:
-        return None  # the app holds the request until the first part
-    return window.memo("init", partial(_media, data, hls.MP4, hls.IMMUTABLE, "init"))
+        return None
+    return window.memo("init", partial(_media, data, MP4, IMMUTABLE, "init"))
+
+
+def _init_or_disk(window: LiveWindow, space_id: str) -> Rendered | FromDisk:
+    found = _init(window)
+    return found if found is not None else FromDisk("latest-init", space_id)
 
 
 def _playlist(window: LiveWindow, kind: str, blocking: bool) -> Rendered:
-    cache = hls.playlist_cache(window, blocking=blocking)
+    cache = playlist_cache(window, blocking=blocking)
     return window.memo_versioned(
         (kind, cache),
-        lambda: _media(window.playlist(kind).encode(), hls.M3U8, cache, "playlist"),
+        lambda: _media(window.playlist(kind).encode(), M3U8, cache, "playlist"),
     )
 
 
-def timeout_response(path: str) -> Rendered:
-    """503 + Retry-After, as the app's error handler renders hls.blocking_timeout()."""
-    error = hls.blocking_timeout()
-    metrics.HLS_BLOCKING_TIMEOUTS.inc()
-    metrics.PROBLEMS.labels(status=str(error.status)).inc()
-    log.error("townhall error on %s: %s", path, error.detail)
-    response = problems.problem_response(error.to_problem(path), retry_after_s=error.retry_after_s)
-    return Rendered.of(response, "problem")
+# -- after a disk read (pure: the driver read the bytes) -------------------------------
+
+
+def disk_playlist(
+    settings: Settings,
+    want: FromDisk,
+    found: tuple[Manifest, dict[str, Rendered]] | None,
+) -> Rendered | Problem:
+    """The playlist of a space not running here, from its manifest (and the
+    manifest's cache of rendered playlists); complete segments only."""
+    if found is None:
+        return _not_found("This space is not live and has no recording; check the link.")
+    manifest, rendered = found
+    if not manifest.ended and want.blocking:
+        return Problem(
+            ServiceUnavailable(
+                "This space is not producing audio on this server right now; try again shortly.",
+                retry_after_s=2,
+            )
+        )
+    kind = "plain" if want.plain else "ll"
+    hit = rendered.get(kind)
+    if hit is None:
+        part_s = part_frames(settings.part_ms, settings.sample_rate_hz) * AAC_FRAME_SAMPLES
+        view = records_view(
+            manifest.segments,
+            sample_rate_hz=manifest.sample_rate_hz,
+            part_target_s=part_s / manifest.sample_rate_hz,
+            segment_target_s=part_s * settings.segment_parts / manifest.sample_rate_hz,
+            ended=manifest.ended,
+        )
+        # not running here: no parts, hints or blocking
+        text = render_ll(view) if manifest.ended else render_plain(view)
+        cache = ENDED_PLAYLIST if manifest.ended else LIVE_PLAYLIST
+        hit = rendered[kind] = _media(text.encode(), M3U8, cache, "playlist")
+    return hit
+
+
+def latest_epoch(manifest: Manifest | None) -> int | Problem:
+    """The epoch whose init ``init.mp4`` names, for a space not running here."""
+    if manifest is None or not manifest.epochs:
+        return _not_found("This space has no audio yet; load live.m3u8 first.")
+    return manifest.epochs[-1]
+
+
+def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
+    """A segment or init read from the recording (None: it was not there)."""
+    if want.what == "segment":
+        if data is None:
+            return _not_found(f"Segment {want.number} does not exist (yet); reload the playlist.")
+        return _media(data, MP4, IMMUTABLE, "segment")
+    if data is None:
+        return _not_found(f"There is no init segment {want.number} for this space.")
+    return _media(data, MP4, IMMUTABLE, "init")
 
 
 def programs_of(app: Any) -> Callable[[str], Program | None]:

@@ -13,7 +13,7 @@ ROUTER_MODULES = (
     "townhall.server.api_spaces",
     "townhall.server.api_stage",
     "townhall.server.api_webrtc",
-    "townhall.server.listener",
+    "townhall.server.api_state",
     "townhall.server.api_captions",
     "townhall.server.api_clips",
     "townhall.origin.asgi",

@@ -18,6 +18,13 @@ from typing import Any
 from townhall import metrics
 from townhall.config import Settings
 from townhall.live.registry import RoomRegistry
+from townhall.live.roomstate import (
+    ListenerCounter,
+    ListenerSink,
+    ReactionSink,
+    ReactionTotals,
+    StateCache,
+)
 from townhall.policy.ratelimit import (
     FailClosed,
     FailOver,
@@ -28,13 +35,6 @@ from townhall.policy.ratelimit import (
 )
 from townhall.policy.tokens import TokenSigner, load_keys
 from townhall.server.auth import Networks, parse_networks
-from townhall.server.listener import (
-    ListenerCounter,
-    ListenerSink,
-    ReactionSink,
-    ReactionTotals,
-    StateCache,
-)
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.db import Database
 from townhall.store.shared import RedisHealth, SharedState, connect

@@ -82,7 +82,7 @@ def bucket_ttl_s(bucket_s: float) -> int:
 
 
 class LocalCount(Protocol):
-    """This node's own listener count (``server.listener.ListenerCounter``)."""
+    """This node's own listener count (``live.roomstate.ListenerCounter``)."""
 
     def add(self, space_id: str, token_id: str) -> None: ...
     def count(self, space_id: str) -> int: ...

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from tests.conftest import FAST_ARGON2, Api
 from townhall.config import Settings
-from townhall.server.listener import ListenerCounter, StateCache, hll_estimate
+from townhall.live.roomstate import ListenerCounter, StateCache, hll_estimate
 
 
 @pytest.fixture

@@ -9,17 +9,31 @@ from typing import Any
 
 import pytest
 
-from tests.live.test_window import end, make_window, publish
+from tests.origin.test_window import end, make_window, publish
 from townhall.config import Settings
-from townhall.origin.rules import FastPath, Rendered, Stream, Wait
-from townhall.origin.window import COMPLETE, LiveWindow, ProgressiveHub
+from townhall.origin.fanout import ProgressiveHub
+from townhall.origin.rules import (
+    FastPath,
+    FromDisk,
+    Problem,
+    Rendered,
+    Stream,
+    Wait,
+    disk_media,
+    disk_playlist,
+    latest_epoch,
+)
+from townhall.origin.window import COMPLETE, LiveWindow
+from townhall.store.recordings import Manifest
 
 SPACE = "abcdefgh2345"
 
 
 def make_fast(window: LiveWindow) -> tuple[FastPath, Any]:
     program = SimpleNamespace(
-        window=window, progressive=ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=20)
+        window=window,
+        ended=False,
+        progressive=ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=20),
     )
     settings = Settings(blocking_reload_timeout_s=2.0)
     fast = FastPath(settings, lambda space_id: program if space_id == SPACE else None)
@@ -145,3 +159,114 @@ def test_hinted_part_waits_and_closed_window_answers_through_the_app() -> None:
     assert decide(fast, "live.aac") is None
     ended = decide(fast, "live.m3u8", "_HLS_msn=3")
     assert isinstance(ended, Rendered) and b"max-age=86400" in ended.head
+
+
+def answer(fast: FastPath, path: str, query: str | None = None, method: str = "GET") -> Any:
+    return fast.answer(
+        method.encode(), f"/spaces/{SPACE}/{path}".encode(), query.encode() if query else None
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "method", "want"),
+    [
+        ("part/3.1.m4s", None, "GET", Rendered),
+        ("part/3.1.m4s", None, "HEAD", Rendered),
+        ("part/4.1.m4s", None, "GET", Wait),  # the preload hint
+        ("part/5.0.m4s", None, "GET", Wait),  # next segment's first part: hinted soon
+        ("part/3.2.m4s", None, "GET", 404),
+        ("part/3.m4s", None, "GET", 404),
+        ("part/3.1.mp4", None, "GET", 404),
+        ("part/-1.0.m4s", None, "GET", 404),
+        ("part/6.0.m4s", None, "GET", 404),  # too far ahead
+        ("part/0.0.m4s", None, "GET", 404),  # gone from the window
+        ("part/1234567890123.0.m4s", None, "GET", 404),
+        ("seg/3.m4s", None, "GET", Rendered),
+        ("seg/0.m4s", None, "GET", FromDisk),
+        ("seg/x.m4s", None, "GET", 404),
+        ("init.mp4", None, "GET", Rendered),
+        ("init/0.mp4", None, "GET", Rendered),
+        ("init/1.mp4", None, "GET", FromDisk),
+        ("init/..mp4", None, "GET", 404),
+        ("live.aac", None, "GET", Stream),
+        ("live.aac", None, "HEAD", None),  # the router's 405
+        ("recording.m4a", None, "GET", 409),
+        ("state.json", None, "GET", None),  # another route's
+        ("live.m3u8", None, "POST", None),
+        ("live.m3u8", None, "GET", Rendered),
+        ("live.m3u8", "_HLS_msn=4&_HLS_part=0", "GET", Rendered),
+        ("live.m3u8", "_HLS_msn=4&_HLS_part=1", "GET", Wait),
+        ("live.m3u8", "_HLS_msn=%33", "GET", Rendered),  # decoded, as the router does
+        ("live.m3u8", "_HLS_msn=1&_HLS_msn=5", "GET", Wait),  # the last one counts
+        ("live.m3u8", "_HLS_msn=abc", "GET", 400),
+        ("live.m3u8", "_HLS_part=1", "GET", 400),
+        ("live.m3u8", "_HLS_skip=NO", "GET", 400),
+        ("live.m3u8", "_HLS_msn=7", "GET", 400),  # more than two past the edge
+        ("plain.m3u8", "_HLS_msn=x", "GET", 400),
+        ("plain.m3u8", "_HLS_msn=99", "GET", Rendered),  # ignored on plain
+    ],
+)
+def test_the_rules_table(
+    live: tuple[FastPath, LiveWindow], path: str, query: str | None, method: str, want: Any
+) -> None:
+    fast, _ = live
+    got = answer(fast, path, query, method)
+    if isinstance(want, int):
+        assert isinstance(got, Problem) and got.status == want
+        assert got.error.detail.endswith((".", "m4s."))  # a sentence a person can act on
+    elif want is None:
+        assert got is None
+    else:
+        assert type(got) is want
+    fast_kind = type(got) in (Rendered, Wait, Stream)
+    decided = decide(fast, path, query, method)
+    if "%" in (query or "") or "&_HLS_msn" in (query or ""):
+        assert decided is None  # the fast path leaves what needs decoding to the app
+    else:
+        assert (decided is not None) == fast_kind and (not fast_kind or type(decided) is want)
+
+
+def test_spaces_not_live_here_read_their_recording(live: tuple[FastPath, LiveWindow]) -> None:
+    fast, _ = live
+    other = "zzzzzzzzzzzz"
+
+    def cold(name: str, query: bytes | None = None) -> Any:
+        return fast.answer(b"GET", f"/spaces/{other}/{name}".encode(), query)
+
+    playlist = cold("live.m3u8", b"_HLS_msn=3")
+    assert playlist == FromDisk("playlist", other, plain=False, blocking=True)
+    assert cold("plain.m3u8") == FromDisk("playlist", other, plain=True, blocking=False)
+    assert cold("seg/12.m4s") == FromDisk("segment", other, 12)
+    assert cold("init.mp4") == FromDisk("latest-init", other)
+    assert cold("init/2.mp4") == FromDisk("init", other, 2)
+    assert cold("recording.m4a") == FromDisk("recording", other)
+    for name in ("part/1.0.m4s", "live.aac", "seg/x.m4s"):
+        assert isinstance(cold(name), Problem) and cold(name).status == 404
+    bad = fast.answer(b"GET", b"/spaces/NOT..AN..ID/live.m3u8", None)
+    assert isinstance(bad, Problem) and bad.status == 400
+    assert fast.answer(b"GET", b"/spaces/NOT..AN..ID/other", None) is None
+    assert fast.decide(b"GET", f"/spaces/{other}/live.m3u8".encode(), None) is None
+
+
+def test_after_a_disk_read(live: tuple[FastPath, LiveWindow]) -> None:
+    fast, window = live
+    record = window.history[0]
+    manifest = Manifest(
+        space_id=SPACE, sample_rate_hz=48000, ended=False, epochs=(0,), segments=(record,)
+    )
+    want = FromDisk("playlist", SPACE, blocking=True)
+    refused = disk_playlist(fast.settings, want, (manifest, {}))
+    assert isinstance(refused, Problem) and refused.status == 503
+    assert refused.error.retry_after_s == 2
+    cache: dict[str, Rendered] = {}
+    plain = disk_playlist(fast.settings, FromDisk("playlist", SPACE), (manifest, cache))
+    assert isinstance(plain, Rendered) and b"#EXT-X-PART" not in plain.body
+    assert disk_playlist(fast.settings, FromDisk("playlist", SPACE), (manifest, cache)) is plain
+    missing = disk_playlist(fast.settings, want, None)
+    assert isinstance(missing, Problem) and missing.status == 404
+    assert latest_epoch(manifest) == 0
+    assert isinstance(latest_epoch(None), Problem)
+    segment = disk_media(FromDisk("segment", SPACE, 0), b"abc")
+    assert isinstance(segment, Rendered) and segment.kind == "segment" and segment.body == b"abc"
+    gone = disk_media(FromDisk("init", SPACE, 3), None)
+    assert isinstance(gone, Problem) and "init segment 3" in gone.error.detail

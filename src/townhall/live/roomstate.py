@@ -1,0 +1,163 @@
+"""Room state for listeners, as in-memory tallies: the listener count and the
+reaction totals of each space, and the single-flight cache of the state.json
+document computed from them (``server/api_state.py`` serves it).
+
+The listener count is approximate: a HyperLogLog sketch of the distinct
+listener token ids seen on join or renewal (a renewal keeps its token id) over
+the last one to two token lifetimes; memory is fixed per space whatever the
+crowd (4 KiB per generation, about 1.6 % standard error).
+
+With ``redis_url`` set, the count and the reaction totals are those of every
+node, kept in Redis (``store/shared.py``); the tallies here then only hold
+this node's own count, answered while Redis cannot be reached.
+
+Pure but for the cache's awaiting of one computation; no HTTP here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ListenerSink(Protocol):
+    """What join feeds (memory only, must not block): a listener token id seen."""
+
+    def add(self, space_id: str, token_id: str) -> None: ...
+
+
+class ReactionSink(Protocol):
+    """What an accepted reaction feeds (memory only, must not block)."""
+
+    def add(self, space_id: str, emoji: str) -> None: ...
+
+
+HLL_BITS = 12
+HLL_REGISTERS = 1 << HLL_BITS
+_HLL_ALPHA = 0.7213 / (1 + 1.079 / HLL_REGISTERS)
+_HLL_REST_BITS = 64 - HLL_BITS
+
+
+def hll_estimate(registers: bytes | bytearray) -> int:
+    """Cardinality estimate of a HyperLogLog register array (with the usual
+    small-range correction)."""
+    m = len(registers)
+    harmonic = sum(2.0**-r for r in registers)
+    estimate = _HLL_ALPHA * m * m / harmonic
+    zeros = registers.count(0)
+    if estimate <= 2.5 * m and zeros:
+        estimate = m * math.log(m / zeros)
+    return round(estimate)
+
+
+class ListenerCounter:
+    """Distinct listener token ids per space within the token lifetime.
+
+    Two generations of registers per space: the current one takes new ids and
+    becomes the previous one after ``ttl_s``; the count is their union, so an
+    id is counted for between one and two lifetimes after it was last seen.
+    """
+
+    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        # space_id -> [generation start, current registers, previous registers]
+        self._spaces: dict[str, tuple[float, bytearray, bytearray]] = {}
+
+    def _generation(self, space_id: str) -> tuple[float, bytearray, bytearray]:
+        now = self._clock()
+        gen = self._spaces.get(space_id)
+        if gen is None or now - gen[0] >= 2 * self.ttl_s:
+            gen = (now, bytearray(HLL_REGISTERS), bytearray(HLL_REGISTERS))
+            self._spaces[space_id] = gen
+        elif now - gen[0] >= self.ttl_s:
+            gen = (now, bytearray(HLL_REGISTERS), gen[1])
+            self._spaces[space_id] = gen
+        return gen
+
+    def add(self, space_id: str, token_id: str) -> None:
+        value = int.from_bytes(hashlib.blake2b(token_id.encode(), digest_size=8).digest())
+        index = value >> _HLL_REST_BITS
+        rest = value & ((1 << _HLL_REST_BITS) - 1)
+        rank = _HLL_REST_BITS - rest.bit_length() + 1
+        registers = self._generation(space_id)[1]
+        if registers[index] < rank:
+            registers[index] = rank
+
+    def count(self, space_id: str) -> int:
+        if space_id not in self._spaces:
+            return 0
+        _, current, previous = self._generation(space_id)
+        union = bytes(max(a, b) for a, b in zip(current, previous, strict=True))
+        return hll_estimate(union)
+
+
+class ReactionTotals:
+    """Reaction totals per space since the process started (in memory)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, Counter[str]] = {}
+
+    def add(self, space_id: str, emoji: str) -> None:
+        self._totals.setdefault(space_id, Counter())[emoji] += 1
+
+    def totals(self, space_id: str) -> dict[str, int]:
+        return dict(self._totals.get(space_id, {}))
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    body: bytes
+    etag: str
+    computed_at: float
+
+
+class StateCache:
+    """One shared computation per space per interval (single flight)."""
+
+    def __init__(
+        self,
+        interval_s: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_spaces: int = 10_000,
+    ) -> None:
+        self.interval_s = interval_s
+        self.max_spaces = max_spaces
+        self._clock = clock
+        self._entries: dict[str, StateEntry] = {}
+        self._inflight: dict[str, asyncio.Future[StateEntry]] = {}
+
+    async def get(self, space_id: str, compute: Callable[[], Awaitable[bytes]]) -> StateEntry:
+        entry = self._entries.get(space_id)
+        if entry is not None and self._clock() - entry.computed_at < self.interval_s:
+            return entry
+        pending = self._inflight.get(space_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[StateEntry] = asyncio.get_running_loop().create_future()
+        self._inflight[space_id] = future
+        try:
+            body = await compute()
+            entry = StateEntry(body, _etag(body), self._clock())
+            if len(self._entries) >= self.max_spaces and space_id not in self._entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[space_id] = entry
+            future.set_result(entry)
+            return entry
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here so a lone computation logs no warning
+            raise
+        finally:
+            del self._inflight[space_id]
+
+
+def _etag(body: bytes) -> str:
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'

@@ -1,0 +1,177 @@
+"""What the listener rules answer (``origin/rules.py``), and the helpers both
+drivers use to turn an answer into bytes: the answer types are frozen, slotted
+dataclasses; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from starlette.responses import Response
+
+from townhall import metrics, problems
+from townhall.errors import ServiceUnavailable, TownhallError
+from townhall.origin.fanout import ProgressiveHub
+from townhall.origin.window import LiveWindow
+
+log = logging.getLogger("townhall.access")
+
+M3U8 = "application/vnd.apple.mpegurl"
+MP4 = "audio/mp4"
+AAC = "audio/aac"
+IMMUTABLE = "public, max-age=31536000, immutable"
+LIVE_PLAYLIST = "public, max-age=1"
+BLOCKING_PLAYLIST = "public, max-age=6"
+ENDED_PLAYLIST = "public, max-age=86400"
+PROGRESSIVE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+
+# -- answers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A whole response but the server's own lines (status line, Date): the
+    app's header lines ``head`` (each ending CRLF) and ``body``; ``tail`` is
+    ``head + CRLF + body``, what follows the server's lines on keep-alive."""
+
+    status: int
+    head: bytes
+    body: bytes
+    kind: str
+    tail: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tail", self.head + b"\r\n" + self.body)
+
+    @classmethod
+    def of(cls, response: Response, kind: str) -> Rendered:
+        return cls(
+            response.status_code, header_lines(response.raw_headers), bytes(response.body), kind
+        )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``head`` as (name, value) pairs, for a driver that sends them apart."""
+        pairs = []
+        for line in self.head.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b": ")
+                pairs.append((name, value))
+        return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Park until ``window`` has ``position``; then ``then()`` is the answer (a
+    driver that only writes ``Rendered`` calls ``answer()``: None means "hand
+    the request to the app after all"), or ``timeout()`` after ``timeout_s``."""
+
+    window: LiveWindow
+    position: tuple[int, int]
+    timeout_s: float
+    then: Callable[[], Answer]
+    timeout: Callable[[], Rendered]
+
+    def answer(self) -> Rendered | None:
+        after = self.then()
+        return after if isinstance(after, Rendered) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Stream:
+    """live.aac: write the status line and ``head`` (the app's header lines; the
+    server adds Transfer-Encoding), then attach the transport to ``hub``."""
+
+    hub: ProgressiveHub
+    head: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An error answer: ``error`` says status, sentence and Retry-After; the ASGI
+    driver raises it (the app's handler renders it), others call ``render``."""
+
+    error: TownhallError
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    def render(self, instance: str) -> Rendered:
+        """problem+json exactly as the app's error handler renders it (and counted
+        and logged the same way)."""
+        error = self.error
+        if error.status >= 500:
+            log.error("townhall error on %s: %s", instance, error.detail)
+        metrics.PROBLEMS.labels(status=str(error.status)).inc()
+        response = problems.problem_response(
+            error.to_problem(instance), retry_after_s=error.retry_after_s
+        )
+        return Rendered.of(response, "problem")
+
+
+DiskKind = Literal["playlist", "segment", "init", "latest-init", "recording"]
+
+
+@dataclass(frozen=True, slots=True)
+class FromDisk:
+    """Read ``what`` of space ``space_id`` from its recording: ``number`` is the
+    segment's msn or the init's epoch; ``plain`` / ``blocking`` describe a
+    playlist request."""
+
+    what: DiskKind
+    space_id: str
+    number: int = 0
+    plain: bool = False
+    blocking: bool = False
+
+
+Decision = Rendered | Wait | Stream | None
+"""What the fast path writes itself (None: the app answers)."""
+
+Answer = Rendered | Wait | Stream | Problem | FromDisk | None
+"""Every answer of the rules (None: not a listener URL)."""
+
+
+# -- helpers shared by the drivers ------------------------------------------------------
+
+
+def header_lines(raw_headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(name.lower() + b": " + value + b"\r\n" for name, value in raw_headers)
+
+
+def media_response(data: bytes, media_type: str, cache: str) -> Response:
+    """The response for listener bytes."""
+    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
+
+
+def progressive_head() -> list[tuple[bytes, bytes]]:
+    """Headers of the live.aac response: an endless chunked body, so no
+    Content-Length (Response adds 0 for no content); the server adds
+    Transfer-Encoding."""
+    response = Response(content=None, media_type=AAC, headers=PROGRESSIVE_HEADERS)
+    return [(k, v) for k, v in response.raw_headers if k != b"content-length"]
+
+
+def blocking_timeout() -> ServiceUnavailable:
+    """The error of a blocking request whose part did not come in time."""
+    return ServiceUnavailable(
+        "The requested part is not ready yet; the stream may be stalled. Reload the playlist in a moment.",
+        retry_after_s=1,
+    )
+
+
+def timeout_response(path: str) -> Rendered:
+    """The 503 + Retry-After of a wait that timed out (counted)."""
+    metrics.HLS_BLOCKING_TIMEOUTS.inc()
+    return Problem(blocking_timeout()).render(path)
+
+
+def playlist_cache(window: LiveWindow, *, blocking: bool) -> str:
+    """Cache-Control of a live playlist answer (decided after any wait)."""
+    if window.ended:
+        return ENDED_PLAYLIST
+    return BLOCKING_PLAYLIST if blocking else LIVE_PLAYLIST

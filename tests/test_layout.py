@@ -1,0 +1,132 @@
+"""The package's layout rules, checked on the source: the core never imports
+the adapters, every module imports on its own, files stay small, and nothing
+leans on uvicorn's internals."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import townhall
+
+SRC = Path(townhall.__file__).parent
+CORE = ("media", "policy", "live", "origin", "store")
+MAX_LINES = 600
+
+
+def modules() -> list[str]:
+    names = []
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        if "migrations" in rel.parts:
+            continue  # alembic scripts: run by alembic, not imported
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        names.append(".".join(parts))
+    return names
+
+
+def imported(path: Path) -> set[str]:
+    """Every module name an import statement in ``path`` names (any depth)."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_the_core_never_imports_the_adapters() -> None:
+    offenders = []
+    for package in CORE:
+        for path in sorted((SRC / package).rglob("*.py")):
+            bad = sorted(
+                n
+                for n in imported(path)
+                if n == "townhall.server" or n.startswith("townhall.server.")
+            )
+            if bad:
+                offenders.append(f"{path.relative_to(SRC)}: {', '.join(bad)}")
+    assert offenders == []
+
+
+def test_no_file_is_over_600_lines() -> None:
+    long = [
+        f"{path.relative_to(SRC)}: {n}"
+        for path in sorted(SRC.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    ]
+    assert long == []
+
+
+def uvicorn_internals(path: Path) -> list[str]:
+    """Imports of uvicorn.protocols, and uvicorn names starting with '_'."""
+    found = []
+    for name in imported(path):
+        if not name.startswith("uvicorn"):
+            continue
+        if name.startswith("uvicorn.protocols") or any(p.startswith("_") for p in name.split(".")):
+            found.append(name)
+    return found
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="origin/fastproto.py subclasses uvicorn's httptools protocol until the "
+    "HTTP/1.1 driver (origin/http1.py) replaces it",
+)
+def test_nothing_imports_uvicorns_protocols() -> None:
+    offenders = {
+        str(path.relative_to(SRC)): names
+        for path in sorted(SRC.rglob("*.py"))
+        if (names := uvicorn_internals(path))
+    }
+    assert offenders == {}
+
+
+def test_the_uvicorn_check_can_fail(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol\n"
+        "import uvicorn.config\n"
+        "from uvicorn import _types\n"
+    )
+    assert sorted(uvicorn_internals(sample)) == [
+        "uvicorn._types",
+        "uvicorn.protocols.http.httptools_impl",
+        "uvicorn.protocols.http.httptools_impl.HttpToolsProtocol",
+    ]
+
+
+def import_alone(name: str) -> str | None:
+    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {name}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.strip().splitlines() or ["(no output)"]
+    return f"{name}: {lines[-1]}"
+
+
+def test_every_module_imports_on_its_own() -> None:
+    """One fresh interpreter per module (a partially initialised module, an
+    import cycle, shows up only when that module is imported first)."""
+    names = modules()
+    assert "townhall.origin.rules" in names and "townhall.cli.demo" in names
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two cores, shared
+        failed = [f for f in pool.map(import_alone, names) if f is not None]
+    assert failed == []
