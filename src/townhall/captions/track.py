@@ -140,6 +140,15 @@ def subtitles_playlist(
     return "\n".join(lines) + "\n"
 
 
+def subtitles_media_tag(uri: str = "captions.m3u8", group_id: str = "subs") -> str:
+    """The multivariant playlist's rendition line for the captions; the audio's
+    EXT-X-STREAM-INF then names ``SUBTITLES="<group_id>"``."""
+    return (
+        f'#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="{group_id}",NAME="English (automatic)",'
+        f'LANGUAGE="en",AUTOSELECT=YES,DEFAULT=NO,FORCED=NO,URI="{uri}"'
+    )
+
+
 def _pdt(epoch_s: float) -> str:
     from datetime import UTC, datetime
 
