@@ -93,3 +93,21 @@ def test_worker_captions_program_audio_on_the_media_timeline() -> None:
     assert word_error_rate(text, " ".join(ln.text for ln in lines)) <= 0.2
     assert cap.track.done_s >= 100 + (len(pcm48) - 960) / 48_000
     cap.close(1.0)
+
+
+def test_worker_death_is_noticed_and_said() -> None:
+    cap = Captioner("d", engine="whisper-tiny.en", sample_rate_hz=48_000)
+    cap.start()
+    deadline = time.monotonic() + 60
+    while cap.status != RUNNING and time.monotonic() < deadline:
+        cap.poll()
+        time.sleep(0.1)
+    assert cap.status == RUNNING
+    assert cap._proc is not None
+    cap._proc.kill()
+    cap._proc.join(5)
+    cap.poll()
+    assert cap.status == UNAVAILABLE
+    assert "recognizer process exited" in cap.message
+    cap.feed(np.zeros(960, np.int16), 0)  # ignored from now on
+    cap.close(1.0)
