@@ -108,6 +108,15 @@ class LiveCaptions:
         self.captioner = captioner
         self._task = asyncio.create_task(self._poll_main(), name=f"captions-{self.space_id}")
 
+    @property
+    def active(self) -> bool:
+        """Audio is wanted now (captions on, the host agrees, the worker alive)."""
+        return (
+            self.captioner is not None
+            and self.host_enabled
+            and self.captioner.status in (STARTING, RUNNING)
+        )
+
     def feed(self, pcm: np.ndarray, start_samples: int, speaker: str | None) -> None:
         """The program's audio tap: never blocks."""
         if self.captioner is not None and self.host_enabled:

@@ -31,7 +31,8 @@ class Room:
         self.program.taps.append(self._caption_tap)
 
     def _caption_tap(self, pcm: np.ndarray, start_samples: int) -> None:
-        self.captions.feed(pcm, start_samples, self._loudest_speaker())
+        if self.captions.active:
+            self.captions.feed(pcm, start_samples, self._loudest_speaker())
 
     def _loudest_speaker(self) -> str | None:
         mixer = self.stage.mixer
