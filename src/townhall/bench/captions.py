@@ -75,6 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-s", type=float, default=5.0)
+    parser.add_argument(
+        "--min-s",
+        type=float,
+        default=None,
+        help="earliest cut (default: half the chunk, as the worker)",
+    )
     args = parser.parse_args()
     from townhall.captions.engine import WhisperRecognizer
     from townhall.captions.worker import Chunker
@@ -84,7 +90,8 @@ def main() -> None:
     t0 = time.perf_counter()
     recognizer = WhisperRecognizer(cpu_threads=args.threads)
     load_s = time.perf_counter() - t0
-    chunker = Chunker(rate, target_s=args.chunk_s, min_s=args.chunk_s / 2)
+    min_s = args.min_s if args.min_s is not None else args.chunk_s / 2
+    chunker = Chunker(rate, target_s=args.chunk_s, min_s=min_s)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     texts = []

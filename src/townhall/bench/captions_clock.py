@@ -87,8 +87,8 @@ async def run(captions: bool, seconds: float, data_dir: Path) -> dict[str, float
 
 async def main_async(seconds: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for captions in (False, True, False, True):
-            result = await run(captions, seconds, Path(tmp) / str(captions))
+        for i, captions in enumerate((False, True, False, True)):
+            result = await run(captions, seconds, Path(tmp) / str(i))
             print(
                 f"captions {'on ' if captions else 'off'}: "
                 + ", ".join(f"{k} {v:.3f}" for k, v in result.items())
