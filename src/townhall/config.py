@@ -301,7 +301,7 @@ class Settings(BaseSettings):
     # --- issue 13: captions ---
     captions: bool = Field(
         False,
-        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.2-0.35 of a core and 300 MB). A host can still turn captions off for their space.",
+        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.3 of a core). A host can still turn captions off for their space.",
     )
     captions_engine: str = Field(
         "whisper-tiny.en",
