@@ -40,7 +40,7 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
     from townhall.config import Settings
     from townhall.live.program import Program
     from townhall.origin import asgi as hls
-    from townhall.origin.fastproto import protocol_for
+    from townhall.origin.http1 import protocol_for
     from townhall.origin.rules import FastPath, programs_of
 
     settings = Settings(data_dir=Path(data_dir), listener_wake_batch=batch)
@@ -88,7 +88,7 @@ async def serve(port: int, batch: int, data_dir: str, seconds: float, freeze: bo
         log_level="warning",
         lifespan="off",
         loop="uvloop",
-        http=protocol_for(FastPath(settings, programs_of(app))),
+        http=protocol_for(FastPath(settings, programs_of(app)), settings),
     )
     server = uvicorn.Server(config)
     ticking = asyncio.create_task(clock())

@@ -22,7 +22,9 @@ else
   pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e .
 fi
 
-# hls.js from npm, pinned by the lockfile, copied into the package's static files
+# hls.js from npm, pinned by the lockfile. A built wheel carries it by itself
+# (setup.py's build step copies it from node_modules); the editable install used
+# here serves src/, so it is copied there too.
 if command -v npm >/dev/null 2>&1; then
   npm ci --no-audit --no-fund --loglevel=error >/dev/null
   mkdir -p src/townhall/web/static/vendor

@@ -20,6 +20,10 @@ from townhall.server.app import create_app
 
 # WebRTC in tests stays on loopback (aioice would gather on every other interface)
 os.environ.setdefault("TOWNHALL_WEBRTC_HOST_ADDRESSES", "127.0.0.1")
+# Most tests read a live space's parts without connecting a microphone; the
+# tests of "no program before the host is on the air" (tests/players,
+# tests/web/test_first_use.py) turn the product default back on explicitly.
+os.environ.setdefault("TOWNHALL_PROGRAM_WAITS_FOR_HOST", "false")
 
 FAST_ARGON2 = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
 

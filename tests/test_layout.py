@@ -11,8 +11,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
 import townhall
 
 SRC = Path(townhall.__file__).parent
@@ -78,11 +76,6 @@ def uvicorn_internals(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="origin/fastproto.py subclasses uvicorn's httptools protocol until the "
-    "HTTP/1.1 driver (origin/http1.py) replaces it",
-)
 def test_nothing_imports_uvicorns_protocols() -> None:
     offenders = {
         str(path.relative_to(SRC)): names

@@ -258,6 +258,48 @@ class Settings(BaseSettings):
         description="Listeners admitted per space at once; 0 means no limit (admission control off).",
     )
 
+    # --- issue 9: admission and a fair waiting room ---
+    node_max_listeners: int = Field(
+        8000,
+        ge=0,
+        description="Listeners this node serves at most (every space together); beyond it joins get 503 with Retry-After so the load balancer can try another node. Default: the largest step of `townhall bench listeners` that held on one core (docs/BENCHMARKS.md); measure yours and set it. 0 means no limit.",
+    )
+    llhls_budget_listeners: int = Field(
+        4000,
+        ge=0,
+        description="LL-HLS listeners this node admits; once spent, new listeners are admitted on plain HLS (about a quarter of the cost, a few seconds more delay) before anyone is queued. Default: the LL-HLS step that held without stalls on one core (docs/BENCHMARKS.md). 0 means no budget (always LL-HLS).",
+    )
+    admit_rate_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="Listeners let in from a space's waiting line per second at most, so a storm is spread (default: the join storm of docs/BENCHMARKS.md, 200 joins/s on top of 2,000 playing with no stall).",
+    )
+    ticket_ttl_s: int = Field(
+        120,
+        ge=10,
+        description="Lifetime of a queue ticket; the waiting page renews it well before (closing the tab and coming back within it keeps the place).",
+    )
+    ticket_claim_s: float = Field(
+        6.0,
+        ge=1,
+        description="How long a ticket whose turn has come keeps its reserved place; unclaimed places then go to the next in line.",
+    )
+    queue_interval_ms: int = Field(
+        1000,
+        ge=100,
+        le=1000,
+        description="How often each space's line moves and queue.json is recomputed (its max-age is at most 1 s).",
+    )
+    waiting_room_open_s: int = Field(
+        900,
+        ge=0,
+        description="How long before a scheduled start the waiting room of a capped space opens; arrivals before the start get places in a random order.",
+    )
+    edge_link_secret: str = Field(
+        "",
+        description="Secret shared with nginx's secure_link (deploy/nginx-cache.conf, @LINK_SECRET@): when set, joining a capped space also sets th_link/th_exp cookies that nginx checks on every media request without asking the origin. Empty sets none.",
+    )
+
     # --- issue 8/14: program restarts and recording write failures ---
     program_restart_max: int = Field(
         5,
@@ -296,6 +338,227 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="At the end of a talk or at shutdown, how long to keep retrying writes the recorder still holds before listing them as missing.",
+    )
+
+    # --- issue 14: the control plane fails safe ---
+    database_timeout_ms: int = Field(
+        5000,
+        ge=100,
+        description="Longest a PostgreSQL connect, statement or wait for a pooled connection may take; past it (or when the database refuses), the request answers 503 with Retry-After instead of hanging.",
+    )
+    database_retry_after_s: int = Field(
+        5,
+        ge=1,
+        description="Retry-After (seconds) of the 503 answered while the database cannot be reached.",
+    )
+    allowed_hosts: str = Field(
+        "",
+        description="Comma-separated Host names (optionally host:port) share and listener URLs may be built from when public_url is empty; any other Host gets relative URLs. Empty means the bound address, localhost, 127.0.0.1 and ::1.",
+    )
+
+    revoked_sessions_max: int = Field(
+        1_000_000,
+        ge=100,
+        description="Signed-out sessions (and 'sign out everywhere' accounts) each node remembers until their tokens expire; beyond this the one that would expire first is forgotten early (counted in townhall_revocations_evicted_total).",
+    )
+    revocation_sync_ms: int = Field(
+        1000,
+        ge=100,
+        description="With Redis, how often each node reads the sign-outs made on other nodes (a signed-out session stays usable elsewhere at most this long).",
+    )
+
+    # --- issue 10: layered defense and evidence ---
+    evidence_interval_s: float = Field(
+        10.0,
+        ge=1,
+        le=300,
+        description="Length of one evidence interval (one signed record per space).",
+    )
+    evidence_max_spaces: int = Field(
+        1024,
+        ge=1,
+        description="Spaces one node records evidence for at once; more are not recorded (counted).",
+    )
+    evidence_max_records: int = Field(
+        4320,
+        ge=1,
+        description="Evidence records per space kept in memory (12 h at 10 s); the whole chain is on disk beside the recording.",
+    )
+    evidence_max_keys: int = Field(
+        4096,
+        ge=16,
+        description="Client networks and clients tracked exactly per interval (for rates, entropy, returning share); hits beyond are counted as untracked.",
+    )
+    evidence_busy_arrivals: int = Field(
+        100, ge=1, description="Evidence rule: arrivals per interval from which it is not 'quiet'."
+    )
+    evidence_busy_requests: int = Field(
+        1000, ge=1, description="Evidence rule: requests per interval from which it is not 'quiet'."
+    )
+    evidence_hot_rate_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Evidence rule: per-client request rate (p99) from which clients ask faster than players do.",
+    )
+    evidence_max_age_s: int = Field(
+        5, ge=0, le=300, description="Cache-Control max-age of evidence.json."
+    )
+    stall_report_interval_s: float = Field(
+        30.0,
+        ge=1,
+        description="Players report their stalls at most once per this many seconds each (more are refused with 429).",
+    )
+    spaces_live_per_account: int = Field(
+        3, ge=1, description="Live spaces one account may have at once; more gets 409."
+    )
+    spaces_scheduled_per_account: int = Field(
+        20,
+        ge=1,
+        description="Scheduled (not yet live) spaces one account may have at once; more gets 409.",
+    )
+    spaces_created_per_account_per_hour: int = Field(
+        20, ge=1, description="Spaces one account may create per hour; faster gets 429."
+    )
+    password_hash_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads that hash passwords (argon2), apart from every other pool so sign-in floods cannot starve the mixer.",
+    )
+    password_hash_queue: int = Field(
+        16,
+        ge=0,
+        description="Password hashes that may wait for a thread; a sign-in or sign-up beyond gets 503 with Retry-After.",
+    )
+    listeners_counted_per_network: int = Field(
+        64,
+        ge=1,
+        description="Distinct listeners one client network (/24, /64) adds to a space's listener count per token lifetime; more still listen but are not counted.",
+    )
+    reactions_per_network_per_10s: int = Field(
+        60,
+        ge=1,
+        description="Reactions one client network (/24, /64) may send per 10 s to a space.",
+    )
+    joins_per_network_per_10s: int = Field(
+        200,
+        ge=1,
+        description="Joins (and ticket exchanges) one client network (/24, /64) may make per 10 s; faster gets 429.",
+    )
+    state_per_network_per_10s: int = Field(
+        2000,
+        ge=1,
+        description="state.json requests one client network may make per 10 s (a cache in front absorbs the rest).",
+    )
+    playlists_per_network_per_10s: int = Field(
+        4000,
+        ge=1,
+        description="Playlist requests without delivery directives one client network may make per 10 s.",
+    )
+    challenge_joins_per_s: float = Field(
+        200.0,
+        gt=0,
+        description="Join rate per node above which joins must carry a proof-of-work answer (the join path is under pressure).",
+    )
+    challenge_min_bits: int = Field(
+        12,
+        ge=0,
+        le=32,
+        description="Least proof-of-work effort asked (leading zero bits of SHA-256).",
+    )
+    challenge_max_bits: int = Field(
+        22,
+        ge=0,
+        le=32,
+        description="Most proof-of-work effort asked, however hard the join path is pressed.",
+    )
+    challenge_start_bits: int = Field(
+        16,
+        ge=0,
+        le=32,
+        description="Proof-of-work effort asked when pressure starts (about 1 s in a browser's Web Worker).",
+    )
+    challenge_ttl_s: int = Field(
+        120, ge=5, description="How long a proof-of-work challenge may be answered."
+    )
+    challenge_seen_max: int = Field(
+        200_000,
+        ge=1000,
+        description="Solved challenges remembered to refuse replays (bounded; oldest forgotten first).",
+    )
+    challenge_unsolved_joins_per_s: int = Field(
+        20,
+        ge=0,
+        description="While proof-of-work is asked, joins per second per node let in without an answer (radio apps, no JavaScript): never walled off, only slower; 0 lets them in only once pressure drops.",
+    )
+    refusals_per_network_per_10s: int = Field(
+        100,
+        ge=1,
+        description="Refused API answers (401 for forged or expired tokens, 429) one client network, or one token, may get per 10 s; past it its API requests get 429 before any work.",
+    )
+    returning_mark_ttl_s: int = Field(
+        30 * 86400,
+        ge=60,
+        description="How long the signed 'seen before' mark given at admission gives priority.",
+    )
+
+    # --- issue 10: connection limits (origin/http1.py) ---
+    http_max_head_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest request line plus headers accepted; a larger one is answered 431 and its connection closed.",
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A request whose line and headers are not complete this long after its first byte is answered 408 and its connection closed (slow-header attacks).",
+    )
+    http_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request whose body is not complete this long after its first byte is answered 408 (or cut if the answer started) and its connection closed.",
+    )
+    http_keepalive_idle_s: float = Field(
+        5.0,
+        gt=0,
+        description="An open connection with no request in progress is closed after this long without one.",
+    )
+    http_max_requests_per_connection: int = Field(
+        0,
+        ge=0,
+        description="Requests served on one connection before it is closed (the last answer says Connection: close); 0 means no limit.",
+    )
+    http_max_connections_per_network: int = Field(
+        2048,
+        ge=0,
+        description="Open connections per client network (/24 for IPv4, /64 for IPv6, by the TCP peer's address; peers in trusted_proxies are exempt). A connection over it is answered 503 with Retry-After and closed; 0 means no limit.",
+    )
+    http_max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
+    )
+
+    # --- issue 12: players and pages ---
+    program_waits_for_host: bool = Field(
+        True,
+        description="A live space starts its program (live audio and recording) only once a host, co-host or speaker has a microphone connected; until then listeners see 'Waiting for the host'.",
+    )
+    host_absent_end_s: float = Field(
+        600.0,
+        ge=0,
+        description="A live space whose host and co-hosts have all been disconnected for this long ends by itself (its recording is published); 0 never ends a space by itself.",
+    )
+    host_absent_check_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How often each live space is checked for an absent host (host_absent_end_s).",
+    )
+    live_playlist_window_segments: int = Field(
+        60,
+        ge=0,
+        description="Live playlists (LL-HLS and plain) list only this many of the latest segments, so their size does not grow with the talk; the VOD playlist after the end and recording.m4a have everything. 0 lists every segment while live.",
     )
 
     # --- issue 13: captions ---

@@ -14,6 +14,7 @@ person can act on; the server renders it as ``application/problem+json``
      ├── PayloadTooLarge               413  the body is over the limit
      ├── TooManyRequests               429  rate limited (carries retry_after_s)
      └── ServiceUnavailable            503  full or shutting down (may carry retry_after_s)
+          └── DatabaseUnavailable      503  the control-plane database cannot be reached
 """
 
 from __future__ import annotations
@@ -108,3 +109,19 @@ class ServiceUnavailable(TownhallError):
     status = 503
     title = "Service unavailable"
     type_slug = "unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The control-plane database cannot be reached (down, restarting, timed
+    out). Raised by ``store.db.Database.session`` in place of the driver's
+    error, so every endpoint that needs the database answers 503 with
+    Retry-After and this sentence, while nothing that does not need it is
+    affected."""
+
+    title = "Database unavailable"
+    type_slug = "database-unavailable"
+
+    DETAIL = (
+        "This server cannot reach its database right now, so accounts, spaces and the stage "
+        "cannot be read or changed; listening is not affected. Try again in a few seconds."
+    )

@@ -84,6 +84,30 @@ FASTPATH_FALLBACKS = Counter(
     "Requests the fast path had claimed but handed to the app after all (e.g. a hinted part that never came).",
 )
 
+# --- issue 9: admission and a fair waiting room ---
+ADMISSION_DECISIONS = Counter(
+    "townhall_admission_decisions_total",
+    "Join decisions of capped and uncapped spaces, by outcome (admit, queue, refuse) and reason.",
+    ["outcome", "reason"],
+)
+ADMISSION_TICKETS = Counter(
+    "townhall_admission_tickets_total", "Queue tickets handed out (places in a waiting line)."
+)
+ADMISSION_TICK_FAILURES = Counter(
+    "townhall_admission_tick_failures_total",
+    "Admission ticks (moving the lines, rendering queue.json) that failed unexpectedly.",
+)
+MEDIA_GATE_REFUSALS = Counter(
+    "townhall_media_gate_refusals_total",
+    "Media requests of capped spaces refused for a missing or bad listener token.",
+    ["reason"],
+)
+MIXER_CLOCK_LATE = Histogram(
+    "townhall_mixer_clock_late_seconds",
+    "How late each mixer clock tick ran against its 20 ms schedule (the speaker plane under listener load).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+
 # --- issue 8/14: program restarts and recording write failures ---
 PROGRAM_RESTARTS = Counter(
     "townhall_program_restarts_total",
@@ -138,6 +162,72 @@ JITTER_UNDERRUNS = Counter(
 RETURN_DROPPED_FRAMES = Counter(
     "townhall_mix_minus_dropped_frames_total",
     "Mix-minus frames dropped because a speaker's outgoing queue was full.",
+)
+
+# --- issue 14: the control plane fails safe ---
+REVOCATIONS = Counter(
+    "townhall_revocations_total",
+    "Sign-outs made on this node (one session, or every session of an account).",
+    ["kind"],
+)
+REVOCATIONS_EVICTED = Counter(
+    "townhall_revocations_evicted_total",
+    "Sign-outs forgotten before their tokens expired because revoked_sessions_max was reached.",
+)
+# --- issue 10: layered defense and evidence ---
+EVIDENCE_RECORDS = Counter(
+    "townhall_evidence_records_total",
+    "Evidence records signed and stored (one per space per interval).",
+)
+EVIDENCE_FAILURES = Counter(
+    "townhall_evidence_failures_total",
+    "Evidence intervals or records that could not be closed or stored.",
+)
+STALL_REPORTS = Counter("townhall_stall_reports_total", "Players' stall reports accepted.")
+CHALLENGES = Counter(
+    "townhall_challenges_total",
+    "Proof-of-work challenges by outcome (issued, solved, and each failure reason).",
+    ["outcome"],
+)
+CHALLENGE_BITS = Gauge(
+    "townhall_challenge_bits",
+    "Proof-of-work effort asked of joins now (0: no pressure, no challenge).",
+)
+PASSWORD_HASHES = Counter(
+    "townhall_password_hashes_total",
+    "Password hashes by outcome: done, or refused because the hashing queue was full.",
+    ["outcome"],
+)
+PASSWORD_HASH_QUEUE = Gauge(
+    "townhall_password_hash_queue", "Password hashes waiting for or using a hashing thread."
+)
+SPACE_LIMITS = Counter(
+    "townhall_space_limits_total",
+    "Space creations refused by an account limit (live, scheduled, rate).",
+    ["limit"],
+)
+NETWORK_UNCOUNTED = Counter(
+    "townhall_network_uncounted_total",
+    "Listeners or reactions not counted because their client network passed its cap.",
+    ["kind"],
+)
+# --- issue 10: connection limits (origin/http1.py) ---
+HTTP_CONNECTIONS_OPEN = Gauge(
+    "townhall_http_connections_open", "HTTP connections open now (admitted by the connection caps)."
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "townhall_http_connections_refused_total",
+    "Connections answered 503 and closed at once because a connection cap was reached (network: the client network's, total: the process's).",
+    ["reason"],
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "townhall_http_connections_closed_total",
+    "Connections the HTTP driver closed on a limit or a protocol error (head_too_large, header_timeout, body_timeout, body_too_large, idle, max_requests, bad_request, upgrade, internal).",
+    ["reason"],
+)
+HTTP_APP_ERRORS = Counter(
+    "townhall_http_app_errors_total",
+    "Requests whose ASGI app call raised or ended without a complete answer (500 sent, or the connection closed).",
 )
 
 # --- issue 13: captions ---

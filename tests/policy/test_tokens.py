@@ -186,3 +186,39 @@ def test_signed_but_nonsense_payload_is_malformed(payload: bytes) -> None:
     token = (signing_input + b"." + signature.rstrip(b"=")).decode()
     with pytest.raises(Unauthorized, match="malformed"):
         signer.verify(token, kind="session")
+
+
+def test_revocations_stop_tokens_until_they_expire() -> None:
+    from townhall.policy.tokens import Revocations
+
+    clock = [1000.0]
+    evicted: list[int] = []
+    revoked = Revocations(
+        horizon_s=100, max_entries=3, clock=lambda: clock[0], on_evict=lambda: evicted.append(1)
+    )
+    signer = TokenSigner([b"k" * 32], clock=lambda: clock[0])
+    signer.revocations = revoked
+    token, claims = signer.mint("session", "acct", 50)
+    other, _ = signer.mint("session", "acct", 50)
+    revoked.revoke(claims.token_id, claims.expires_at)
+    with pytest.raises(Unauthorized, match="signed out"):
+        signer.verify(token, kind="session")
+    assert signer.verify(other, kind="session").subject == "acct"
+    listener, lclaims = signer.mint("listener", "acct", 50, space_id="s")
+    revoked.revoke(lclaims.token_id, lclaims.expires_at)  # only sessions are checked
+    assert signer.verify(listener, kind="listener", space_id="s")
+    revoked.revoke_all("acct", int(clock[0]))
+    with pytest.raises(Unauthorized, match="signed out"):
+        signer.verify(other, kind="session")
+    later, _ = signer.mint("session", "acct", 50, issued_at=revoked.not_before("acct") + 1)  # type: ignore[operator]
+    assert signer.verify(later, kind="session")
+    assert len(revoked) == 3
+    clock[0] = 1051.0  # the tokens expired: their entries go
+    revoked.prune()
+    assert len(revoked) == 1 and revoked.not_before("acct") == 1000
+    clock[0] = 1101.0
+    revoked.prune()
+    assert len(revoked) == 0
+    for i in range(5):  # bounded: the first to expire is forgotten early
+        revoked.revoke(f"t{i}", 2000 + i)
+    assert len(revoked) == 3 and len(evicted) == 2

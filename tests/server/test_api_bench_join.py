@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from tests.conftest import LiveServer
 from townhall.bench.join import Tally, join_command, percentile, summarize
+
+# bench join floods from one address: lift the per-network join bucket and the
+# proof-of-work threshold (issue 10), which would otherwise (rightly) stop it
+UNLIMITED = {
+    "TOWNHALL_JOINS_PER_NETWORK_PER_10S": "1000000",
+    "TOWNHALL_CHALLENGE_JOINS_PER_S": "1000000",
+}
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(tmp_path / "data", UNLIMITED).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def test_bench_join_reports_joins_latency_and_cpu(live_server: LiveServer) -> None:

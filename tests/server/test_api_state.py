@@ -6,11 +6,13 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from tests.conftest import FAST_ARGON2, Api
 from townhall.config import Settings
+from townhall.errors import DatabaseUnavailable
 from townhall.live.roomstate import ListenerCounter, StateCache, hll_estimate
 
 
@@ -180,3 +182,40 @@ async def test_state_cache_single_flight_and_failure() -> None:
     with pytest.raises(RuntimeError):
         await cache.get("s", broken)
     assert (await cache.get("s", compute)).body == b'{"n": 3}'
+
+
+async def test_state_cache_serves_the_last_document_stale_while_the_database_is_down() -> None:
+    clock = Clock()
+    cache = StateCache(interval_s=1.0, clock=clock)
+    attempts = 0
+
+    async def down() -> bytes:
+        nonlocal attempts
+        attempts += 1
+        raise DatabaseUnavailable("down", retry_after_s=5)
+
+    with pytest.raises(DatabaseUnavailable):  # nothing to fall back on yet
+        await cache.get("s", down, stale_on=(DatabaseUnavailable,))
+
+    async def fresh() -> bytes:
+        return b'{"n": 1}'
+
+    await cache.get("s", fresh)
+    clock.now = 3.0
+    entry = await cache.get("s", down, stale_on=(DatabaseUnavailable,))
+    assert entry.stale and orjson.loads(entry.body) == {"n": 1, "stale": True, "stale_age_s": 3.0}
+    clock.now = 3.5  # kept for one interval: no new attempt
+    assert (await cache.get("s", down, stale_on=(DatabaseUnavailable,))) is entry
+    clock.now = 10.0
+    later = await cache.get("s", down, stale_on=(DatabaseUnavailable,))
+    assert orjson.loads(later.body)["stale_age_s"] == 10.0 and attempts == 3
+    with pytest.raises(RuntimeError):  # other errors are not hidden
+
+        async def bug() -> bytes:
+            raise RuntimeError("bug")
+
+        clock.now = 20.0
+        await cache.get("s", bug, stale_on=(DatabaseUnavailable,))
+    clock.now = 30.0
+    back = await cache.get("s", fresh, stale_on=(DatabaseUnavailable,))
+    assert not back.stale and back.body == b'{"n": 1}'

@@ -16,7 +16,7 @@ from tests.media.hls_validator import decode_pcm
 from tests.server.test_fastproto import BASE, Conn, request, serve
 from townhall import metrics
 from townhall.media.signals import dominant_frequency, read_wav, tone
-from townhall.origin.fastproto import COUNTS
+from townhall.origin.http1 import COUNTS
 
 
 def counter(metric: object, **labels: str) -> float:

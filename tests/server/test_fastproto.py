@@ -1,6 +1,6 @@
 """The fast path through real HTTP: one live program served by two uvicorn
-servers on this test's loop, the reference (the app's routes, plain httptools)
-and the fast protocol; raw sockets compare their bytes and drive keep-alive,
+servers on this test's loop, the reference (the app's routes, uvicorn's own
+httptools protocol) and townhall's HTTP/1.1 driver (origin/http1.py); raw sockets compare their bytes and drive keep-alive,
 pipelining, HEAD, Connection: close, parked requests and disconnects."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.server.test_hls import Origin
 from townhall import metrics
 from townhall.config import Settings
 from townhall.media.signals import tone
-from townhall.origin.fastproto import COUNTS, protocol_for
+from townhall.origin.http1 import COUNTS, protocol_for
 from townhall.origin.rules import FastPath, programs_of
 
 BASE = f"/spaces/{SPACE}"
@@ -92,7 +92,7 @@ class Servers:
         self.origin = origin
         self.fast_path = FastPath(origin.settings, programs_of(origin.app))
         self.reference = self._server("httptools")
-        self.fast = self._server(protocol_for(self.fast_path))
+        self.fast = self._server(protocol_for(self.fast_path, origin.settings))
         self.tasks: list[asyncio.Task[None]] = []
 
     def _server(self, http: Any) -> uvicorn.Server:
@@ -277,8 +277,9 @@ async def test_connection_close_and_http_1_0_close_after_the_answer(servers: Ser
         conn = await Conn.open(port)
         conn.send(request(path, version="1.0"))
         reply = await conn.reply()
-        assert reply.status == 200 and reply.headers[b"connection"] == b"close"
-        assert await conn.at_eof()
+        assert reply.status == 200 and await conn.at_eof()
+        if port == servers.fast_port:  # (uvicorn's own says so only from 0.5x on)
+            assert reply.headers[b"connection"] == b"close"
         conn = await Conn.open(port)
         reply = await conn.get(path, method="HEAD", extra="Connection: close\r\n")
         assert reply.status == 200 and await conn.at_eof()

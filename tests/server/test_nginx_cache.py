@@ -26,6 +26,13 @@ pytestmark = [pytest.mark.slow]
 
 @pytest.fixture
 def nginx_in_front(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
+    yield from run_nginx(live_server, tmp_path)
+
+
+def run_nginx(
+    live_server: LiveServer, tmp_path: Path, *, gate: str = "off", secret: str = "unused"
+) -> Iterator[str]:
+    """nginx with deploy/nginx-cache.conf in front of ``live_server``."""
     if shutil.which("nginx") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is not installed (scripts/setup.sh --test installs nginx-light)")
@@ -38,6 +45,8 @@ def nginx_in_front(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
         conf.replace("@ORIGIN@", f"127.0.0.1:{live_server.port}")
         .replace("@LISTEN@", f"127.0.0.1:{port}")
         .replace("@CACHE_DIR@", str(prefix / "cache"))
+        .replace("@MEDIA_GATE@", gate)
+        .replace("@LINK_SECRET@", secret)
     )
     (prefix / "nginx.conf").write_text(conf)
     directives = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/error.log;"

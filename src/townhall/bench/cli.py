@@ -55,6 +55,8 @@ ATTACHED = (
     ("join", "join_command"),
     ("listeners", "listeners_command"),
     ("latency", "latency_command"),
+    ("attack", "attack_command"),
+    ("storm", "storm_command"),
 )
 
 

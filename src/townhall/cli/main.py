@@ -56,6 +56,7 @@ ATTACHED = (
     ("townhall.client.speak", "speak_command"),
     ("townhall.cli.demo", "demo_command"),
     ("townhall.bench.cli", "bench_group"),
+    ("townhall.evidence.cli", "evidence_group"),
 )
 
 

@@ -9,268 +9,76 @@ The pieces are importable for tests, the demo and the latency benchmark:
   arrival time of every frame.
 - ``SpeakerClient`` owns one aiortc peer: ``connect(post_offer)`` with any
   signalling function (HTTP, or a Stage in the same process in tests).
-- ``publish(...)`` does the whole thing over HTTP.
+- ``publish(...)`` does the whole thing over HTTP, and with ``reconnect``
+  comes back by itself after the server goes away (a restart), counting only
+  audio the server acknowledged.
+
+The WebRTC pieces live in ``townhall.client.peer`` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
+import contextlib
 import logging
+import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import click
 import httpx
-import numpy as np
 import numpy.typing as npt
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import MediaStreamTrack
 
+from townhall.client.peer import (
+    FRAME_S,
+    FRAME_SAMPLES,
+    SAMPLE_RATE_HZ,
+    FileTrack,
+    PacedTrack,
+    PcmTrack,
+    PostOffer,
+    ReturnRecorder,
+    SourceLeg,
+    SpeakerClient,
+    decode_file,
+)
 from townhall.live.ice import loopback_for, restrict_host_addresses
-from townhall.media import signals
+
+__all__ = [
+    "FRAME_S",
+    "FRAME_SAMPLES",
+    "SAMPLE_RATE_HZ",
+    "FileTrack",
+    "PcmTrack",
+    "PublishResult",
+    "Reconnect",
+    "ReturnRecorder",
+    "SpeakError",
+    "SpeakerClient",
+    "decode_file",
+    "http_offer",
+    "publish",
+    "speak_command",
+    "speaker_token",
+]
 
 log = logging.getLogger("townhall.client")
-
-SAMPLE_RATE_HZ = 48000
-FRAME_SAMPLES = 960
-FRAME_S = FRAME_SAMPLES / SAMPLE_RATE_HZ
-
-Pcm = npt.NDArray[np.int16]
-PostOffer = Callable[[str, str], Awaitable[tuple[str, str]]]
-
-
-class _PacedTrack(MediaStreamTrack):
-    """An audio track that hands out 20 ms frames on a monotonic schedule.
-
-    ``sent`` records (frame index, monotonic time handed to the sender) for
-    the first frames, so benchmarks can tell when a sample left.
-    """
-
-    kind = "audio"
-
-    def __init__(self, *, keep_send_times: bool = False) -> None:
-        super().__init__()
-        self._index = 0
-        self._start_s: float | None = None
-        self._time_base = fractions.Fraction(1, SAMPLE_RATE_HZ)
-        self.keep_send_times = keep_send_times
-        self.send_times_s: list[float] = []  # monotonic time frame i was handed out
-
-    def _next_pcm(self) -> Pcm | None:
-        raise NotImplementedError
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start_s is None:
-            self._start_s = now
-        due = self._start_s + self._index * FRAME_S
-        if due > now:
-            await asyncio.sleep(due - now)
-        pcm = self._next_pcm()
-        if pcm is None:
-            self.stop()
-            raise MediaStreamError
-        if self.keep_send_times:
-            self.send_times_s.append(time.monotonic())
-        # stereo with both channels equal: aiortc's Opus encoder takes stereo, and
-        # libswresample's mono->stereo upmix would cost 3 dB
-        frame = av.AudioFrame.from_ndarray(
-            np.repeat(pcm, 2).reshape(1, -1), format="s16", layout="stereo"
-        )
-        frame.sample_rate = SAMPLE_RATE_HZ
-        frame.pts = self._index * FRAME_SAMPLES
-        frame.time_base = self._time_base
-        self._index += 1
-        return frame
-
-    @property
-    def frames_sent(self) -> int:
-        return self._index
-
-
-class PcmTrack(_PacedTrack):
-    """Send int16 mono 48 kHz PCM in real time; ends after the last frame
-    unless ``loop``."""
-
-    def __init__(self, pcm: npt.ArrayLike, *, loop: bool = False, keep_send_times: bool = False):
-        super().__init__(keep_send_times=keep_send_times)
-        data = np.asarray(pcm, dtype=np.int16).reshape(-1)
-        pad = (-len(data)) % FRAME_SAMPLES
-        self._pcm = np.concatenate([data, np.zeros(pad, dtype=np.int16)])
-        self._frames = len(self._pcm) // FRAME_SAMPLES
-        self.loop = loop
-
-    def _next_pcm(self) -> Pcm | None:
-        if self._frames == 0:
-            return None
-        i = self._index
-        if i >= self._frames:
-            if not self.loop:
-                return None
-            i %= self._frames
-        return self._pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-
-
-def _mono_s16(frame: av.AudioFrame) -> Pcm:
-    """The samples of a packed s16 mono frame as a flat int16 array."""
-    pcm: Pcm = frame.to_ndarray().astype(np.int16, copy=False).reshape(-1)
-    return pcm
-
-
-def decode_file(path: str | Path) -> Iterator[Pcm]:
-    """Decode any audio file PyAV reads into 20 ms frames of 48 kHz mono int16."""
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise click.UsageError(f"{path} has no audio stream.")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(
-            format="s16", layout="mono", rate=SAMPLE_RATE_HZ, frame_size=FRAME_SAMPLES
-        )
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                yield _mono_s16(out)
-        for out in resampler.resample(None):
-            pcm = _mono_s16(out)
-            if len(pcm) < FRAME_SAMPLES:
-                pcm = np.concatenate([pcm, np.zeros(FRAME_SAMPLES - len(pcm), dtype=np.int16)])
-            yield pcm
-
-
-class FileTrack(_PacedTrack):
-    """Send an audio file (WAV or anything PyAV decodes) in real time,
-    decoding as it goes; ``loop`` starts over at the end."""
-
-    def __init__(self, path: str | Path, *, loop: bool = False, keep_send_times: bool = False):
-        super().__init__(keep_send_times=keep_send_times)
-        self.path = Path(path)
-        self.loop = loop
-        self._frames = decode_file(self.path)
-        self._yielded_any = False
-
-    def _next_pcm(self) -> Pcm | None:
-        for _attempt in range(2):
-            pcm = next(self._frames, None)
-            if pcm is not None:
-                self._yielded_any = True
-                return pcm
-            if not (self.loop and self._yielded_any):
-                return None
-            self._frames = decode_file(self.path)
-        return None
-
-
-@dataclass
-class ReturnRecorder:
-    """Audio received from the server: 48 kHz mono int16 frames and the
-    monotonic time each arrived (decoded)."""
-
-    frames: list[Pcm] = field(default_factory=list)
-    arrival_s: list[float] = field(default_factory=list)
-    max_frames: int = 50 * 3600  # an hour; older frames are dropped past it
-
-    def add(self, pcm: Pcm, at_s: float) -> None:
-        if len(self.frames) >= self.max_frames:
-            del self.frames[0]
-            del self.arrival_s[0]
-        self.frames.append(pcm)
-        self.arrival_s.append(at_s)
-
-    def pcm(self) -> Pcm:
-        if not self.frames:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(self.frames)
-
-    def write_wav(self, path: str | Path) -> None:
-        signals.write_wav(path, self.pcm(), SAMPLE_RATE_HZ)
-
-
-class SpeakerClient:
-    """One speaker's WebRTC peer: sends ``source``, records what comes back.
-
-    Use as ``async with SpeakerClient(track) as client: await client.connect(post_offer)``;
-    leaving the block closes the peer.
-    """
-
-    def __init__(self, source: MediaStreamTrack, *, record: bool = True) -> None:
-        self.source = source
-        self.recorder = ReturnRecorder()
-        self.record = record
-        # no ICE servers: host candidates only (aiortc's default would contact a public STUN server)
-        self.pc = RTCPeerConnection(configuration=RTCConfiguration(iceServers=[]))
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.connected = asyncio.Event()
-        self.failed = asyncio.Event()
-
-    async def __aenter__(self) -> SpeakerClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def connect(self, post_offer: PostOffer) -> None:
-        """Offer (non-trickle), hand the offer to ``post_offer``, apply the answer."""
-        pc = self.pc
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio":
-                task = asyncio.create_task(self._record_main(track), name="speak-record")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-        @pc.on("connectionstatechange")
-        def on_state() -> None:
-            if pc.connectionState == "connected":
-                self.connected.set()
-            elif pc.connectionState in ("failed", "closed"):
-                self.failed.set()
-
-        pc.addTransceiver(self.source, direction="sendrecv")
-        await pc.setLocalDescription(await pc.createOffer())
-        local = pc.localDescription
-        answer_sdp, answer_type = await post_offer(local.sdp, local.type)
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type=answer_type))
-
-    async def _record_main(self, track: MediaStreamTrack) -> None:
-        resampler = av.AudioResampler(
-            format="s16", layout="mono", rate=SAMPLE_RATE_HZ, frame_size=FRAME_SAMPLES
-        )
-        try:
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                if not self.record or not isinstance(frame, av.AudioFrame):
-                    continue
-                now = time.monotonic()
-                for out in resampler.resample(frame):
-                    self.recorder.add(_mono_s16(out), now)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("recording the return audio failed")
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.source.stop()
-        await self.pc.close()
 
 
 # -- HTTP ---------------------------------------------------------------------------
 
 
 class SpeakError(click.ClickException):
-    """A failure the person running `townhall speak` can act on."""
+    """A failure the person running `townhall speak` can act on. ``retryable``:
+    the server may accept the same request later (it is restarting, busy)."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int = 0) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
 
 
 def _problem_detail(response: httpx.Response) -> str:
@@ -283,19 +91,28 @@ def _problem_detail(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+def _refused(message: str, response: httpx.Response) -> SpeakError:
+    status = response.status_code
+    return SpeakError(
+        f"{message}: {_problem_detail(response)}",
+        retryable=status >= 500 or status == 429,
+        status=status,
+    )
+
+
 async def speaker_token(
     http: httpx.AsyncClient, space_id: str, username: str, password: str
 ) -> str:
     """Sign in and get a speaker token for ``space_id``."""
     r = await http.post("/api/sessions", json={"username": username, "password": password})
     if r.status_code != 200:
-        raise SpeakError(f"Signing in as {username} failed: {_problem_detail(r)}")
+        raise _refused(f"Signing in as {username} failed", r)
     session = r.json()["token"]
     r = await http.post(
         f"/api/spaces/{space_id}/speaker-token", headers={"Authorization": f"Bearer {session}"}
     )
     if r.status_code != 200:
-        raise SpeakError(f"Getting a speaker token failed: {_problem_detail(r)}")
+        raise _refused("Getting a speaker token failed", r)
     return str(r.json()["token"])
 
 
@@ -309,7 +126,7 @@ def http_offer(http: httpx.AsyncClient, space_id: str, token: str) -> PostOffer:
             headers={"Authorization": f"Bearer {token}"},
         )
         if r.status_code != 200:
-            raise SpeakError(f"The server refused the offer: {_problem_detail(r)}")
+            raise _refused("The server refused the offer", r)
         body = r.json()
         return str(body["sdp"]), str(body["type"])
 
@@ -318,9 +135,108 @@ def http_offer(http: httpx.AsyncClient, space_id: str, token: str) -> PostOffer:
 
 @dataclass(frozen=True, slots=True)
 class PublishResult:
-    frames_sent: int
+    frames_sent: int  # acknowledged by the server (its RTCP receiver reports)
     frames_received: int
     duration_s: float
+    frames_pushed: int = 0  # handed to the network, heard or not
+    reconnects: int = 0
+    lost: bool = False  # ended because the server was lost (and did not come back)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """How ``publish`` comes back after losing the server: retry for up to
+    ``for_s`` seconds (0: never) with exponential backoff from ``first_s`` to
+    ``max_s``; the server counts as lost when its connection fails or its
+    receiver reports stop growing for ``stall_s``."""
+
+    for_s: float = 0.0
+    first_s: float = 0.5
+    max_s: float = 4.0
+    stall_s: float = 5.0
+
+    def delay_s(self, attempt: int) -> float:
+        base: float = min(self.max_s, self.first_s * 2.0 ** min(attempt, 30))
+        return base * (0.5 + random.random() / 2)  # jitter: bots do not return in step
+
+
+@dataclass
+class _Run:
+    track: MediaStreamTrack
+    recorder: ReturnRecorder
+    record: bool
+    stop: asyncio.Event
+    ended: asyncio.Event
+    duration_s: float | None
+    deadline_s: float | None = None  # duration_s after the first connection
+    pushed: int = 0
+    acked: int = 0
+
+
+async def _one_connection(
+    run: _Run,
+    http: httpx.AsyncClient,
+    space_id: str,
+    token: str,
+    policy: Reconnect,
+    timeout_s: float,
+    *,
+    first: bool,
+) -> str:
+    """One peer connection until the source ends ("ended"), ``stop`` or the
+    deadline ("done"), or the server is lost ("lost"). Adds the frames pushed
+    and those the server acknowledged to ``run``. The ``first`` connection's
+    errors are raised: a server that was never there is not waited for."""
+    first_frame = run.track.frames_sent if isinstance(run.track, PacedTrack) else 0
+    client = SpeakerClient(SourceLeg(run.track), record=run.record)
+    client.recorder = run.recorder
+    outcome = "lost"
+    connected_at = time.monotonic()
+    try:
+        try:
+            await asyncio.wait_for(client.connect(http_offer(http, space_id, token)), timeout_s)
+            await asyncio.wait_for(client.connected.wait(), timeout_s)
+        except (httpx.HTTPError, OSError, TimeoutError) as exc:
+            if first:
+                raise
+            log.warning("could not connect to the server: %s", exc or type(exc).__name__)
+            return outcome
+        except SpeakError as exc:
+            if first or not exc.retryable:
+                raise
+            log.warning("%s", exc.message)
+            return outcome
+        connected_at = time.monotonic()
+        if run.deadline_s is None and run.duration_s is not None:
+            run.deadline_s = connected_at + run.duration_s
+        while True:
+            if run.ended.is_set():
+                outcome = "ended"
+            elif run.stop.is_set() or (
+                run.deadline_s is not None and time.monotonic() >= run.deadline_s
+            ):
+                outcome = "done"
+            elif client.failed.is_set() or client.reports_stalled(policy.stall_s, connected_at):
+                log.warning(
+                    "lost the server: %s",
+                    "connection failed"
+                    if client.failed.is_set()
+                    else f"no receiver report for {policy.stall_s:.0f} s",
+                )
+                break
+            if outcome != "lost":
+                await asyncio.sleep(0.2)  # let the last frames of the return arrive
+                break
+            await asyncio.sleep(0.1)
+        return outcome
+    finally:
+        pushed = (run.track.frames_sent if isinstance(run.track, PacedTrack) else 0) - first_frame
+        healthy = outcome != "lost" and not client.reports_stalled(policy.stall_s, connected_at)
+        run.pushed += pushed
+        # a healthy end: the server heard it all but the last report's worth;
+        # a lost server: only what its last report acknowledged
+        run.acked += pushed if healthy else min(pushed, client.acked_packets)
+        await client.close()
 
 
 async def publish(
@@ -334,12 +250,17 @@ async def publish(
     record_to: str | Path | ReturnRecorder | None = None,
     stop: asyncio.Event | None = None,
     timeout_s: float = 20.0,
+    reconnect: Reconnect | None = None,
+    renew_token: Callable[[], Awaitable[str]] | None = None,
 ) -> PublishResult:
     """Publish ``source`` (a file path, int16 PCM, or a track) as a speaker.
 
-    Runs until the source ends (not ``loop``), ``duration_s`` passes, ``stop``
-    is set, or the connection fails. ``record_to`` (a WAV path or a
-    ReturnRecorder) receives what the speaker hears back.
+    Runs until the source ends (not ``loop``), ``duration_s`` passes (counted
+    from the first connection), ``stop`` is set, or the server is lost; with ``reconnect``, a lost server is
+    retried with backoff (``renew_token`` gives a fresh speaker token for each
+    attempt, else ``token`` is reused). ``record_to`` (a WAV path or a
+    ReturnRecorder) receives what the speaker hears back. ``frames_sent`` of
+    the result counts only audio the server acknowledged.
     """
     if isinstance(source, MediaStreamTrack):
         track: MediaStreamTrack = source
@@ -347,41 +268,74 @@ async def publish(
         track = FileTrack(source, loop=loop)
     else:
         track = PcmTrack(source, loop=loop)
-    stop = stop or asyncio.Event()
+    policy = reconnect or Reconnect()
     started = time.monotonic()
+    run = _Run(
+        track=track,
+        recorder=record_to if isinstance(record_to, ReturnRecorder) else ReturnRecorder(),
+        record=record_to is not None,
+        stop=stop or asyncio.Event(),
+        ended=asyncio.Event(),
+        duration_s=duration_s,
+    )
+    track.on("ended", run.ended.set)
     # a server on loopback is reached over loopback only (aioice skips it otherwise)
     restrict_host_addresses(loopback_for(httpx.URL(server_url).host))
-    async with (
-        httpx.AsyncClient(base_url=server_url, timeout=timeout_s) as http,
-        SpeakerClient(track, record=record_to is not None) as client,
-    ):
-        if isinstance(record_to, ReturnRecorder):
-            client.recorder = record_to
-        ended = asyncio.Event()
-        track.on("ended", ended.set)
-        await client.connect(http_offer(http, space_id, token))
-        waits = [
-            asyncio.create_task(ended.wait()),
-            asyncio.create_task(stop.wait()),
-            asyncio.create_task(client.failed.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, timeout=duration_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-        if client.failed.is_set() and not ended.is_set():
-            log.warning("the connection to %s failed", server_url)
-        await asyncio.sleep(0.2)  # let the last frames of the return arrive
-        if isinstance(record_to, (str, Path)):
-            client.recorder.write_wav(record_to)
-        sent = track.frames_sent if isinstance(track, _PacedTrack) else 0
-        return PublishResult(
-            frames_sent=sent,
-            frames_received=len(client.recorder.frames),
-            duration_s=time.monotonic() - started,
-        )
+    reconnects = attempt = 0
+    lost = False
+    lost_since: float | None = None
+    try:
+        async with httpx.AsyncClient(base_url=server_url, timeout=timeout_s) as http:
+            while True:
+                acked_before = run.acked
+                outcome = await _one_connection(
+                    run, http, space_id, token, policy, timeout_s, first=reconnects == 0
+                )
+                lost = outcome == "lost"
+                if not lost:
+                    break
+                now = time.monotonic()
+                if run.acked > acked_before:
+                    attempt, lost_since = 0, None  # that connection worked for a while
+                lost_since = lost_since if lost_since is not None else now
+                if now - lost_since >= policy.for_s:
+                    if policy.for_s > 0:
+                        log.warning("gave up: no server for %.0f s", now - lost_since)
+                    break
+                delay_s = policy.delay_s(attempt)
+                attempt += 1
+                log.warning("reconnecting to %s in %.1f s", server_url, delay_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.stop.wait(), delay_s)
+                if run.stop.is_set() or (
+                    run.deadline_s is not None and time.monotonic() >= run.deadline_s
+                ):
+                    lost = False
+                    break
+                reconnects += 1
+                if isinstance(track, PacedTrack):
+                    track.resync()
+                if renew_token is not None:
+                    try:
+                        token = await renew_token()
+                    except (httpx.HTTPError, OSError) as exc:
+                        log.warning("could not renew the speaker token: %s", exc)
+                    except SpeakError as exc:
+                        if not exc.retryable:
+                            raise
+                        log.warning("%s", exc.message)
+    finally:
+        track.stop()
+    if isinstance(record_to, (str, Path)):
+        run.recorder.write_wav(record_to)
+    return PublishResult(
+        frames_sent=run.acked,
+        frames_received=len(run.recorder.frames),
+        duration_s=time.monotonic() - started,
+        frames_pushed=run.pushed,
+        reconnects=reconnects,
+        lost=lost,
+    )
 
 
 @click.command("speak")
@@ -399,6 +353,13 @@ async def publish(
     default=None,
     help="Write what this speaker hears (the others) to a WAV file.",
 )
+@click.option(
+    "--reconnect-for-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="When the server goes away (a restart), keep reconnecting with backoff for this long; 0 stops at once.",
+)
 def speak_command(
     file: Path,
     server_url: str,
@@ -409,25 +370,28 @@ def speak_command(
     loop: bool,
     duration_s: float | None,
     record_return: Path | None,
+    reconnect_for_s: float,
 ) -> None:
     """Publish FILE (WAV or any audio PyAV reads) into a live space as a speaker."""
     if token is None and (username is None or password is None):
         raise click.UsageError("Give --token, or both --username and --password.")
 
+    async def fresh_token() -> str:
+        assert username is not None and password is not None
+        async with httpx.AsyncClient(base_url=server_url, timeout=20.0) as http:
+            return await speaker_token(http, space_id, username, password)
+
     async def main() -> PublishResult:
-        nonlocal token
-        if token is None:
-            assert username is not None and password is not None
-            async with httpx.AsyncClient(base_url=server_url, timeout=20.0) as http:
-                token = await speaker_token(http, space_id, username, password)
         return await publish(
             server_url,
             space_id,
-            token,
+            token if token is not None else await fresh_token(),
             file,
             loop=loop,
             duration_s=duration_s,
             record_to=record_return,
+            reconnect=Reconnect(for_s=reconnect_for_s),
+            renew_token=fresh_token if token is None else None,
         )
 
     try:
@@ -436,7 +400,14 @@ def speak_command(
         return
     except (httpx.HTTPError, OSError) as exc:
         raise SpeakError(f"Could not reach {server_url}: {exc}") from None
+    again = f", {result.reconnects} reconnect(s)" if result.reconnects else ""
     click.echo(
-        f"sent {result.frames_sent * FRAME_S:.1f} s of audio, "
-        f"received {result.frames_received * FRAME_S:.1f} s back, in {result.duration_s:.1f} s"
+        f"sent {result.frames_sent * FRAME_S:.1f} s of audio the server acknowledged "
+        f"(of {result.frames_pushed * FRAME_S:.1f} s pushed), "
+        f"received {result.frames_received * FRAME_S:.1f} s back, in {result.duration_s:.1f} s{again}"
     )
+    if result.lost:
+        raise SpeakError(
+            f"Lost the server at {server_url} and it did not come back within "
+            f"{reconnect_for_s:.0f} s (--reconnect-for-s)."
+        )

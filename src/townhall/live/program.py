@@ -217,6 +217,7 @@ class Program:
             part_duration_samples=self.part_frames * AAC_FRAME_SAMPLES,
             segment_parts=self.settings.segment_parts,
             window_segments=self.settings.window_segments,
+            playlist_segments=self.settings.live_playlist_window_segments,
             spreader=self.spreader,
         )
         self.recorder = Recorder(self.recording, manifest, self.settings)

@@ -32,6 +32,10 @@ class RoomRegistry:
             for problem in room.program.health().problems()
         ]
 
+    def space_ids(self) -> list[str]:
+        """The spaces with a room on this node, now (a copy)."""
+        return list(self._rooms)
+
     async def start(self, space_id: str) -> Room:
         """Start the room of a live space; a second call returns the same room."""
         async with self._lock:

@@ -15,6 +15,7 @@ from townhall.captions.live import LiveCaptions
 from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.live.stage import Stage
+from townhall.media.mixer import Frame
 
 log = logging.getLogger("townhall.media")
 
@@ -26,9 +27,20 @@ class Room:
         self.space_id = space_id
         self.settings = settings
         self.program = Program(space_id, settings)
-        self.stage = Stage(space_id, settings, sink=self.program.push_frame)
+        # no program (live audio, recording) before someone is on the microphone:
+        # no "listening live" over silence, no dead air at the start of the replay
+        self.on_air = not settings.program_waits_for_host
+        self.stage = Stage(space_id, settings, sink=self._frame)
         self.captions = LiveCaptions(space_id, settings, self.program.recording.dir)
         self.program.taps.append(self._caption_tap)
+
+    def _frame(self, pcm: Frame) -> None:
+        if not self.on_air:
+            if not any(s.connected for s in self.stage.speaker_status().values()):
+                return
+            self.on_air = True
+            log.info("room %s on the air: a microphone is connected", self.space_id)
+        self.program.push_frame(pcm)
 
     def _caption_tap(self, pcm: np.ndarray, start_samples: int) -> None:
         if self.captions.active:

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
+
 
 class ListenerSink(Protocol):
     """What join feeds (memory only, must not block): a listener token id seen."""
@@ -116,6 +118,9 @@ class StateEntry:
     body: bytes
     etag: str
     computed_at: float
+    # when the document was last computed successfully (== computed_at unless stale)
+    fresh_at: float = 0.0
+    stale: bool = False
 
 
 class StateCache:
@@ -134,7 +139,19 @@ class StateCache:
         self._entries: dict[str, StateEntry] = {}
         self._inflight: dict[str, asyncio.Future[StateEntry]] = {}
 
-    async def get(self, space_id: str, compute: Callable[[], Awaitable[bytes]]) -> StateEntry:
+    async def get(
+        self,
+        space_id: str,
+        compute: Callable[[], Awaitable[bytes]],
+        *,
+        stale_on: tuple[type[BaseException], ...] = (),
+    ) -> StateEntry:
+        """The document of ``space_id``, computed at most once per interval.
+
+        When ``compute`` raises one of ``stale_on`` and a document was computed
+        before, that document is answered instead, marked ``"stale": true``
+        with its age (``stale_age_s``), and kept for one interval before the
+        next attempt; without an earlier document the error propagates."""
         entry = self._entries.get(space_id)
         if entry is not None and self._clock() - entry.computed_at < self.interval_s:
             return entry
@@ -144,8 +161,15 @@ class StateCache:
         future: asyncio.Future[StateEntry] = asyncio.get_running_loop().create_future()
         self._inflight[space_id] = future
         try:
-            body = await compute()
-            entry = StateEntry(body, _etag(body), self._clock())
+            try:
+                body = await compute()
+            except stale_on:
+                if entry is None:
+                    raise
+                entry = self._stale(entry)
+            else:
+                now = self._clock()
+                entry = StateEntry(body, _etag(body), now, now)
             if len(self._entries) >= self.max_spaces and space_id not in self._entries:
                 self._entries.pop(next(iter(self._entries)))
             self._entries[space_id] = entry
@@ -157,6 +181,16 @@ class StateCache:
             raise
         finally:
             del self._inflight[space_id]
+
+    def _stale(self, last: StateEntry) -> StateEntry:
+        now = self._clock()
+        fresh_at = last.fresh_at if last.stale else last.computed_at
+        doc = orjson.loads(last.body)
+        doc.pop("stale_age_s", None)
+        doc["stale"] = True
+        doc["stale_age_s"] = round(now - fresh_at, 1)
+        body = orjson.dumps(doc)
+        return StateEntry(body, _etag(body), now, fresh_at, stale=True)
 
 
 def _etag(body: bytes) -> str:

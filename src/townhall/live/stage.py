@@ -403,6 +403,7 @@ class Stage:
                 n += skipped
             else:
                 await asyncio.sleep(0)  # catching up: still let the network in
+            metrics.MIXER_CLOCK_LATE.observe(max(0.0, loop.time() - (start_s + n * period_s)))
             self._tick()
 
     def _tick(self) -> None:

@@ -26,7 +26,14 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 LIVE_PLAYLIST = "public, max-age=1"
 BLOCKING_PLAYLIST = "public, max-age=6"
 ENDED_PLAYLIST = "public, max-age=86400"
-PROGRESSIVE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+# Listener resources are public bytes (the link is the permission): any page
+# may embed a player for them (issue 12). Preflights are answered by the app.
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+PROGRESSIVE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    **CORS_HEADERS,
+}
 
 
 # -- answers -----------------------------------------------------------------------
@@ -145,7 +152,7 @@ def header_lines(raw_headers: list[tuple[bytes, bytes]]) -> bytes:
 
 def media_response(data: bytes, media_type: str, cache: str) -> Response:
     """The response for listener bytes."""
-    return Response(data, media_type=media_type, headers={"Cache-Control": cache})
+    return Response(data, media_type=media_type, headers={"Cache-Control": cache, **CORS_HEADERS})
 
 
 def progressive_head() -> list[tuple[bytes, bytes]]:

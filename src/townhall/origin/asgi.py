@@ -37,6 +37,7 @@ from townhall.config import Settings
 from townhall.errors import NotFound
 from townhall.origin.answers import (
     AAC,
+    CORS_HEADERS,
     MP4,
     PROGRESSIVE_HEADERS,
     Answer,
@@ -52,9 +53,11 @@ from townhall.origin.rules import (
     FastPath,
     disk_media,
     disk_playlist,
+    gate_of,
     latest_epoch,
     programs_of,
 )
+from townhall.store.m4a import build_fragmented
 from townhall.store.recordings import Manifest, RecordingStore
 
 router = APIRouter(include_in_schema=False)
@@ -74,7 +77,13 @@ async def listener(request: Request) -> Response:
     """Every listener URL: the rules' answer, performed."""
     rules = _rules(request)
     path = request.url.path
-    answer = rules.answer(request.method.encode(), path.encode(), request.scope.get("query_string"))
+    cookie = request.headers.get("cookie")
+    answer = rules.answer(
+        request.method.encode(),
+        path.encode(),
+        request.scope.get("query_string"),
+        None if cookie is None else cookie.encode("latin-1"),
+    )
     for _ in range(3):  # a Wait, then what follows it, then perhaps a disk read
         if isinstance(answer, Rendered):
             return _RenderedResponse(answer)
@@ -105,7 +114,9 @@ def _rules(request: Request) -> FastPath:
     state = request.app.state
     rules: FastPath | None = getattr(state, "listener_rules", None)
     if rules is None:
-        rules = state.listener_rules = FastPath(_settings(request), programs_of(request.app))
+        rules = state.listener_rules = FastPath(
+            _settings(request), programs_of(request.app), gate=gate_of(request.app)
+        )
     return rules
 
 
@@ -227,7 +238,8 @@ async def _recording(settings: Settings, space_id: str) -> Response:
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:
-            path = await asyncio.to_thread(store.build_m4a)
+            # served at once from the segments, whatever the talk's length (issue 12)
+            path = await asyncio.to_thread(build_fragmented, store)
     finally:
         if not lock.locked():
             _build_locks.pop(space_id, None)
@@ -237,5 +249,5 @@ async def _recording(settings: Settings, space_id: str) -> Response:
         path,
         media_type=MP4,
         filename=f"{space_id}.m4a",
-        headers={"Cache-Control": "public, max-age=86400"},
+        headers={"Cache-Control": "public, max-age=86400", **CORS_HEADERS},
     )

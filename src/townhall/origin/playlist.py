@@ -61,6 +61,10 @@ class PlaylistView:
     segment_target_s: float
     ended: bool
     first_msn: int = 0
+    # a sliding live window (issue 14): older segments leave the playlist, so
+    # it is not an EVENT playlist, and discontinuities that left are counted
+    discontinuity_sequence: int = 0
+    sliding: bool = False
 
 
 def _num(value: float) -> str:
@@ -140,9 +144,12 @@ def render_ll(view: PlaylistView, *, part_segments: int = 2, skip: bool = False)
         "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
         f"PART-HOLD-BACK={_num(part_hold_back_s(view))},"
         f"CAN-SKIP-UNTIL={_num(skip_until_s(view))}",
-        "#EXT-X-PLAYLIST-TYPE:EVENT",
         f"#EXT-X-MEDIA-SEQUENCE:{view.segments[0].msn if view.segments else view.first_msn}",
     ]
+    if not view.sliding:
+        lines.insert(5, "#EXT-X-PLAYLIST-TYPE:EVENT")
+    if view.discontinuity_sequence:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{view.discontinuity_sequence}")
     segments = view.segments
     skipped = 0
     if skip:
@@ -182,7 +189,7 @@ def render_plain(view: PlaylistView) -> str:
     """Plain HLS (complete segments only, no LL tags); VOD once ended."""
     if view.ended:
         return render_vod(view)
-    return _render_segments(view, playlist_type="EVENT", endlist=False)
+    return _render_segments(view, playlist_type="" if view.sliding else "EVENT", endlist=False)
 
 
 def render_vod(view: PlaylistView) -> str:
@@ -198,6 +205,10 @@ def _render_segments(view: PlaylistView, *, playlist_type: str, endlist: bool) -
         f"#EXT-X-PLAYLIST-TYPE:{playlist_type}",
         f"#EXT-X-MEDIA-SEQUENCE:{view.segments[0].msn if view.segments else view.first_msn}",
     ]
+    if not playlist_type:
+        lines.remove("#EXT-X-PLAYLIST-TYPE:")
+    if view.discontinuity_sequence and not endlist:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{view.discontinuity_sequence}")
     if endlist:
         lines.insert(4, "#EXT-X-INDEPENDENT-SEGMENTS")
     current_map: str | None = None

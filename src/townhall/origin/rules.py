@@ -58,7 +58,8 @@ from townhall.origin.answers import (
     timeout_response,
 )
 from townhall.origin.playlist import render_ll, render_plain
-from townhall.origin.window import LiveWindow, records_view
+from townhall.origin.window import COMPLETE, LiveWindow, records_view
+from townhall.policy.media_gate import MediaGate
 from townhall.store.recordings import SPACE_ID_RE, Manifest
 
 __all__ = [
@@ -103,13 +104,23 @@ class FastPath:
     lookup) or None.
     """
 
-    def __init__(self, settings: Settings, programs: Callable[[str], Program | None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        programs: Callable[[str], Program | None],
+        *,
+        gate: MediaGate | None = None,
+    ) -> None:
         self.settings = settings
         self.programs = programs
+        # spaces with a cap: media needs a listener token (policy/media_gate.py)
+        self.gate = gate if settings.max_listeners > 0 else None
         self.timeout_s = settings.blocking_reload_timeout_s
         self._stream_head = header_lines(progressive_head())
 
-    def decide(self, method: bytes, path: bytes, query: bytes | None) -> Decision:
+    def decide(
+        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+    ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
         if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
@@ -126,6 +137,8 @@ class FastPath:
         if window is None:
             return None
         name = path[slash + 1 :]
+        if self.gate is not None and self.gate.refuse(path[8:slash].decode("ascii"), query, cookie):
+            return None  # the app answers the 401
         if name.startswith(b"part/"):  # the hot one first
             found = self._part(window, name[5:], path)
         elif name == b"live.m3u8" or name == b"plain.m3u8":
@@ -139,7 +152,9 @@ class FastPath:
             return found
         return None
 
-    def answer(self, method: bytes, path: bytes, query: bytes | None) -> Answer:
+    def answer(
+        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+    ) -> Answer:
         """Every answer: ``path`` decoded as the router sees it (UTF-8 bytes),
         ``query`` as sent (decoded here when it has to be; 400 when malformed)."""
         if method != b"GET" and method != b"HEAD":
@@ -172,6 +187,10 @@ class FastPath:
             directives = parsed
         if program is None or window is None:
             return self._cold(method, space_id, program, name, directives)
+        if self.gate is not None and name != b"recording.m4a":
+            refused = self.gate.refuse(space_id, query, cookie)
+            if refused is not None:
+                return Problem(refused)
         if name.startswith(b"part/"):
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
@@ -276,22 +295,40 @@ class FastPath:
                     )
                 )
             position = window.normalize(msn, part)
-            then = partial(_playlist, window, kind, True)
-        elif window.version == 0:
-            # nothing published yet in this run: hold the very first request
+            if window.ready(position):
+                # satisfiable at once: a short max-age, so a client asking the
+                # same URL again is never shown an older playlist from a cache
+                return _playlist(window, kind, False)
+            return Wait(
+                window,
+                position,
+                max(self.timeout_s, window.blocking_hold_s),
+                partial(_playlist, window, kind, True),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
+        if msn is None and not window.closed and not window.history:
+            # the very first seconds: players without LL-HLS (ffmpeg, GStreamer,
+            # VLC, radio apps) need a whole segment, so a request without
+            # delivery directives waits for the first one, at most one segment
+            position = (window.open_msn, COMPLETE)
+            if window.ready(position):
+                return _playlist(window, kind, False)
+            answer = partial(_playlist, window, kind, False)
+            return Wait(window, position, window.segment_target_s + 1.0, answer, answer)
+        if window.version == 0 and not window.closed:
+            # a resumed space, nothing published yet in this run: hold the very
+            # first request until the new run's first part (its discontinuity)
             position = (window.open_msn, 0)
-            then = partial(_playlist, window, kind, False)
-        else:
-            return _playlist(window, kind, False)
-        if window.ready(position):
-            return then()
-        return Wait(
-            window,
-            position,
-            self.timeout_s,
-            then,
-            partial(timeout_response, path.decode("utf-8", "replace")),
-        )
+            if window.ready(position):
+                return _playlist(window, kind, False)
+            return Wait(
+                window,
+                position,
+                self.timeout_s,
+                partial(_playlist, window, kind, False),
+                partial(timeout_response, path.decode("utf-8", "replace")),
+            )
+        return _playlist(window, kind, False)
 
     # -- a space not live here: its recording ----------------------------------------------
 
@@ -516,6 +553,12 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
+
+
+def gate_of(app: Any) -> MediaGate:
+    """The media gate of an app built by ``create_app`` (its token signer
+    exists once the lifespan started)."""
+    return MediaGate(lambda: getattr(getattr(app.state, "services", None), "tokens", None))
 
 
 def programs_of(app: Any) -> Callable[[str], Program | None]:

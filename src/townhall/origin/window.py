@@ -163,8 +163,12 @@ class LiveWindow:
         window_segments: int,
         init_segment: bytes | None = None,
         spreader: Spreader | None = None,
+        playlist_segments: int = 0,
     ) -> None:
         self.epoch = epoch
+        # live playlists list only the last ``playlist_segments`` complete
+        # segments (0: all); the VOD after the end lists everything (issue 14)
+        self.playlist_segments = playlist_segments
         self.sample_rate_hz = sample_rate_hz
         self.part_duration_samples = part_duration_samples
         self.segment_parts = segment_parts
@@ -278,8 +282,15 @@ class LiveWindow:
         return position <= self.position
 
     def is_far_future(self, msn: int) -> bool:
-        """RFC 8216bis: an msn more than two past the last segment is a client error."""
-        return msn > self.open_msn + 2
+        """RFC 8216bis 6.2.5.2: an msn more than two past the last (complete)
+        Media Segment of the playlist can never be satisfied in time: 400."""
+        return msn > (self.open_msn - 1) + 2
+
+    @property
+    def blocking_hold_s(self) -> float:
+        """How long a blocking reload may be held: three target durations
+        (RFC 8216bis 6.2.5.2), the playlist's integer TARGETDURATION."""
+        return 3.0 * max(1, int(self.segment_target_s + 0.5))
 
     def ready(self, position: tuple[int, int]) -> bool:
         """True when a request waiting for ``position`` can be answered now."""
@@ -400,7 +411,15 @@ class LiveWindow:
 
     def view(self) -> PlaylistView:
         sr = self.sample_rate_hz
-        records = self._history
+        records: Sequence[SegmentRecord] = self._history
+        sliding = self.playlist_segments > 0 and not self.ended
+        discontinuity_sequence = 0
+        if sliding and len(records) > self.playlist_segments:
+            cut = len(records) - self.playlist_segments
+            # discontinuity tags before the first listed segment (the very
+            # first segment never carries one)
+            discontinuity_sequence = sum(1 for r in records[1 : cut + 1] if r.discontinuity)
+            records = records[cut:]
         segments = []
         # parts near the live edge only: the last two complete segments
         with_parts_from = max(0, len(records) - 2)
@@ -428,7 +447,12 @@ class LiveWindow:
             )
         hint = None
         if not self.closed:
-            hint = part_uri(self.open_msn, len(self._open_parts))
+            # the hinted part must come: after a segment's last part it is the
+            # next segment's first part, never a part past the end (issue 12)
+            if len(self._open_parts) >= self.segment_parts:
+                hint = part_uri(self.open_msn + 1, 0)
+            else:
+                hint = part_uri(self.open_msn, len(self._open_parts))
         return PlaylistView(
             segments=tuple(segments),
             open_segment=open_segment,
@@ -437,6 +461,8 @@ class LiveWindow:
             segment_target_s=self.segment_target_s,
             ended=self.ended,
             first_msn=records[0].msn if records else self.open_msn,
+            discontinuity_sequence=discontinuity_sequence,
+            sliding=sliding,
         )
 
     def playlist(self, kind: str) -> str:

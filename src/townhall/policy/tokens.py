@@ -8,12 +8,18 @@ and keeping the old one second until the old tokens have run out.
 :class:`TokenSigner` is pure (clock injectable). :func:`load_keys` is the small
 piece of I/O that finds the keys: the setting, or a file made once in the data
 directory.
+
+:class:`Revocations` (pure) is what sign-out writes: session token ids
+revoked before they expire, and per-account "not before" times (sign out
+everywhere). ``verify`` checks it for session tokens at the cost of two dict
+lookups; entries are forgotten once the tokens they stop have expired.
 """
 
 from __future__ import annotations
 
 import binascii
 import hashlib
+import heapq
 import logging
 import os
 import secrets
@@ -58,6 +64,87 @@ def new_token_id() -> str:
     return secrets.token_urlsafe(9)
 
 
+class Revocations:
+    """Revoked session tokens (by token id) and per-account not-before times.
+
+    A token id is kept until the token expires; an account's not-before for
+    ``horizon_s`` (the session lifetime: every token it stops has expired by
+    then). At most ``max_entries`` of each: beyond, the entry that would be
+    forgotten first goes now (``on_evict`` is called for each, to count it).
+    """
+
+    def __init__(
+        self,
+        *,
+        horizon_s: int,
+        max_entries: int = 1_000_000,
+        clock: Callable[[], float] = time.time,
+        on_evict: Callable[[], object] | None = None,
+    ) -> None:
+        self.horizon_s = horizon_s
+        self.max_entries = max_entries
+        self.evicted = 0
+        self._on_evict = on_evict
+        self._clock = clock
+        self._tokens: dict[str, int] = {}  # token id -> expires_at
+        self._accounts: dict[str, tuple[int, int]] = {}  # subject -> (not_before, forget_at)
+        self._heap: list[tuple[int, str, str]] = []  # (forget_at, "t"|"a", key)
+
+    def __len__(self) -> int:
+        return len(self._tokens) + len(self._accounts)
+
+    def revoke(self, token_id: str, expires_at: int) -> None:
+        """Stop the token ``token_id`` (which expires at ``expires_at``)."""
+        if expires_at <= self._clock() or self._tokens.get(token_id, -1) >= expires_at:
+            return
+        self._tokens[token_id] = expires_at
+        self._push(expires_at, "t", token_id)
+
+    def revoke_all(self, subject: str, not_before: int) -> None:
+        """Stop every session of ``subject`` issued at or before ``not_before``."""
+        current = self._accounts.get(subject)
+        if current is not None and current[0] >= not_before:
+            return
+        forget_at = not_before + self.horizon_s
+        self._accounts[subject] = (not_before, forget_at)
+        self._push(forget_at, "a", subject)
+
+    def not_before(self, subject: str) -> int | None:
+        entry = self._accounts.get(subject)
+        return None if entry is None else entry[0]
+
+    def revoked(self, claims: Claims) -> bool:
+        if claims.token_id in self._tokens:
+            return True
+        entry = self._accounts.get(claims.subject)
+        return entry is not None and claims.issued_at <= entry[0]
+
+    def prune(self) -> None:
+        """Forget the entries whose tokens have all expired."""
+        now = self._clock()
+        while self._heap and self._heap[0][0] <= now:
+            self._forget(*heapq.heappop(self._heap))
+
+    def _push(self, forget_at: int, kind: str, key: str) -> None:
+        heapq.heappush(self._heap, (forget_at, kind, key))
+        self.prune()
+        while len(self._tokens) > self.max_entries or len(self._accounts) > self.max_entries:
+            if self._forget(*heapq.heappop(self._heap)):
+                self.evicted += 1
+                if self._on_evict is not None:
+                    self._on_evict()
+
+    def _forget(self, forget_at: int, kind: str, key: str) -> bool:
+        # stale heap items (an entry renewed later) are skipped
+        if kind == "t" and self._tokens.get(key) == forget_at:
+            del self._tokens[key]
+            return True
+        if kind == "a" and key in self._accounts and self._accounts[key][1] == forget_at:
+            del self._accounts[key]
+            return True
+        return False
+
+
 class TokenSigner:
     """Issue and verify tokens. ``keys[0]`` signs; all keys verify.
 
@@ -79,6 +166,8 @@ class TokenSigner:
         self._signing_key = self._keys[key_id(keys[0])]
         self._signing_kid = key_id(keys[0])
         self._clock = clock
+        # sign-out: checked for session tokens (set by the server at start-up)
+        self.revocations: Revocations | None = None
         self._header_segment = base64url_encode(
             orjson.dumps({"alg": ALGORITHM, "kid": self._signing_kid, "typ": "JWT"})
         )
@@ -113,11 +202,13 @@ class TokenSigner:
         space_id: str | None = None,
         role: str | None = None,
         token_id: str | None = None,
+        issued_at: int | None = None,
     ) -> tuple[str, Claims]:
-        """Like :meth:`issue`, also returning the claims signed."""
+        """Like :meth:`issue`, also returning the claims signed. ``issued_at``
+        (at least now) dates a session after an account's not-before."""
         if kind not in KINDS:
             raise ValueError(f"unknown token kind {kind!r}")
-        now = int(self._clock())
+        now = max(int(self._clock()), issued_at or 0)
         claims = Claims(
             kind=kind,
             subject=subject,
@@ -158,6 +249,8 @@ class TokenSigner:
             raise Unauthorized(
                 "The token is for a different space (wrong space); join this space for a token."
             )
+        if kind == "session" and self.revocations is not None and self.revocations.revoked(claims):
+            raise Unauthorized("This session was signed out; sign in again.")
         return claims
 
     def decode(self, token: str) -> Claims:

@@ -10,8 +10,12 @@ per-request cost is the token signature, not the framework.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import math
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -32,10 +36,15 @@ from townhall.errors import (
     ValidationFailed,
 )
 from townhall.policy import roles
+from townhall.policy.ratelimit import Decision
+from townhall.server.admission import Queued
 from townhall.server.auth import (
     PROBLEM_RESPONSES,
     Bearer,
     Session,
+    base_url,
+    client_host,
+    forwarded_client,
     iso,
     iso_epoch,
     listener_urls,
@@ -45,7 +54,7 @@ from townhall.server.auth import (
     verify,
 )
 from townhall.server.services import Services
-from townhall.store.spaces import SpaceView
+from townhall.store.spaces import SpaceLimitReached, SpaceRateLimited, SpaceView
 
 log = logging.getLogger("townhall.access")
 
@@ -80,6 +89,9 @@ class HostOut(BaseModel):
 
 class UrlsOut(BaseModel):
     page: str
+    master_m3u8: str = Field(
+        description="Multivariant playlist (CODECS, BANDWIDTH) naming live_m3u8: give this to players."
+    )
     live_m3u8: str
     plain_m3u8: str
     live_aac: str
@@ -111,6 +123,11 @@ class JoinIn(BaseModel):
     token: str | None = Field(
         default=None, max_length=4096, description="A listener token of this space, to renew it."
     )
+    ticket: str | None = Field(
+        default=None,
+        max_length=512,
+        description="A queue ticket of this space (from a 202), to renew it or exchange it.",
+    )
 
 
 class JoinOut(BaseModel):
@@ -118,6 +135,31 @@ class JoinOut(BaseModel):
     role: Literal["listener"]
     expires_at: str
     urls: UrlsOut
+    seen_mark: str | None = Field(
+        default=None,
+        description="A signed 'seen before' mark: send it back as X-Townhall-Seen on later joins for priority and less proof-of-work.",
+    )
+    delivery: Literal["llhls", "hls"] = Field(
+        description="How to listen: llhls (live_m3u8), or hls (plain_m3u8, a few seconds more delay) when this node's LL-HLS budget is spent."
+    )
+    listen_url: str = Field(description="The playlist to play (live_m3u8 or plain_m3u8).")
+    detail: str = Field(description="A sentence to show (e.g. why the delay is longer).")
+
+
+class QueuedOut(BaseModel):
+    ticket: str = Field(description='Your signed place in line; post it back as {"ticket": ...}.')
+    expires_at: str = Field(description="When the ticket runs out unless renewed by posting it.")
+    number: int | None = Field(
+        description="Your number in the space's line (null before a scheduled start: places of early arrivals are drawn at random when it starts)."
+    )
+    position: int | None = Field(
+        description="How many places are before yours: number - admitting_through of queue.json."
+    )
+    eta_s: float | None = Field(description="Seconds until your turn, estimated; null if unknown.")
+    retry_after_s: float = Field(description="When to post the ticket again (also Retry-After).")
+    queue_url: str = Field(description="The queue document (/spaces/{id}/queue.json).")
+    reason: str = Field(description="Why you wait: full, before_start, not_your_turn, next, ...")
+    detail: str = Field(description="A sentence to show.")
 
 
 class SpeakerTokenOut(BaseModel):
@@ -158,9 +200,16 @@ def space_out(space: SpaceView, base: str) -> SpaceOut:
 @router.post("/spaces", status_code=201, response_model=SpaceOut, summary="Create a space")
 async def create_space(body: SpaceIn, claims: Session, request: Request) -> SpaceOut:
     services = services_of(request)
-    space = await services.spaces.create(
-        claims.subject, body.title, body.description, body.visibility, body.scheduled_for
-    )
+    try:
+        space = await services.spaces.create(
+            claims.subject, body.title, body.description, body.visibility, body.scheduled_for
+        )
+    except SpaceLimitReached as exc:
+        metrics.SPACE_LIMITS.labels(limit=exc.limit).inc()
+        raise
+    except SpaceRateLimited:
+        metrics.SPACE_LIMITS.labels(limit="rate").inc()
+        raise
     if space.state == "live":
         await services.rooms.start(space.id)
     log.info("space %s created (%s) by %s", space.id, space.state, claims.subject)
@@ -205,18 +254,42 @@ async def end_space(space_id: SpaceId, claims: Session, request: Request) -> Spa
 
 _JOIN_NEW = metrics.JOINS.labels(kind="new")
 _JOIN_RENEWAL = metrics.JOINS.labels(kind="renewal")
+_JOIN_QUEUED = metrics.JOINS.labels(kind="queued")
+
+# The listener token also travels as a cookie scoped to the space's media, so
+# players in a browser carry it on every playlist and part (the media gate).
+LISTENER_COOKIE = "th_listener"
 
 
-def join(
+@dataclass(frozen=True, slots=True)
+class JoinAnswer:
+    status: int  # 200 admitted, 202 queued
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+async def join(
     services: Services,
     space_id: str,
     authorization: str | None,
     renew_token: str | None,
     base: str,
-) -> bytes:
-    """Issue (or renew) a listener token; the JSON answer. Memory only."""
-    if services.spaces.index.get(space_id) is None:
+    ticket_text: str | None = None,
+    client: str | None = None,
+    pow_answer: str | None = None,
+    seen_mark: str | None = None,
+) -> JoinAnswer:
+    """Admit (200, a listener token), renew, or queue (202, a ticket) one
+    listener. Memory only for spaces without a cap; see server/admission.py."""
+    entry = services.spaces.index.get(space_id)
+    if entry is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
+    defense = services.defense
+    network = "unknown"
+    if defense is not None:  # issue 10: per-network bucket, proof-of-work under pressure
+        network, _returning = defense.gate_join(
+            space_id, client, pow_answer, seen_mark, renewal=renew_token is not None
+        )
     tokens = services.tokens
     account_id: str | None = None
     if authorization is not None:
@@ -224,39 +297,96 @@ def join(
         if scheme.lower() != "bearer" or not raw.strip():
             raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
         account_id = tokens.verify(raw.strip(), kind="session").subject
-    token_id: str | None = None
+    previous = None
+    ticket = None
     subject: str
     if renew_token is not None:
         previous = tokens.verify(renew_token, kind="listener", space_id=space_id)
-        token_id = previous.token_id
         subject = account_id or previous.subject
     else:
         subject = account_id or "anon-" + secrets.token_urlsafe(9)
+        if ticket_text is not None:
+            ticket = services.admission.tickets.verify(ticket_text, space_id)
     if not subject.startswith("anon-") and services.spaces.index.is_blocked(space_id, subject):
         raise Forbidden("You are blocked from this space.")
-    token, claims = tokens.mint(
-        "listener",
-        subject,
-        services.settings.listener_token_ttl_s,
-        space_id=space_id,
-        role="listener",
-        token_id=token_id,
+    result = await services.admission.admit(
+        space_id, entry, subject, renewal=previous, ticket=ticket
     )
-    services.listeners.add(space_id, claims.token_id)
-    (_JOIN_RENEWAL if token_id else _JOIN_NEW).inc()
-    return orjson.dumps(
+    urls = listener_urls(base, space_id)
+    if isinstance(result, Queued):
+        _JOIN_QUEUED.inc()
+        body = orjson.dumps(
+            {
+                "ticket": result.ticket,
+                "expires_at": iso_epoch(result.expires_at),
+                "number": result.number,
+                "position": result.position,
+                "eta_s": result.eta_s,
+                "retry_after_s": result.retry_after_s,
+                "queue_url": f"{base}/spaces/{space_id}/queue.json",
+                "reason": result.code,
+                "detail": result.detail,
+            }
+        )
+        retry = str(max(1, math.ceil(result.retry_after_s))).encode()
+        return JoinAnswer(202, body, [*_RAW_HEADERS, (b"retry-after", retry)])
+    claims = result.claims
+    counted, seen = defense.admitted(space_id, network) if defense is not None else (True, None)
+    if counted:  # one network's flood of tokens does not inflate the count
+        services.listeners.add(space_id, claims.token_id)
+    (_JOIN_RENEWAL if previous is not None else _JOIN_NEW).inc()
+    listen_url = urls["live_m3u8"] if result.delivery == "llhls" else urls["plain_m3u8"]
+    body = orjson.dumps(
         {
-            "token": token,
+            "token": result.token,
             "role": "listener",
             "expires_at": iso_epoch(claims.expires_at),
-            "urls": listener_urls(base, space_id),
+            "urls": urls,
+            "delivery": result.delivery,
+            "listen_url": listen_url,
+            "detail": result.detail,
+            "seen_mark": seen,
         }
     )
+    headers = list(_RAW_HEADERS)
+    if services.admission.cap_of(entry) > 0:
+        cookie = (
+            f"{LISTENER_COOKIE}={result.token}; Path=/spaces/{space_id}/; "
+            f"Max-Age={services.settings.listener_token_ttl_s}; HttpOnly; SameSite=Lax"
+        )
+        headers.append((b"set-cookie", cookie.encode("latin-1")))
+        secret = services.settings.edge_link_secret
+        if secret:
+            headers.extend(
+                edge_link_cookies(
+                    secret, space_id, claims.expires_at, services.settings.listener_token_ttl_s
+                )
+            )
+    return JoinAnswer(200, body, headers)
 
 
-def _parse_join_body(body: bytes) -> str | None:
+def edge_link(secret: str, space_id: str, expires_s: int) -> str:
+    """nginx secure_link's value: base64url (no padding) of
+    md5("<expires>/spaces/<id>/ <secret>") (see deploy/nginx-cache.conf)."""
+    digest = hashlib.md5(f"{expires_s}/spaces/{space_id}/ {secret}".encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def edge_link_cookies(
+    secret: str, space_id: str, expires_s: int, ttl_s: int
+) -> list[tuple[bytes, bytes]]:
+    scope = f"Path=/spaces/{space_id}/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax"
+    link = edge_link(secret, space_id, expires_s)
+    return [
+        (b"set-cookie", f"th_link={link}; {scope}".encode("latin-1")),
+        (b"set-cookie", f"th_exp={expires_s}; {scope}".encode("latin-1")),
+    ]
+
+
+def _parse_join_body(body: bytes) -> tuple[str | None, str | None]:
+    """(listener token to renew, queue ticket to exchange) from a join body."""
     if not body.strip():
-        return None
+        return None, None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -264,7 +394,7 @@ def _parse_join_body(body: bytes) -> str | None:
             "The request body is not valid JSON; send a JSON object with the documented fields."
         ) from None
     if data is None:
-        return None
+        return None, None
     if not isinstance(data, dict):
         raise ValidationFailed(
             'Field \'body\' is invalid: send a JSON object such as {} or {"token": "..."}.',
@@ -276,7 +406,13 @@ def _parse_join_body(body: bytes) -> str | None:
             "Field 'token' is invalid: it must be a string (a listener token) or left out.",
             extra={"errors": [{"field": "token", "message": "not a string"}]},
         )
-    return token
+    ticket = data.get("ticket")
+    if ticket is not None and not isinstance(ticket, str):
+        raise ValidationFailed(
+            "Field 'ticket' is invalid: it must be a string (a queue ticket) or left out.",
+            extra={"errors": [{"field": "ticket", "message": "not a string"}]},
+        )
+    return token, ticket
 
 
 _JSON_HEADERS = {"cache-control": "no-store"}
@@ -293,12 +429,23 @@ class JoinEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services: Services = scope["app"].state.services
         authorization: str | None = None
-        host = "localhost"
+        host: str | None = None
+        pow_answer: str | None = None
+        seen_mark: str | None = None
+        forwarded: list[str] = []
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"host":
                 host = value.decode("latin-1")
+            elif name == b"x-townhall-pow":
+                pow_answer = value.decode("latin-1")
+            elif name == b"x-townhall-seen":
+                seen_mark = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
+        peer = scope["client"][0] if scope.get("client") else None
+        client = forwarded_client(peer, forwarded, services.trusted_proxies)
         body = b""
         while True:
             message = await receive()
@@ -307,30 +454,45 @@ class JoinEndpoint:
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        settings = services.settings
-        base = settings.public_url.rstrip("/") or f"{scope['scheme']}://{host}"
-        content = join(
+        base = base_url(services.settings, host, scope["scheme"])
+        token, ticket = _parse_join_body(body)
+        answer = await join(
             services,
             scope["path_params"]["space_id"],
             authorization,
-            _parse_join_body(body),
+            token,
             base,
+            ticket,
+            client,
+            pow_answer,
+            seen_mark,
         )
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
-                "headers": [*_RAW_HEADERS, (b"content-length", str(len(content)).encode())],
+                "status": answer.status,
+                "headers": [*answer.headers, (b"content-length", str(len(answer.body)).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": content})
+        await send({"type": "http.response.body", "body": answer.body})
 
 
 @router.post(
     "/spaces/{space_id}/join",
     response_model=JoinOut,
-    summary="Join as a listener (or renew a listener token)",
-    description="Anyone may join a public or unlisted space; a session token is optional (blocked accounts get 403). No database write.",
+    summary="Join as a listener (or renew a listener token, or exchange a queue ticket)",
+    description=(
+        "Anyone may join a public or unlisted space; a session token is optional (blocked "
+        "accounts get 403). 200: admitted, with a listener token (and, for a space with a cap, "
+        "a cookie carrying it to the media). 202: the space is full (or has not started): a "
+        "queue ticket, the position, an ETA and queue_url, with Retry-After; post "
+        '{"ticket": ...} again to renew the ticket or, once its turn has come, exchange it. '
+        "A bad, forged, expired, wrong-space or reused ticket is a 4xx problem naming the reason; "
+        "503 with Retry-After when the node is at capacity or the waiting room is not open yet."
+    ),
+    # the bearer token is optional: {} (no requirement) joins the generated one
+    openapi_extra={"security": [{}]},
+    responses={202: {"model": QueuedOut, "description": "Queued: a ticket and where it stands."}},
 )
 async def join_documented(
     space_id: SpaceId,
@@ -339,14 +501,22 @@ async def join_documented(
     body: Annotated[JoinIn | None, Body()] = None,
 ) -> Response:
     services = services_of(request)
-    content = join(
+    answer = await join(
         services,
         space_id,
         request.headers.get("authorization"),
         body.token if body else None,
         request_base(request),
+        body.ticket if body else None,
+        client_host(request),
+        request.headers.get("x-townhall-pow"),
+        request.headers.get("x-townhall-seen"),
     )
-    return Response(content, media_type="application/json", headers=_JSON_HEADERS)
+    return Response(
+        answer.body,
+        status_code=answer.status,
+        headers={k.decode(): v.decode("latin-1") for k, v in answer.headers},
+    )
 
 
 # Served first: same path and method as the documented route above.
@@ -416,6 +586,14 @@ async def react(
         "reactions",
         f"You can send {services.settings.reactions_per_token_per_10s} reactions per 10 seconds; wait a moment.",
     )
+    if services.defense is not None:  # issue 10: totals a network's token flood cannot inflate
+        refuse_if(
+            Decision(False, wait_s)
+            if (wait_s := services.defense.reaction_allowed(space_id, client_host(request)))
+            else Decision(True, 0.0),
+            "reactions-network",
+            "Too many reactions from your network right now; wait a moment.",
+        )
     services.reactions.add(space_id, body.emoji)
     metrics.REACTIONS.inc()
     return AcceptedOut()

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from townhall import metrics
-from townhall.errors import NotFound
+from townhall.errors import DatabaseUnavailable, NotFound
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
 from townhall.server.auth import PROBLEM_SCHEMA
@@ -142,6 +142,11 @@ STATE_SCHEMA: dict[str, Any] = {
         "listener_count_method": {"type": "string"},
         "reactions": {"type": "object", "additionalProperties": {"type": "integer"}},
         "updated_at": {"type": "string"},
+        "stale": {
+            "type": "boolean",
+            "description": "Present (true) when the database cannot be reached and this is the last document computed.",
+        },
+        "stale_age_s": {"type": "number", "description": "How old a stale document is."},
         "program": {
             "type": "object",
             "description": "The live program on this node: status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
@@ -182,7 +187,9 @@ async def state_json(space_id: str, request: Request) -> Response:
     services = cast("Services", request.app.state.services)
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
-    entry = await services.state.get(space_id, lambda: compute_state(services, space_id))
+    entry = await services.state.get(
+        space_id, lambda: compute_state(services, space_id), stale_on=(DatabaseUnavailable,)
+    )
     max_age = max(1, min(2, int(services.state.interval_s)))
     headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": entry.etag}
     inm = request.headers.get("if-none-match")

@@ -135,4 +135,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     routes.include_all(app)
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    from townhall.server.defense import AuthFailureShield
+
+    app.add_middleware(
+        AuthFailureShield,
+        failures_per_10s=settings.refusals_per_network_per_10s,
+        max_keys=settings.rate_limit_max_keys,
+    )
+    # outermost of ours: an unexpected error becomes a 500 that keeps the connection
+    app.add_middleware(problems.KeepAlive)
     return app

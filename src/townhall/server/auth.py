@@ -1,12 +1,14 @@
 """Request helpers shared by the API routers: the services, the bearer token,
 the client's address and network (for rate limits; X-Forwarded-For is read
-only from trusted proxies), absolute listener URLs, and the problem+json
+only from trusted proxies), listener URLs (absolute only for a configured or
+allowed Host), and the problem+json
 response documentation for the OpenAPI schema."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -19,6 +21,7 @@ from townhall.policy.ratelimit import Decision
 from townhall.policy.tokens import Claims, Kind
 
 if TYPE_CHECKING:
+    from townhall.config import Settings
     from townhall.server.services import Services
 
 _bearer = HTTPBearer(auto_error=False, description="A session, listener or speaker token.")
@@ -194,18 +197,86 @@ def refuse_if(decision: Decision, limit: str, detail: str) -> None:
         raise TooManyRequests(detail, retry_after_s=decision.retry_after_s)
 
 
-def base_url(settings_public_url: str, headers: Mapping[str, str], scheme: str) -> str:
-    """Where listeners reach this server: the setting, else this request's host."""
-    if settings_public_url:
-        return settings_public_url.rstrip("/")
-    host = headers.get("host") or "localhost"
-    return f"{scheme}://{host}"
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+@functools.lru_cache(maxsize=8)
+def parse_allowed_hosts(value: str, bound_host: str) -> frozenset[str]:
+    """The Host names share links may be built from (``settings.allowed_hosts``):
+    the listed ones (lower case, brackets of IPv6 removed; an entry may carry a
+    port), or when empty the bound address and the loopback names."""
+    items = [part.strip().lower() for part in value.split(",") if part.strip()]
+    if not items:
+        items = [bound_host.lower(), *LOOPBACK_HOSTS]
+    return frozenset(item.removeprefix("[").replace("]", "") for item in items)
+
+
+def split_host(host: str) -> tuple[str, str] | None:
+    """A Host header as (name, port), lower case, IPv6 without brackets, port
+    "" when absent; None unless it is exactly a name and an optional numeric
+    port (``[::1]:8000`` -> ``("::1", "8000")``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, sep, rest = host[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:] if rest else ""
+    elif host.count(":") <= 1:
+        name, _, port = host.partition(":")
+    else:
+        return None
+    if not name or (port and not (port.isdigit() and len(port) <= 5)) or host.endswith(":"):
+        return None
+    return name, port
+
+
+def host_allowed(host: str | None, allowed: frozenset[str]) -> bool:
+    """Whether a Host header names one of ``allowed`` (by name, or name:port)."""
+    parts = split_host(host) if host else None
+    if parts is None:
+        return False
+    name, port = parts
+    return name in allowed or (bool(port) and f"{name}:{port}" in allowed)
+
+
+def public_url_warning(settings: Settings) -> str | None:
+    """The warning ``serve`` logs at start when it listens on an address that
+    is not loopback while ``public_url`` is empty (None when all is well)."""
+    if settings.public_url:
+        return None
+    name = settings.host.strip().lower().removeprefix("[").replace("]", "")
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    allowed = ", ".join(sorted(parse_allowed_hosts(settings.allowed_hosts, settings.host)))
+    return (
+        f"listening on {settings.host} without public_url: share and listener links are built "
+        f"from the request's Host only when it is one of {allowed} (allowed_hosts), and are "
+        "relative otherwise; set --public-url to the address listeners use."
+    )
+
+
+def base_url(settings: Settings, host: str | None, scheme: str) -> str:
+    """Where listeners reach this server: ``public_url``, else this request's
+    scheme and Host when the Host is one this server answers for
+    (``allowed_hosts``), else "" (the URLs are then relative), so a forged
+    Host header never puts another site into a share link."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    if host_allowed(host, parse_allowed_hosts(settings.allowed_hosts, settings.host)):
+        return f"{scheme}://{host}"
+    return ""
 
 
 def listener_urls(base: str, space_id: str) -> dict[str, str]:
     root = f"{base}/spaces/{space_id}"
     return {
         "page": root,
+        "master_m3u8": f"{root}/master.m3u8",
         "live_m3u8": f"{root}/live.m3u8",
         "plain_m3u8": f"{root}/plain.m3u8",
         "live_aac": f"{root}/live.aac",
@@ -215,7 +286,7 @@ def listener_urls(base: str, space_id: str) -> dict[str, str]:
 
 
 def request_base(request: Request) -> str:
-    return base_url(services_of(request).settings.public_url, request.headers, request.url.scheme)
+    return base_url(services_of(request).settings, request.headers.get("host"), request.url.scheme)
 
 
 def iso(value: datetime | None) -> str | None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.errors import DatabaseUnavailable
 from townhall.live.registry import RoomRegistry
 from townhall.live.roomstate import (
     ListenerCounter,
@@ -33,12 +35,18 @@ from townhall.policy.ratelimit import (
     MemoryLimiter,
     RedisLimiter,
 )
-from townhall.policy.tokens import TokenSigner, load_keys
+from townhall.policy.tickets import TicketSigner
+from townhall.policy.tokens import Revocations, TokenSigner, load_keys
+from townhall.server.admission import Admission
 from townhall.server.auth import Networks, parse_networks
+from townhall.server.defense import Defense
+from townhall.server.evidence_node import EvidenceNode
 from townhall.store.accounts import Accounts, Passwords, utcnow
+from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmission
 from townhall.store.db import Database
+from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
-from townhall.store.spaces import SpaceIndex, Spaces
+from townhall.store.spaces import SpaceIndex, SpaceLimits, Spaces
 
 log = logging.getLogger("townhall.store")
 
@@ -79,22 +87,44 @@ class Services:
     listeners: ListenerSink = field(repr=False)
     reactions: ReactionSink = field(repr=False)
     state: StateCache = field(repr=False)
+    admission: Admission = field(repr=False)
     redis: Any = field(default=None, repr=False)
     shared: SharedState | None = field(default=None, repr=False)
     # proxies whose X-Forwarded-For is believed (settings.trusted_proxies)
     trusted_proxies: Networks = ()
+    # sign-outs shared with the other nodes (None: one node, tokens.revocations only)
+    revoked: SharedRevocations | None = field(default=None, repr=False)
+    _revocation_sync: asyncio.Task[None] | None = field(default=None, repr=False)
+    # what each space saw, signed (issue 10)
+    evidence: EvidenceNode | None = field(default=None, repr=False)
+    defense: Defense | None = field(default=None, repr=False)
     _refresher: asyncio.Task[None] | None = field(default=None, repr=False)
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
+    _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
+    _absence: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
         """Create the data directory, apply migrations, load keys, start rooms."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url())
+        db = Database(
+            settings.resolved_database_url(),
+            timeout_s=settings.database_timeout_ms / 1000,
+            retry_after_s=settings.database_retry_after_s,
+        )
         await db.migrate()
-        tokens = TokenSigner(load_keys(settings.signing_keys, settings.data_dir))
+        keys = load_keys(settings.signing_keys, settings.data_dir)
+        tokens = TokenSigner(keys)
+        tokens.revocations = Revocations(
+            horizon_s=settings.session_ttl_s,
+            max_entries=settings.revoked_sessions_max,
+            on_evict=metrics.REVOCATIONS_EVICTED.inc,
+        )
         passwords = Passwords(
-            time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            workers=settings.password_hash_workers,
+            queue=settings.password_hash_queue,
         )
         redis: Any = None
         health: RedisHealth | None = None
@@ -110,6 +140,11 @@ class Services:
             max_speakers=settings.max_speakers,
             max_schedule_ahead_days=settings.max_schedule_ahead_days,
             index=SpaceIndex(),
+            limits=SpaceLimits(
+                live=settings.spaces_live_per_account,
+                scheduled=settings.spaces_scheduled_per_account,
+                created_per_hour=settings.spaces_created_per_account_per_hour,
+            ),
         )
         await spaces.refresh_index(None)
         local_count = ListenerCounter(ttl_s=settings.listener_token_ttl_s)
@@ -128,6 +163,21 @@ class Services:
             listeners, reactions = shared_state.listeners, shared_state.reactions
             if await shared_state.ping():
                 log.info("shared state in Redis (key prefix %r)", settings.redis_prefix)
+        admission_store: AdmissionStore = (
+            MemoryAdmission()
+            if redis is None
+            else RedisAdmission(
+                redis, prefix=settings.redis_prefix, tick_ms=settings.queue_interval_ms
+            )
+        )
+        admission = Admission(
+            settings,
+            admission_store,
+            tokens,
+            TicketSigner(keys, settings.ticket_ttl_s),
+            spaces.index,
+            health=health,
+        )
         services = cls(
             settings=settings,
             db=db,
@@ -139,10 +189,15 @@ class Services:
             listeners=listeners,
             reactions=reactions,
             state=StateCache(interval_s=settings.state_interval_ms / 1000),
+            admission=admission,
             redis=redis,
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+        services.evidence = EvidenceNode(settings, _state_of(spaces), local_count.count)
+        services.evidence.start()
+        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense.start()
         for space_id in await spaces.live_ids():
             try:
                 await services.rooms.start(space_id)
@@ -152,6 +207,21 @@ class Services:
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
+        if redis is not None and health is not None:
+            services.revoked = SharedRevocations(
+                redis, health, tokens.revocations, prefix=settings.redis_prefix
+            )
+            services._revocation_sync = asyncio.create_task(
+                services.revoked.run(settings.revocation_sync_ms / 1000),
+                name="townhall-revocation-sync",
+            )
+        services._admitter = asyncio.create_task(admission.run(), name="townhall-admission")
+        if settings.host_absent_end_s > 0:
+            from townhall.server.absence import end_abandoned_forever
+
+            services._absence = asyncio.create_task(
+                end_abandoned_forever(services), name="townhall-absent-hosts"
+            )
         if shared_state is not None:
             services._flusher = asyncio.create_task(
                 shared_state.run(settings.state_interval_ms / 1000), name="townhall-shared-flush"
@@ -161,15 +231,26 @@ class Services:
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
-        for task in (self._refresher, self._flusher):
+        for task in (
+            self._refresher,
+            self._flusher,
+            self._revocation_sync,
+            self._admitter,
+            self._absence,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.rooms.close()
+        if self.defense is not None:
+            await self.defense.close()
+        if self.evidence is not None:
+            await self.evidence.close()
         if self.shared is not None:
             await self.shared.close()
         await self.db.close()
+        self.accounts.passwords.close()
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -182,11 +263,23 @@ class Services:
             started = utcnow()
             try:
                 await self.spaces.refresh_index(since - timedelta(seconds=INDEX_REFRESH_OVERLAP_S))
+            except DatabaseUnavailable:
+                # the database warns (rate-limited); joins go on from the index
+                metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
+                continue
             except Exception:
                 metrics.SPACE_INDEX_REFRESH_FAILURES.inc()
                 log.exception("space index refresh failed; retrying")
                 continue
             since = started
+
+
+def _state_of(spaces: Spaces) -> Callable[[str], str | None]:
+    def state_of(space_id: str) -> str | None:
+        entry = spaces.index.get(space_id)
+        return None if entry is None else entry.state
+
+    return state_of
 
 
 def _limits(settings: Settings, redis: Any, health: RedisHealth | None) -> Limits:

@@ -1,7 +1,7 @@
 """Accounts: sign-up and sign-in records, with argon2id password hashes.
 
-Hashing runs in a worker thread (argon2 is deliberately slow and would stall the
-event loop). A sign-in for an unknown username still pays for one hash check, so
+Hashing runs in a bounded pool of its own (argon2 is deliberately slow and would
+stall the event loop, or starve other thread work). A sign-in for an unknown username still pays for one hash check, so
 timing does not tell which usernames exist.
 """
 
@@ -11,18 +11,23 @@ import asyncio
 import re
 import secrets
 from base64 import b32encode
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from townhall.errors import Conflict, ValidationFailed
+from townhall import metrics
+from townhall.errors import Conflict, ServiceUnavailable, ValidationFailed
 from townhall.store.db import Database
 from townhall.store.models import Account
+
+T = TypeVar("T")
 
 USERNAME_RE = re.compile(r"^[a-z0-9_]{3,32}$")
 MIN_PASSWORD_CHARS = 10
@@ -81,20 +86,50 @@ def validate_signup(username: str, password: str, display_name: str | None) -> t
 
 
 class Passwords:
-    """argon2id hashing off the event loop. Costs come from the settings."""
+    """argon2id hashing off the event loop, in a pool of its own.
 
-    def __init__(self, *, time_cost: int, memory_kib: int) -> None:
+    ``workers`` threads hash; at most ``queue`` more hashes wait for one. A
+    hash asked for beyond that is refused at once with ServiceUnavailable
+    (503, Retry-After), so a sign-in flood queues a little or is refused
+    instead of starving the default thread pool (DNS, files) or the mixer."""
+
+    def __init__(
+        self, *, time_cost: int, memory_kib: int, workers: int = 1, queue: int = 16
+    ) -> None:
         self._hasher = PasswordHasher(
             time_cost=time_cost, memory_cost=memory_kib, parallelism=1, type=Type.ID
         )
         self._dummy = self._hasher.hash(secrets.token_urlsafe(16))
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="townhall-argon2")
+        self.max_in_flight = workers + queue
+        self._in_flight = 0
+        self._retry_after_s = max(1.0, (queue / workers + 1) * 0.1)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._in_flight >= self.max_in_flight:
+            metrics.PASSWORD_HASHES.labels(outcome="refused").inc()
+            raise ServiceUnavailable(
+                "Too many sign-ins are being checked right now; try again in a few seconds.",
+                retry_after_s=self._retry_after_s,
+            )
+        self._in_flight += 1
+        metrics.PASSWORD_HASH_QUEUE.inc()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._in_flight -= 1
+            metrics.PASSWORD_HASH_QUEUE.dec()
+            metrics.PASSWORD_HASHES.labels(outcome="done").inc()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def hash(self, password: str) -> str:
-        return await asyncio.to_thread(self._hasher.hash, password)
+        return await self._run(self._hasher.hash, password)
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
         """True when ``password`` matches; with no hash, spends the same time and says False."""
-        return await asyncio.to_thread(self._verify, password_hash, password)
+        return await self._run(self._verify, password_hash, password)
 
     def _verify(self, password_hash: str | None, password: str) -> bool:
         try:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from townhall.errors import Conflict, NotFound, ValidationFailed
+from townhall.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
 from townhall.policy import roles
 from townhall.store.accounts import AccountView, new_id, utcnow
 from townhall.store.db import Database
@@ -94,6 +94,12 @@ class SpeakRequestView:
 class IndexEntry:
     state: str
     visibility: str
+    scheduled_for_s: float | None = None  # epoch seconds (admission's waiting room)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back; they are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _account(row: Account) -> AccountView:
@@ -133,14 +139,44 @@ class SpaceIndex:
     def get(self, space_id: str) -> IndexEntry | None:
         return self._spaces.get(space_id)
 
-    def put(self, space_id: str, state: str, visibility: str) -> None:
-        self._spaces[space_id] = IndexEntry(state, visibility)
+    def put(
+        self, space_id: str, state: str, visibility: str, scheduled_for: datetime | None = None
+    ) -> None:
+        when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
+        self._spaces[space_id] = IndexEntry(state, visibility, when)
 
     def is_blocked(self, space_id: str, account_id: str) -> bool:
         return (space_id, account_id) in self._blocked
 
     def add_block(self, space_id: str, account_id: str) -> None:
         self._blocked.add((space_id, account_id))
+
+
+class SpaceLimitReached(Conflict):
+    """409: an account holds as many live or scheduled spaces as it may."""
+
+    type_slug = "space-limit"
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(detail, extra={"limit": limit})
+        self.limit = limit
+
+
+class SpaceRateLimited(TooManyRequests):
+    """429: an account creates spaces faster than it may."""
+
+    type_slug = "space-rate"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceLimits:
+    """What one account may hold and create (issue 10). Checked on this node
+    under a lock; two nodes creating for one account at the same instant may
+    each let one through (the limits keep abuse small, not exact)."""
+
+    live: int = 3
+    scheduled: int = 20
+    created_per_hour: int = 20
 
 
 class Spaces:
@@ -155,8 +191,11 @@ class Spaces:
         max_schedule_ahead_days: int,
         index: SpaceIndex | None = None,
         clock: Callable[[], datetime] = utcnow,
+        limits: SpaceLimits | None = None,
     ) -> None:
         self.db = db
+        self.limits = limits
+        self._creating = asyncio.Lock()
         self.max_cohosts = max_cohosts
         self.max_speakers = max_speakers
         self.max_schedule_ahead_days = max_schedule_ahead_days
@@ -195,13 +234,64 @@ class Spaces:
             ended_at=None,
             created_at=now,
         )
-        async with self.db.session() as session:
+        async with self._creating, self.db.session() as session:
             host = await session.get(Account, host_id)
             if host is None:
                 raise NotFound("Your account no longer exists; sign up again.")
+            if self.limits is not None:
+                await self._check_limits(session, host_id, space.state, now)
             session.add(space)
-        self.index.put(space.id, space.state, space.visibility)
+        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
         return _view(space, host)
+
+    async def _check_limits(
+        self, session: AsyncSession, host_id: str, state: str, now: datetime
+    ) -> None:
+        """Conflict (409) over the live/scheduled caps, TooManyRequests (429)
+        over the creation rate; each counted in metrics by the caller's adapter."""
+        limits = self.limits
+        assert limits is not None
+        counts = dict(
+            (
+                await session.execute(
+                    select(Space.state, func.count())
+                    .where(Space.host_id == host_id, Space.state.in_(("live", "scheduled")))
+                    .group_by(Space.state)
+                )
+            ).all()
+        )
+        if state == "live" and counts.get("live", 0) >= limits.live:
+            raise SpaceLimitReached(
+                "live",
+                f"You already have {limits.live} live spaces; end one before going live with another.",
+            )
+        if state == "scheduled" and counts.get("scheduled", 0) >= limits.scheduled:
+            raise SpaceLimitReached(
+                "scheduled",
+                f"You already have {limits.scheduled} scheduled spaces; start or end one before scheduling another.",
+            )
+        recent = (
+            await session.execute(
+                select(func.count())
+                .select_from(Space)
+                .where(Space.host_id == host_id, Space.created_at >= now - timedelta(hours=1))
+            )
+        ).scalar_one()
+        if recent >= limits.created_per_hour:
+            oldest = (
+                await session.execute(
+                    select(func.min(Space.created_at)).where(
+                        Space.host_id == host_id, Space.created_at >= now - timedelta(hours=1)
+                    )
+                )
+            ).scalar_one()
+            retry_s = (
+                max(1.0, (oldest + timedelta(hours=1) - now).total_seconds()) if oldest else 60.0
+            )
+            raise SpaceRateLimited(
+                f"You can create {limits.created_per_hour} spaces per hour; try again in {retry_s:.0f} s.",
+                retry_after_s=retry_s,
+            )
 
     async def get(self, space_id: str) -> SpaceView:
         async with self.db.session() as session:
@@ -249,12 +339,25 @@ class Spaces:
             space, host = row
             role = await self._role_in(session, space, actor_id)
             roles.check(role, action)
+            if action == "start" and self.limits is not None and space.state == "scheduled":
+                live = (
+                    await session.execute(
+                        select(func.count())
+                        .select_from(Space)
+                        .where(Space.host_id == space.host_id, Space.state == "live")
+                    )
+                ).scalar_one()
+                if live >= self.limits.live:
+                    raise SpaceLimitReached(
+                        "live",
+                        f"You already have {self.limits.live} live spaces; end one before going live with another.",
+                    )
             space.state = next_state(space.state, action)
             if action == "start":
                 space.started_at = now
             else:
                 space.ended_at = now
-        self.index.put(space.id, space.state, space.visibility)
+        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
         return _view(space, host)
 
     async def start(self, space_id: str, actor_id: str) -> SpaceView:
@@ -439,7 +542,7 @@ class Spaces:
     async def refresh_index(self, since: datetime | None) -> int:
         """Load spaces and blocks changed at or after ``since`` (all when None)
         into :attr:`index`; how many rows were read."""
-        space_q = select(Space.id, Space.state, Space.visibility)
+        space_q = select(Space.id, Space.state, Space.visibility, Space.scheduled_for)
         block_q = select(Block.space_id, Block.account_id)
         if since is not None:
             space_q = space_q.where(
@@ -453,8 +556,8 @@ class Spaces:
         async with self.db.session() as session:
             spaces = (await session.execute(space_q)).all()
             blocks = (await session.execute(block_q)).all()
-        for space_id, state, visibility in spaces:
-            self.index.put(space_id, state, visibility)
+        for space_id, state, visibility, scheduled_for in spaces:
+            self.index.put(space_id, state, visibility, scheduled_for)
         for space_id, account_id in blocks:
             self.index.add_block(space_id, account_id)
         return len(spaces) + len(blocks)

@@ -42,8 +42,8 @@ export function clearSession() {
  * null sends none, a string sends that token. Throws ApiError on any non-2xx
  * answer and TypeError when the server cannot be reached.
  */
-export async function api(method, path, { body, token, signal } = {}) {
-  const headers = { Accept: "application/json" };
+export async function api(method, path, { body, token, signal, headers: extra = {} } = {}) {
+  const headers = { Accept: "application/json", ...extra };
   const bearer = token === undefined ? getSession()?.token : token;
   if (bearer) headers.Authorization = `Bearer ${bearer}`;
   const init = { method, headers, signal, cache: "no-store", credentials: "same-origin" };
@@ -73,10 +73,48 @@ export async function api(method, path, { body, token, signal } = {}) {
   return data;
 }
 
+const FIELD_NAMES = {
+  title: "title",
+  description: "description",
+  username: "username",
+  password: "password",
+  display_name: "display name",
+  scheduled_for: "start time",
+  emoji: "reaction",
+};
+
+/**
+ * One field error from a 422 problem ({field, message}, the message as the
+ * validator wrote it) as a sentence a person can act on.
+ */
+export function fieldSentence(field, message) {
+  const name = FIELD_NAMES[field] || String(field || "value").replace(/_/g, " ");
+  const text = String(message || "");
+  const Name = name.charAt(0).toUpperCase() + name.slice(1);
+  let m = /at most (\d+) character/i.exec(text);
+  if (m) return `The ${name} can be at most ${m[1]} characters long; shorten it.`;
+  m = /at least (\d+) character/i.exec(text);
+  if (m) return `The ${name} needs at least ${m[1]} characters.`;
+  if (/should match pattern/i.test(text)) {
+    if (field === "username") return "The username may use only letters, digits and underscores.";
+    return `The ${name} contains characters that are not allowed.`;
+  }
+  if (/field required|missing/i.test(text)) return `Fill in the ${name}.`;
+  if (/datetime|date/i.test(text)) return `The ${name} is not a date and time we can read; pick it again.`;
+  if (/too far ahead/i.test(text)) return `The ${name} is too far ahead; pick a nearer date.`;
+  if (/in the past/i.test(text)) return `The ${name} is in the past; pick a later time.`;
+  if (/should be|input should/i.test(text)) return `${Name} is not valid: ${text.replace(/^Input should be /i, "it should be ")}.`;
+  return `${Name}: ${text}.`;
+}
+
 /** A sentence for any error thrown by api() or fetch(). */
 export function describeError(err) {
   if (err instanceof ApiError) {
     const fields = Array.isArray(err.problem.errors) ? err.problem.errors : [];
+    // the validator's raw text ("String should match pattern ...") never reaches people
+    if (/^Field '[^']*' is invalid:/.test(err.message) && fields.length && fields.every((f) => f && f.message)) {
+      return fields.map((f) => fieldSentence(f.field, f.message)).join(" ");
+    }
     if (fields.length > 1) {
       return `${err.message} ${fields.slice(1).map((f) => `${f.field}: ${f.message}.`).join(" ")}`;
     }

@@ -2,6 +2,7 @@
 // put a refused or queued join into words.
 
 import { ApiError, api } from "./api.js";
+import { keepSeenMark, seenMark, solveChallenge } from "./defense.js";
 
 const RENEW_AT_FRACTION = 0.8;
 const RENEW_RETRY_MS = 5000;
@@ -47,20 +48,62 @@ export class ListenerPass {
     return this.grant?.urls || {};
   }
 
-  /** Join (or renew); throws ApiError on refusal. */
-  async join() {
+  /**
+   * Join (or renew); throws ApiError on refusal. Resolves with the 200 answer
+   * (a listener token), or with a 202 answer ({ticket, position, ...}: the
+   * space is full; see queue.js) when `queued` is allowed.
+   */
+  async join({ ticket } = {}) {
     this.stopped = false;
-    const body = this.grant ? { token: this.grant.token } : {};
-    const grant = await api("POST", `/api/spaces/${encodeURIComponent(this.spaceId)}/join`, { body });
+    const body = this.grant ? { token: this.grant.token } : ticket ? { ticket } : {};
+    const path = `/api/spaces/${encodeURIComponent(this.spaceId)}/join`;
+    const headers = {};
+    const mark = seenMark();
+    if (mark) headers["X-Townhall-Seen"] = mark;
+    let answer;
+    try {
+      answer = await api("POST", path, { body, headers });
+    } catch (err) {
+      // Under pressure the server asks for proof of work: solve it off the main thread, once.
+      if (!(err instanceof ApiError && err.status === 429 && err.problem.challenge)) throw err;
+      let solved;
+      try {
+        solved = await solveChallenge(err.problem);
+      } catch {
+        throw err; // cannot solve here: the refusal (with Retry-After) stands
+      }
+      answer = await api("POST", path, { body, headers: { ...headers, "X-Townhall-Pow": solved } });
+    }
+    if (answer && typeof answer.ticket === "string" && typeof answer.token !== "string") return answer;
+    this.admitted(answer);
+    return answer;
+  }
+
+  /** Take a 200 join answer (also one that came from the waiting room). */
+  admitted(grant) {
+    keepSeenMark(grant.seen_mark);
     this.grant = grant;
     this.schedule();
-    return grant;
+  }
+
+  /** Free the place at once (page closed or Leave pressed). */
+  leave() {
+    const token = this.token;
+    this.stop();
+    this.grant = null;
+    if (!token) return;
+    const url = `/api/spaces/${encodeURIComponent(this.spaceId)}/leave`;
+    const body = JSON.stringify({ token });
+    if (!(navigator.sendBeacon && navigator.sendBeacon(url, body))) {
+      fetch(url, { method: "POST", body, keepalive: true, headers: { "Content-Type": "application/json" } }).catch(() => {});
+    }
   }
 
   /** A valid token, joining first when there is none. */
   async ensure() {
     if (this.grant && Date.parse(this.grant.expires_at) - Date.now() > 10000) return this.grant.token;
     await this.join();
+    if (!this.grant) throw new Error("You are waiting in line; you can react once you are in.");
     return this.grant.token;
   }
 

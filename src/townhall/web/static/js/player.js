@@ -13,14 +13,28 @@ export function nativeHls(audio) {
 
 /**
  * new HlsPlayer(audio, {live, onError}); await player.load(url); player.latency_s(); player.destroy()
- * live=false plays a VOD playlist from the start. onError(sentence) reports fatal errors.
+ * live=false plays a VOD playlist from the start. onError(sentence) reports fatal errors;
+ * onRecover() is called once audio flows again after an error, so the page can clear it.
  */
 export class HlsPlayer {
-  constructor(audio, { live = true, onError = () => {} } = {}) {
+  constructor(audio, { live = true, onError = () => {}, onRecover = () => {} } = {}) {
     this.audio = audio;
     this.live = live;
-    this.onError = onError;
+    this.onError = (...args) => {
+      this.failing = true;
+      onError(...args);
+    };
+    this.onRecover = onRecover;
+    this.failing = false;
     this.hls = null;
+    this.audio.addEventListener("playing", () => this.recovered());
+    this.audio.addEventListener("timeupdate", () => this.recovered());
+  }
+
+  recovered() {
+    if (!this.failing || this.audio.paused) return;
+    this.failing = false;
+    this.onRecover();
   }
 
   async load(url, { play = true } = {}) {
@@ -50,11 +64,16 @@ export class HlsPlayer {
         }
         this.onError("The audio stream cannot be played in this browser.", data);
       });
+      hls.on(window.Hls.Events.FRAG_BUFFERED, () => this.recovered());
       hls.loadSource(url);
       hls.attachMedia(this.audio);
     } else if (nativeHls(this.audio)) {
       this.audio.src = url;
     } else {
+      if (!window.Hls) {
+        // the server was installed without its web player (built without npm, see scripts/setup.sh)
+        throw new Error("This server is missing its web audio player (hls.js), so only Safari can play here; ask the operator to install townhall from its built package.");
+      }
       throw new Error("This browser cannot play live audio; try a current Chrome, Firefox or Safari.");
     }
     if (play) await this.audio.play();
@@ -72,6 +91,7 @@ export class HlsPlayer {
   }
 
   destroy() {
+    this.failing = false;
     if (this.hls) {
       this.hls.destroy();
       this.hls = null;

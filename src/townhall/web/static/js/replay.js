@@ -3,7 +3,7 @@
 
 import { mountTranscript } from "./captions.js";
 import { HlsPlayer, hlsSupported, nativeHls } from "./player.js";
-import { h, setStatus, sleep } from "./ui.js";
+import { fileNameFor, h, setStatus, sleep } from "./ui.js";
 
 const WAIT_FOR_RECORDING_MS = 30000;
 const RETRY_MS = 1000;
@@ -33,7 +33,7 @@ async function playlistEnded(url) {
  * the remuxed recording.m4a is used, whichever is ready first; a space that
  * just ended may need a moment. Returns {audio, destroy}.
  */
-export async function mountReplay(section, spaceId, { autoplay = false } = {}) {
+export async function mountReplay(section, spaceId, { autoplay = false, title = "" } = {}) {
   const base = `/spaces/${encodeURIComponent(spaceId)}`;
   const m4aUrl = `${base}/recording.m4a`;
   const m3u8Url = `${base}/live.m3u8`;
@@ -41,7 +41,7 @@ export async function mountReplay(section, spaceId, { autoplay = false } = {}) {
   const status = h("p", { class: "status", role: "status", "aria-live": "polite" });
   const download = h(
     "a",
-    { href: m4aUrl, download: `townhall-${spaceId}.m4a`, class: "button", id: "download-link" },
+    { href: m4aUrl, download: fileNameFor(title, `townhall-${spaceId}`, "m4a"), class: "button", id: "download-link" },
     "Download the recording (.m4a)",
   );
   section.append(audio, status, h("p", {}, download));

@@ -6,6 +6,8 @@ import { api } from "./api.js";
 
 const ICE_GATHER_TIMEOUT_MS = 5000;
 const CONNECT_TIMEOUT_MS = 15000;
+// A "disconnected" peer that has not recovered after this long counts as lost.
+const RECOVER_TIMEOUT_MS = 4000;
 
 export const MIC_CONSTRAINTS = {
   audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
@@ -90,8 +92,26 @@ export class MicSession {
       this.returnAudio.play().catch(() => {});
     });
     pc.addEventListener("connectionstatechange", () => {
-      if (this.live && !this.stopped && ["failed", "closed", "disconnected"].includes(pc.connectionState)) {
-        if (pc.connectionState === "disconnected") return; // may recover on its own
+      if (!this.live || this.stopped) return;
+      clearTimeout(this.recoverTimer);
+      if (pc.connectionState === "connected") {
+        if (this.interrupted) this.onStatus("Your microphone is live again.");
+        this.interrupted = false;
+        return;
+      }
+      if (pc.connectionState === "disconnected") {
+        // may recover on its own; if it does not, say so and let the page reconnect
+        this.interrupted = true;
+        this.onStatus("The connection is interrupted: listeners may not hear you; trying to recover…");
+        this.recoverTimer = setTimeout(() => {
+          if (this.live && !this.stopped && pc.connectionState !== "connected") {
+            this.live = false;
+            this.onDrop("The audio connection was interrupted.");
+          }
+        }, RECOVER_TIMEOUT_MS);
+        return;
+      }
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") {
         this.live = false;
         this.onDrop("The audio connection was lost.");
       }
@@ -144,6 +164,7 @@ export class MicSession {
 
   stop() {
     this.stopped = true;
+    clearTimeout(this.recoverTimer);
     this.live = false;
     this.pc?.close();
     this.pc = null;

@@ -3,18 +3,40 @@
 // audience, remove and block, and end the space.
 
 import { ApiError, api, describeError, getSession } from "../api.js";
+import { LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { MicSession } from "../speak.js";
 import { pollState } from "../state.js";
-import { $, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
+import { $, countdownText, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
 
 const REQUESTS_INTERVAL_MS = 2000;
+// Reconnecting the microphone after a drop (a blip, a server restart): backoff, bounded.
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 10000];
+// state.json says we are not connected although the browser thinks it sends: trust the server.
+const UNHEARD_AFTER_MS = 8000;
+const LIVE_SENTENCE = "You are live: the server receives your microphone.";
 
 const spaceId = document.body.dataset.spaceId;
 const base = `/api/spaces/${encodeURIComponent(spaceId)}`;
 const session = getSession();
 const me = session?.account || null;
 
-const view = { space: null, state: null, mic: null, selfMuted: false, meterFrame: 0, requestsTimer: null, poller: null };
+const view = {
+  space: null,
+  state: null,
+  mic: null,
+  selfMuted: false,
+  meterFrame: 0,
+  requestsTimer: null,
+  poller: null,
+  wantMic: false, // the host pressed Go live and has not turned the microphone off
+  reconnectTimer: null,
+  attempts: 0,
+  unheardSince: 0,
+  countdownTimer: null,
+  seenRequests: null,
+};
+// Survives a reload of this tab: a host who was live comes back live.
+const LIVE_KEY = `townhall.live.${spaceId}`;
 
 // The local input meter follows the microphone at display rate (no network).
 function meterLoop() {
@@ -30,14 +52,24 @@ function fail(err) {
   setStatus(errorBox, describeError(err), "error");
 }
 
+function isHost() {
+  return Boolean(me && view.space?.host && view.space.host.id === me.id);
+}
+
 function showState(state) {
   const badge = $("space-state");
   badge.dataset.state = state;
   badge.textContent = { live: "Live", scheduled: "Scheduled", ended: "Ended" }[state] || state;
-  $("start-button").hidden = state !== "scheduled";
+  // only the host starts and ends the space; a co-host is not offered what would fail
+  $("start-button").hidden = state !== "scheduled" || !isHost();
+  $("end-section").hidden = !isHost() && state !== "ended";
+  if (state === "scheduled") startCountdown();
   $("golive-button").disabled = state !== "live";
   $("end-button").disabled = state === "ended";
   if (state === "ended") {
+    view.wantMic = false;
+    sessionStorage.removeItem(LIVE_KEY);
+    clearTimeout(view.reconnectTimer);
     stopMic("The space has ended.");
     $("golive-button").hidden = true;
     clearTimeout(view.requestsTimer);
@@ -49,35 +81,119 @@ function showState(state) {
 
 // -- microphone ---------------------------------------------------------------
 
-async function goLive() {
+function startCountdown() {
+  clearInterval(view.countdownTimer);
+  const box = $("countdown");
+  const iso = view.space?.scheduled_for;
+  const at = Date.parse(iso || "");
+  const tick = () => {
+    if ((view.state?.state || view.space?.state) !== "scheduled" || !Number.isFinite(at)) {
+      clearInterval(view.countdownTimer);
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const left = countdownText(at - Date.now());
+    box.textContent = left ? `Scheduled to start ${left}.` : "It is time: press Start the space now.";
+  };
+  tick();
+  view.countdownTimer = setInterval(tick, 1000);
+}
+
+/** The microphone was lost (network blip, server restart): say so, and reconnect by itself. */
+function micLost(text) {
+  if (!view.mic) return;
+  view.mic.stop();
+  view.mic = null;
+  cancelAnimationFrame(view.meterFrame);
+  delete document.body.dataset.mic;
+  document.body.dataset.mic = "reconnecting";
+  $("my-level-row").hidden = true;
+  scheduleReconnect(text);
+}
+
+function scheduleReconnect(text) {
+  clearTimeout(view.reconnectTimer);
+  if (!view.wantMic || view.state?.state === "ended") return;
+  const delay = RECONNECT_DELAYS_MS[Math.min(view.attempts, RECONNECT_DELAYS_MS.length - 1)];
+  view.attempts += 1;
+  setStatus(
+    micStatus,
+    `${text} Listeners do not hear you right now. Reconnecting in ${Math.ceil(delay / 1000)} s (attempt ${view.attempts})…`,
+    "error",
+  );
+  $("golive-button").hidden = true;
+  $("stopmic-button").hidden = false;
+  $("mute-button").hidden = true;
+  view.reconnectTimer = setTimeout(() => goLive({ reconnect: true }), delay);
+}
+
+async function goLive({ reconnect = false } = {}) {
   setStatus(errorBox, "");
+  clearTimeout(view.reconnectTimer);
+  if (view.mic) return;
+  view.wantMic = true;
   $("golive-button").disabled = true;
   const mic = new MicSession({
     spaceId,
     returnAudio: $("return-audio"),
-    onStatus: (text) => setStatus(micStatus, text, "wait"),
-    onDrop: (text) => {
-      stopMic(`${text} Press Go live to reconnect.`);
+    onStatus: (text) => {
+      if (mic.live) setStatus(micStatus, text, /live again/.test(text) ? "ok" : "error");
+      else setStatus(micStatus, reconnect ? `Reconnecting: ${text}` : text, "wait");
     },
+    onDrop: (text) => micLost(text),
   });
   view.mic = mic;
   try {
     await mic.start();
+    if (view.mic !== mic) return; // turned off meanwhile
+    view.attempts = 0;
+    view.unheardSince = 0;
+    sessionStorage.setItem(LIVE_KEY, "1");
     view.selfMuted = false;
     $("golive-button").hidden = true;
     $("mute-button").hidden = false;
     $("stopmic-button").hidden = false;
     $("mute-button").textContent = "Mute";
     $("mute-button").setAttribute("aria-pressed", "false");
-    setStatus(micStatus, "You are live: your microphone is on.", "ok");
+    setStatus(micStatus, reconnect ? `Reconnected. ${LIVE_SENTENCE}` : LIVE_SENTENCE, "ok");
     document.body.dataset.mic = "live";
     $("my-level-row").hidden = false;
     meterLoop();
   } catch (err) {
     mic.stop();
-    view.mic = null;
+    if (view.mic === mic) view.mic = null;
+    const permanent =
+      (err instanceof ApiError && [401, 403, 404, 409].includes(err.status)) ||
+      (err && (err.name === "NotAllowedError" || err.name === "NotFoundError"));
+    if (view.wantMic && !permanent && view.state?.state !== "ended") {
+      scheduleReconnect(`${describeError(err)}`);
+      return;
+    }
+    view.wantMic = false;
+    sessionStorage.removeItem(LIVE_KEY);
     setStatus(micStatus, describeError(err), "error");
+    $("golive-button").hidden = false;
+    $("stopmic-button").hidden = true;
     $("golive-button").disabled = view.space?.state !== "live";
+  }
+}
+
+/** The host turns the microphone off (or the space ended): no reconnecting. */
+function micOff(sentence) {
+  view.wantMic = false;
+  view.attempts = 0;
+  sessionStorage.removeItem(LIVE_KEY);
+  clearTimeout(view.reconnectTimer);
+  if (view.mic) {
+    stopMic(sentence);
+  } else {
+    delete document.body.dataset.mic;
+    $("golive-button").hidden = false;
+    $("golive-button").disabled = view.state?.state === "ended" || view.space?.state !== "live";
+    $("mute-button").hidden = true;
+    $("stopmic-button").hidden = true;
+    setStatus(micStatus, sentence || "Microphone off.");
   }
 }
 
@@ -106,7 +222,7 @@ async function toggleSelfMute() {
   view.selfMuted = muted;
   $("mute-button").textContent = muted ? "Unmute" : "Mute";
   $("mute-button").setAttribute("aria-pressed", String(muted));
-  setStatus(micStatus, muted ? "You are muted." : "You are live: your microphone is on.", muted ? "" : "ok");
+  setStatus(micStatus, muted ? "You are muted." : LIVE_SENTENCE, muted ? "" : "ok");
   try {
     await setMuted(me.id, muted);
   } catch (err) {
@@ -219,6 +335,47 @@ function renderSeats(state) {
   $("listener-count").textContent = count;
 }
 
+/** The server's view of my own seat: a browser may think it sends while nothing arrives. */
+function checkHeard(state) {
+  if (!view.mic || !view.mic.live || !me) {
+    view.unheardSince = 0;
+    return;
+  }
+  const seat = (state.speakers || []).find((s) => s.account_id === me.id);
+  if (seat && seat.connected === true) {
+    if (view.unheardSince) setStatus(micStatus, view.selfMuted ? "You are muted." : LIVE_SENTENCE, view.selfMuted ? "" : "ok");
+    view.unheardSince = 0;
+    return;
+  }
+  if (!view.unheardSince) {
+    view.unheardSince = Date.now();
+    return;
+  }
+  if (Date.now() - view.unheardSince > UNHEARD_AFTER_MS) {
+    view.unheardSince = 0;
+    micLost("The server does not receive your microphone.");
+  } else {
+    setStatus(micStatus, "Checking the connection: the server has not confirmed your microphone yet…", "wait");
+  }
+}
+
+let previousReactions = null;
+function showReactions(state) {
+  const totals = state.reactions || {};
+  const { bursts } = reactionBursts(previousReactions, totals);
+  previousReactions = totals;
+  const parts = Object.entries(bursts);
+  for (const [emoji, n] of parts) floatEmoji($("float-layer"), emoji, n);
+  if (parts.length) {
+    const text = parts.map(([emoji, n]) => `${n} × ${emoji}`).join(", ");
+    $("reaction-feed").textContent = `Just now: ${text}`;
+    $("reaction-feed").title = parts.map(([emoji]) => LABELS[emoji] || emoji).join(", ");
+  } else if (Object.keys(totals).length) {
+    const all = Object.entries(totals).filter(([, n]) => Number(n) > 0);
+    if (all.length) $("reaction-feed").textContent = `Reactions so far: ${all.map(([emoji, n]) => `${emoji} ${n}`).join("  ")}`;
+  }
+}
+
 // state.json says when the program or the recording fails ("Recording is
 // failing: the disk is full. ..."): the host sees it while it lasts.
 function renderHealth(state) {
@@ -230,6 +387,8 @@ function renderHealth(state) {
 function onState(state) {
   view.state = state;
   renderHealth(state);
+  checkHeard(state);
+  showReactions(state);
   if (state.state !== view.space?.state) {
     if (view.space) view.space.state = state.state;
     showState(state.state);
@@ -281,6 +440,19 @@ function renderRequests(requests) {
     list.dataset.key = key;
     list.replaceChildren(...items);
   }
+  // a request arriving is shown, not only listed
+  const ids = new Set(requests.map((r) => r.account_id));
+  if (view.seenRequests) {
+    const fresh = requests.filter((r) => !view.seenRequests.has(r.account_id));
+    for (const r of fresh) list.querySelector(`li[data-account-id="${CSS.escape(r.account_id)}"]`)?.classList.add("new");
+    if (fresh.length) {
+      setStatus($("console-status"), `${fresh.map(displayName).join(", ")} ${fresh.length === 1 ? "asks" : "ask"} to speak.`, "ok");
+    }
+  }
+  view.seenRequests = ids;
+  $("requests-h").textContent = requests.length ? `Requests to speak (${requests.length})` : "Requests to speak";
+  const plainTitle = document.title.replace(/^\(\d+\) /, "");
+  document.title = requests.length ? `(${requests.length}) ${plainTitle}` : plainTitle;
 }
 
 async function pollRequests() {
@@ -369,9 +541,9 @@ async function main() {
     for (const button of document.querySelectorAll("main button")) button.disabled = true;
     return;
   }
-  $("golive-button").addEventListener("click", goLive);
+  $("golive-button").addEventListener("click", () => goLive());
   $("mute-button").addEventListener("click", toggleSelfMute);
-  $("stopmic-button").addEventListener("click", () => stopMic("Microphone off."));
+  $("stopmic-button").addEventListener("click", () => micOff("Microphone off."));
   $("start-button").addEventListener("click", startNow);
   $("end-button").addEventListener("click", endSpace);
   $("invite-form").addEventListener("submit", invite);
@@ -386,6 +558,11 @@ async function main() {
   showState(view.space.state);
   if (view.space.state === "scheduled") {
     setStatus(micStatus, `Scheduled for ${formatWhen(view.space.scheduled_for)}. Start it when you are ready.`);
+  }
+  if (view.space.state === "live" && sessionStorage.getItem(LIVE_KEY)) {
+    // this tab was live before a reload: come back live without a click
+    setStatus(micStatus, "You were live in this tab: reconnecting your microphone…", "wait");
+    goLive({ reconnect: true });
   }
   view.poller = pollState(spaceId, { onState });
   pollRequests();

@@ -3,6 +3,7 @@
 // place once approved), and the replay once the space ends.
 
 import { ApiError, api, describeError, getSession } from "../api.js";
+import { StallReporter } from "../defense.js";
 import { ListenerPass, refusalMessage } from "../join.js";
 import { LiveCaptionLine } from "../captions.js";
 import { HlsPlayer } from "../player.js";
@@ -10,8 +11,9 @@ import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { mountReplay } from "../replay.js";
 import { RewindControl } from "../rewind.js";
 import { MicSession } from "../speak.js";
+import { queueView, storedTicket, waitInLine } from "../queue.js";
 import { pollState } from "../state.js";
-import { $, displayName, formatWhen, h, renderAccount, setStatus, signinHref } from "../ui.js";
+import { $, countdownText, displayName, formatWhen, h, renderAccount, setStatus, shareLink, signinHref } from "../ui.js";
 
 const spaceId = document.body.dataset.spaceId;
 const base = `/api/spaces/${encodeURIComponent(spaceId)}`;
@@ -32,8 +34,15 @@ const view = {
   muteChangedAt: 0,
   retryTimer: null,
   latencyTimer: null,
+  waiting: null, // AbortController of the waiting room
   pendingOwn: {},
+  wantListen: false, // pressed Listen before the host was on the air: start by itself
+  blocked: false,
+  countdownTimer: null,
 };
+
+const LISTEN_LABEL = "Listen live";
+const LIVE_SENTENCE = "You are listening live.";
 
 const pass = new ListenerPass(spaceId);
 const captionLine = new LiveCaptionLine($("caption-line"), spaceId, $("player"));
@@ -41,7 +50,27 @@ const rewind = new RewindControl(document.querySelector(".player"), $("player"),
 const player = new HlsPlayer($("player"), {
   live: true,
   onError: (text) => setStatus($("join-status"), text, "error"),
+  // the red "could not be loaded" goes away once audio is back
+  onRecover: () => {
+    if (view.listening && !view.mic) setStatus($("join-status"), onAir(view.state) ? LIVE_SENTENCE : waitingSentence(), "ok");
+  },
 });
+
+/** Is someone who runs the space (host or co-host) connected with a microphone? */
+function onAir(state) {
+  if (!state || state.state !== "live") return false;
+  return (state.speakers || []).some((s) => (s.role === "host" || s.role === "cohost") && s.connected === true);
+}
+
+function waitingSentence() {
+  return (view.state?.state || view.space?.state) === "scheduled"
+    ? "Waiting for the start: the audio starts here by itself when the host goes live."
+    : "Waiting for the host: the audio starts here by itself when they go live.";
+}
+
+function setPlayLabel(text) {
+  $("play-button").querySelector(".label").textContent = text;
+}
 
 // -- space facts -------------------------------------------------------------
 
@@ -52,8 +81,37 @@ function showSpace(space) {
   $("space-host").textContent = `Hosted by ${displayName(space.host)}`;
   $("space-description").textContent = space.description || "";
   showState(space.state);
+  if (me && space.host && space.host.id === me.id) $("console-link").hidden = false;
+  $("ics-link").hidden = space.state !== "scheduled";
   if (space.state === "scheduled") {
-    setStatus($("join-status"), `This space starts ${formatWhen(space.scheduled_for)}. Keep this page open.`);
+    setPlayLabel("Listen when it starts");
+    startCountdown(space.scheduled_for);
+  }
+}
+
+function startCountdown(iso) {
+  clearInterval(view.countdownTimer);
+  const box = $("countdown");
+  const at = Date.parse(iso || "");
+  const tick = () => {
+    const state = view.state?.state || view.space?.state;
+    if (state !== "scheduled") {
+      clearInterval(view.countdownTimer);
+      box.hidden = true;
+      return;
+    }
+    box.hidden = false;
+    const left = countdownText(at - Date.now());
+    box.textContent = Number.isFinite(at)
+      ? left
+        ? `Starts ${left} (${formatWhen(iso)})`
+        : `Starting any moment: scheduled for ${formatWhen(iso)}, waiting for the host.`
+      : "Starts when the host goes live.";
+  };
+  tick();
+  view.countdownTimer = setInterval(tick, 1000);
+  if (!view.wantListen && !view.listening) {
+    setStatus($("join-status"), "Keep this page open: press Listen when it starts and the audio begins by itself.");
   }
 }
 
@@ -82,15 +140,40 @@ function setListening(on) {
   }
 }
 
+/** The listen button: start now when on the air, else wait for the host and start by itself. */
+function listenPressed() {
+  if (onAir(view.state) || view.mic) {
+    listen();
+    return;
+  }
+  view.wantListen = true;
+  $("play-button").disabled = true;
+  setPlayLabel("Waiting for the host…");
+  setStatus($("join-status"), waitingSentence(), "wait");
+}
+
 async function listen() {
   clearTimeout(view.retryTimer);
+  view.wantListen = false;
+  if (view.blocked) return;
   const status = $("join-status");
   setStatus(status, "Joining…", "wait");
   $("play-button").disabled = true;
+  let grant;
   try {
-    await pass.join();
+    const kept = pass.token ? null : storedTicket(spaceId);
+    grant = await pass.join({ ticket: kept?.ticket });
+    if (typeof grant.ticket === "string") grant = await waitForTurn(grant);
+    if (!grant) {
+      $("play-button").disabled = false;
+      return;
+    }
   } catch (err) {
     $("play-button").disabled = false;
+    if (err instanceof ApiError && err.status === 403) {
+      showBlocked(err);
+      return;
+    }
     if (err instanceof ApiError) {
       const refusal = refusalMessage(err.status, err.problem);
       setStatus(status, refusal.text, refusal.queued ? "wait" : "error");
@@ -109,14 +192,53 @@ async function listen() {
     return;
   }
   try {
-    // Same origin as this page (which may be a cache in front of the origin).
-    const url = `/spaces/${encodeURIComponent(spaceId)}/live.m3u8`;
+    // Same origin as this page (which may be a cache in front of the origin);
+    // plain HLS when this server's low-latency budget is spent.
+    const playlist = grant.delivery === "hls" ? "plain.m3u8" : "live.m3u8";
+    const url = `/spaces/${encodeURIComponent(spaceId)}/${playlist}`;
     await player.load(url);
+    view.stalls?.stop();
+    view.stalls = new StallReporter($("player"), spaceId, () => pass.token).start();
     setListening(true);
-    setStatus(status, "You are listening live.", "ok");
+    const delayed = grant.delivery === "hls";
+    $("listen-mode").hidden = !delayed;
+    const live = onAir(view.state);
+    const liveText = delayed ? "You are listening live, with a few seconds more delay." : LIVE_SENTENCE;
+    setStatus(status, live ? liveText : waitingSentence(), live ? "ok" : "wait");
   } catch (err) {
     player.destroy();
     setStatus(status, err && err.name === "NotAllowedError" ? "Press Listen live to start the audio." : describeError(err), "error");
+  }
+}
+
+/** Show our place in line until admitted; the 200 answer, or null if stopped. */
+async function waitForTurn(queued) {
+  const status = $("join-status");
+  const bar = $("queue-progress");
+  view.waiting?.abort();
+  const waiting = new AbortController();
+  view.waiting = waiting;
+  $("play-button").hidden = true;
+  $("leave-button").hidden = false;
+  bar.hidden = false;
+  const show = (q) => {
+    setStatus(status, q.text, "wait");
+    bar.value = q.progress;
+    bar.setAttribute("aria-valuetext", q.text);
+  };
+  show(queueView(queued, null, queued.position));
+  try {
+    const grant = await waitInLine(spaceId, queued, { onUpdate: show, signal: waiting.signal });
+    pass.admitted(grant);
+    return grant;
+  } catch (err) {
+    if (err && err.name === "AbortError") return null;
+    $("play-button").hidden = false;
+    $("leave-button").hidden = true;
+    throw err;
+  } finally {
+    bar.hidden = true;
+    if (view.waiting === waiting) view.waiting = null;
   }
 }
 
@@ -136,12 +258,33 @@ function countdown(seconds, err) {
   tick();
 }
 
+/** One coherent message for an account the host removed and blocked. */
+function showBlocked(err) {
+  view.blocked = true;
+  view.wantListen = false;
+  pass.stop();
+  player.destroy();
+  setListening(false);
+  for (const id of ["play-button", "leave-button", "request-button"]) $(id).hidden = true;
+  $("on-stage-controls").hidden = true;
+  setStatus($("speak-status"), "");
+  const detail = err?.message && /blocked/i.test(err.message) ? "" : ` (${err?.message || "refused"})`;
+  setStatus($("join-status"), `The host removed you from this space, so you cannot listen or speak here any more${detail}.`, "error");
+}
+
 function leave() {
   clearTimeout(view.retryTimer);
-  pass.stop();
+  view.stalls?.stop();
+  view.stalls = null;
+  view.waiting?.abort();
+  pass.leave();
+  $("listen-mode").hidden = true;
   player.destroy();
   stopMic("");
   setListening(false);
+  view.wantListen = false;
+  setPlayLabel(LISTEN_LABEL);
+  $("play-button").disabled = false;
   setStatus($("join-status"), "You left. Press Listen live to come back.");
   $("play-button").focus();
 }
@@ -193,8 +336,24 @@ function onState(state) {
   const program = state.program && state.program.status !== "ok" ? state.program.message : "";
   $("program-alert").textContent = program;
   $("program-alert").hidden = !program;
-  if (previous?.state === "scheduled" && state.state === "live" && !view.listening) {
-    setStatus($("join-status"), "The space is live now: press Listen live.", "ok");
+  const seat = mySeat(state);
+  if (seat && (seat.role === "host" || seat.role === "cohost")) $("console-link").hidden = false;
+  if (state.state !== "scheduled") $("ics-link").hidden = true;
+  const wasOnAir = onAir(previous);
+  const nowOnAir = onAir(state);
+  if (state.state === "live" && !view.blocked) {
+    if (nowOnAir && view.wantListen) {
+      listen(); // pressed before the start: the page starts the audio by itself
+    } else if (view.wantListen) {
+      if (previous?.state === "scheduled") setStatus($("join-status"), waitingSentence(), "wait");
+    } else if (!view.listening && !view.wantListen) {
+      setPlayLabel(nowOnAir ? LISTEN_LABEL : "Listen when the host goes live");
+      if (previous?.state === "scheduled" || (!wasOnAir && nowOnAir && previous)) {
+        setStatus($("join-status"), nowOnAir ? "The host is live now: press Listen live." : waitingSentence(), nowOnAir ? "ok" : "");
+      }
+    } else if (view.listening && !view.mic && wasOnAir !== nowOnAir && previous) {
+      setStatus($("join-status"), nowOnAir ? LIVE_SENTENCE : "The host's microphone is off for now; the audio comes back here by itself.", nowOnAir ? "ok" : "wait");
+    }
   }
   if (state.state === "ended" && !view.ended) switchToReplay();
 }
@@ -206,7 +365,7 @@ function mySeat(state) {
 }
 
 function syncStage(state) {
-  if (!me || view.ended) return;
+  if (!me || view.ended || view.blocked) return;
   const seat = mySeat(state);
   if (seat && !view.mic && !view.micStarting) {
     if (view.requested) {
@@ -365,6 +524,8 @@ async function switchToReplay() {
   view.ended = true;
   const wasListening = view.listening;
   clearTimeout(view.retryTimer);
+  view.stalls?.stop();
+  view.stalls = null;
   pass.stop();
   player.destroy();
   stopMic("");
@@ -375,9 +536,11 @@ async function switchToReplay() {
   $("reaction-buttons").closest("section").hidden = true;
   $("speakers").closest("section").hidden = true;
   document.querySelector(".player-facts").hidden = true;
+  clearInterval(view.countdownTimer);
+  $("countdown").hidden = true;
   setStatus($("join-status"), "This space has ended. The replay is below.");
   history.replaceState(null, "", `/spaces/${encodeURIComponent(spaceId)}/replay`);
-  await mountReplay($("replay-section"), spaceId, { autoplay: wasListening });
+  await mountReplay($("replay-section"), spaceId, { autoplay: wasListening, title: view.space?.title || view.state?.title || "" });
 }
 
 // -- start -------------------------------------------------------------------------------
@@ -390,8 +553,13 @@ function onStateError(err, status) {
 
 renderAccount();
 buildReactionButtons();
-$("play-button").addEventListener("click", listen);
+$("play-button").addEventListener("click", listenPressed);
+$("share-button").addEventListener("click", () =>
+  shareLink(new URL(`/spaces/${encodeURIComponent(spaceId)}`, location.origin).href, view.space?.title || document.title, $("share-status")),
+);
 $("leave-button").addEventListener("click", leave);
+// closing the page frees the place at once (a ticket in line is kept for a return)
+window.addEventListener("pagehide", () => pass.leave());
 $("request-button").addEventListener("click", requestToSpeak);
 $("self-mute-button").addEventListener("click", toggleSelfMute);
 $("leave-stage-button").addEventListener("click", leaveStage);

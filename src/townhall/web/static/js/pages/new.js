@@ -13,6 +13,16 @@ function main() {
     for (const el of form.elements) el.disabled = true;
     return;
   }
+  for (const [field, counter] of [["title", "title-count"], ["description", "description-count"]]) {
+    const input = form[field];
+    const show = () => {
+      const max = Number(input.maxLength) || 0;
+      const left = max - input.value.length;
+      $(counter).textContent = max ? `${left} of ${max} characters left` : "";
+    };
+    input.addEventListener("input", show);
+    show();
+  }
   const when = () => form.querySelector("input[name=when]:checked").value;
   for (const radio of form.querySelectorAll("input[name=when]")) {
     radio.addEventListener("change", () => {

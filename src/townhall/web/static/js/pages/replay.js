@@ -28,7 +28,7 @@ async function main() {
     );
     return;
   }
-  await mountReplay(section, spaceId, { autoplay: false });
+  await mountReplay(section, spaceId, { autoplay: false, title: space.title });
   // a recording that could not keep all of the talk says what it lacks
   const state = await fetch(`/spaces/${encodeURIComponent(spaceId)}/state.json`).then((r) => (r.ok ? r.json() : null), () => null);
   if (state?.recording?.message) section.append(h("p", { class: "notice", role: "note" }, state.recording.message));

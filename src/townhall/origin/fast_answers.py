@@ -1,0 +1,199 @@
+"""How the HTTP/1.1 driver (origin/http1.py) answers what the listener rules
+claimed: a :class:`Rendered` answer written as one buffer, a :class:`Wait`
+parked on the live window (reading paused) until its position is published or
+its timer fires, a :class:`Stream` (live.aac) attached to the progressive hub.
+A mixin of the driver's protocol: it writes to the connection's transport and
+tells the connection (``finish``) when an answer is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from functools import partial
+from typing import Any, ClassVar
+
+from townhall import metrics
+from townhall.origin.asgi_cycle import Request
+from townhall.origin.chunked import LAST_CHUNK
+from townhall.origin.rules import FastPath, Rendered, Stream, Wait
+from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
+
+_HEAD = b"HEAD"
+_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive")
+_BYTES = {kind: metrics.LISTENER_BYTES.labels(kind=kind) for kind in _KINDS[:4]}
+_ANSWERED = {kind: metrics.FASTPATH_RESPONSES.labels(kind=kind) for kind in _KINDS}
+
+
+class _Counts:
+    """Answers and bytes counted as plain ints on the hot path and added to the
+    Prometheus counters at most a second later (a locked ``inc`` per request
+    costs more than the rest of the bookkeeping)."""
+
+    def __init__(self) -> None:
+        self.answered = dict.fromkeys(_KINDS, 0)
+        self.bytes = dict.fromkeys(_KINDS, 0)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, kind: str, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.answered[kind] += 1
+        self.bytes[kind] += size
+        if self._timer is None:
+            self._timer = loop.call_later(1.0, self.flush)
+
+    def flush(self) -> None:
+        """Add what was counted to the Prometheus counters (tests call it too)."""
+        self._timer = None
+        for kind, n in self.answered.items():
+            if n:
+                _ANSWERED[kind].inc(n)
+                self.answered[kind] = 0
+        for kind, size in self.bytes.items():
+            if size and kind in _BYTES:
+                _BYTES[kind].inc(size)
+            self.bytes[kind] = 0
+
+
+COUNTS = _Counts()
+
+
+class FastAnswers:
+    """The fast answers of one connection (mixed into the driver's protocol)."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    server_state: Any
+    # status line + the server's lines per status; rebuilt when uvicorn renews
+    # its default headers (the Date, once a second)
+    _prefix_source: ClassVar[object] = None
+    _prefixes: ClassVar[dict[int, bytes]] = {}
+
+    def finish(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _current_is(self, req: Request) -> bool:
+        raise NotImplementedError
+
+    def _pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def _to_app(self, req: Request) -> None:
+        raise NotImplementedError
+
+    def _answer(self, req: Request) -> None:
+        decision = req.decision
+        if isinstance(decision, Rendered):
+            self._send(req, decision)
+        elif isinstance(decision, Wait):
+            if decision.window.ready(decision.position):
+                self._respond(req, decision.answer())
+            else:
+                self._pause_reading()
+                req.waiter = decision.window.park(
+                    decision.position, partial(self._woken, req), decision.timeout_s
+                )
+        elif isinstance(decision, Stream):
+            self._stream(req, decision)
+
+    def _woken(self, req: Request, published: bool) -> None:
+        req.waiter = None
+        if not self._current_is(req) or self.transport.is_closing():
+            return
+        decision = req.decision
+        assert isinstance(decision, Wait)
+        if published:
+            self._respond(req, decision.answer())
+        else:
+            self._send(req, decision.timeout())
+
+    def _respond(self, req: Request, rendered: Rendered | None) -> None:
+        if rendered is None:
+            # e.g. the awaited part never came because the space ended: the app says
+            metrics.FASTPATH_FALLBACKS.inc()
+            req.decision = None
+            self._to_app(req)
+        else:
+            self._send(req, rendered)
+
+    def _prefix(self, status: int) -> bytes:
+        cls = type(self)
+        defaults = self.server_state.default_headers
+        if cls._prefix_source is not defaults:
+            cls._prefix_source = defaults
+            cls._prefixes = {}
+        prefix = cls._prefixes.get(status)
+        if prefix is None:
+            prefix = cls._prefixes[status] = STATUS_LINE[status] + server_lines(defaults)
+        return prefix
+
+    def _send(self, req: Request, rendered: Rendered) -> None:
+        prefix = self._prefix(rendered.status)
+        head_only = req.method == _HEAD
+        if req.keep_alive and not head_only:
+            data = prefix + rendered.tail
+        else:
+            data = b"".join(
+                (
+                    prefix,
+                    rendered.head,
+                    b"" if req.keep_alive else CLOSE,
+                    CRLF,
+                    b"" if head_only else rendered.body,
+                )
+            )
+        self.transport.write(data)
+        COUNTS.add(rendered.kind, len(rendered.body), self.loop)
+        self.finish(req)
+
+    def _stream(self, req: Request, stream: Stream) -> None:
+        head = (self._prefix(200), stream.head, b"" if req.keep_alive else CLOSE, CHUNKED, CRLF)
+        self.transport.write(b"".join(head))
+        # bound what the kernel holds for a listener too (it doubles the value)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, stream.hub.max_lag_bytes // 2)
+        COUNTS.add("progressive", 0, self.loop)
+        req.sink = stream.hub.attach(self.transport, partial(self._stream_ended, req))
+        if req.sink is None:  # the space ended meanwhile
+            self.transport.write(LAST_CHUNK)
+            self.finish(req)
+
+    def _stream_ended(self, req: Request, dropped: bool) -> None:
+        req.sink = None
+        if not dropped:  # (dropped: the hub aborted the transport; connection_lost follows)
+            self.finish(req)
+
+    def _abandon(self, req: Request) -> None:
+        if req.waiter is not None:
+            req.waiter.cancel()
+            req.waiter = None
+        if req.sink is not None:
+            stream = req.decision
+            assert isinstance(stream, Stream)
+            stream.hub.detach(req.sink)
+            req.sink = None
+
+
+_log = logging.getLogger("townhall.access")
+
+
+def decide(
+    fast_path: FastPath, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+) -> object:
+    """The rules' fast answer for a request target (origin-form only: anything
+    else is not claimed); a rules failure is logged, counted and left to the app."""
+    path, _, query = url.partition(b"?")
+    if b"#" in query:
+        query = query.partition(b"#")[0]
+    try:
+        cookie = None
+        if fast_path.gate is not None:  # capped spaces: the listener token may be a cookie
+            cookie = next((v for n, v in headers if n == b"cookie"), None)
+        return fast_path.decide(method, path, query, cookie)
+    except Exception:
+        _log.exception("fast path failed to decide on %r; the app answers", url)
+        metrics.FASTPATH_FALLBACKS.inc()
+        return None

@@ -1,0 +1,302 @@
+"""Admission: who may listen now, who waits in line, who is refused and why.
+
+Pure: no I/O, no clock (times are arguments). The adapters
+(``store/admission.py`` counts, ``server/api_spaces.py`` answers) feed it.
+
+The line of a space is a sequence of numbered places and one pointer,
+``through``: every ticket numbered at or below it has had its turn called.
+The pointer moves (:func:`advance`, once per queue interval, one node at a
+time) by at most ``admit_rate_per_s`` places per second and only as far as
+places are free; each move opens a *batch* of places reserved for the
+tickets it called. A called ticket has ``claim_s`` to come and exchange its
+ticket for a listener token; after that its batch closes and the unclaimed
+places go to the next in line (so a place whose holder went away is given on
+within ``claim_s`` plus one interval). A ticket that comes back later, while
+still valid, enters at the next free place before anyone new.
+
+Arrivals before a scheduled start take numbers in arrival order, but those
+numbers are shuffled when the space goes live (:func:`number_of`, a keyed
+permutation of the ``lottery`` first arrivals): the fastest click does not
+win. After the start it is first come, first served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+from dataclasses import dataclass, replace
+from typing import Literal
+
+Outcome = Literal["admit", "queue", "refuse"]
+Delivery = Literal["llhls", "hls"]
+Phase = Literal["closed", "waiting_room", "open"]
+Kind = Literal["renewal", "arrival", "ticket"]
+
+# Time constant of the observed admission speed (for the ETA).
+SPEED_TAU_S = 5.0
+
+DEGRADED = (
+    "This server's low-latency listeners are at their limit, so you are listening with "
+    "a few seconds more delay (plain HLS)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Places ``lo < n <= hi`` called at ``at_s``; ``claimed`` of them came."""
+
+    at_s: float
+    lo: int
+    hi: int
+    claimed: int = 0
+
+    @property
+    def open_places(self) -> int:
+        return self.hi - self.lo - self.claimed
+
+
+@dataclass(frozen=True, slots=True)
+class QueueState:
+    """One space's line. ``issued``: numbers handed out; ``through``: the
+    highest called; ``lottery``: how many arrived before the start (None until
+    it went live); ``speed_per_s``: observed places called per second."""
+
+    issued: int = 0
+    through: int = 0
+    lottery: int | None = None
+    carry: float = 0.0
+    last_s: float | None = None
+    speed_per_s: float = 0.0
+    batches: tuple[Batch, ...] = ()
+    released: int = 0  # called places never claimed, given on to the next in line
+
+    @property
+    def reserved(self) -> int:
+        """Places called and not claimed yet (in open batches)."""
+        return sum(b.open_places for b in self.batches)
+
+    @property
+    def waiting(self) -> int:
+        """Numbers handed out whose turn has not been called."""
+        return max(0, self.issued - self.through)
+
+    def batch_of(self, number: int) -> Batch | None:
+        for batch in self.batches:
+            if batch.lo < number <= batch.hi:
+                return batch
+        return None
+
+    def claimed(self, number: int) -> QueueState:
+        """This state after ticket ``number`` claimed its reserved place."""
+        batches = tuple(
+            replace(b, claimed=b.claimed + 1) if b.lo < number <= b.hi else b for b in self.batches
+        )
+        return replace(self, batches=batches)
+
+
+def advance(
+    state: QueueState,
+    now_s: float,
+    *,
+    cap: int,
+    admitted: int,
+    rate_per_s: float,
+    claim_s: float,
+    live: bool,
+) -> QueueState:
+    """The line one interval later: closed batches dropped, the pointer moved
+    over as many places as are free and the rate allows (at most two seconds'
+    worth at once, so a quiet spell does not turn into a burst)."""
+    last_s = now_s if state.last_s is None else state.last_s
+    dt_s = max(0.0, now_s - last_s)
+    if not live:
+        return replace(state, last_s=now_s, carry=0.0)
+    lottery = state.issued if state.lottery is None else state.lottery
+    batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
+    released = state.released + sum(
+        b.open_places for b in state.batches if b.at_s <= now_s - claim_s
+    )
+    reserved = sum(b.open_places for b in batches)
+    free = math.inf if cap <= 0 else max(0, cap - admitted - reserved)
+    allowance = min(state.carry + rate_per_s * dt_s, max(1.0, 2.0 * rate_per_s))
+    if state.lottery is None:
+        allowance = max(allowance, 1.0)  # the first listener at the start does not wait a tick
+    k = int(min(free, math.floor(allowance), state.issued - state.through))
+    k = max(k, 0)
+    if k:
+        batches = (*batches, Batch(now_s, state.through, state.through + k))
+    speed = state.speed_per_s
+    # the speed of the line, measured only while someone waits (an empty line
+    # moves at the pace of arrivals, which says nothing about the next wait)
+    if dt_s > 0 and k < state.issued - state.through:
+        alpha = 1.0 - math.exp(-dt_s / SPEED_TAU_S)
+        speed += alpha * (k / dt_s - speed)
+    return QueueState(
+        issued=state.issued,
+        through=state.through + k,
+        lottery=lottery,
+        carry=allowance - k,
+        last_s=now_s,
+        speed_per_s=speed,
+        batches=batches,
+        released=released,
+    )
+
+
+def phase_of(
+    state: Literal["scheduled", "live", "ended"],
+    scheduled_for_s: float | None,
+    now_s: float,
+    open_s: float,
+) -> Phase:
+    """Whether a space takes arrivals: a scheduled space opens its waiting
+    room ``open_s`` before its start time (and keeps it open until the host
+    goes live); a live or ended space is open."""
+    if state != "scheduled":
+        return "open"
+    if scheduled_for_s is not None and now_s < scheduled_for_s - open_s:
+        return "closed"
+    return "waiting_room"
+
+
+def number_of(index: int, lottery: int | None, key: bytes) -> int | None:
+    """The place in line of arrival ``index``: arrivals after the start keep
+    their index; the ``lottery`` arrivals before it are shuffled by a keyed
+    permutation of 1..lottery (None: not drawn yet, the space is not live)."""
+    if lottery is None:
+        return None
+    if index > lottery:
+        return index
+    return shuffle(index, lottery, key)
+
+
+def shuffle(index: int, size: int, key: bytes) -> int:
+    """A keyed permutation of 1..size (a balanced Feistel network over the
+    next even power of two, cycle-walking back into range)."""
+    if not 1 <= index <= size:
+        raise ValueError(f"index {index} is outside 1..{size}")
+    if size == 1:
+        return 1
+    bits = max(2, (size - 1).bit_length())
+    bits += bits % 2
+    half = bits // 2
+    mask = (1 << half) - 1
+    x = index - 1
+    while True:
+        left, right = x >> half, x & mask
+        for round_ in range(4):
+            digest = hmac.new(key, b"%d:%d" % (round_, right), hashlib.sha256).digest()
+            left, right = right, left ^ (int.from_bytes(digest[:8], "big") & mask)
+        x = (left << half) | right
+        if x < size:
+            return x + 1
+
+
+# ---------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the counters say. A cap or budget of 0 means no limit."""
+
+    space_cap: int
+    space_admitted: int
+    node_cap: int = 0
+    node_admitted: int = 0
+    llhls_budget: int = 0
+    node_llhls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    code: str  # machine-readable reason
+    detail: str  # the sentence a person reads
+    delivery: Delivery = "llhls"
+    status: int = 200
+
+
+def decide(
+    kind: Kind,
+    capacity: Capacity,
+    line: QueueState,
+    *,
+    phase: Phase,
+    number: int | None = None,
+) -> Decision:
+    """Admit, queue or refuse one join.
+
+    ``kind``: a renewal of a valid listener token, a new arrival, or a valid
+    ticket whose place in line is ``number`` (None before the draw).
+    Renewals are always admitted (a lowered cap or a full node never cuts off
+    someone listening); nobody new passes anyone waiting in line.
+    """
+    if kind == "renewal":
+        return Decision("admit", "renewal", "Your listener token is renewed.")
+    cap = capacity.space_cap
+    if capacity.node_cap > 0 and capacity.node_admitted >= capacity.node_cap:
+        return Decision(
+            "refuse",
+            "node_full",
+            "This server is at its listener capacity; try again in a few seconds "
+            "(another server of this deployment may have room).",
+            status=503,
+        )
+    if cap > 0 and phase == "closed":
+        return Decision(
+            "refuse",
+            "not_open",
+            "The waiting room of this space is not open yet; come back shortly before it starts.",
+            status=503,
+        )
+    if cap > 0 and phase == "waiting_room":
+        return _queued(
+            "before_start",
+            "The space has not started: everyone who arrives before the start is given a "
+            "place in a random order when it starts.",
+        )
+    free = cap <= 0 or capacity.space_admitted + line.reserved < cap
+    if kind == "ticket":
+        if cap > 0:
+            if number is None:
+                return _queued("not_drawn", "Your place in line is drawn when the space starts.")
+            if number > line.through:
+                return _queued(
+                    "not_your_turn",
+                    f"Your turn has not come yet: you are number {number - line.through:,} in line.",
+                )
+            batch = line.batch_of(number)
+            reserved = batch is not None and batch.open_places > 0
+            if not (reserved and capacity.space_admitted < cap) and not free:
+                return _queued(
+                    "next", "Your turn came while you were away: you are next when a place frees."
+                )
+        return _admitted(capacity, "ticket", "Your turn has come: welcome in.")
+    if cap > 0 and (line.waiting > 0 or not free):
+        return _queued(
+            "full", "This space is full: you have a place in line and will be let in by turn."
+        )
+    return _admitted(capacity, "admitted", "Welcome in.")
+
+
+def _queued(code: str, detail: str) -> Decision:
+    return Decision("queue", code, detail, status=202)
+
+
+def _admitted(capacity: Capacity, code: str, detail: str) -> Decision:
+    if capacity.llhls_budget > 0 and capacity.node_llhls >= capacity.llhls_budget:
+        return Decision("admit", code, DEGRADED, delivery="hls")
+    return Decision("admit", code, detail)
+
+
+def eta_s(position: int | None, state: QueueState, rate_per_s: float) -> float | None:
+    """Seconds until ``position`` places have been called, from the observed
+    speed (the configured rate until there is one); None when the line does
+    not move (the space is full and nobody leaves)."""
+    if position is None or position <= 0:
+        return 0.0 if position is not None else None
+    speed = state.speed_per_s if state.lottery is not None and state.speed_per_s > 0 else rate_per_s
+    if speed <= 0.001:
+        return None
+    return position / speed

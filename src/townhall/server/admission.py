@@ -1,0 +1,449 @@
+"""The admission service: the adapter between a join and
+``policy.admission.decide``, the counters (``store/admission.py``) and the
+queue document of each space.
+
+:meth:`Admission.admit` is the one entry point a join goes through (defense
+layers in front of it call it after their own checks). It answers
+:class:`Admitted` (a listener token), :class:`Queued` (a ticket and where it
+stands) or raises a townhall error (refusals, bad tickets).
+
+Spaces without a cap (``max_listeners`` = 0, and every ended space) never
+touch the shared store: their join stays memory only. Redis unreachable:
+renewals of valid tokens go on (nobody admitted is cut off; the renewal is
+counted again once Redis answers), new arrivals and tickets of capped spaces
+get 503 with Retry-After and keep their place (a ticket stays valid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import orjson
+
+from townhall import metrics
+from townhall.config import Settings
+from townhall.errors import ServiceUnavailable
+from townhall.policy.admission import (
+    Capacity,
+    Decision,
+    Delivery,
+    Kind,
+    QueueState,
+    advance,
+    decide,
+    eta_s,
+    number_of,
+    phase_of,
+)
+from townhall.policy.ratelimit import STORE_ERRORS
+from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
+from townhall.policy.tokens import Claims, TokenSigner
+from townhall.store.admission import AdmissionStore, ExpirySet
+from townhall.store.shared import RedisHealth
+from townhall.store.spaces import IndexEntry, SpaceIndex
+
+log = logging.getLogger("townhall.admission")
+
+# A space whose line nobody asked about for this long is no longer ticked.
+ACTIVE_S = 120.0
+PAUSED = (
+    "Admission is paused for a moment because this server cannot reach its shared counter; "
+    "listeners already in keep playing. Try again in a few seconds (your place is kept)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    token: str
+    claims: Claims
+    delivery: Delivery
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    ticket: str
+    expires_at: int
+    number: int | None  # None until the pre-start draw
+    position: int | None
+    eta_s: float | None
+    retry_after_s: float
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDoc:
+    body: bytes
+    etag: str
+
+
+class Admission:
+    def __init__(
+        self,
+        settings: Settings,
+        store: AdmissionStore,
+        tokens: TokenSigner,
+        tickets: TicketSigner,
+        index: SpaceIndex,
+        *,
+        health: RedisHealth | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.tokens = tokens
+        self.tickets = tickets
+        self.index = index
+        self.health = health
+        self._clock = clock
+        self.node_listeners = ExpirySet()  # this node's listener tokens (node capacity)
+        self.node_llhls = ExpirySet()  # of which on LL-HLS (the LL-HLS budget)
+        self._lines: dict[str, QueueState] = {}
+        self._counts: dict[str, int] = {}
+        self._docs: dict[str, QueueDoc] = {}
+        self._active: dict[str, float] = {}
+        self._lottery_keys: dict[str, bytes] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    def cap_of(self, entry: IndexEntry) -> int:
+        return 0 if entry.state == "ended" else self.settings.max_listeners
+
+    def _lottery_key(self, space_id: str) -> bytes:
+        key = self._lottery_keys.get(space_id)
+        if key is None:
+            key = self._lottery_keys[space_id] = self.tickets.lottery_key(space_id)
+        return key
+
+    def number_of(self, ticket: Ticket, line: QueueState) -> int | None:
+        return number_of(ticket.index, line.lottery, self._lottery_key(ticket.space_id))
+
+    def _store_up(self) -> bool:
+        return self.health is None or self.health.available()
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        if self.health is not None:
+            self.health.failed(op, exc)
+
+    async def line(self, space_id: str) -> QueueState:
+        """The line as of the last tick (loaded once when first asked for)."""
+        self._active[space_id] = time.monotonic()
+        line = self._lines.get(space_id)
+        if line is None:
+            line = await self.store.load(space_id)
+            self._lines[space_id] = line
+            self._counts[space_id] = await self.store.count(space_id, self._clock())
+        return line
+
+    # ------------------------------------------------------------ the entry point
+
+    async def admit(
+        self,
+        space_id: str,
+        entry: IndexEntry,
+        subject: str,
+        *,
+        renewal: Claims | None = None,
+        ticket: Ticket | None = None,
+    ) -> Admitted | Queued:
+        """Admit, queue or refuse one join (see the module docstring).
+
+        ``renewal``: the verified listener token being renewed; ``ticket``: a
+        verified ticket of this space. Raises ``ServiceUnavailable`` (refused,
+        with Retry-After) or ``TicketReused``.
+        """
+        now = self._clock()
+        settings = self.settings
+        cap = self.cap_of(entry)
+        phase = phase_of(
+            entry.state,  # type: ignore[arg-type]
+            entry.scheduled_for_s,
+            now,
+            settings.waiting_room_open_s,
+        )
+        line = QueueState()
+        if cap > 0:
+            if not self._store_up() and renewal is None:
+                raise ServiceUnavailable(PAUSED, retry_after_s=settings.redis_backoff_ms / 1000)
+            try:
+                line = await self.line(space_id)
+                if line.lottery is None and entry.state != "scheduled":
+                    # gone live since the last tick: draw now, so nobody waits a tick for it
+                    await self._tick_space(space_id, entry, now)
+                    line = self._lines.get(space_id, line)
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                if renewal is None:
+                    raise ServiceUnavailable(
+                        PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
+                    ) from None
+        number = None if ticket is None else self.number_of(ticket, line)
+        if cap > 0 and number is not None and number <= line.through:
+            try:
+                used = await self.store.is_used(space_id, number)
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                raise ServiceUnavailable(
+                    PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
+                ) from None
+            if used:
+                raise TicketReused(REUSED)
+        kind: Kind = (
+            "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
+        )
+        capacity = Capacity(
+            space_cap=cap,
+            space_admitted=self._counts.get(space_id, 0),
+            node_cap=settings.node_max_listeners,
+            node_admitted=self.node_listeners.count(now),
+            llhls_budget=settings.llhls_budget_listeners,
+            node_llhls=self.node_llhls.count(now),
+        )
+        decision = decide(kind, capacity, line, phase=phase, number=number)
+        metrics.ADMISSION_DECISIONS.labels(outcome=decision.outcome, reason=decision.code).inc()
+        if decision.outcome == "refuse":
+            retry_s = 1.0 if decision.code == "node_full" else 30.0
+            if decision.code == "not_open" and entry.scheduled_for_s is not None:
+                retry_s = max(1.0, entry.scheduled_for_s - settings.waiting_room_open_s - now)
+            raise ServiceUnavailable(
+                decision.detail, retry_after_s=retry_s, extra={"reason": decision.code}
+            )
+        if decision.outcome == "admit":
+            admitted = await self._admit(
+                space_id, subject, cap, decision, line, renewal, ticket, number
+            )
+            if admitted is not None:
+                return admitted
+            decision = Decision(
+                "queue", "full", "This space is full: you have a place in line.", status=202
+            )
+        return await self._queue(space_id, line, decision, ticket, number)
+
+    async def _admit(
+        self,
+        space_id: str,
+        subject: str,
+        cap: int,
+        decision: Decision,
+        line: QueueState,
+        renewal: Claims | None,
+        ticket: Ticket | None,
+        number: int | None,
+    ) -> Admitted | None:
+        now = self._clock()
+        settings = self.settings
+        delivery = decision.delivery
+        if renewal is not None and renewal.token_id not in self.node_llhls:
+            delivery = "hls" if renewal.token_id in self.node_listeners else delivery
+        token, claims = self.tokens.mint(
+            "listener",
+            subject,
+            settings.listener_token_ttl_s,
+            space_id=space_id,
+            role="listener",
+            token_id=None if renewal is None else renewal.token_id,
+        )
+        if cap > 0:
+            try:
+                if renewal is not None:
+                    await self.store.renew(space_id, claims.token_id, claims.expires_at)
+                elif ticket is not None and number is not None:
+                    if not await self.store.use(space_id, number, ticket.expires_at, now):
+                        raise TicketReused(REUSED)
+                    if not await self.store.admit(
+                        space_id, claims.token_id, claims.expires_at, now, cap
+                    ):
+                        await self.store.unuse(space_id, number)
+                        return None
+                    batch = line.batch_of(number)
+                    if batch is not None:
+                        await self.store.claim(space_id, batch.lo)
+                        self._lines[space_id] = line.claimed(number)
+                else:
+                    limit = cap - line.reserved
+                    if limit <= 0 or not await self.store.admit(
+                        space_id, claims.token_id, claims.expires_at, now, limit
+                    ):
+                        return None
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                if renewal is None:
+                    raise ServiceUnavailable(
+                        PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
+                    ) from None
+            if renewal is None:
+                self._counts[space_id] = self._counts.get(space_id, 0) + 1
+        self.node_listeners.add(claims.token_id, claims.expires_at)
+        if delivery == "llhls":
+            self.node_llhls.add(claims.token_id, claims.expires_at)
+        else:
+            self.node_llhls.discard(claims.token_id)
+        return Admitted(token, claims, delivery, decision.detail)
+
+    async def _queue(
+        self,
+        space_id: str,
+        line: QueueState,
+        decision: Decision,
+        ticket: Ticket | None,
+        number: int | None,
+    ) -> Queued:
+        try:
+            if ticket is None:
+                index = await self.store.issue(space_id)
+                text, ticket = self.tickets.issue(space_id, index)
+                number = self.number_of(ticket, line)
+                metrics.ADMISSION_TICKETS.inc()
+                if index > line.issued:
+                    line = replace(line, issued=index)
+                    self._lines[space_id] = line
+            else:
+                text, ticket = self.tickets.renew(ticket)
+        except STORE_ERRORS as exc:
+            self._failed("admission", exc)
+            raise ServiceUnavailable(
+                PAUSED, retry_after_s=self.settings.redis_backoff_ms / 1000
+            ) from None
+        position = None if number is None else max(0, number - line.through)
+        eta = eta_s(position, line, self.settings.admit_rate_per_s)
+        if number is None:
+            entry = self.index.get(space_id)
+            start_s = entry.scheduled_for_s if entry is not None else None
+            wait_start = 0.0 if start_s is None else max(0.0, start_s - self._clock())
+            eta = wait_start + (eta_s(line.issued, line, self.settings.admit_rate_per_s) or 0.0)
+        retry_s = 1.0 if not eta or eta < 4 else min(eta / 2, self.tickets.ttl_s / 3)
+        return Queued(
+            ticket=text,
+            expires_at=ticket.expires_at,
+            number=number,
+            position=position,
+            eta_s=None if eta is None else round(eta, 1),
+            retry_after_s=round(retry_s, 1),
+            code=decision.code,
+            detail=decision.detail,
+        )
+
+    async def leave(self, space_id: str, claims: Claims) -> None:
+        """The listener left (page closed): the place is free at once."""
+        self.node_listeners.discard(claims.token_id)
+        self.node_llhls.discard(claims.token_id)
+        entry = self.index.get(space_id)
+        if entry is None or self.cap_of(entry) <= 0:
+            return
+        try:
+            await self.store.leave(space_id, claims.token_id)
+        except STORE_ERRORS as exc:
+            self._failed("admission", exc)  # the place frees when the token expires
+
+    # ------------------------------------------------------------ ticks and the document
+
+    async def tick(self) -> None:
+        """Move each active space's line one interval on and render its document."""
+        now = self._clock()
+        horizon = time.monotonic() - ACTIVE_S
+        for space_id, seen in list(self._active.items()):
+            entry = self.index.get(space_id)
+            if seen < horizon or entry is None:
+                self._active.pop(space_id, None)
+                self._lines.pop(space_id, None)
+                self._docs.pop(space_id, None)
+                self._counts.pop(space_id, None)
+                self._lottery_keys.pop(space_id, None)
+                continue
+            await self._tick_space(space_id, entry, now)
+
+    async def _tick_space(self, space_id: str, entry: IndexEntry, now: float) -> None:
+        cap = self.cap_of(entry)
+        if cap > 0 and self._store_up():
+            settings = self.settings
+            live = entry.state != "scheduled"
+
+            def step(state: QueueState, admitted: int) -> QueueState:
+                return advance(
+                    state,
+                    now,
+                    cap=cap,
+                    admitted=admitted,
+                    rate_per_s=settings.admit_rate_per_s,
+                    claim_s=settings.ticket_claim_s,
+                    live=live,
+                )
+
+            try:
+                line = await self.store.tick(space_id, now, step)
+                if line is None:
+                    line = await self.store.load(space_id)
+                self._counts[space_id] = await self.store.count(space_id, now)
+                self._lines[space_id] = line
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+        self._docs[space_id] = self._render(space_id, entry, now)
+
+    def _render(self, space_id: str, entry: IndexEntry, now: float) -> QueueDoc:
+        line = self._lines.get(space_id, QueueState())
+        settings = self.settings
+        cap = self.cap_of(entry)
+        speed = line.speed_per_s if line.lottery is not None else 0.0
+        doc = {
+            "space_id": space_id,
+            "state": entry.state,
+            "max_listeners": cap,
+            "admitted": self._counts.get(space_id, 0),
+            "admitting_through": line.through,
+            "issued": line.issued,
+            "waiting": line.waiting,
+            "admit_rate_per_s": round(speed if speed > 0 else settings.admit_rate_per_s, 2),
+            "max_admit_rate_per_s": settings.admit_rate_per_s,
+            "drawn": line.lottery is not None,
+            "drawn_count": line.lottery,
+            "opens_at": _iso(
+                None
+                if entry.scheduled_for_s is None
+                else entry.scheduled_for_s - settings.waiting_room_open_s
+            ),
+            "starts_at": _iso(entry.scheduled_for_s),
+            "released_places": line.released,
+            "claim_s": settings.ticket_claim_s,
+            "interval_ms": settings.queue_interval_ms,
+            "updated_at": _iso(now),
+        }
+        body = orjson.dumps(doc)
+        return QueueDoc(body, '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"')
+
+    async def document(self, space_id: str, entry: IndexEntry) -> QueueDoc:
+        """The queue document as of the last tick (the first ask ticks now)."""
+        self._active[space_id] = time.monotonic()
+        doc = self._docs.get(space_id)
+        if doc is None:
+            if self.cap_of(entry) > 0 and space_id not in self._lines:
+                try:
+                    await self.line(space_id)
+                except STORE_ERRORS as exc:
+                    self._failed("admission", exc)
+            await self._tick_space(space_id, entry, self._clock())
+            doc = self._docs[space_id]
+        return doc
+
+    async def run(self) -> None:
+        """Tick every ``queue_interval_ms`` until cancelled."""
+        interval_s = self.settings.queue_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.tick()
+            except Exception:
+                metrics.ADMISSION_TICK_FAILURES.inc()
+                log.exception("admission tick failed; retrying next interval")
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,126 @@
+"""The waiting room over HTTP: ``/spaces/{id}/queue.json`` (one small document
+per space, the same bytes for everyone, cacheable for at most a second) and
+``POST /api/spaces/{id}/leave`` (a listener leaving frees its place at once).
+
+A waiting client computes its own position from its ticket's number and the
+document (``number - admitting_through``) and its ETA from
+``admit_rate_per_s``, so a crowd in line is answered by the cache in front.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from townhall.errors import NotFound, Unauthorized
+from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA
+
+if TYPE_CHECKING:
+    from townhall.server.services import Services
+
+router = APIRouter(tags=["listener"])
+
+QUEUE_SCHEMA = {
+    "type": "object",
+    "required": ["admitting_through", "waiting", "admit_rate_per_s", "updated_at"],
+    "properties": {
+        "space_id": {"type": "string"},
+        "state": {"type": "string", "enum": ["scheduled", "live", "ended"]},
+        "max_listeners": {"type": "integer", "description": "The cap; 0 means no limit."},
+        "admitted": {"type": "integer", "description": "Listener tokens live now (exact)."},
+        "admitting_through": {
+            "type": "integer",
+            "description": "The highest ticket number whose turn has come.",
+        },
+        "issued": {"type": "integer", "description": "Ticket numbers handed out."},
+        "waiting": {"type": "integer", "description": "Tickets whose turn has not come."},
+        "admit_rate_per_s": {
+            "type": "number",
+            "description": "Places called per second lately (the configured rate before the start).",
+        },
+        "max_admit_rate_per_s": {"type": "number"},
+        "drawn": {
+            "type": "boolean",
+            "description": "Whether the places of arrivals before the start have been drawn (post your ticket to learn your number).",
+        },
+        "drawn_count": {"type": ["integer", "null"]},
+        "opens_at": {"type": ["string", "null"]},
+        "starts_at": {"type": ["string", "null"]},
+        "released_places": {
+            "type": "integer",
+            "description": "Places called whose ticket never came, given on to the next in line.",
+        },
+        "claim_s": {
+            "type": "number",
+            "description": "Seconds a ticket whose turn came keeps its place.",
+        },
+        "interval_ms": {"type": "integer"},
+        "updated_at": {"type": "string"},
+    },
+}
+
+
+@router.get(
+    "/spaces/{space_id}/queue.json",
+    summary="The waiting room's state",
+    description="Where the line of a space stands; the same bytes for everyone, recomputed once per queue interval, cacheable (max-age 1, ETag).",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The queue.",
+            "content": {"application/json": {"schema": QUEUE_SCHEMA}},
+        },
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        "default": {
+            "description": "A problem.",
+            "content": {"application/problem+json": {"schema": PROBLEM_SCHEMA}},
+        },
+    },
+)
+async def queue_json(space_id: str, request: Request) -> Response:
+    services = cast("Services", request.app.state.services)
+    entry = services.spaces.index.get(space_id)
+    if entry is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    doc = await services.admission.document(space_id, entry)
+    headers = {"Cache-Control": "public, max-age=1", "ETag": doc.etag}
+    inm = request.headers.get("if-none-match")
+    if inm is not None and (inm.strip() == "*" or doc.etag in {t.strip() for t in inm.split(",")}):
+        return Response(status_code=304, headers=headers)
+    return Response(doc.body, media_type="application/json", headers=headers)
+
+
+@router.post(
+    "/api/spaces/{space_id}/leave",
+    status_code=204,
+    tags=["spaces"],
+    responses=PROBLEM_RESPONSES,
+    summary="Leave (listener token): the place is free at once",
+    description='The listener token in Authorization: Bearer, or in a body {"token": ...} (for navigator.sendBeacon, which cannot set headers).',
+    response_class=Response,
+)
+async def leave(space_id: str, request: Request) -> Response:
+    services = cast("Services", request.app.state.services)
+    if services.spaces.index.get(space_id) is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    token: str | None = None
+    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and raw.strip():
+        token = raw.strip()
+    else:
+        try:
+            data = orjson.loads(await request.body() or b"null")
+        except orjson.JSONDecodeError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("token"), str):
+            token = data["token"]
+    if token is None:
+        raise Unauthorized(
+            'Send your listener token (Authorization: Bearer, or a body {"token": ...}) to leave.'
+        )
+    claims = services.tokens.verify(token, kind="listener", space_id=space_id)
+    await services.admission.leave(space_id, claims)
+    return Response(status_code=204)

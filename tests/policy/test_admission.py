@@ -1,0 +1,178 @@
+"""The admission decision and the line's pointer, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from townhall.policy.admission import (
+    DEGRADED,
+    Batch,
+    Capacity,
+    QueueState,
+    advance,
+    decide,
+    eta_s,
+    number_of,
+    phase_of,
+    shuffle,
+)
+
+EMPTY = QueueState()
+LINE = QueueState(issued=20, through=10, lottery=0, batches=(Batch(100.0, 8, 10, 1),))
+
+# (kind, capacity, line, phase, number) -> (outcome, code, status, delivery)
+CASES = [
+    # no cap: everyone in, no queue, even before the start
+    ("arrival", Capacity(0, 10_000), EMPTY, "open", None, "admit", "admitted", 200, "llhls"),
+    ("arrival", Capacity(0, 5), EMPTY, "waiting_room", None, "admit", "admitted", 200, "llhls"),
+    # room and nobody waiting
+    ("arrival", Capacity(10, 9), EMPTY, "open", None, "admit", "admitted", 200, "llhls"),
+    # full
+    ("arrival", Capacity(10, 10), EMPTY, "open", None, "queue", "full", 202, "llhls"),
+    # places free but all reserved for called tickets: queue
+    ("arrival", Capacity(10, 9), LINE, "open", None, "queue", "full", 202, "llhls"),
+    # people waiting: nobody new passes them, even with room
+    ("arrival", Capacity(100, 0), LINE, "open", None, "queue", "full", 202, "llhls"),
+    # before the start: everyone to the draw; before the waiting room opens: refused
+    (
+        "arrival",
+        Capacity(10, 0),
+        EMPTY,
+        "waiting_room",
+        None,
+        "queue",
+        "before_start",
+        202,
+        "llhls",
+    ),
+    ("arrival", Capacity(10, 0), EMPTY, "closed", None, "refuse", "not_open", 503, "llhls"),
+    # renewals always: a lowered cap or a full node cuts nobody off
+    ("renewal", Capacity(1, 50, 10, 10), LINE, "open", None, "admit", "renewal", 200, "llhls"),
+    # node full
+    ("arrival", Capacity(0, 0, 10, 10), EMPTY, "open", None, "refuse", "node_full", 503, "llhls"),
+    ("ticket", Capacity(10, 0, 10, 10), LINE, "open", 9, "refuse", "node_full", 503, "llhls"),
+    # tickets: before the draw, before its turn, in its reserved place
+    ("ticket", Capacity(10, 10), LINE, "open", None, "queue", "not_drawn", 202, "llhls"),
+    ("ticket", Capacity(10, 5), LINE, "open", 15, "queue", "not_your_turn", 202, "llhls"),
+    ("ticket", Capacity(10, 9), LINE, "open", 9, "admit", "ticket", 200, "llhls"),
+    # reserved place but the space is full (cap lowered meanwhile): waits
+    ("ticket", Capacity(10, 10), LINE, "open", 9, "queue", "next", 202, "llhls"),
+    # called long ago (no open batch): needs a free place
+    ("ticket", Capacity(10, 8), LINE, "open", 3, "admit", "ticket", 200, "llhls"),
+    ("ticket", Capacity(10, 9), LINE, "open", 3, "queue", "next", 202, "llhls"),
+    # uncapped space: a ticket from when it had a cap just comes in
+    ("ticket", Capacity(0, 9), LINE, "open", 15, "admit", "ticket", 200, "llhls"),
+    # degrade before queueing: LL-HLS budget spent
+    ("arrival", Capacity(10, 2, 0, 0, 5, 5), EMPTY, "open", None, "admit", "admitted", 200, "hls"),
+    ("arrival", Capacity(0, 2, 0, 0, 5, 4), EMPTY, "open", None, "admit", "admitted", 200, "llhls"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "capacity", "line", "phase", "number", "outcome", "code", "status", "delivery"),
+    CASES,
+)
+def test_decide(kind, capacity, line, phase, number, outcome, code, status, delivery) -> None:  # type: ignore[no-untyped-def]
+    decision = decide(kind, capacity, line, phase=phase, number=number)
+    assert (decision.outcome, decision.code, decision.status, decision.delivery) == (
+        outcome,
+        code,
+        status,
+        delivery,
+    )
+    assert decision.detail.endswith(".")
+    if delivery == "hls":
+        assert decision.detail == DEGRADED
+
+
+def test_before_its_turn_says_where() -> None:
+    d = decide("ticket", Capacity(10, 10), LINE, phase="open", number=12_355)
+    assert d.detail == "Your turn has not come yet: you are number 12,345 in line."
+
+
+def test_phase() -> None:
+    assert phase_of("live", None, 0, 600) == "open"
+    assert phase_of("ended", 50.0, 0, 600) == "open"
+    assert phase_of("scheduled", 1000.0, 300.0, 600) == "closed"
+    assert phase_of("scheduled", 1000.0, 400.0, 600) == "waiting_room"
+    assert phase_of("scheduled", 1000.0, 2000.0, 600) == "waiting_room"  # late host
+
+
+def test_advance_moves_by_rate_and_free_places() -> None:
+    s = QueueState(issued=100, lottery=0, last_s=0.0)
+    s = advance(s, 1.0, cap=1000, admitted=0, rate_per_s=10, claim_s=5, live=True)
+    assert s.through == 10 and s.reserved == 10
+    s = s.claimed(3).claimed(4)
+    assert s.reserved == 8
+    # only 2 free places: the pointer moves by 2
+    s = advance(s, 2.0, cap=20, admitted=10, rate_per_s=10, claim_s=5, live=True)
+    assert s.through == 12
+    # the unclaimed places of the first batch are given on once it closes
+    s = advance(s, 6.5, cap=20, admitted=12, rate_per_s=10, claim_s=5, live=True)
+    # (the second batch, 2 places, is still open: 20 - 12 admitted - 2 = 6 free)
+    assert [(b.lo, b.hi) for b in s.batches] == [(10, 12), (12, 18)]
+    assert s.through == 18
+    assert s.released == 8  # the first batch's unclaimed places
+
+
+def test_advance_is_bounded_after_a_quiet_spell() -> None:
+    s = QueueState(issued=10_000, lottery=0, last_s=0.0)
+    s = advance(s, 3600.0, cap=0, admitted=0, rate_per_s=100, claim_s=5, live=True)
+    assert s.through == 200
+
+
+def test_advance_waits_for_the_start_then_draws() -> None:
+    s = QueueState(issued=500, last_s=0.0)
+    s = advance(s, 1.0, cap=100, admitted=0, rate_per_s=50, claim_s=5, live=False)
+    assert s.through == 0 and s.lottery is None
+    s = advance(s, 1.5, cap=100, admitted=0, rate_per_s=50, claim_s=5, live=True)
+    assert s.lottery == 500 and s.through == 25
+
+
+def test_never_past_the_last_number() -> None:
+    s = QueueState(issued=3, lottery=0, last_s=0.0)
+    s = advance(s, 10.0, cap=0, admitted=0, rate_per_s=100, claim_s=5, live=True)
+    assert s.through == 3 and s.waiting == 0
+
+
+def test_shuffle_is_a_keyed_permutation() -> None:
+    for size in (1, 2, 3, 7, 64, 1000, 1025):
+        image = sorted(shuffle(i, size, b"k") for i in range(1, size + 1))
+        assert image == list(range(1, size + 1))
+    order_a = [shuffle(i, 1000, b"k1") for i in range(1, 1001)]
+    order_b = [shuffle(i, 1000, b"k2") for i in range(1, 1001)]
+    assert order_a != order_b
+    # the first arrivals are spread over the line, not kept at its head
+    assert sum(order_a[:100]) / 100 > 300
+    with pytest.raises(ValueError):
+        shuffle(0, 10, b"k")
+
+
+def test_number_of() -> None:
+    assert number_of(5, None, b"k") is None
+    assert number_of(501, 500, b"k") == 501
+    assert 1 <= (number_of(5, 500, b"k") or 0) <= 500
+
+
+def test_eta() -> None:
+    s = QueueState(lottery=0, speed_per_s=50.0)
+    assert eta_s(100, s, 10) == 2.0
+    assert eta_s(0, s, 10) == 0.0
+    assert eta_s(100, QueueState(), 10) == 10.0  # before the start: the configured rate
+    assert eta_s(100, QueueState(lottery=0), 0) is None
+
+
+def test_speed_is_measured_only_while_someone_waits() -> None:
+    s = QueueState(issued=100, lottery=0, last_s=0.0, speed_per_s=10.0)
+    s = advance(s, 1.0, cap=0, admitted=0, rate_per_s=20, claim_s=5, live=True)
+    assert s.speed_per_s > 10.0  # 20 called, 80 still waiting
+    emptied = advance(
+        QueueState(issued=3, lottery=0, last_s=0.0, speed_per_s=10.0),
+        1.0,
+        cap=0,
+        admitted=0,
+        rate_per_s=20,
+        claim_s=5,
+        live=True,
+    )
+    assert emptied.through == 3 and emptied.speed_per_s == 10.0

@@ -1,0 +1,109 @@
+"""The waiting room in Chromium: a full space shows "You are number N in line,
+about ..." in a role=status with a progress bar, polls queue.json, and starts
+playing by itself once a place frees (the listener's earlier click counts)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+from tests.web.browser import chromium
+
+pytestmark = pytest.mark.browser
+
+UI_TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    root = tmp_path_factory.mktemp("waiting")
+    live = LiveServer(root / "data", extra_env={"TOWNHALL_MAX_LISTENERS": "1"}).start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with (
+        sync_playwright() as playwright,
+        chromium(playwright, tmp_path_factory.mktemp("profile")) as context,
+    ):
+        yield context
+
+
+def live_space(server: LiveServer) -> str:
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        creds = {"username": "hostq", "password": "correct horse 1"}
+        assert client.post("/api/accounts", json=creds).status_code == 201
+        token = client.post("/api/sessions", json=creds).json()["token"]
+        space = client.post(
+            "/api/spaces",
+            json={"title": "Queue night"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert space.status_code == 201, space.text
+        return str(space.json()["id"])
+
+
+def test_pure_queue_view(server: LiveServer, browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(server.url + "/signin")
+
+    def run(body: str) -> Any:
+        return page.evaluate(
+            f"async () => {{ const m = await import('/static/js/queue.js'); {body} }}"
+        )
+
+    view = run(
+        "return m.queueView({number: 12400}, {admitting_through: 55, admit_rate_per_s: 100}, 20000);"
+    )
+    assert view["text"] == "You are number 12,345 in line, about 2 minutes."
+    assert view["position"] == 12345 and view["turn"] is False
+    assert abs(view["progress"] - (20000 - 12345) / 20000) < 1e-9
+    assert run("return m.queueView({number: 5}, {admitting_through: 9}, 3).turn;") is True
+    undrawn = run("return m.queueView({number: null}, {drawn: false}, null);")
+    assert undrawn["text"].startswith("The space has not started yet.")
+    assert run("return m.formatWait(20);") == "less than a minute"
+    assert run("return m.formatWait(3900);") == "about 1 hour 5 minutes"
+    assert run("return m.formatWait(null);") == "waiting for a place to free"
+    page.close()
+
+
+def test_waiting_page_admits_and_plays(server: LiveServer, browser: Any) -> None:
+    sid = live_space(server)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        holder = client.post(f"/api/spaces/{sid}/join")
+        assert holder.status_code == 200
+        page = browser.new_page()
+        page.goto(f"{server.url}/spaces/{sid}")
+        page.click("#play-button")
+        status = page.locator("#join-status[role=status]")
+        status.filter(has_text="You are number 1 in line").wait_for(timeout=UI_TIMEOUT_MS)
+        assert page.locator("#queue-progress").is_visible()
+        # the page reads queue.json (same bytes for everyone), not the join route, to follow the line
+        with page.expect_response(lambda r: r.url.endswith(f"/spaces/{sid}/queue.json")):
+            pass
+        # the only listener leaves: the page is let in and plays without another click
+        left = client.post(f"/api/spaces/{sid}/leave", json={"token": holder.json()["token"]})
+        assert left.status_code == 204
+        started = time.monotonic()
+        status.filter(has_text="You are listening live").wait_for(timeout=UI_TIMEOUT_MS)
+        admitted_s = time.monotonic() - started
+        assert not page.locator("#queue-progress").is_visible()
+        page.wait_for_function(
+            "() => { const a = document.getElementById('player'); return a && !a.paused && a.currentTime > 0.5; }",
+            timeout=UI_TIMEOUT_MS,
+        )
+        # the place is held now: a newcomer queues behind
+        assert client.post(f"/api/spaces/{sid}/join").status_code == 202
+        assert admitted_s < 10, admitted_s
+        page.close()
