@@ -3,7 +3,7 @@
 # packages, and hls.js (pinned by package-lock.json) copied into the static files.
 #   scripts/setup.sh          what `make run` needs
 #   scripts/setup.sh --test   also what the tests need: Debian packages (chromium,
-#                             ffmpeg, nginx, icecast2, wrk, redis-server) and the test extras
+#                             ffmpeg, nginx, icecast2, wrk, redis-server, espeak-ng) and the test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -35,7 +35,7 @@ fi
 
 if [ "$want_test" = 1 ]; then
   need=()
-  for pkg in chromium ffmpeg nginx-light icecast2 wrk fonts-noto-color-emoji redis-server; do
+  for pkg in chromium ffmpeg nginx-light icecast2 wrk fonts-noto-color-emoji redis-server espeak-ng; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ "${#need[@]}" -gt 0 ]; then

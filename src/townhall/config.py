@@ -434,6 +434,50 @@ class _CoreSettings(BaseSettings):
         description="Live playlists (LL-HLS and plain) list only this many of the latest segments, so their size does not grow with the talk; the VOD playlist after the end and recording.m4a have everything. 0 lists every segment while live.",
     )
 
+    # --- issue 13: captions ---
+    captions: bool = Field(
+        False,
+        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.3 of a core). A host can still turn captions off for their space.",
+    )
+    captions_engine: str = Field(
+        "whisper-tiny.en",
+        description="Speech recognizer for captions: 'whisper-tiny.en' (faster-whisper with the model the captions extra ships).",
+    )
+    captions_chunk_s: float = Field(
+        5.0,
+        ge=1.0,
+        le=30.0,
+        description="Audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
+    )
+    captions_queue_s: float = Field(
+        30.0,
+        ge=1.0,
+        description="Audio waiting for the recognizer at most; beyond it audio goes uncaptioned (counted in townhall_captions_dropped_seconds_total).",
+    )
+    captions_cpu_threads: int = Field(
+        1, ge=1, le=16, description="Threads of each space's recognizer process."
+    )
+    captions_recent_lines: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Caption lines in captions.json (the page's live caption line).",
+    )
+    captions_drain_timeout_s: float = Field(
+        15.0,
+        ge=0,
+        description="At the end of a talk, how long to wait for the recognizer to caption the last audio before the transcript is written.",
+    )
+    clips_max_s: float = Field(
+        60.0, gt=0, description="Longest clip a listener can cut, in seconds."
+    )
+    clips_per_listener: int = Field(
+        5,
+        ge=1,
+        description="Clips one listener (token, or network in the replay) can cut per clips_period_s.",
+    )
+    clips_period_s: float = Field(600.0, gt=0, description="The period of clips_per_listener.")
+
 
 class Settings(DefenseSettings, _CoreSettings):
     """Every knob of townhall. Construct with keyword overrides in tests.

@@ -259,3 +259,23 @@ HTTP_APP_ERRORS = Counter(
     "townhall_http_app_errors_total",
     "Requests whose ASGI app call raised or ended without a complete answer (500 sent, or the connection closed).",
 )
+
+# --- issue 13: captions ---
+CAPTIONS_DROPPED_SECONDS = Counter(
+    "townhall_captions_dropped_seconds_total",
+    "Seconds of program audio not captioned because the recognizer fell behind (its bounded queue was full).",
+)
+CAPTIONS_LINES = Counter(
+    "townhall_captions_lines_total",
+    "Caption lines recognized (all spaces).",
+)
+CAPTIONS_FAILURES = Counter(
+    "townhall_captions_failures_total",
+    "Spaces whose captions stopped or never started (engine missing, failed to load, worker died).",
+)
+CLIPS_MADE = Counter("townhall_clips_total", "Clips cut (all spaces).")
+CLIP_SECONDS = Histogram(
+    "townhall_clip_seconds",
+    "Time to cut one clip from the recorded segments.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)

