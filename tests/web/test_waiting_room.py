@@ -4,6 +4,9 @@ playing by itself once a place frees (the listener's earlier click counts)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +16,8 @@ import pytest
 
 from tests.conftest import LiveServer
 from tests.web.browser import chromium
+from townhall.client.speak import publish
+from townhall.media.signals import tone
 
 pytestmark = pytest.mark.browser
 
@@ -40,7 +45,45 @@ def browser(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield context
 
 
-def live_space(server: LiveServer) -> str:
+@contextlib.contextmanager
+def host_on_air(server: LiveServer, sid: str, session: str) -> Iterator[None]:
+    """The host's bot speaker (real WebRTC) talking in ``sid`` until the block
+    ends: the listener page only joins once the host is on the air."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        answer = client.post(
+            f"/api/spaces/{sid}/speaker-token", headers={"Authorization": f"Bearer {session}"}
+        )
+        assert answer.status_code == 200, answer.text
+        token = answer.json()["token"]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(
+            publish(server.url, sid, token, tone(440, 1.0, amplitude=0.3), loop=True, stop=stop)
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                state = client.get(f"/spaces/{sid}/state.json").json()
+                if any(s["role"] == "host" and s["connected"] for s in state["speakers"]):
+                    break
+                time.sleep(0.2)
+            else:
+                raise AssertionError(f"the host's bot never connected: {state}")
+        yield
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=20)
+        loop.close()
+
+
+def live_space_with_session(server: LiveServer) -> tuple[str, str]:
     with httpx.Client(base_url=server.url, timeout=10) as client:
         creds = {"username": "hostq", "password": "correct horse 1"}
         assert client.post("/api/accounts", json=creds).status_code == 201
@@ -51,7 +94,7 @@ def live_space(server: LiveServer) -> str:
             headers={"Authorization": f"Bearer {token}"},
         )
         assert space.status_code == 201, space.text
-        return str(space.json()["id"])
+        return str(space.json()["id"]), str(token)
 
 
 def test_pure_queue_view(server: LiveServer, browser: Any) -> None:
@@ -79,8 +122,8 @@ def test_pure_queue_view(server: LiveServer, browser: Any) -> None:
 
 
 def test_waiting_page_admits_and_plays(server: LiveServer, browser: Any) -> None:
-    sid = live_space(server)
-    with httpx.Client(base_url=server.url, timeout=10) as client:
+    sid, session = live_space_with_session(server)
+    with host_on_air(server, sid, session), httpx.Client(base_url=server.url, timeout=10) as client:
         holder = client.post(f"/api/spaces/{sid}/join")
         assert holder.status_code == 200
         page = browser.new_page()
