@@ -15,14 +15,7 @@ pip_quiet() { "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-if [ "$want_test" = 1 ]; then
-  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
-else
-  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e .
-fi
-
-# hls.js from npm, pinned by the lockfile. A built wheel carries it by itself
+# hls.js from npm, pinned by the lockfile (first: the package's build step needs it). A built wheel carries it by itself
 # (setup.py's build step copies it from node_modules); the editable install used
 # here serves src/, so it is copied there too.
 if command -v npm >/dev/null 2>&1; then
@@ -31,7 +24,16 @@ if command -v npm >/dev/null 2>&1; then
   cp node_modules/hls.js/dist/hls.min.js src/townhall/web/static/vendor/hls.min.js
 else
   echo "warning: npm not found; the listener page falls back to native HLS only" >&2
+  export TOWNHALL_BUILD_WITHOUT_HLSJS=1
 fi
+
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+if [ "$want_test" = 1 ]; then
+  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+else
+  pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -c requirements.lock -e .
+fi
+
 
 if [ "$want_test" = 1 ]; then
   need=()
