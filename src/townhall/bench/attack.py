@@ -35,6 +35,7 @@ import orjson
 import psutil
 
 from townhall.bench.hlsclient import ListenerConfig, ListenerStats
+from townhall.bench.join import prepare_space
 from townhall.bench.listeners import _listener, is_loopback
 from townhall.bench.playout import Playout
 
@@ -232,21 +233,8 @@ async def _server_metrics(client: httpx.AsyncClient) -> tuple[float, float] | No
 
 def _prepare(target: str) -> tuple[str, str]:
     """A throwaway account, a live space, and one real listener token."""
-    name = "attack_" + secrets.token_hex(4)
-    password = secrets.token_urlsafe(16)
+    space_id = prepare_space(target, "bench attack")
     with httpx.Client(base_url=target, timeout=30) as client:
-        client.post(
-            "/api/accounts", json={"username": name, "password": password}
-        ).raise_for_status()
-        session = client.post("/api/sessions", json={"username": name, "password": password})
-        session.raise_for_status()
-        space = client.post(
-            "/api/spaces",
-            json={"title": "bench attack", "visibility": "unlisted"},
-            headers={"Authorization": f"Bearer {session.json()['token']}"},
-        )
-        space.raise_for_status()
-        space_id = str(space.json()["id"])
         token = client.post(f"/api/spaces/{space_id}/join").json()["token"]
     return space_id, str(token)
 

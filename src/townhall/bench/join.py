@@ -155,8 +155,8 @@ def _parse_head(head: bytes) -> tuple[int, int, bool]:
     return status, length, close
 
 
-def _prepare_space(target: str) -> str:
-    """Create a throwaway account and a live public space to join."""
+def prepare_space(target: str, title: str = "bench join") -> str:
+    """Create a throwaway account and a live unlisted space to join; its id."""
     name = "bench_" + secrets.token_hex(4)
     password = secrets.token_urlsafe(16)
     with httpx.Client(base_url=target, timeout=30) as client:
@@ -167,7 +167,7 @@ def _prepare_space(target: str) -> str:
         session.raise_for_status()
         space = client.post(
             "/api/spaces",
-            json={"title": "bench join", "visibility": "unlisted"},
+            json={"title": title, "visibility": "unlisted"},
             headers={"Authorization": f"Bearer {session.json()['token']}"},
         )
         space.raise_for_status()
@@ -295,7 +295,7 @@ def join_command(
             f"--target {target} is not a loopback address; pass --allow-remote to load a server you run elsewhere."
         )
     if space_id is None:
-        space_id = _prepare_space(target)
+        space_id = prepare_space(target)
     try:
         import uvloop
 
