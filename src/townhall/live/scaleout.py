@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("townhall.media")
 
 _RECORDING_QUEUE = 16  # segments (about a minute) a slow disk may fall behind
+_TAKEOVER_MARGIN_S = 0.005  # after the lease's own expiry (Redis expires keys on access)
 
 
 def node_name(settings: Settings) -> str:
@@ -212,6 +214,7 @@ class Scaleout:
         self._pending_leases: dict[str, Lease] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
+        self._takeovers: dict[str, asyncio.Task[None]] = {}
 
     # -- owner side --------------------------------------------------------------------
 
@@ -369,13 +372,35 @@ class Scaleout:
         for space_id in list(self.followed):
             if space_id not in live:
                 await self.unfollow(space_id)
+        period_ms = self.settings.room_lease_renew_ms
         for space_id in live:
             if space_id in self.owned or space_id in self._claiming:
                 continue
-            if await self._holder(space_id) is None:
+            holder, ttl_ms = await self._holder(space_id)
+            if holder is None:
                 await self.claim(space_id)
-            else:
-                self.follow(space_id)
+                continue
+            self.follow(space_id)
+            if ttl_ms < period_ms and space_id not in self._takeovers:
+                # the owner stopped renewing: claim the room the moment the
+                # lease lapses, not up to a round later
+                task = asyncio.create_task(
+                    self._claim_at(space_id, ttl_ms), name=f"townhall-takeover-{space_id}"
+                )
+                self._takeovers[space_id] = task
+                task.add_done_callback(functools.partial(self._takeover_done, space_id))
+
+    def _takeover_done(self, space_id: str, _task: asyncio.Task[None]) -> None:
+        self._takeovers.pop(space_id, None)
+
+    async def _claim_at(self, space_id: str, ttl_ms: int) -> None:
+        await asyncio.sleep(ttl_ms / 1000 + _TAKEOVER_MARGIN_S)
+        try:
+            if space_id not in self.owned and space_id not in self._claiming:
+                await self.claim(space_id)
+        except Exception:
+            metrics.BUS_FAILURES.labels(op="takeover").inc()
+            log.exception("room %s: taking it over failed; next round retries", space_id)
 
     async def _renew(self, owned: OwnedRoom) -> bool:
         assert owned.lease is not None
@@ -392,14 +417,16 @@ class Scaleout:
         owned.lease = again
         return True
 
-    async def _holder(self, space_id: str) -> str | None:
+    async def _holder(self, space_id: str) -> tuple[str | None, int]:
         try:
-            return await self.leases.holder(space_id)
+            return await self.leases.holder_ttl(space_id)
         except Exception:
             metrics.BUS_FAILURES.labels(op="lease").inc()
-            return "unknown"
+            return "unknown", self.settings.room_lease_ttl_ms
 
     async def close(self) -> None:
+        for task in list(self._takeovers.values()):
+            task.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
