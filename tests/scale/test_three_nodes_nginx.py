@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -240,6 +241,18 @@ async def test_three_nodes_behind_nginx_survive_the_owner(
             new_port = await owner_port(redis_prefix, space_id)
             assert new_port != port and new_port in {n.port for n in nodes}
             assert back_at - killed_at <= 5.0, bot.log()
+            # every part and segment the new owner lists has, through nginx
+            # (which cached what the dead node served), the new owner's bytes:
+            # the new epoch does not reuse a URI the dead node published
+            new_owner = next(n for n in nodes if n.port == new_port)
+            async with httpx.AsyncClient(base_url=new_owner.url, timeout=5) as direct:
+                text = await playlist(direct, space_id)
+                uris = re.findall(r'URI="([^"]+)"', text) + re.findall(r"^(seg/\S+)$", text, re.M)
+                for uri in uris:
+                    mine = await direct.get(f"/spaces/{space_id}/{uri}")
+                    theirs = await http.get(f"/spaces/{space_id}/{uri}")
+                    if mine.status_code == 200:
+                        assert theirs.content == mine.content, uri
             # the end: the new owner's recording misses at most the segment
             # the old owner was building (4 s)
             bot.stop()
@@ -255,7 +268,6 @@ async def test_three_nodes_behind_nginx_survive_the_owner(
             assert abs(dominant_frequency(samples[-48000:], 48000) - TONE_HZ) < 30
             # the new owner's recording misses at most the segment the dead node
             # was building: every segment the dead node finished is in it
-            new_owner = next(n for n in nodes if n.port == new_port)
             old = manifest_segments(owner, space_id)
             by_msn = {s["msn"]: s for s in manifest_segments(new_owner, space_id)}
             missing = [s["msn"] for s in old if by_msn.get(s["msn"]) != s]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.origin.bus import EpochStart, Message
+from townhall.origin.bus import EpochStart, Message, SegmentEnded
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import Follower, FollowerState
 from townhall.store.bus_redis import BusPublisher, BusWriter, RedisBusReader, connect_blocking
@@ -101,9 +101,13 @@ class FollowedRoom:
         self._writer = asyncio.create_task(self._write_loop(), name=f"follower-rec-{self.space_id}")
         metrics.FOLLOWED_ROOMS.inc()
 
-    async def stop(self, *, drain_s: float = 5.0) -> None:
-        """Stop following; wait (bounded) until the recording copy is durable."""
+    async def stop(self, *, drain_s: float = 5.0, seal: bool = False) -> SegmentEnded | None:
+        """Stop following; wait (bounded) until the recording copy is durable.
+        ``seal`` (this node takes the room over): end the open segment with
+        the parts the bus carried first (``FollowerState.seal``), and return
+        that end for the new owner to publish."""
         await self.follower.stop()
+        sealed = self.follower.state.seal() if seal else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._writes.join(), drain_s)
         if self._writer is not None:
@@ -113,6 +117,7 @@ class FollowedRoom:
             self._writer = None
             metrics.FOLLOWED_ROOMS.dec()
         await asyncio.to_thread(self.recording.close)
+        return sealed
 
     # -- the recording copy -----------------------------------------------------------
 
@@ -215,6 +220,7 @@ class Scaleout:
         self._supervisor: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._takeovers: dict[str, asyncio.Task[None]] = {}
+        self._sealed: dict[str, SegmentEnded] = {}
 
     # -- owner side --------------------------------------------------------------------
 
@@ -239,6 +245,11 @@ class Scaleout:
             lease=lease,
         )
         self.owned[space_id] = owned
+        sealed = self._sealed.pop(space_id, None)
+        if sealed is not None:
+            # the segment the dead owner was building, ended by this node with
+            # the parts the bus carried: other followers end theirs the same way
+            owned.publisher.offer(sealed)
         program = room.program
 
         def tap(message: Message) -> None:
@@ -293,10 +304,12 @@ class Scaleout:
             log.info("following room %s on the bus", space_id)
         return followed
 
-    async def unfollow(self, space_id: str) -> FollowedRoom | None:
+    async def unfollow(self, space_id: str, *, seal: bool = False) -> FollowedRoom | None:
         followed = self.followed.pop(space_id, None)
         if followed is not None:
-            await followed.stop()
+            sealed = await followed.stop(seal=seal)
+            if sealed is not None:
+                self._sealed[space_id] = sealed
         return followed
 
     # -- leases ----------------------------------------------------------------------------
@@ -319,7 +332,7 @@ class Scaleout:
             if lease is None:
                 self.follow(space_id)
                 return None
-            followed = await self.unfollow(space_id)
+            followed = await self.unfollow(space_id, seal=True)
             if followed is not None and not followed.recording_intact:
                 log.warning(
                     "room %s: this node's copy of the recording has a hole; resuming anyway",
@@ -330,6 +343,7 @@ class Scaleout:
                 room = await self.rooms.start_local(space_id)
             except Exception:
                 self._pending_leases.pop(space_id, None)
+                self._sealed.pop(space_id, None)
                 with contextlib.suppress(Exception):
                     await self.leases.release(lease)
                 raise

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from townhall import metrics
+from townhall.media.cmaf import Part, SegmentEnd
 from townhall.origin.bus import Closed, Entry, EpochStart, PartPublished, SegmentEnded, Snapshot
 from townhall.origin.fanout import ProgressiveHub, Spreader
 from townhall.origin.window import COMPLETE, LiveWindow
@@ -96,6 +97,7 @@ class FollowerState:
         self.closed = False
         self._meta: EpochStart | None = None
         self._records: dict[int, SegmentRecord] = {}
+        self._open: list[Part] = []  # the open segment's parts (seal() ends it with them)
         self._on_epoch = on_epoch
         self._on_segment = on_segment
         self._on_close = on_close
@@ -142,6 +144,7 @@ class FollowerState:
                 metrics.BUS_GAPS.inc()
                 raise Gap(f"part {part.msn}.{part.index} does not follow {window.position}")
             window.publish_part(part, message.program_date_time_s)
+            self._open.append(part)
         elif isinstance(message, SegmentEnded):
             end = message.end
             self._records[message.record.msn] = message.record
@@ -161,6 +164,7 @@ class FollowerState:
                 metrics.BUS_GAPS.inc()
                 raise Gap(f"segment end {end.msn} does not match the open segment")
             record, data = window.end_segment(end)
+            self._open = []
             if record != message.record:
                 self._counts.mismatches += 1
                 log.warning("follower made record %r, the owner %r", record, message.record)
@@ -181,6 +185,7 @@ class FollowerState:
         if old is not None and not old.closed:
             old.close(ended=False)
         history = [r for msn, r in sorted(self._records.items()) if msn < first_msn]
+        self._open = []
         self.window = LiveWindow(
             epoch=meta.epoch,
             first_msn=first_msn,
@@ -193,6 +198,34 @@ class FollowerState:
             spreader=self.spreader,
         )
         self._on_epoch(meta)
+
+    def seal(self) -> SegmentEnded | None:
+        """The owner is gone and this node takes the room over: end the open
+        segment with the parts the bus carried (a shorter segment, recorded
+        through ``on_segment`` like any other) and close the window. The new
+        owner publishes the returned end before its new epoch, which starts at
+        the next msn: every part URI listeners (and caches) saw keeps its
+        bytes, and the recording loses only what never reached the bus.
+        None when no segment was open."""
+        window = self.window
+        if window is None or window.closed:
+            return None
+        sealed = None
+        if self._open and window_open_parts(window) == len(self._open):
+            first = self._open[0]
+            end = SegmentEnd(
+                first.msn,
+                first.start_samples,
+                sum(p.duration_samples for p in self._open),
+                len(self._open),
+            )
+            record, data = window.end_segment(end)
+            self._records[record.msn] = record
+            self._on_segment(record, data)
+            sealed = SegmentEnded(end, record)
+        self._open = []
+        window.close(ended=False)
+        return sealed
 
     # -- snapshots -------------------------------------------------------------------
 
