@@ -39,8 +39,9 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.bus import EpochStart, Message, SegmentEnded
 from townhall.origin.fanout import ProgressiveHub
-from townhall.origin.follower import Follower, FollowerState
-from townhall.store.bus_redis import BusPublisher, BusWriter, RedisBusReader, connect_blocking
+from townhall.origin.follower import BusReader, Follower, FollowerState
+from townhall.store.bus_mux import BusMux, MuxReader
+from townhall.store.bus_redis import BusPublisher, BusWriter, connect_blocking
 from townhall.store.lease import Lease, Leases
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
@@ -62,7 +63,7 @@ class FollowedRoom:
     """A room this node follows: the follower, its recording copy, and what
     the fast path needs (``window``, ``progressive``, ``ended``)."""
 
-    def __init__(self, space_id: str, settings: Settings, redis: Any, blocking: Any) -> None:
+    def __init__(self, space_id: str, settings: Settings, reader: BusReader) -> None:
         self.space_id = space_id
         self.recording = RecordingStore(settings.recordings_dir, space_id)
         self.sample_rate_hz = settings.sample_rate_hz
@@ -74,7 +75,7 @@ class FollowedRoom:
             on_segment=self._on_segment,
             on_close=self._on_close,
         )
-        reader = RedisBusReader(redis, blocking, prefix=settings.redis_prefix, space_id=space_id)
+        self.reader = reader
         self.follower = Follower(
             space_id,
             state,
@@ -207,6 +208,15 @@ class Scaleout:
         self.is_live = is_live
         self.live_ids = live_ids
         self.node_id = node_name(settings)
+        self.mux = BusMux(
+            self.blocking,
+            redis,
+            prefix=settings.redis_prefix,
+            node_id=self.node_id,
+            block_ms=settings.bus_block_ms,
+            max_entries=settings.bus_max_entries,
+            retry_s=max(0.1, settings.redis_backoff_ms / 1000),
+        )
         self.leases = Leases(
             redis,
             prefix=settings.redis_prefix,
@@ -298,7 +308,7 @@ class Scaleout:
     def follow(self, space_id: str) -> FollowedRoom:
         followed = self.followed.get(space_id)
         if followed is None:
-            followed = FollowedRoom(space_id, self.settings, self.redis, self.blocking)
+            followed = FollowedRoom(space_id, self.settings, self.mux.reader(space_id))
             self.followed[space_id] = followed
             followed.start()
             log.info("following room %s on the bus", space_id)
@@ -308,6 +318,8 @@ class Scaleout:
         followed = self.followed.pop(space_id, None)
         if followed is not None:
             sealed = await followed.stop(seal=seal)
+            if isinstance(followed.reader, MuxReader):
+                self.mux.remove(followed.reader)
             if sealed is not None:
                 self._sealed[space_id] = sealed
         return followed
@@ -448,4 +460,5 @@ class Scaleout:
             self._supervisor = None
         for space_id in list(self.followed):
             await self.unfollow(space_id)
+        await self.mux.close()
         await self.blocking.aclose()
