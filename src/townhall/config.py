@@ -478,6 +478,14 @@ class _CoreSettings(BaseSettings):
     )
     clips_period_s: float = Field(600.0, gt=0, description="The period of clips_per_listener.")
 
+    # --- issue 11: failover and followers ---
+    follower_behind_ms: int = Field(
+        3000,
+        ge=100,
+        le=600_000,
+        description="A room this node follows counts as behind (a problem in /healthz, townhall_followed_rooms_behind) when its newest part ended longer ago than this.",
+    )
+
 
 class Settings(DefenseSettings, _CoreSettings):
     """Every knob of townhall. Construct with keyword overrides in tests.

@@ -353,6 +353,11 @@ async def publish(
                     break
                 if outcome == "refused":
                     delay_s = policy.refused_delay_s()
+                elif attempt == 0:
+                    # soon the first time: behind a balancer another node may
+                    # run the room already (a takeover)
+                    delay_s = policy.refused_delay_s()
+                    attempt = 1
                 else:
                     delay_s = policy.delay_s(attempt)
                     attempt += 1

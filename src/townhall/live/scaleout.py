@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -119,6 +120,27 @@ class FollowedRoom:
             metrics.FOLLOWED_ROOMS.dec()
         await asyncio.to_thread(self.recording.close)
         return sealed
+
+    def health(self, now_s: float, part_s: float, behind_s: float) -> dict[str, Any]:
+        """This node's copy of the room, for /healthz: how far behind the owner
+        it is (the newest part here ended ``lag_ms`` ago; ``parts_behind``
+        estimates the parts made since from the part length), and how often
+        it had to resync."""
+        stats = self.follower.state.statistics()
+        status = self.follower.status
+        lag_s = status.lag_s(now_s)
+        behind = status.behind_since_s is not None or (lag_s is not None and lag_s > behind_s)
+        return {
+            "space_id": self.space_id,
+            "synced": stats.synced,
+            "behind": behind,
+            "lag_ms": None if lag_s is None else round(lag_s * 1000),
+            "parts_behind": None if lag_s is None else int(lag_s // part_s),
+            "resyncs": stats.resyncs,
+            "gaps": stats.gaps,
+            "last_error": status.last_error if status.behind_since_s is not None else "",
+            "recording_intact": self.recording_intact,
+        }
 
     # -- the recording copy -----------------------------------------------------------
 
@@ -324,6 +346,18 @@ class Scaleout:
                 self._sealed[space_id] = sealed
         return followed
 
+    def followed_health(self, now_s: float | None = None) -> list[dict[str, Any]]:
+        """Every room this node follows, as ``FollowedRoom.health`` (also sets
+        the followers' gauges)."""
+        now_s = time.time() if now_s is None else now_s
+        part_s = self.settings.part_ms / 1000
+        behind_s = self.settings.follower_behind_ms / 1000
+        rooms = [f.health(now_s, part_s, behind_s) for f in list(self.followed.values())]
+        metrics.FOLLOWED_ROOMS_BEHIND.set(sum(1 for r in rooms if r["behind"]))
+        lags = [r["lag_ms"] for r in rooms if r["lag_ms"] is not None]
+        metrics.FOLLOWER_LAG_MAX.set(max(lags) / 1000 if lags else 0.0)
+        return rooms
+
     # -- leases ----------------------------------------------------------------------------
 
     async def claim(self, space_id: str) -> Room | None:
@@ -386,6 +420,7 @@ class Scaleout:
 
     async def _tick(self) -> None:
         assert self.rooms is not None
+        self.followed_health()  # the gauges, between two scrapes
         live = set(await self.live_ids())
         for space_id, owned in list(self.owned.items()):
             if space_id not in live:

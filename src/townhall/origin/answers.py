@@ -25,6 +25,10 @@ AAC = "audio/aac"
 IMMUTABLE = "public, max-age=31536000, immutable"
 LIVE_PLAYLIST = "public, max-age=1"
 BLOCKING_PLAYLIST = "public, max-age=6"
+# a blocking reload released because the window closed before the asked part
+# (the room moved to another node): not cached, so the player's next ask for
+# that part reaches the new window instead of this answer for max-age
+MOVED_PLAYLIST = "no-cache"
 ENDED_PLAYLIST = "public, max-age=86400"
 # Listener resources are public bytes (the link is the permission): any page
 # may embed a player for them (issue 12). Preflights are answered by the app.
@@ -177,8 +181,13 @@ def timeout_response(path: str) -> Rendered:
     return Problem(blocking_timeout()).render(path)
 
 
-def playlist_cache(window: LiveWindow, *, blocking: bool) -> str:
-    """Cache-Control of a live playlist answer (decided after any wait)."""
+def playlist_cache(
+    window: LiveWindow, *, blocking: bool, asked: tuple[int, int] | None = None
+) -> str:
+    """Cache-Control of a live playlist answer (decided after any wait;
+    ``asked``: the position a blocking reload waited for)."""
     if window.ended:
         return ENDED_PLAYLIST
+    if asked is not None and asked > window.position:
+        return MOVED_PLAYLIST
     return BLOCKING_PLAYLIST if blocking else LIVE_PLAYLIST

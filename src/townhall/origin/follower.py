@@ -328,6 +328,14 @@ class FollowerStatus:
     behind_since_s: float | None = None
     last_error: str = ""
     reads: int = field(default=0)
+    # wall-clock end of the newest part applied (the owner's program date time)
+    last_part_end_s: float | None = None
+
+    def lag_s(self, now_s: float) -> float | None:
+        """How long ago the newest part here ended (None before the first)."""
+        if self.last_part_end_s is None:
+            return None
+        return max(0.0, now_s - self.last_part_end_s)
 
 
 class Follower:
@@ -370,6 +378,16 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _arrived(self, entry: Entry) -> None:
+        message = entry.message
+        if isinstance(message, PartPublished) and self.state.window is not None:
+            part = message.part
+            end_s = message.program_date_time_s + part.duration_samples / max(
+                1, self.state.window.sample_rate_hz
+            )
+            self.status.last_part_end_s = end_s
+            metrics.BUS_PART_LAG.observe(max(0.0, time.time() - end_s))
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -386,6 +404,7 @@ class Follower:
                 self.status.reads += 1
                 for entry in entries:
                     self.state.apply(entry)
+                    self._arrived(entry)
                 if self.state.window is not None:
                     self.synced.set()
                 self.status.behind_since_s = None

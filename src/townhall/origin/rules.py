@@ -312,7 +312,7 @@ class FastPath:
                 window,
                 position,
                 max(self.timeout_s, window.blocking_hold_s),
-                partial(_playlist, window, kind, True),
+                partial(_playlist, window, kind, True, position),
                 partial(timeout_response, path.decode("utf-8", "replace")),
             )
         if msn is None and not window.closed and not window.history:
@@ -500,8 +500,10 @@ def _init_or_disk(window: LiveWindow, space_id: str) -> Rendered | FromDisk:
     return found if found is not None else FromDisk("latest-init", space_id)
 
 
-def _playlist(window: LiveWindow, kind: str, blocking: bool) -> Rendered:
-    cache = playlist_cache(window, blocking=blocking)
+def _playlist(
+    window: LiveWindow, kind: str, blocking: bool, asked: tuple[int, int] | None = None
+) -> Rendered:
+    cache = playlist_cache(window, blocking=blocking, asked=asked)
     return window.memo_versioned(
         (kind, cache),
         lambda: _media(window.playlist(kind).encode(), M3U8, cache, "playlist"),
