@@ -40,6 +40,8 @@ from tests.scale.test_bus_nodes import (
     until_tone,
 )
 from tests.test_end_to_end import TONE_HZ, decode
+from townhall.media import adts
+from townhall.media.adts import AdtsError
 from townhall.media.signals import dominant_frequency, tone, write_wav
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,6 +220,25 @@ async def player_hears_tone(
     raise AssertionError(f"no tone in {timeout_s}s (last {hz:.0f} Hz)")
 
 
+async def progressive_tone(client: httpx.AsyncClient, space_id: str) -> None:
+    """live.aac answers 200 with ADTS audio that decodes to the tone."""
+    received = bytearray()
+    async with client.stream("GET", f"/spaces/{space_id}/live.aac", timeout=10) as response:
+        assert response.status_code == 200, await response.aread()
+        async for chunk in response.aiter_bytes():
+            received += chunk
+            if len(received) > 8 * 1024 * 1.5:  # ~1.5 s at 64 kbit/s
+                break
+    whole = 0  # the stream was cut mid-frame: keep the whole ADTS frames
+    with contextlib.suppress(AdtsError):
+        while True:
+            _, whole = adts.parse(received, whole)
+    assert whole > 0, bytes(received[:64])
+    pcm = decode(bytes(received[:whole]), "aac")
+    assert len(pcm) / 48000 > 1.0
+    assert abs(dominant_frequency(pcm[4800:], 48000) - TONE_HZ) < 30
+
+
 async def lease_changes(prefix: str, space_id: str, old: str, poll_s: float = 0.05) -> float:
     """When the room's lease is held by a new token (monotonic time)."""
     import redis.asyncio as aioredis
@@ -270,6 +291,11 @@ async def test_three_nodes_behind_nginx_survive_the_owner(
             for node in nodes:
                 async with httpx.AsyncClient(base_url=node.url, timeout=20) as direct:
                     await until_tone(direct, space_id, 15)
+            # live.aac (progressive) through nginx: the followers answer 503 at
+            # once and nginx passes it on until the owner streams it (3 times:
+            # nginx starts each at another node)
+            for _ in range(3):
+                await progressive_tone(http, space_id)
             port = await owner_port(redis_prefix, space_id)
             owner = next(n for n in nodes if n.port == port)
             lease = await holder(redis_prefix, space_id)

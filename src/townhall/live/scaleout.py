@@ -402,6 +402,20 @@ class Scaleout:
         finally:
             self._claiming.discard(space_id)
 
+    async def wait_synced(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every followed room has a window:
+        a node joining in the middle of a room answers its first listener
+        requests with the owner's window, not from its (empty) disk."""
+        waits = [f.follower.synced.wait() for f in self.followed.values()]
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        except TimeoutError:
+            log.warning("not every followed room was in step within %.1f s", timeout_s)
+            return False
+        return True
+
     def start_supervisor(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="townhall-room-leases")

@@ -210,6 +210,7 @@ class Services:
             services._refresh_index_forever(), name="townhall-space-index"
         )
         if services.rooms.scaleout is not None:
+            await services.rooms.scaleout.wait_synced(settings.bus_block_ms / 1000 + 2.0)
             services.rooms.scaleout.start_supervisor()
         if redis is not None and health is not None:
             services.revoked = SharedRevocations(
