@@ -48,6 +48,7 @@ from townhall.bench.bursts import (
     plan_bursts,
     stats_row,
 )
+from townhall.bench.bus_delay import part_delays
 from townhall.bench.hlsplaylist import (
     MediaPlaylist,
     Part,
@@ -256,6 +257,7 @@ async def run_latency(
             await asyncio.wait_for(b.connected.wait(), 15)
             await a.connect(http_offer(http, stage.space_id, stage.tokens[0]))
             await asyncio.wait_for(a.connected.wait(), 15)
+            bus_row: dict[str, Any] | None = None
             if listener:
                 async with (
                     httpx.AsyncClient(base_url=target, timeout=20.0) as hls_http,
@@ -272,6 +274,10 @@ async def run_latency(
                     hls_task = asyncio.create_task(
                         follow_llhls(hls_http, stage.space_id, stop, capture)
                     )
+                    if follower_target is not None:
+                        bus_row = await part_delays(
+                            hls_http, follower_http, stage.space_id, max(10, bursts)
+                        )
                     await _wait_sent(track_a, signal.pcm, progress)
                     await asyncio.sleep(max(3.0, 2 * (capture.part_hold_back_s or 1.5)))
                     stop.set()
@@ -345,9 +351,11 @@ async def run_latency(
             stats_row("speaker_to_llhls_follower", follower_lat, signal.count, BAR_LISTENER_P50_S)
         )
         result["follower_target"] = follower_target
+        if bus_row is not None:
+            rows.append(bus_row)
         if follower_capture.error:
             result["follower_error"] = follower_capture.error
-        owner_p50, follower_p50 = rows[1]["p50_s"], rows[-1]["p50_s"]
+        owner_p50, follower_p50 = rows[1]["p50_s"], rows[2]["p50_s"]
         if owner_p50 is not None and follower_p50 is not None:
             result["bus_added_p50_s"] = round(follower_p50 - owner_p50, 4)
     return result
@@ -454,8 +462,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"listener: {result['listener_error']}")
     if "bus_added_p50_s" in result:
         lines.append(
-            f"the bus adds {result['bus_added_p50_s']:+.3f} s at p50 "
-            f"(follower {result['follower_target']} vs the room's node)"
+            f"listener on the follower {result['follower_target']}: "
+            f"{result['bus_added_p50_s']:+.3f} s at p50 vs the room's node (includes "
+            "each player's start phase, up to a part; bus_part_delay is the bus alone)"
         )
     if "follower_error" in result:
         lines.append(f"follower listener: {result['follower_error']}")
