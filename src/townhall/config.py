@@ -483,7 +483,7 @@ class _CoreSettings(BaseSettings):
         3000,
         ge=100,
         le=600_000,
-        description="A room this node follows counts as behind (a problem in /healthz, townhall_followed_rooms_behind) when its newest part ended longer ago than this.",
+        description="A room this node follows counts as behind (a problem in /healthz, townhall_followed_rooms_behind) when no part of it arrived for this long (in step, one arrives every part length).",
     )
 
 

@@ -148,8 +148,9 @@ class Reconnect:
     """How ``publish`` comes back after losing the server: retry for up to
     ``for_s`` seconds (0: never) with exponential backoff from ``first_s`` to
     ``max_s``; the server counts as lost when its connection fails, the
-    return audio (sent every frame) stops for ``return_stall_s``, or its
-    receiver reports stop growing for ``stall_s``. A server that answers but
+    return audio (sent every frame) stops for ``return_stall_s`` while its
+    receiver reports have not grown for ``confirm_s`` either (one signal
+    alone may be a busy client), or the reports stop for ``stall_s``. A server that answers but
     refuses for now (503: the room is moving to another node, 429) is asked
     again after ``refused_s`` instead: the room is about to be back, and
     behind a load balancer the next offer may reach the node that runs it."""
@@ -159,6 +160,7 @@ class Reconnect:
     max_s: float = 4.0
     stall_s: float = 5.0
     return_stall_s: float = 1.5
+    confirm_s: float = 2.0
     refused_s: float = 0.2
 
     def delay_s(self, attempt: int) -> float:
@@ -258,8 +260,14 @@ async def _one_connection(
             elif client.failed.is_set():
                 log.warning("lost the server: connection failed")
                 break
-            elif client.return_stalled(policy.return_stall_s):
-                log.warning("lost the server: no return audio for %.1f s", policy.return_stall_s)
+            elif client.return_stalled(policy.return_stall_s) and client.reports_stalled(
+                policy.confirm_s, connected_at
+            ):
+                log.warning(
+                    "lost the server: no return audio for %.1f s, no receiver report for %.1f s",
+                    policy.return_stall_s,
+                    policy.confirm_s,
+                )
                 break
             elif client.reports_stalled(policy.stall_s, connected_at):
                 log.warning("lost the server: no receiver report for %.0f s", policy.stall_s)
@@ -428,6 +436,13 @@ _DEFAULT = Reconnect()
     help="The server counts as lost when the audio it sends back stops for this long.",
 )
 @click.option(
+    "--confirm-stall-s",
+    type=float,
+    default=_DEFAULT.confirm_s,
+    show_default=True,
+    help="... and its receiver reports have not grown for this long either (both must stop).",
+)
+@click.option(
     "--stall-s",
     type=float,
     default=_DEFAULT.stall_s,
@@ -467,6 +482,7 @@ def speak_command(
     record_return: Path | None,
     reconnect_for_s: float,
     return_stall_s: float,
+    confirm_stall_s: float,
     stall_s: float,
     reconnect_first_s: float,
     reconnect_max_s: float,
@@ -496,6 +512,7 @@ def speak_command(
                 max_s=reconnect_max_s,
                 stall_s=stall_s,
                 return_stall_s=return_stall_s,
+                confirm_s=confirm_stall_s,
                 refused_s=refused_retry_s,
             ),
             renew_token=fresh_token if token is None else None,

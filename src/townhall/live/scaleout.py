@@ -123,9 +123,10 @@ class FollowedRoom:
 
     def health(self, now_s: float, part_s: float, behind_s: float) -> dict[str, Any]:
         """This node's copy of the room, for /healthz: how far behind the owner
-        it is (the newest part here ended ``lag_ms`` ago; ``parts_behind``
-        estimates the parts made since from the part length), and how often
-        it had to resync."""
+        it is (``lag_ms``: since the newest part arrived, a part length at
+        most when in step; ``parts_behind``: the whole parts the owner made
+        meanwhile, from the part length), and how often it had to resync.
+        ``now_s`` is time.monotonic()."""
         stats = self.follower.state.statistics()
         status = self.follower.status
         lag_s = status.lag_s(now_s)
@@ -135,7 +136,7 @@ class FollowedRoom:
             "synced": stats.synced,
             "behind": behind,
             "lag_ms": None if lag_s is None else round(lag_s * 1000),
-            "parts_behind": None if lag_s is None else int(lag_s // part_s),
+            "parts_behind": None if lag_s is None else max(0, int(lag_s // part_s) - 1),
             "resyncs": stats.resyncs,
             "gaps": stats.gaps,
             "last_error": status.last_error if status.behind_since_s is not None else "",
@@ -349,7 +350,7 @@ class Scaleout:
     def followed_health(self, now_s: float | None = None) -> list[dict[str, Any]]:
         """Every room this node follows, as ``FollowedRoom.health`` (also sets
         the followers' gauges)."""
-        now_s = time.time() if now_s is None else now_s
+        now_s = time.monotonic() if now_s is None else now_s
         part_s = self.settings.part_ms / 1000
         behind_s = self.settings.follower_behind_ms / 1000
         rooms = [f.health(now_s, part_s, behind_s) for f in list(self.followed.values())]

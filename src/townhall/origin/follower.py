@@ -328,14 +328,16 @@ class FollowerStatus:
     behind_since_s: float | None = None
     last_error: str = ""
     reads: int = field(default=0)
-    # wall-clock end of the newest part applied (the owner's program date time)
-    last_part_end_s: float | None = None
+    # when (time.monotonic) the newest part arrived: a copy in step gets one
+    # every part length; no clock of the owner's is involved
+    last_part_at_s: float | None = None
 
     def lag_s(self, now_s: float) -> float | None:
-        """How long ago the newest part here ended (None before the first)."""
-        if self.last_part_end_s is None:
+        """How long this copy has not advanced: since the newest part arrived
+        (``now_s`` from time.monotonic; None before the first)."""
+        if self.last_part_at_s is None:
             return None
-        return max(0.0, now_s - self.last_part_end_s)
+        return max(0.0, now_s - self.last_part_at_s)
 
 
 class Follower:
@@ -385,7 +387,7 @@ class Follower:
             end_s = message.program_date_time_s + part.duration_samples / max(
                 1, self.state.window.sample_rate_hz
             )
-            self.status.last_part_end_s = end_s
+            self.status.last_part_at_s = time.monotonic()
             metrics.BUS_PART_LAG.observe(max(0.0, time.time() - end_s))
 
     @property
@@ -406,6 +408,8 @@ class Follower:
                     self.state.apply(entry)
                     self._arrived(entry)
                 if self.state.window is not None:
+                    if not self.synced.is_set() and self.status.last_part_at_s is None:
+                        self.status.last_part_at_s = time.monotonic()  # in step as of now
                     self.synced.set()
                 self.status.behind_since_s = None
             except Gap as exc:
