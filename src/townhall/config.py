@@ -515,6 +515,14 @@ class Settings(DefenseSettings, _CoreSettings):
                 ) from None
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        from townhall.origin.cors import Cors
+
+        Cors.parse(value)
+        return value
+
     @field_validator("webrtc_host_addresses")
     @classmethod
     def _check_host_addresses(cls, value: str) -> str:
