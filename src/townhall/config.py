@@ -491,7 +491,7 @@ class _CoreSettings(BaseSettings):
     )
     recording_trim_silence: bool = Field(
         True,
-        description="When a space ends, the recording (VOD playlist and recording.m4a) stops at the last audio instead of running on over the silence after the host left (at most about 2 s of silence remains at the end).",
+        description="When a space ends, the recording (VOD playlist and recording.m4a) stops at the last audio plus about a second, to the part, instead of running on over the silence after the host left (host_absent_end_s).",
     )
 
 
