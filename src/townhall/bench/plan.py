@@ -1,0 +1,627 @@
+"""The plan to internet scale: a discrete-time event model of one big night.
+
+Pure: no sockets, no clock, no event loop. :func:`simulate` steps an event
+through time in slices of ``step_s`` with cohorts (every arrival of one slice
+is one cohort) instead of one object per listener, so 20 million arrivals
+cost the same as 2,000. In each slice it:
+
+- lets the slice's arrivals join (the join reaches the origin through the
+  cache tier; the origin answers after its backlog), admitted at once or
+  handed a ticket, exactly as :func:`townhall.policy.admission.decide` says;
+- moves the line once per ``queue_interval_s`` with the server's own
+  :func:`townhall.policy.admission.advance` (cap, rate, claim window), the
+  called tickets claiming their place after the page's poll delay, those who
+  gave up waiting leaving their place unclaimed (released after ``claim_s``);
+- lets listeners leave after 0.5-1.5 x ``listen_s``;
+- adds up the CPU every request costs at the origin and at the caches, the
+  Redis operations and the bytes, from costs measured on a real machine
+  (:class:`Costs`, the JSON ``benchmarks/plan_calibrate.py`` writes), and
+  queues the origin's work behind its cores (a FIFO backlog: a request waits
+  for the work before it).
+
+What a person reads from it (:class:`Result`): origin cores and cache nodes
+needed, Redis operations per second, the start delay, the wait
+distribution, time to first audio, egress.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from townhall.policy.admission import QueueState, advance
+
+# a player's first audio: the playlist, the init segment and the parts (or
+# segments) from PART-HOLD-BACK (3 parts) behind the edge, one after another
+START_REQUESTS = 5
+DRAW_SPREAD_S = 2.0  # pages post their ticket within ~2 s of the draw (queue.json jitter)
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """What one thing costs, measured (``benchmarks/plan_calibrate.py``).
+
+    ``origin_us``: server CPU microseconds per request at the origin, by kind:
+    ``join`` (answered 200), ``join_queued`` (answered 202 with a ticket),
+    ``ticket`` (a ticket posted: renewal or exchange), ``leave``,
+    ``queue_doc`` (queue.json), ``part``, ``blocking_reload`` (a parked LL-HLS
+    reload, woken by the part's publish), ``playlist``, ``segment``, ``state``
+    (state.json). ``nginx_us``: a cache's CPU per request it answers.
+    ``node_idle_cores``: one node's background CPU with no live room;
+    ``room_owner_cores`` / ``room_follower_cores``: one live room on the node
+    that runs it / on each node that follows it over the bus.
+    ``redis_us``: Redis CPU per operation; ``redis_ops``: operations per
+    ``join``, per ``ticket``, per ``part`` (owner's write and each follower's
+    read), per node and second at rest (``node_s``).
+    ``bytes``: answer sizes with headers; ``client_request_s``: one request's
+    round trip with no load (the generator and the network)."""
+
+    origin_us: Mapping[str, float]
+    nginx_us: float
+    node_idle_cores: float
+    room_owner_cores: float
+    room_follower_cores: float
+    redis_us: float
+    redis_ops: Mapping[str, float]
+    bytes: Mapping[str, float]
+    client_request_s: float
+    part_s: float = 0.512
+    segment_s: float = 4.096
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    ORIGIN_KINDS = (
+        "join",
+        "join_queued",
+        "ticket",
+        "leave",
+        "queue_doc",
+        "part",
+        "blocking_reload",
+        "playlist",
+        "segment",
+        "state",
+    )
+
+    def redis_op(self, kind: str) -> float:
+        """Redis operations per request of ``kind`` (a ticket's when not measured)."""
+        return self.redis_ops.get(kind, self.redis_ops["ticket"])
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Costs:
+        """Costs from the calibration JSON; a missing figure is a ValueError
+        naming it (the plan never guesses a cost)."""
+        missing = [k for k in cls.ORIGIN_KINDS if k not in data.get("origin_us", {})]
+        for key in ("part", "blocking_reload", "playlist", "state", "queue_doc"):
+            if key not in data.get("bytes", {}):
+                missing.append(f"bytes.{key}")
+        for key in ("join", "ticket", "part", "node_s"):
+            if key not in data.get("redis_ops", {}):
+                missing.append(f"redis_ops.{key}")
+        names = {f.name for f in fields(cls)} - {"meta", "part_s", "segment_s"}
+        missing += [n for n in sorted(names) if n not in data]
+        if missing:
+            raise ValueError(
+                "The calibration file lacks " + ", ".join(missing) + ": run "
+                "benchmarks/plan_calibrate.py on this machine to measure them."
+            )
+        return cls(
+            origin_us={k: float(v) for k, v in data["origin_us"].items()},
+            nginx_us=float(data["nginx_us"]),
+            node_idle_cores=float(data["node_idle_cores"]),
+            room_owner_cores=float(data["room_owner_cores"]),
+            room_follower_cores=float(data["room_follower_cores"]),
+            redis_us=float(data["redis_us"]),
+            redis_ops={k: float(v) for k, v in data["redis_ops"].items()},
+            bytes={k: float(v) for k, v in data["bytes"].items()},
+            client_request_s=float(data["client_request_s"]),
+            part_s=float(data.get("part_s", 0.512)),
+            segment_s=float(data.get("segment_s", 4.096)),
+            meta=dict(data.get("meta", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One night. ``cap`` 0: no cap. ``origin_cores`` / ``cache_nodes`` None:
+    the model sizes them (:func:`plan`). ``pre_s``: the host goes live this
+    long after the first arrival (arrivals before are drawn in a random
+    order). ``listen_s`` 0: admitted listeners stay to the end.
+    ``cache_nodes`` 0: listeners read the origin itself."""
+
+    arrivals: int
+    over_s: float
+    cap: int = 0
+    admit_rate_per_s: float = 200.0
+    pre_s: float = 0.0
+    listen_s: float = 0.0
+    give_up: float = 0.0
+    delivery: str = "llhls"
+    origin_nodes: int = 1
+    origin_cores: float | None = None
+    cache_nodes: int | None = None
+    cache_node_cores: float = 16.0
+    cache_node_gbps: float = 10.0
+    utilization: float = 0.7
+    rtt_s: float = 0.05
+    claim_s: float = 6.0
+    queue_interval_s: float = 1.0
+    queue_poll_s: float = 1.0
+    claim_delay_s: float = 1.0
+    ticket_renew_s: float = 40.0
+    state_poll_s: float = 5.0
+    state_max_age_s: float = 2.0
+    step_s: float = 0.1
+    duration_s: float | None = None
+
+    def check(self) -> None:
+        """A ValueError with a sentence for a scenario that cannot be run."""
+        if self.arrivals < 1:
+            raise ValueError("arrivals must be at least 1.")
+        if not 0 < self.over_s <= 86_400:
+            raise ValueError("over_s must be above 0 and at most a day.")
+        if self.delivery not in ("llhls", "hls"):
+            raise ValueError("delivery must be llhls or hls.")
+        if not 0 <= self.give_up <= 1:
+            raise ValueError("give_up is a fraction between 0 and 1.")
+        if not 0 < self.utilization <= 1:
+            raise ValueError("utilization is a fraction above 0, at most 1.")
+        if not 0.001 <= self.step_s <= self.queue_interval_s:
+            raise ValueError("step_s must be between 1 ms and queue_interval_s.")
+        if self.origin_cores is not None and self.origin_cores <= 0:
+            raise ValueError("origin_cores must be above 0 (or left out to size it).")
+        if self.cap < 0 or self.origin_nodes < 1 or self.admit_rate_per_s <= 0:
+            raise ValueError("cap >= 0, origin_nodes >= 1 and admit_rate_per_s > 0, please.")
+
+    @property
+    def horizon_s(self) -> float:
+        if self.duration_s is not None:
+            return self.duration_s
+        drain = 0.0
+        if self.cap > 0:
+            drain = self.arrivals / self.admit_rate_per_s
+            if self.listen_s > 0 and self.cap < self.arrivals:
+                drain += self.listen_s * 1.5 * (self.arrivals / max(1, self.cap))
+        return max(self.over_s, self.pre_s) + min(drain, 7_200.0) + 30.0
+
+
+# -- small pure pieces (table-tested) -------------------------------------------------
+
+
+def still_waiting(age_s: float, give_up: float, lo_s: float = 3.0, hi_s: float = 30.0) -> float:
+    """Share of a cohort still waiting after ``age_s`` when ``give_up`` of
+    them give up after a uniform 3-30 s (as `townhall bench storm` does)."""
+    if give_up <= 0 or age_s <= lo_s:
+        return 1.0
+    return 1.0 - give_up * min(1.0, (age_s - lo_s) / (hi_s - lo_s))
+
+
+def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The q-th percentile (0-100) of (value, weight) samples; None if empty."""
+    total = sum(w for _, w in samples if w > 0)
+    if total <= 0:
+        return None
+    ordered = sorted((v, w) for v, w in samples if w > 0)
+    need = total * q / 100.0
+    run = 0.0
+    for value, weight in ordered:
+        run += weight
+        if run >= need - 1e-9 * total:
+            return value
+    return ordered[-1][0]
+
+
+def origin_rates(
+    costs: Costs, s: Scenario, *, listeners: float, waiting: float, caches: int
+) -> dict[str, float]:
+    """Requests per second reaching the origin that do not depend on
+    arrivals: listening, waiting (queue.json, ticket renewals), state.json.
+    With a cache tier each cache node asks once per cacheable answer
+    (proxy_cache_lock collapses the rest); without one every listener asks."""
+    per_part = costs.part_s
+    out: dict[str, float] = {}
+    askers = float(min(caches, math.ceil(listeners))) if caches > 0 else listeners
+    if s.delivery == "llhls":
+        out["part"] = askers / per_part
+        out["blocking_reload"] = askers / per_part
+    else:
+        out["segment"] = askers / costs.segment_s
+        out["playlist"] = askers / costs.segment_s
+    watchers = listeners + waiting
+    if caches > 0:
+        out["state"] = min(caches, math.ceil(watchers)) / s.state_max_age_s if watchers else 0.0
+        out["queue_doc"] = min(caches, math.ceil(waiting)) / s.queue_poll_s if waiting else 0.0
+    else:
+        out["state"] = listeners / s.state_poll_s
+        out["queue_doc"] = waiting / s.queue_poll_s
+    out["ticket"] = waiting / s.ticket_renew_s
+    return out
+
+
+def listener_request_rate(costs: Costs, s: Scenario) -> float:
+    """Requests per second one listener makes at its cache."""
+    media = 2.0 / costs.part_s if s.delivery == "llhls" else 2.0 / costs.segment_s
+    return media + 1.0 / s.state_poll_s
+
+
+def listener_bytes_per_s(costs: Costs, s: Scenario) -> float:
+    """Bytes per second a cache sends one listener (media, playlists, state.json)."""
+    b = costs.bytes
+    if s.delivery == "llhls":
+        media = (b["part"] + b["blocking_reload"]) / costs.part_s
+    else:
+        seg = b.get("segment", b["part"] * costs.segment_s / costs.part_s)
+        media = (seg + b["playlist"]) / costs.segment_s
+    return media + b["state"] / s.state_poll_s
+
+
+def cache_nodes_needed(costs: Costs, s: Scenario, listeners: float, waiting: float) -> int:
+    """Cache nodes for ``listeners`` playing and ``waiting`` in line, at the
+    scenario's utilization: the larger of what CPU (nginx's cost per request)
+    and egress (``cache_node_gbps``) ask for."""
+    if listeners + waiting <= 0:
+        return 1
+    rps = listeners * listener_request_rate(costs, s) + waiting / s.queue_poll_s
+    cpu_nodes = rps * costs.nginx_us * 1e-6 / (s.cache_node_cores * s.utilization)
+    bps = (listeners * listener_bytes_per_s(costs, s) + waiting * costs.bytes["queue_doc"]) * 8
+    net_nodes = bps / (s.cache_node_gbps * 1e9 * s.utilization)
+    return max(1, math.ceil(max(cpu_nodes, net_nodes)))
+
+
+# -- the simulation -------------------------------------------------------------------
+
+
+@dataclass
+class _Cohort:
+    """Numbers ``lo < n <= hi`` in line; ``arrivals``: (arrival time, share)."""
+
+    lo: int
+    hi: int
+    arrivals: list[tuple[float, float]]
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    origin_cores: float
+    cache_nodes: int
+    origin_cpu_peak_cores: float
+    origin_cpu_mean_cores: float
+    origin_cpu_by_kind: dict[str, float]
+    redis_ops_peak_per_s: float
+    redis_ops_mean_per_s: float
+    redis_cores_peak: float
+    start_delay_s: float | None
+    wait_s: dict[str, float | None]
+    ttfa_after_admission_s: dict[str, float | None]
+    ttfa_from_arrival_s: dict[str, float | None]
+    join_latency_peak_s: float
+    admitted: float
+    gave_up: float
+    waiting_at_end: float
+    peak_listeners: float
+    peak_waiting: float
+    egress_peak_gbps: float
+    egress_per_cache_gbps: float
+    origin_egress_peak_mbps: float
+    timeline: list[dict[str, float]]
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["scenario"] = asdict(self.scenario)
+        out.pop("timeline")
+        return out
+
+
+def simulate(
+    costs: Costs,
+    s: Scenario,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Run the night in steps of ``s.step_s``; ``origin_cores`` and
+    ``cache_nodes`` must be set (see :func:`plan` to size them)."""
+    s.check()
+    if s.origin_cores is None or s.cache_nodes is None:
+        raise ValueError("simulate needs origin_cores and cache_nodes; plan() sizes them.")
+    dt = s.step_s
+    steps = math.ceil(s.horizon_s / dt)
+    rate = s.arrivals / s.over_s
+    line = QueueState()
+    cohorts: list[_Cohort] = []
+    lottery_cohort: _Cohort | None = None
+    pending: dict[int, list[tuple[float, float]]] = {}  # step -> (count, arrival t)
+    claims: dict[int, list[tuple[int, int]]] = {}  # step -> (places called, batch lo)
+    departures: dict[int, float] = {}
+    admitted_now = 0.0
+    listeners = waiting = arrived = gave_up = admitted_total = 0.0
+    backlog = draw_left = draw_total = 0.0  # origin CPU-seconds queued; tickets still to post
+    capacity = s.origin_cores * dt
+    waits: list[tuple[float, float]] = []
+    ttfa_arr: list[tuple[float, float]] = []
+    ttfa_adm: list[tuple[float, float]] = []
+    by_kind: dict[str, float] = {}
+    timeline: list[dict[str, float]] = []
+    cpu_window: list[float] = []
+    cpu_peak = redis_peak = egress_peak = origin_bytes_peak = join_lat_peak = 0.0
+    cpu_total = redis_total = 0.0
+    first_audio_at: float | None = None
+    live_at = s.pre_s
+    live = s.pre_s <= 0
+    next_tick = 0.0
+    start_requests = START_REQUESTS
+    part_lat = costs.client_request_s + s.rtt_s
+    per_listener_bps = listener_bytes_per_s(costs, s)
+    report_every = max(1, steps // 200)
+
+    def origin_request_s() -> float:
+        return backlog / s.origin_cores if s.origin_cores else 0.0
+
+    for i in range(steps):
+        t = i * dt
+        work: dict[str, float] = {}
+        redis_ops = 0.0
+        if not live and t >= live_at:
+            live = True
+            draw_left = draw_total = waiting  # every ticket is posted once after the draw
+        if draw_left > 0:
+            posts = min(draw_left, draw_total * dt / DRAW_SPREAD_S)
+            draw_left -= posts
+            work["ticket"] = work.get("ticket", 0.0) + posts
+            redis_ops += posts * costs.redis_ops["ticket"]
+        # 1. arrivals of this step reach the origin's queue
+        n = rate * dt if t < s.over_s else 0.0
+        if t < s.over_s and t + dt > s.over_s:
+            n = rate * (s.over_s - t)
+        if n > 0:
+            arrived += n
+            # the origin works on a join when it comes (charged as admitted;
+            # a 202 is set right when it is answered)
+            work["join"] = work.get("join", 0.0) + n
+            lat = origin_request_s() + costs.origin_us["join"] * 1e-6 + s.rtt_s
+            due = i + max(0, round(lat / dt))
+            pending.setdefault(due, []).append((n, t))
+            join_lat_peak = max(join_lat_peak, lat)
+        # 2. joins answered this step: admitted at once or a ticket
+        for count, at in pending.pop(i, []):
+            if s.cap <= 0:
+                take = count
+            elif live and line.waiting == 0:
+                take = max(0.0, min(count, s.cap - admitted_now - line.reserved))
+            else:
+                take = 0.0
+            if take > 0:
+                redis_ops += take * costs.redis_ops["join"]
+                admitted_now += take
+                listeners += take
+                admitted_total += take
+                waits.append((0.0, take))
+                audio = t + start_requests * part_lat
+                ttfa_adm.append((audio - t, take))
+                ttfa_arr.append((audio - at, take))
+                first_audio_at = audio if first_audio_at is None else first_audio_at
+                _depart(departures, s, i, take)
+            rest = count - take
+            if rest > 0:
+                work["join_queued"] = work.get("join_queued", 0.0) + rest
+                work["join"] = work.get("join", 0.0) - rest
+                redis_ops += rest * costs.redis_op("join_queued")
+                lo = line.issued
+                hi = lo + max(1, round(rest))
+                line = replace(line, issued=hi)
+                waiting += rest
+                if not live:
+                    if lottery_cohort is None:
+                        lottery_cohort = _Cohort(lo, hi, [])
+                        cohorts.append(lottery_cohort)
+                    lottery_cohort.hi = hi
+                    lottery_cohort.arrivals.append((at, rest))
+                else:
+                    cohorts.append(_Cohort(lo, hi, [(at, rest)]))
+        # 3. the line moves once per queue interval
+        if live and t + 1e-9 >= next_tick:
+            next_tick = t + s.queue_interval_s
+            before = line.through
+            line = advance(
+                line,
+                t,
+                cap=s.cap,
+                admitted=round(admitted_now),
+                rate_per_s=s.admit_rate_per_s,
+                claim_s=s.claim_s,
+                live=True,
+            )
+            if line.through > before:
+                due = i + max(1, round(s.claim_delay_s / dt))
+                claims.setdefault(due, []).append((line.through - before, before))
+        # 4. called tickets come (those still waiting), the rest stay away
+        for called, lo in claims.pop(i, []):
+            hi = lo + called
+            came = 0.0
+            while cohorts and cohorts[0].hi <= lo:
+                cohorts.pop(0)
+            for c in cohorts:
+                if c.lo >= hi:
+                    break
+                overlap = min(hi, c.hi) - max(lo, c.lo)
+                if overlap <= 0:
+                    continue
+                size = c.hi - c.lo
+                for at, w in c.arrivals:
+                    people = w * overlap / size
+                    alive = people * still_waiting(t - at, s.give_up)
+                    came += alive
+                    gave_up += people - alive
+                    waiting -= people
+                    lat = origin_request_s() + costs.origin_us["ticket"] * 1e-6 + s.rtt_s
+                    audio = t + lat + start_requests * part_lat
+                    waits.append((t + lat - at, alive))
+                    ttfa_arr.append((audio - at, alive))
+                    ttfa_adm.append((audio - t - lat, alive))
+                    first_audio_at = audio if first_audio_at is None else first_audio_at
+            work["ticket"] = work.get("ticket", 0.0) + came
+            redis_ops += came * costs.redis_ops["ticket"]
+            admitted_now += came
+            listeners += came
+            admitted_total += came
+            _depart(departures, s, i, came)
+            # the places of those who stayed away are released after claim_s
+            line = replace(line, batches=tuple(_claim(line, lo, hi, came)))
+        # 5. listeners leave
+        gone = departures.pop(i, 0.0)
+        if gone:
+            gone = min(gone, listeners)
+            listeners -= gone
+            admitted_now = max(0.0, admitted_now - gone)
+            work["leave"] = work.get("leave", 0.0) + gone
+            redis_ops += gone * costs.redis_op("leave")
+        # 6. what listening and waiting cost the origin, in this step
+        waiting = max(0.0, waiting)
+        for kind, per_s in origin_rates(
+            costs, s, listeners=listeners, waiting=waiting, caches=s.cache_nodes
+        ).items():
+            work[kind] = work.get(kind, 0.0) + per_s * dt
+        parts = dt / costs.part_s
+        redis_ops += parts * costs.redis_ops["part"] * s.origin_nodes
+        redis_ops += costs.redis_ops["node_s"] * s.origin_nodes * dt
+        cpu = sum(costs.origin_us[k] * v for k, v in work.items()) * 1e-6
+        for k, v in work.items():
+            by_kind[k] = by_kind.get(k, 0.0) + costs.origin_us[k] * v * 1e-6
+        background = (
+            s.origin_nodes * costs.node_idle_cores
+            + costs.room_owner_cores
+            + (s.origin_nodes - 1) * costs.room_follower_cores
+        ) * dt
+        by_kind["background"] = by_kind.get("background", 0.0) + background
+        cpu += background
+        cpu_total += cpu
+        backlog = max(0.0, backlog + cpu - capacity)
+        cpu_window.append(cpu)
+        window = max(1, round(1.0 / dt))
+        if len(cpu_window) > window:
+            cpu_window.pop(0)
+        cpu_peak = max(cpu_peak, sum(cpu_window) / (len(cpu_window) * dt))
+        redis_total += redis_ops
+        redis_peak = max(redis_peak, redis_ops / dt)
+        egress = (listeners * per_listener_bps + waiting * costs.bytes["queue_doc"]) * 8
+        egress_peak = max(egress_peak, egress)
+        askers = min(s.cache_nodes, math.ceil(listeners)) if s.cache_nodes else listeners
+        origin_bytes = (
+            askers * (costs.bytes["part"] + costs.bytes["blocking_reload"]) / costs.part_s
+            + sum(v * costs.bytes.get(k, 0.0) for k, v in work.items()) / dt
+        ) * 8
+        origin_bytes_peak = max(origin_bytes_peak, origin_bytes)
+        if i % report_every == 0 or i == steps - 1:
+            timeline.append(
+                {
+                    "t": round(t, 3),
+                    "arrived": arrived,
+                    "waiting": waiting,
+                    "listening": listeners,
+                    "origin_cores": cpu / dt,
+                    "redis_ops_per_s": redis_ops / dt,
+                    "join_latency_s": origin_request_s(),
+                }
+            )
+            if progress is not None:
+                progress((i + 1) / steps)
+        quiet = waiting < 0.5 and not pending and not claims and listeners < 0.5
+        if s.duration_s is None and t > s.over_s + 1 and quiet:
+            break
+    duration = (i + 1) * dt
+    pct = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+    peak_waiting = max((p["waiting"] for p in timeline), default=0.0)
+    peak_listeners = max((p["listening"] for p in timeline), default=0.0)
+    return Result(
+        scenario=s,
+        origin_cores=s.origin_cores,
+        cache_nodes=s.cache_nodes,
+        origin_cpu_peak_cores=cpu_peak,
+        origin_cpu_mean_cores=cpu_total / duration,
+        origin_cpu_by_kind={k: v / duration for k, v in sorted(by_kind.items())},
+        redis_ops_peak_per_s=redis_peak,
+        redis_ops_mean_per_s=redis_total / duration,
+        redis_cores_peak=redis_peak * costs.redis_us * 1e-6,
+        start_delay_s=None if first_audio_at is None else max(0.0, first_audio_at - live_at),
+        wait_s={k: weighted_percentile(waits, q) for k, q in pct.items()},
+        ttfa_after_admission_s={k: weighted_percentile(ttfa_adm, q) for k, q in pct.items()},
+        ttfa_from_arrival_s={k: weighted_percentile(ttfa_arr, q) for k, q in pct.items()},
+        join_latency_peak_s=join_lat_peak,
+        admitted=admitted_total,
+        gave_up=gave_up,
+        waiting_at_end=waiting,
+        peak_listeners=peak_listeners,
+        peak_waiting=peak_waiting,
+        egress_peak_gbps=egress_peak / 1e9,
+        egress_per_cache_gbps=egress_peak / 1e9 / max(1, s.cache_nodes),
+        origin_egress_peak_mbps=origin_bytes_peak / 1e6,
+        timeline=timeline,
+    )
+
+
+def _depart(departures: dict[int, float], s: Scenario, step: int, count: float) -> None:
+    """Schedule ``count`` listeners to leave after 0.5-1.5 x listen_s (20 slices)."""
+    if s.listen_s <= 0 or count <= 0:
+        return
+    slices = 20
+    for k in range(slices):
+        after = s.listen_s * (0.5 + (k + 0.5) / slices)
+        due = step + max(1, round(after / s.step_s))
+        departures[due] = departures.get(due, 0.0) + count / slices
+
+
+def _claim(line: QueueState, lo: int, hi: int, came: float) -> list[Any]:
+    """The line's batches with ``came`` claims added to those inside (lo, hi]."""
+    out = []
+    left = round(came)
+    for b in line.batches:
+        if left > 0 and b.lo < hi and b.hi > lo:
+            take = min(left, b.open_places)
+            left -= take
+            b = replace(b, claimed=b.claimed + take)
+        out.append(b)
+    return out
+
+
+def plan(
+    costs: Costs,
+    s: Scenario,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Size what the scenario leaves open, then run it: a first pass with
+    unbounded origin cores finds the peak of listeners, waiters and origin
+    CPU; cache nodes come from that peak, origin cores from the peak CPU at
+    the scenario's utilization (rounded up to whole cores); the second pass
+    runs the night on those."""
+    s.check()
+    first = s
+    if s.cache_nodes is None:
+        rough = min(s.arrivals, s.cap) if s.cap > 0 else s.arrivals
+        first = replace(first, cache_nodes=cache_nodes_needed(costs, s, rough, 0.0))
+    if s.origin_cores is None:
+        first = replace(first, origin_cores=1e9)
+    half: Callable[[float], None] | None = None
+    if progress is not None:
+        done = progress
+        half = lambda f: done(f / 2)  # noqa: E731
+    sized = simulate(costs, first, progress=half)
+    cache_nodes = (
+        s.cache_nodes
+        if s.cache_nodes is not None
+        else cache_nodes_needed(costs, s, sized.peak_listeners, sized.peak_waiting)
+    )
+    cores = (
+        s.origin_cores
+        if s.origin_cores is not None
+        else float(math.ceil(sized.origin_cpu_peak_cores / s.utilization))
+    )
+    final = replace(s, cache_nodes=cache_nodes, origin_cores=cores)
+    rest: Callable[[float], None] | None = None
+    if progress is not None:
+        done2 = progress
+        rest = lambda f: done2(0.5 + f / 2)  # noqa: E731
+    return simulate(costs, final, progress=rest)
