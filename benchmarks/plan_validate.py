@@ -55,13 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             "TOWNHALL_REDIS_PREFIX": "plan:",
             "TOWNHALL_SIGNING_KEYS": secrets.token_urlsafe(32),
             "TOWNHALL_MAX_LISTENERS": str(args.cap),
-            "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
         }
         nodes = [lab.node("node-a", env)]
         nodes += [lab.node(name, env) for name in ("node-b", "node-c")]
         fields = {f"@NODE{i}@": f"127.0.0.1:{n.port}" for i, n in enumerate(nodes, 1)}
         nginx, url = lab.nginx("nginx-nodes.conf", fields)
         time.sleep(2)
+        idle0 = [n.cpu_s() for n in nodes]
+        time.sleep(10)
+        idle = [(n.cpu_s() - c) / 10 for n, c in zip(nodes, idle0, strict=True)]
         load_before = loadavg()
         cmd = [
             "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall", "bench", "storm",
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = {
         "origin_cpu_mean_cores": sum(cpu) / wall,
         "origin_cpu_by_node_cores": [c / wall for c in cpu],
+        "idle_before_by_node_cores": idle,
         "nginx_cpu_mean_cores": nginx_cpu / wall,
         "redis_ops_mean_per_s": redis_ops / wall,
         "redis_cpu_mean_cores": redis_cpu / wall,

@@ -62,7 +62,7 @@ def rows(r: Result) -> list[tuple[str, str]]:
         ("origin CPU peak / mean", f"{_n(r.origin_cpu_peak_cores)} / {_n(r.origin_cpu_mean_cores)} cores"),
         ("cache nodes", f"{r.cache_nodes:,} x {s.cache_node_cores:g} cores, {s.cache_node_gbps:g} Gbit/s"),
         ("Redis ops/s peak / mean", f"{_n(r.redis_ops_peak_per_s)} / {_n(r.redis_ops_mean_per_s)}"),
-        ("Redis cores at peak", _n(r.redis_cores_peak)),
+        ("Redis cores at peak (shards of one core)", f"{_n(r.redis_cores_peak)} ({r.redis_shards})"),
         ("start delay (go-live to first audio)", f"{_n(r.start_delay_s)} s"),
         ("wait p50 / p90 / p99 / max", f"{_dist(r.wait_s)} s"),
         ("first audio after admission p50/p90/p99/max", f"{_dist(r.ttfa_after_admission_s)} s"),
