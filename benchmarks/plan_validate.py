@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             "TOWNHALL_REDIS_PREFIX": "plan:",
             "TOWNHALL_SIGNING_KEYS": secrets.token_urlsafe(32),
             "TOWNHALL_MAX_LISTENERS": str(args.cap),
+            # as tests/scale's cluster: a node learns a new space within 0.2 s
+            "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
         }
         nodes = [lab.node("node-a", env)]
         nodes += [lab.node(name, env) for name in ("node-b", "node-c")]

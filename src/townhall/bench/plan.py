@@ -60,6 +60,7 @@ __all__ = [
 # a player's first audio: the playlist, the init segment and the parts (or
 # segments) from PART-HOLD-BACK (3 parts) behind the edge, one after another
 START_REQUESTS = 5
+CLAIM_SLICES = 10
 DRAW_SPREAD_S = 2.0  # pages post their ticket within ~2 s of the draw (queue.json jitter)
 
 # -- the simulation -------------------------------------------------------------------
@@ -228,8 +229,15 @@ def simulate(
                 live=True,
             )
             if line.through > before:
-                due = i + max(1, round(s.claim_delay_s / dt))
-                claims.setdefault(due, []).append((line.through - before, before))
+                # pages see their turn at their next look at queue.json: the
+                # posts come over 0.5-1.5 x claim_delay_s (CLAIM_SLICES slices)
+                called = line.through - before
+                for j in range(CLAIM_SLICES):
+                    lo = before + called * j // CLAIM_SLICES
+                    hi = before + called * (j + 1) // CLAIM_SLICES
+                    after = s.claim_delay_s * (0.5 + (j + 0.5) / CLAIM_SLICES)
+                    if hi > lo:
+                        claims.setdefault(i + max(1, round(after / dt)), []).append((hi - lo, lo))
         # 4. called tickets come (those still waiting), the rest stay away
         for called, lo in claims.pop(i, []):
             hi = lo + called
@@ -314,7 +322,7 @@ def simulate(
                     "arrived": arrived,
                     "waiting": waiting,
                     "listening": listeners,
-                    "origin_cores": cpu / dt,
+                    "origin_cores": sum(cpu_window) / (len(cpu_window) * dt),
                     "redis_ops_per_s": redis_ops / dt,
                     "join_latency_s": origin_request_s(),
                 }
