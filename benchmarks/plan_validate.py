@@ -42,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen-s", type=float, default=10.0)
     ap.add_argument("--give-up", type=float, default=0.05)
     ap.add_argument("--duration-s", type=float, default=150.0)
+    ap.add_argument(
+        "--model-only",
+        action="store_true",
+        help="Do not run the storm: predict again for the run saved in --out (after a model change).",
+    )
     args = ap.parse_args(argv)
     costs = Costs.from_json(json.loads(Path(args.costs).read_text()))
+    if args.model_only:
+        saved = json.loads(Path(args.out).read_text())
+        saved.update(compare(costs, args, saved["measured"]))
+        Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
+        print(json.dumps(saved["predicted_over_measured"], indent=2))
+        return 0
     root = Path(tempfile.mkdtemp(prefix="plan-val-"))
     lab = Lab(root)
     try:
@@ -91,20 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         load_after = loadavg()
     finally:
         lab.close()
-    scenario = Scenario(
-        arrivals=args.arrivals,
-        over_s=args.over_s,
-        pre_s=args.pre_s,
-        cap=args.cap,
-        listen_s=args.listen_s,
-        give_up=args.give_up,
-        origin_nodes=3,
-        origin_cores=1.0,
-        cache_nodes=1,
-        rtt_s=0.0,
-        duration_s=wall,
-    )
-    model = simulate(costs, scenario)
     measured = {
         "origin_cpu_mean_cores": sum(cpu) / wall,
         "origin_cpu_by_node_cores": [c / wall for c in cpu],
@@ -121,6 +118,39 @@ def main(argv: list[str] | None = None) -> int:
         "gave_up": storm.get("gave_up"),
         "wall_s": wall,
     }
+    out = compare(costs, args, measured)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
+        "storm_command": " ".join(cmd[3:]).replace(url, "http://<nginx>"),
+        "load_before": load_before,
+        "load_after": load_after,
+        "measured": measured,
+        **out,
+        "storm": storm,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({k: result[k] for k in ("measured", "predicted_over_measured")}, indent=2))
+    return 0
+
+
+def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """The model on the storm's scenario, beside what was measured."""
+    wall = float(measured["wall_s"])
+    scenario = Scenario(
+        arrivals=args.arrivals,
+        over_s=args.over_s,
+        pre_s=args.pre_s,
+        cap=args.cap,
+        listen_s=args.listen_s,
+        give_up=args.give_up,
+        origin_nodes=3,
+        origin_cores=1.0,
+        cache_nodes=1,
+        rtt_s=0.0,
+        duration_s=wall,
+    )
+    model = simulate(costs, scenario)
     predicted = {
         "origin_cpu_mean_cores": model.origin_cpu_mean_cores,
         "nginx_cpu_mean_cores": None,
@@ -139,20 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         p = predicted.get(key)
         if isinstance(value, int | float) and isinstance(p, int | float) and value:
             ratio[key] = round(p / value, 3)
-    result: dict[str, Any] = {
-        "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
-        "storm_command": " ".join(cmd[3:]).replace(url, "http://<nginx>"),
-        "load_before": load_before,
-        "load_after": load_after,
-        "measured": measured,
-        "predicted": predicted,
-        "predicted_over_measured": ratio,
-        "storm": storm,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({k: result[k] for k in ("measured", "predicted_over_measured")}, indent=2))
-    return 0
+    return {"predicted": predicted, "predicted_over_measured": ratio}
 
 
 if __name__ == "__main__":
