@@ -227,6 +227,28 @@ def main(argv: list[str] | None = None) -> int:
             if method == "GET" and run["non_2xx"] > 0.01 * n:
                 raise RuntimeError(f"{kind}: {run['non_2xx']} of {n} answers were not 2xx")
         result["redis_us"] = round(redis_cpu / max(1.0, redis_ops) * 1e6, 2)
+        # a moving line: the scheduled space's tickets (the join_queued and
+        # ticket runs above) are called at admit_rate_per_s once it goes live;
+        # nobody claims, so every node ticks a line for the whole window
+        before = http.get(f"/spaces/{later}/queue.json").json()
+        http.post(f"/api/spaces/{later}/start", headers=host).raise_for_status()
+        time.sleep(3)
+        ops0, t0 = lab.redis_ops(), time.monotonic()
+        moving = background(nodes, args.idle_s)
+        moving_ops_s = (lab.redis_ops() - ops0) / (time.monotonic() - t0)
+        after = http.get(f"/spaces/{later}/queue.json").json()
+        # minus the background with one room and the second room's owner
+        extra = sum(moving) - sum(room) - result["room_owner_cores"]
+        result["line_tick_cores"] = round(max(0.0, extra / len(nodes)), 4)
+        line_ops = moving_ops_s - room_ops_s - (room_ops_s - idle_ops_s)
+        result["redis_ops"]["line_s"] = round(max(0.0, line_ops) / len(nodes), 2)
+        notes["line"] = {
+            "waiting_before": before.get("waiting"),
+            "through_after": after.get("admitting_through"),
+            "waiting_after": after.get("waiting"),
+            "by_node_cores": moving,
+        }
+        log(f"moving line: {result['line_tick_cores']} cores per node, {notes['line']}")
         # blocking reloads: real LL-HLS listeners (part + reload per part)
         # (on a third node without a cap, following the room: `bench listeners`
         # carries no listener token; a follower answers from the same window)

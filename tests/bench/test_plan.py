@@ -239,3 +239,19 @@ def test_twenty_million_in_a_minute_runs_in_seconds_and_is_bounded() -> None:
     assert r.peak_listeners <= 20_000_000 * (1 + 1e-9)
     # joins alone: 333,333/s x 100-200 us = 33-67 cores
     assert r.origin_cpu_peak_cores > 33
+
+
+def test_a_moving_line_costs_every_node_while_anyone_waits() -> None:
+    costs = Costs.from_json({**RAW, "line_tick_cores": 0.1})
+    # cap 100 and nobody leaves: 900 wait for the whole 30 s after the first second
+    s = base(cap=100, admit_rate_per_s=1000.0, origin_nodes=3, duration_s=30.0)
+    r = simulate(costs, s)
+    assert r.origin_cpu_by_kind["line"] == pytest.approx(3 * 0.1 * 29 / 30, rel=0.05)
+    assert "line" not in simulate(costs, replace(s, cap=0)).origin_cpu_by_kind
+
+
+def test_no_first_audio_before_the_room_has_parts_on_every_node() -> None:
+    costs = Costs.from_json({**RAW, "room_start_s": 4.0})
+    r = simulate(costs, base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0))
+    assert r.start_delay_s == pytest.approx(4.0 + 5 * 0.001, abs=0.01)
+    assert r.ttfa_from_arrival_s["max"] is not None and r.ttfa_from_arrival_s["max"] >= 6.0 - 0.2

@@ -297,6 +297,11 @@ def simulate(
             + (s.origin_nodes - 1) * costs.room_follower_cores
         ) * dt
         by_kind["background"] = by_kind.get("background", 0.0) + background
+        if live and waiting >= 0.5:  # every node ticks a moving line
+            tick = s.origin_nodes * costs.line_tick_cores * dt
+            by_kind["line"] = by_kind.get("line", 0.0) + tick
+            background += tick
+            redis_ops += s.origin_nodes * costs.redis_ops.get("line_s", 0.0) * dt
         cpu += background
         cpu_total += cpu
         backlog = max(0.0, backlog + cpu - capacity)

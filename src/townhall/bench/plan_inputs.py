@@ -32,7 +32,9 @@ class Costs:
     a player sees it with a few hundred players on the machine (`bench
     listeners`' first-audio p50 over its five requests; at least the idle
     round trip); ``room_start_s``:
-    from go-live until the room's first part is on every node."""
+    from go-live until the room's first part is on every node;
+    ``line_tick_cores`` (and ``redis_ops["line_s"]``): what each node spends
+    per second on a space whose line is moving (the admission tick, queue.json)."""
 
     origin_us: Mapping[str, float]
     nginx_us: float
@@ -44,6 +46,7 @@ class Costs:
     bytes: Mapping[str, float]
     client_request_s: float
     room_start_s: float = 0.0
+    line_tick_cores: float = 0.0
     part_s: float = 0.512
     segment_s: float = 4.096
     meta: Mapping[str, Any] = field(default_factory=dict)
@@ -76,7 +79,8 @@ class Costs:
         for key in ("join", "ticket", "part", "node_s"):
             if key not in data.get("redis_ops", {}):
                 missing.append(f"redis_ops.{key}")
-        names = {f.name for f in fields(cls)} - {"meta", "part_s", "segment_s", "room_start_s"}
+        optional = {"meta", "part_s", "segment_s", "room_start_s", "line_tick_cores"}
+        names = {f.name for f in fields(cls)} - optional
         missing += [n for n in sorted(names) if n not in data]
         if missing:
             raise ValueError(
@@ -94,6 +98,7 @@ class Costs:
             bytes={k: float(v) for k, v in data["bytes"].items()},
             client_request_s=float(data["client_request_s"]),
             room_start_s=float(data.get("room_start_s", 0.0)),
+            line_tick_cores=float(data.get("line_tick_cores", 0.0)),
             part_s=float(data.get("part_s", 0.512)),
             segment_s=float(data.get("segment_s", 4.096)),
             meta=dict(data.get("meta", {})),
