@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from townhall import metrics, problems
 from townhall.errors import ServiceUnavailable, TownhallError
+from townhall.origin.cors import EXPOSE
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.window import LiveWindow
 
@@ -31,8 +32,13 @@ BLOCKING_PLAYLIST = "public, max-age=6"
 MOVED_PLAYLIST = "no-cache"
 ENDED_PLAYLIST = "public, max-age=86400"
 # Listener resources are public bytes (the link is the permission): any page
-# may embed a player for them (issue 12). Preflights are answered by the app.
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+# may embed a player for them (issue 12), with cors_origins "*" (the default;
+# a list of origins is written per request by origin/cors.py instead).
+# Preflights are answered by the app.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": EXPOSE.decode(),
+}
 PROGRESSIVE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -120,6 +126,11 @@ class Problem:
         metrics.PROBLEMS.labels(status=str(error.status)).inc()
         response = problems.problem_response(
             error.to_problem(instance), retry_after_s=error.retry_after_s
+        )
+        # as origin/cors.py adds them to the app's problem+json (a player on
+        # another origin reads why, and when to retry)
+        response.raw_headers.extend(
+            (name.lower().encode(), value.encode()) for name, value in CORS_HEADERS.items()
         )
         return Rendered.of(response, "problem")
 

@@ -56,6 +56,7 @@ from townhall.origin.answers import (
     progressive_head,
     timeout_response,
 )
+from townhall.origin.cors import Cors
 from townhall.origin.follower import ListenerSource
 from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
@@ -117,6 +118,8 @@ class FastPath:
         # spaces with a cap: media needs a listener token (policy/media_gate.py)
         self.gate = gate if settings.max_listeners > 0 else None
         self.timeout_s = settings.blocking_reload_timeout_s
+        # a list of CORS origins is answered per request by the app (origin/cors.py)
+        self.cors_any = Cors.parse(settings.cors_origins).any_origin
         self._stream_head = header_lines(progressive_head())
 
     def decide(
@@ -124,6 +127,8 @@ class FastPath:
     ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
+        if not self.cors_any:
+            return None
         if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
             return None
         if method != b"GET" and method != b"HEAD":

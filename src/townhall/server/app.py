@@ -156,4 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # outermost of ours: an unexpected error becomes a 500 that keeps the connection
     app.add_middleware(problems.KeepAlive)
+    # CORS on every answer of a listener resource, problem+json included (issue 12)
+    from townhall.origin.cors import Cors, CorsMiddleware
+
+    app.add_middleware(CorsMiddleware, cors=Cors.parse(settings.cors_origins))
     return app
