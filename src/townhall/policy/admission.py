@@ -70,6 +70,7 @@ class QueueState:
     speed_per_s: float = 0.0
     batches: tuple[Batch, ...] = ()
     released: int = 0  # called places never claimed, given on to the next in line
+    version: int = 0  # how many times the line was moved; a newer state has a higher one
 
     @property
     def reserved(self) -> int:
@@ -111,7 +112,7 @@ def advance(
     last_s = now_s if state.last_s is None else state.last_s
     dt_s = max(0.0, now_s - last_s)
     if not live:
-        return replace(state, last_s=now_s, carry=0.0)
+        return replace(state, last_s=now_s, carry=0.0, version=state.version + 1)
     lottery = state.issued if state.lottery is None else state.lottery
     batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
     released = state.released + sum(
@@ -141,7 +142,38 @@ def advance(
         speed_per_s=speed,
         batches=batches,
         released=released,
+        version=state.version + 1,
     )
+
+
+def newest(cached: QueueState | None, loaded: QueueState) -> QueueState:
+    """The view of a line to keep when ``loaded`` arrives while ``cached`` is
+    held: never an older version (a slow read must not move the pointer back,
+    or a ticket whose turn was published would be told to wait again); for the
+    same version, the larger counts of numbers issued and places claimed (both
+    only grow within a version)."""
+    if cached is None or loaded.version > cached.version:
+        return loaded
+    if loaded.version < cached.version:
+        return cached
+    claims = {b.lo: b.claimed for b in cached.batches}
+    batches = tuple(replace(b, claimed=max(b.claimed, claims.get(b.lo, 0))) for b in loaded.batches)
+    return replace(loaded, issued=max(loaded.issued, cached.issued), batches=batches)
+
+
+def may_have_called(
+    state: QueueState, number: int | None, now_s: float, *, rate_per_s: float, slack_s: float
+) -> bool:
+    """Whether ticket ``number`` may have been called (or the draw made) by a
+    newer state than ``state``, which was written at ``state.last_s``: the
+    pointer moves by at most the carried allowance plus ``rate_per_s`` per
+    second, plus one place at the draw. ``slack_s`` covers clocks of nodes
+    that disagree and a read in flight. A ticket farther back needs no read."""
+    if number is None or state.lottery is None or number <= state.through:
+        return True
+    age_s = max(0.0, now_s - (now_s if state.last_s is None else state.last_s)) + slack_s
+    reach = max(1.0, 2.0 * rate_per_s) + rate_per_s * age_s + 1.0
+    return number - state.through <= reach
 
 
 def phase_of(

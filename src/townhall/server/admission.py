@@ -34,10 +34,13 @@ from townhall.policy.admission import (
     Decision,
     Delivery,
     Kind,
+    Phase,
     QueueState,
     advance,
     decide,
     eta_s,
+    may_have_called,
+    newest,
     number_of,
     phase_of,
 )
@@ -110,6 +113,8 @@ class Admission:
         self._docs: dict[str, QueueDoc] = {}
         self._active: dict[str, float] = {}
         self._lottery_keys: dict[str, bytes] = {}
+        # per space, the store read in flight for early tickets (monotonic start)
+        self._flights: dict[str, tuple[float, asyncio.Task[QueueState]]] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -137,9 +142,8 @@ class Admission:
         self._active[space_id] = time.monotonic()
         line = self._lines.get(space_id)
         if line is None:
-            line = await self.store.load(space_id)
-            self._lines[space_id] = line
-            self._counts[space_id] = await self.store.count(space_id, self._clock())
+            loaded = await self.store.load(space_id)
+            line = self._accept(space_id, loaded, await self.store.count(space_id, self._clock()))
         return line
 
     # ------------------------------------------------------------ the entry point
@@ -159,6 +163,7 @@ class Admission:
         verified ticket of this space. Raises ``ServiceUnavailable`` (refused,
         with Retry-After) or ``TicketReused``.
         """
+        arrived = time.monotonic()
         now = self._clock()
         settings = self.settings
         cap = self.cap_of(entry)
@@ -184,29 +189,35 @@ class Admission:
                     raise ServiceUnavailable(
                         PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                     ) from None
-        number = None if ticket is None else self.number_of(ticket, line)
-        if cap > 0 and number is not None and number <= line.through:
+        kind: Kind = (
+            "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
+        )
+        decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
+        if (
+            kind == "ticket"
+            and cap > 0
+            and decision.outcome == "queue"
+            and phase == "open"
+            and may_have_called(
+                line,
+                number,
+                now,
+                rate_per_s=settings.admit_rate_per_s,
+                slack_s=1.0 + 2 * settings.queue_interval_ms / 1000,
+            )
+        ):
+            # This node's view is one interval old at most, but the holder may
+            # have read a newer queue document (from any node: a document is
+            # rendered only after its line was written to the store). Read the
+            # line again, newer than this request, before saying "wait".
             try:
-                used = await self.store.is_used(space_id, number)
+                line = await self._fresh(space_id, arrived)
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
                 raise ServiceUnavailable(
                     PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                 ) from None
-            if used:
-                raise TicketReused(REUSED)
-        kind: Kind = (
-            "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
-        )
-        capacity = Capacity(
-            space_cap=cap,
-            space_admitted=self._counts.get(space_id, 0),
-            node_cap=settings.node_max_listeners,
-            node_admitted=self.node_listeners.count(now),
-            llhls_budget=settings.llhls_budget_listeners,
-            node_llhls=self.node_llhls.count(now),
-        )
-        decision = decide(kind, capacity, line, phase=phase, number=number)
+            decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
         metrics.ADMISSION_DECISIONS.labels(outcome=decision.outcome, reason=decision.code).inc()
         if decision.outcome == "refuse":
             retry_s = 1.0 if decision.code == "node_full" else 30.0
@@ -225,6 +236,78 @@ class Admission:
                 "queue", "full", "This space is full: you have a place in line.", status=202
             )
         return await self._queue(space_id, line, decision, ticket, number)
+
+    async def _decide(
+        self,
+        space_id: str,
+        kind: Kind,
+        cap: int,
+        line: QueueState,
+        phase: Phase,
+        ticket: Ticket | None,
+        now: float,
+    ) -> tuple[Decision, int | None]:
+        number = None if ticket is None else self.number_of(ticket, line)
+        if cap > 0 and number is not None and number <= line.through:
+            try:
+                used = await self.store.is_used(space_id, number)
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                raise ServiceUnavailable(
+                    PAUSED, retry_after_s=self.settings.redis_backoff_ms / 1000
+                ) from None
+            if used:
+                raise TicketReused(REUSED)
+        settings = self.settings
+        capacity = Capacity(
+            space_cap=cap,
+            space_admitted=self._counts.get(space_id, 0),
+            node_cap=settings.node_max_listeners,
+            node_admitted=self.node_listeners.count(now),
+            llhls_budget=settings.llhls_budget_listeners,
+            node_llhls=self.node_llhls.count(now),
+        )
+        return decide(kind, capacity, line, phase=phase, number=number), number
+
+    async def _fresh(self, space_id: str, since: float) -> QueueState:
+        """The line (and count) read from the store by a read that started at
+        or after ``since`` (monotonic): concurrent callers share one read, so
+        a crowd of early tickets costs one store round trip at a time."""
+        while True:
+            flight = self._flights.get(space_id)
+            if flight is None:
+                task = asyncio.create_task(self._reload(space_id), name="townhall-admission-read")
+                flight = self._flights[space_id] = (time.monotonic(), task)
+                task.add_done_callback(lambda t: self._land(space_id, t))
+            started, task = flight
+            if started >= since:
+                return await asyncio.shield(task)
+            await asyncio.wait([task])  # an older read: wait for it, then read again
+
+    def _land(self, space_id: str, task: asyncio.Task[QueueState]) -> None:
+        flight = self._flights.get(space_id)
+        if flight is not None and flight[1] is task:
+            del self._flights[space_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here; the callers that wait see it too
+
+    async def _reload(self, space_id: str) -> QueueState:
+        now = self._clock()
+        loaded = await self.store.load(space_id)
+        count = await self.store.count(space_id, now)
+        before = self._lines.get(space_id)
+        line = self._accept(space_id, loaded, count)
+        entry = self.index.get(space_id)
+        if entry is not None and (before is None or line.version > before.version):
+            self._docs[space_id] = self._render(space_id, entry, now)  # publish what it learnt
+        return line
+
+    def _accept(self, space_id: str, loaded: QueueState, count: int | None = None) -> QueueState:
+        """Keep ``loaded`` unless this node already holds a newer view."""
+        line = self._lines[space_id] = newest(self._lines.get(space_id), loaded)
+        if count is not None and line is loaded:
+            self._counts[space_id] = count
+        return line
 
     async def _admit(
         self,
@@ -265,7 +348,9 @@ class Admission:
                     batch = line.batch_of(number)
                     if batch is not None:
                         await self.store.claim(space_id, batch.lo)
-                        self._lines[space_id] = line.claimed(number)
+                        current = self._lines.get(space_id, line)  # may be newer than ``line``
+                        if current.batch_of(number) is not None:
+                            self._lines[space_id] = current.claimed(number)
                 else:
                     limit = cap - line.reserved
                     if limit <= 0 or not await self.store.admit(
@@ -301,9 +386,10 @@ class Admission:
                 text, ticket = self.tickets.issue(space_id, index)
                 number = self.number_of(ticket, line)
                 metrics.ADMISSION_TICKETS.inc()
+                # the view may have moved on while the number was handed out
+                line = self._lines.get(space_id, line)
                 if index > line.issued:
-                    line = replace(line, issued=index)
-                    self._lines[space_id] = line
+                    line = self._lines[space_id] = replace(line, issued=index)
             else:
                 text, ticket = self.tickets.renew(ticket)
         except STORE_ERRORS as exc:
@@ -380,8 +466,7 @@ class Admission:
                 line = await self.store.tick(space_id, now, step)
                 if line is None:
                     line = await self.store.load(space_id)
-                self._counts[space_id] = await self.store.count(space_id, now)
-                self._lines[space_id] = line
+                self._accept(space_id, line, await self.store.count(space_id, now))
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
         self._docs[space_id] = self._render(space_id, entry, now)

@@ -96,7 +96,8 @@ class AdmissionStore(Protocol):
     async def load(self, space_id: str) -> QueueState: ...
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
         """Apply ``step(state, admitted)`` if no other node did this interval;
-        the new state, or None when another node holds the turn."""
+        the new state, or None when another node holds the turn or moved the
+        line first (a state is never written over a newer one)."""
         ...
 
 
@@ -188,6 +189,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return added
 """
 
+# KEYS: the line's hash, its claims; ARGV: the version the new state was
+# computed from, the keys' TTL, how many closed batches, their ``lo``s, then
+# the new state's fields as name/value pairs. 0 if another tick wrote first.
+_WRITE_LUA = """
+if tonumber(redis.call('HGET', KEYS[1], 'version') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local gone = tonumber(ARGV[3])
+for i = 4, 3 + gone do redis.call('HDEL', KEYS[2], ARGV[i]) end
+for i = 4 + gone, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 # Keys of a space's line live this long after their last write.
 KEY_TTL_MS = 6 * 3600 * 1000
 
@@ -203,6 +217,7 @@ class RedisAdmission:
         self._tick_ms = tick_ms
         self._admit = redis.register_script(_ADMIT_LUA)
         self._use = redis.register_script(_USE_LUA)
+        self._write = redis.register_script(_WRITE_LUA)
 
     def _key(self, space_id: str, part: str) -> str:
         return f"{self._prefix}adm:{space_id}:{part}"
@@ -263,16 +278,18 @@ class RedisAdmission:
             return None
         state = await self.load(space_id)
         new = step(state, await self.count(space_id, now_s))
-        q, c = self._key(space_id, "q"), self._key(space_id, "c")
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(q, mapping=_fields_of(new))
-        pipe.pexpire(q, KEY_TTL_MS)
-        gone = {b.lo for b in state.batches} - {b.lo for b in new.batches}
-        if gone:
-            pipe.hdel(c, *(str(lo) for lo in gone))
-        pipe.pexpire(c, KEY_TTL_MS)
-        await pipe.execute()
-        return new
+        # The lock is only a courtesy: a tick slower than the lock's lifetime (a
+        # loaded machine) overlaps the next node's. The write is therefore a
+        # compare-and-set on the version it was computed from, so a late tick
+        # never writes an older line over a newer one (the pointer never moves
+        # back, the draw happens once).
+        gone = sorted({b.lo for b in state.batches} - {b.lo for b in new.batches})
+        fields = [x for pair in _fields_of(new).items() for x in pair]
+        written = await self._write(
+            keys=[self._key(space_id, "q"), self._key(space_id, "c")],
+            args=[str(state.version), str(KEY_TTL_MS), str(len(gone)), *map(str, gone), *fields],
+        )
+        return new if int(written) else None
 
 
 def _fields_of(state: QueueState) -> dict[str, str]:
@@ -286,6 +303,7 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "speed": repr(state.speed_per_s),
         "released": str(state.released),
         "batches": orjson.dumps([[b.at_s, b.lo, b.hi] for b in state.batches]).decode(),
+        "version": str(state.version),
     }
 
 
@@ -305,6 +323,7 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         speed_per_s=float(fields.get("speed") or 0.0),
         batches=batches,
         released=int(fields.get("released") or 0),
+        version=int(fields.get("version") or 0),
     )
 
 
