@@ -13,7 +13,6 @@ from townhall.policy.admission import (
     QueueState,
     advance,
     decide,
-    eta_s,
     may_have_called,
     newest,
     number_of,
@@ -158,14 +157,6 @@ def test_number_of() -> None:
     assert 1 <= (number_of(5, 500, b"k") or 0) <= 500
 
 
-def test_eta() -> None:
-    s = QueueState(lottery=0, speed_per_s=50.0)
-    assert eta_s(100, s, 10) == 2.0
-    assert eta_s(0, s, 10) == 0.0
-    assert eta_s(100, QueueState(), 10) == 10.0  # before the start: the configured rate
-    assert eta_s(100, QueueState(lottery=0), 0) is None
-
-
 def test_speed_is_measured_only_while_someone_waits() -> None:
     s = QueueState(issued=100, lottery=0, last_s=0.0, speed_per_s=10.0)
     s = advance(s, 1.0, cap=0, admitted=0, rate_per_s=20, claim_s=5, live=True)
@@ -217,3 +208,19 @@ def test_advance_counts_versions() -> None:
 def test_may_have_called(number: int | None, last_s: float, expected: bool) -> None:
     s = QueueState(issued=500, through=10, lottery=0, last_s=last_s)
     assert may_have_called(s, number, 101.0, rate_per_s=10, slack_s=1.0) is expected
+
+
+def test_the_leave_rate_is_measured_from_departures() -> None:
+    s = QueueState(issued=1000, through=100, lottery=0, last_s=0.0)
+    step = {"cap": 100, "rate_per_s": 50.0, "claim_s": 5.0, "live": True}
+    s = advance(replace(s, joined=100), 1.0, admitted=100, **step)  # type: ignore[arg-type]
+    assert s.leave_rate is None and s.free == 0  # full, nobody has left yet
+    s = advance(s, 2.0, admitted=100, **step)  # type: ignore[arg-type]
+    assert s.leave_rate is None
+    # 10 left in a second: the estimate is 10/s at once (bias-corrected), and
+    # the 10 places are called
+    s = advance(replace(s, joined=100), 3.0, admitted=90, **step)  # type: ignore[arg-type]
+    assert s.leave_rate == pytest.approx(10.0) and s.through == 110
+    # the 10 called came in (joined +10) and 20 left: admitted 90 + 10 - 20
+    s = advance(replace(s, joined=110), 4.0, admitted=80, **step)  # type: ignore[arg-type]
+    assert 10.0 < (s.leave_rate or 0) < 20.0

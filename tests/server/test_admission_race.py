@@ -22,6 +22,7 @@ import pytest
 
 from tests.scale.conftest import REDIS_URL, unreachable
 from townhall.config import Settings
+from townhall.policy.admission import QueueState
 from townhall.policy.tickets import TicketSigner
 from townhall.policy.tokens import TokenSigner
 from townhall.server.admission import Admission, Admitted, Queued
@@ -42,19 +43,19 @@ class Clock:
 
 
 class HeldCount(RedisAdmission):
-    """Redis admission whose next count (inside a tick) waits for a gate: the
-    tick has loaded the line and read the count, then stalls."""
+    """Redis admission whose next snapshot (inside a tick) waits for a gate:
+    the tick has read the line and the count, then stalls."""
 
     gate: asyncio.Event | None = None
     stalled: asyncio.Event
 
-    async def count(self, space_id: str, now_s: float) -> int:
-        n = await super().count(space_id, now_s)
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        found = await super().snapshot(space_id, now_s)
         gate, self.gate = self.gate, None
         if gate is not None:
             self.stalled.set()
             await gate.wait()
-        return n
+        return found
 
     def hold(self) -> asyncio.Event:
         self.gate, self.stalled = asyncio.Event(), asyncio.Event()

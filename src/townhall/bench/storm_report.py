@@ -37,6 +37,8 @@ class Arrival:
     refusals: Counter[str] = field(default_factory=Counter)
     # (when, ETA) as the page computes it from queue.json, one every few seconds
     shown_etas: list[tuple[float, float]] = field(default_factory=list)
+    unknown_etas: int = 0  # looks at queue.json when no ETA could be shown (not known yet)
+    first_eta_unknown: bool = False  # the first answer with a number had no ETA
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,14 @@ def summarize(
         "eta_error_p90": _r(percentile(eta_errors, 90)),
         "shown_eta_error_p50": _r(percentile(shown_errors, 50)),
         "shown_eta_error_p90": _r(percentile(shown_errors, 90)),
+        "eta_first_given": len(eta_errors),
+        "eta_first_unknown": sum(1 for a in admitted if a.first_eta_unknown),
+        "shown_eta_unknown_share": _r(
+            unknown / (unknown + len(shown_errors))
+            if (unknown := sum(a.unknown_etas for a in admitted)) + len(shown_errors)
+            else None,
+            4,
+        ),
         "max_position_age_s": _r(max_doc_age_s),
         "rank_correlation_after_start": _r(fairness, 4),
         "abandoned_called": len(reclaim),
@@ -209,6 +219,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
         (
             "ETA error p50 / p90 (as shown)",
             f"{f('shown_eta_error_p50')} / {f('shown_eta_error_p90')}",
+        ),
+        (
+            "ETA not known yet: first answers / share of looks",
+            f"{f('eta_first_unknown')} / {f('shown_eta_unknown_share')}",
         ),
         ("oldest position shown", f("max_position_age_s", " s")),
         ("rank correlation after the start", f("rank_correlation_after_start")),

@@ -33,8 +33,11 @@ Delivery = Literal["llhls", "hls"]
 Phase = Literal["closed", "waiting_room", "open"]
 Kind = Literal["renewal", "arrival", "ticket"]
 
-# Time constant of the observed admission speed (for the ETA).
+# Time constant of the observed admission speed.
 SPEED_TAU_S = 5.0
+# Time constant of the measured rate at which admitted listeners leave (the
+# line's speed once the cap is full; see policy/eta.py).
+LEAVE_TAU_S = 10.0
 
 DEGRADED = (
     "This server's low-latency listeners are at their limit, so you are listening with "
@@ -71,6 +74,22 @@ class QueueState:
     batches: tuple[Batch, ...] = ()
     released: int = 0  # called places never claimed, given on to the next in line
     version: int = 0  # how many times the line was moved; a newer state has a higher one
+    # The leave rate: ``joined`` counts admissions ever (kept by the store, as
+    # ``issued``); the tick compares it and the admitted count with what it saw
+    # last time: departures = joined since - (admitted now - admitted then).
+    joined: int = 0
+    seen_joined: int | None = None
+    seen_admitted: int = 0
+    leave_rate_per_s: float = 0.0  # a bias-corrected EWMA: divide by leave_weight
+    leave_weight: float = 0.0  # 0 until a first listener left
+    free: int = 0  # places free after the last tick's calls (0 with no cap)
+
+    @property
+    def leave_rate(self) -> float | None:
+        """Listeners leaving per second lately; None until one has left."""
+        if self.leave_weight <= 0:
+            return None
+        return max(0.0, self.leave_rate_per_s / self.leave_weight)
 
     @property
     def reserved(self) -> int:
@@ -111,8 +130,28 @@ def advance(
     worth at once, so a quiet spell does not turn into a burst)."""
     last_s = now_s if state.last_s is None else state.last_s
     dt_s = max(0.0, now_s - last_s)
+    departed = (
+        0
+        if state.seen_joined is None
+        else (state.joined - state.seen_joined) - (admitted - state.seen_admitted)
+    )
+    leave_rate, leave_weight = state.leave_rate_per_s, state.leave_weight
+    if dt_s > 0 and (leave_weight > 0 or departed > 0):
+        beta = 1.0 - math.exp(-dt_s / LEAVE_TAU_S)
+        leave_rate += beta * (departed / dt_s - leave_rate)
+        leave_weight += beta * (1.0 - leave_weight)
     if not live:
-        return replace(state, last_s=now_s, carry=0.0, version=state.version + 1)
+        return replace(
+            state,
+            last_s=now_s,
+            carry=0.0,
+            version=state.version + 1,
+            free=0 if cap <= 0 else max(0, cap - admitted),
+            seen_joined=state.joined,
+            seen_admitted=admitted,
+            leave_rate_per_s=leave_rate,
+            leave_weight=leave_weight,
+        )
     lottery = state.issued if state.lottery is None else state.lottery
     batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
     released = state.released + sum(
@@ -143,6 +182,12 @@ def advance(
         batches=batches,
         released=released,
         version=state.version + 1,
+        joined=state.joined,
+        free=0 if cap <= 0 else int(free) - k,
+        seen_joined=state.joined,
+        seen_admitted=admitted,
+        leave_rate_per_s=leave_rate,
+        leave_weight=leave_weight,
     )
 
 
@@ -320,15 +365,3 @@ def _admitted(capacity: Capacity, code: str, detail: str) -> Decision:
     if capacity.llhls_budget > 0 and capacity.node_llhls >= capacity.llhls_budget:
         return Decision("admit", code, DEGRADED, delivery="hls")
     return Decision("admit", code, detail)
-
-
-def eta_s(position: int | None, state: QueueState, rate_per_s: float) -> float | None:
-    """Seconds until ``position`` places have been called, from the observed
-    speed (the configured rate until there is one); None when the line does
-    not move (the space is full and nobody leaves)."""
-    if position is None or position <= 0:
-        return 0.0 if position is not None else None
-    speed = state.speed_per_s if state.lottery is not None and state.speed_per_s > 0 else rate_per_s
-    if speed <= 0.001:
-        return None
-    return position / speed

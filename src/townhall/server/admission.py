@@ -38,12 +38,12 @@ from townhall.policy.admission import (
     QueueState,
     advance,
     decide,
-    eta_s,
     may_have_called,
     newest,
     number_of,
     phase_of,
 )
+from townhall.policy.eta import eta_s
 from townhall.policy.ratelimit import STORE_ERRORS
 from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
 from townhall.policy.tokens import Claims, TokenSigner
@@ -142,8 +142,8 @@ class Admission:
         self._active[space_id] = time.monotonic()
         line = self._lines.get(space_id)
         if line is None:
-            loaded = await self.store.load(space_id)
-            line = self._accept(space_id, loaded, await self.store.count(space_id, self._clock()))
+            loaded, count = await self.store.snapshot(space_id, self._clock())
+            line = self._accept(space_id, loaded, count)
         return line
 
     # ------------------------------------------------------------ the entry point
@@ -293,8 +293,7 @@ class Admission:
 
     async def _reload(self, space_id: str) -> QueueState:
         now = self._clock()
-        loaded = await self.store.load(space_id)
-        count = await self.store.count(space_id, now)
+        loaded, count = await self.store.snapshot(space_id, now)
         before = self._lines.get(space_id)
         line = self._accept(space_id, loaded, count)
         entry = self.index.get(space_id)
@@ -398,13 +397,37 @@ class Admission:
                 PAUSED, retry_after_s=self.settings.redis_backoff_ms / 1000
             ) from None
         position = None if number is None else max(0, number - line.through)
-        eta = eta_s(position, line, self.settings.admit_rate_per_s)
+        settings = self.settings
+        # the page (polling every second) notices its turn about half an
+        # interval plus a second after the call
+        lag_s = settings.queue_interval_ms / 2000 + 1.0
         if number is None:
+            # before the draw nobody's place is known: the seconds until the
+            # start plus those to call the places free then (a lower bound)
             entry = self.index.get(space_id)
             start_s = entry.scheduled_for_s if entry is not None else None
             wait_start = 0.0 if start_s is None else max(0.0, start_s - self._clock())
-            eta = wait_start + (eta_s(line.issued, line, self.settings.admit_rate_per_s) or 0.0)
-        retry_s = 1.0 if not eta or eta < 4 else min(eta / 2, self.tickets.ttl_s / 3)
+            cap = 0 if entry is None else self.cap_of(entry)
+            eta = eta_s(
+                min(line.issued, cap),
+                free_places=cap,
+                admit_rate_per_s=settings.admit_rate_per_s,
+                leave_rate_per_s=line.leave_rate,
+                lag_s=lag_s,
+            )
+            eta = None if eta is None else wait_start + eta
+        else:
+            eta = eta_s(
+                position,
+                free_places=line.free,
+                admit_rate_per_s=settings.admit_rate_per_s,
+                leave_rate_per_s=line.leave_rate,
+                lag_s=lag_s,
+            )
+        if eta is None:  # not known yet (nobody has left a full space): ask again soon
+            retry_s = min(5.0, self.tickets.ttl_s / 3)
+        else:
+            retry_s = 1.0 if eta < 4 else min(eta / 2, self.tickets.ttl_s / 3)
         return Queued(
             ticket=text,
             expires_at=ticket.expires_at,
@@ -465,8 +488,10 @@ class Admission:
             try:
                 line = await self.store.tick(space_id, now, step)
                 if line is None:
-                    line = await self.store.load(space_id)
-                self._accept(space_id, line, await self.store.count(space_id, now))
+                    line, count = await self.store.snapshot(space_id, now)
+                else:
+                    count = await self.store.count(space_id, now)
+                self._accept(space_id, line, count)
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
         self._docs[space_id] = self._render(space_id, entry, now)
@@ -475,7 +500,7 @@ class Admission:
         line = self._lines.get(space_id, QueueState())
         settings = self.settings
         cap = self.cap_of(entry)
-        speed = line.speed_per_s if line.lottery is not None else 0.0
+        leave_rate = line.leave_rate
         doc = {
             "space_id": space_id,
             "state": entry.state,
@@ -484,7 +509,11 @@ class Admission:
             "admitting_through": line.through,
             "issued": line.issued,
             "waiting": line.waiting,
-            "admit_rate_per_s": round(speed if speed > 0 else settings.admit_rate_per_s, 2),
+            # what a client needs for its own ETA (policy/eta.py; queue.js)
+            "admit_rate_per_s": settings.admit_rate_per_s,
+            "free_places": line.free if cap > 0 else None,
+            "leave_rate_per_s": None if leave_rate is None else round(leave_rate, 3),
+            "line_rate_per_s": round(line.speed_per_s, 2),
             "max_admit_rate_per_s": settings.admit_rate_per_s,
             "drawn": line.lottery is not None,
             "drawn_count": line.lottery,

@@ -94,6 +94,11 @@ class AdmissionStore(Protocol):
         ...
 
     async def load(self, space_id: str) -> QueueState: ...
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        """The line and the admitted count, read at one instant (so the leave
+        rate's departures = admissions since - admitted count since)."""
+        ...
+
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
         """Apply ``step(state, admitted)`` if no other node did this interval;
         the new state, or None when another node holds the turn or moved the
@@ -108,6 +113,7 @@ class MemoryAdmission:
         self._admitted: dict[str, ExpirySet] = {}
         self._used: dict[str, ExpirySet] = {}
         self._lines: dict[str, QueueState] = {}
+        self._joined: dict[str, int] = {}
 
     def _set(self, table: dict[str, ExpirySet], space_id: str) -> ExpirySet:
         found = table.get(space_id)
@@ -126,6 +132,8 @@ class MemoryAdmission:
         admitted = self._set(self._admitted, space_id)
         if limit > 0 and token_id not in admitted and admitted.count(now_s) >= limit:
             return False
+        if token_id not in admitted:
+            self._joined[space_id] = self._joined.get(space_id, 0) + 1
         admitted.add(token_id, expires_s)
         return True
 
@@ -161,10 +169,14 @@ class MemoryAdmission:
             self._lines[space_id] = replace(line, batches=batches)
 
     async def load(self, space_id: str) -> QueueState:
-        return self._lines.get(space_id, QueueState())
+        line = self._lines.get(space_id, QueueState())
+        return replace(line, joined=self._joined.get(space_id, 0))
+
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        return await self.load(space_id), await self.count(space_id, now_s)
 
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
-        state = step(await self.load(space_id), await self.count(space_id, now_s))
+        state = step(*await self.snapshot(space_id, now_s))
         self._lines[space_id] = state
         return state
 
@@ -177,7 +189,9 @@ local limit = tonumber(ARGV[4])
 if limit > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'joined', 1)
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
@@ -229,7 +243,7 @@ class RedisAdmission:
         self, space_id: str, token_id: str, expires_s: float, now_s: float, limit: int
     ) -> bool:
         ok = await self._admit(
-            keys=[self._key(space_id, "in")],
+            keys=[self._key(space_id, "in"), self._key(space_id, "q")],
             args=[token_id, repr(expires_s), repr(now_s), str(limit), str(KEY_TTL_MS)],
         )
         return bool(int(ok))
@@ -270,14 +284,24 @@ class RedisAdmission:
         raw, claims = await pipe.execute()
         return _state_from(raw, claims)
 
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        key = self._key(space_id, "in")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(self._key(space_id, "q"))
+        pipe.hgetall(self._key(space_id, "c"))
+        pipe.zremrangebyscore(key, "-inf", now_s)
+        pipe.zcard(key)
+        raw, claims, _, count = await pipe.execute()
+        return _state_from(raw, claims), int(count)
+
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
         lock = self._key(space_id, "tick")
         # one node per interval moves the pointer (a little less than the interval,
         # so that the same node can take the next turn on time)
         if not await self._redis.set(lock, "1", nx=True, px=max(1, self._tick_ms * 9 // 10)):
             return None
-        state = await self.load(space_id)
-        new = step(state, await self.count(space_id, now_s))
+        state, admitted = await self.snapshot(space_id, now_s)
+        new = step(state, admitted)
         # The lock is only a courtesy: a tick slower than the lock's lifetime (a
         # loaded machine) overlaps the next node's. The write is therefore a
         # compare-and-set on the version it was computed from, so a late tick
@@ -293,7 +317,7 @@ class RedisAdmission:
 
 
 def _fields_of(state: QueueState) -> dict[str, str]:
-    """Everything but ``issued`` (nodes add to it concurrently) and the
+    """Everything but ``issued`` and ``joined`` (nodes add to them concurrently) and the
     claims (kept in a hash of their own, counted by HINCRBY)."""
     return {
         "through": str(state.through),
@@ -304,6 +328,11 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "released": str(state.released),
         "batches": orjson.dumps([[b.at_s, b.lo, b.hi] for b in state.batches]).decode(),
         "version": str(state.version),
+        "seen_joined": "" if state.seen_joined is None else str(state.seen_joined),
+        "seen_admitted": str(state.seen_admitted),
+        "leave_rate": repr(state.leave_rate_per_s),
+        "leave_weight": repr(state.leave_weight),
+        "free": str(state.free),
     }
 
 
@@ -324,6 +353,12 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         batches=batches,
         released=int(fields.get("released") or 0),
         version=int(fields.get("version") or 0),
+        joined=int(fields.get("joined") or 0),
+        seen_joined=int(fields["seen_joined"]) if fields.get("seen_joined") else None,
+        seen_admitted=int(fields.get("seen_admitted") or 0),
+        leave_rate_per_s=float(fields.get("leave_rate") or 0.0),
+        leave_weight=float(fields.get("leave_weight") or 0.0),
+        free=int(fields.get("free") or 0),
     )
 
 
