@@ -58,6 +58,7 @@ from townhall.origin.answers import (
 )
 from townhall.origin.follower import ListenerSource
 from townhall.origin.playlist import render_ll, render_plain
+from townhall.origin.token_uris import tokened, tokened_playlist
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
 from townhall.policy.media_gate import MediaGate
 from townhall.store.recordings import SPACE_ID_RE, Manifest
@@ -147,6 +148,7 @@ class FastPath:
             if directives is None:
                 return None  # the app parses it (and says 400 where one is due)
             found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
+            found = found if self.gate is None else tokened(found, query)
         else:
             found = self._live(method, program, window, name, path)
         if type(found) is Rendered or type(found) is Wait or type(found) is Stream:
@@ -187,7 +189,8 @@ class FastPath:
                 parsed = strict
             directives = parsed
         if program is None or window is None:
-            return self._cold(method, space_id, program, name, directives)
+            cold = self._cold(method, space_id, program, name, directives)
+            return cold if self.gate is None else tokened(cold, query)
         if self.gate is not None and name != b"recording.m4a":
             refused = self.gate.refuse(space_id, query, cookie)
             if refused is not None:
@@ -195,7 +198,8 @@ class FastPath:
         if name.startswith(b"part/"):
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
-            return self._playlist(window, directives, path, plain=name[0] == 112)
+            found = self._playlist(window, directives, path, plain=name[0] == 112)
+            return found if self.gate is None else tokened(found, query)
         return self._live(method, program, window, name, path)
 
     # -- a space live on this node ------------------------------------------------------
@@ -543,7 +547,7 @@ def disk_playlist(
         text = render_ll(view) if manifest.ended else render_plain(view)
         cache = ENDED_PLAYLIST if manifest.ended else LIVE_PLAYLIST
         hit = rendered[kind] = _media(text.encode(), M3U8, cache, "playlist")
-    return hit
+    return tokened_playlist(hit, want.token)
 
 
 def latest_epoch(manifest: Manifest | None) -> int | Problem:
