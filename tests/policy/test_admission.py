@@ -210,17 +210,21 @@ def test_may_have_called(number: int | None, last_s: float, expected: bool) -> N
     assert may_have_called(s, number, 101.0, rate_per_s=10, slack_s=1.0) is expected
 
 
-def test_the_leave_rate_is_measured_from_departures() -> None:
+def test_the_full_lines_speed_is_measured() -> None:
     s = QueueState(issued=1000, through=100, lottery=0, last_s=0.0)
     step = {"cap": 100, "rate_per_s": 50.0, "claim_s": 5.0, "live": True}
-    s = advance(replace(s, joined=100), 1.0, admitted=100, **step)  # type: ignore[arg-type]
-    assert s.leave_rate is None and s.free == 0  # full, nobody has left yet
+    s = advance(s, 1.0, admitted=100, **step)  # type: ignore[arg-type]
+    assert s.full_rate is None and s.free == 0  # full, no place freed yet: unknown
     s = advance(s, 2.0, admitted=100, **step)  # type: ignore[arg-type]
-    assert s.leave_rate is None
+    assert s.full_rate is None
     # 10 left in a second: the estimate is 10/s at once (bias-corrected), and
     # the 10 places are called
-    s = advance(replace(s, joined=100), 3.0, admitted=90, **step)  # type: ignore[arg-type]
-    assert s.leave_rate == pytest.approx(10.0) and s.through == 110
-    # the 10 called came in (joined +10) and 20 left: admitted 90 + 10 - 20
-    s = advance(replace(s, joined=110), 4.0, admitted=80, **step)  # type: ignore[arg-type]
-    assert 10.0 < (s.leave_rate or 0) < 20.0
+    s = advance(s, 3.0, admitted=90, **step)  # type: ignore[arg-type]
+    assert s.full_rate == pytest.approx(10.0) and s.through == 110
+    # the 10 called came in and 20 left: 20 called, faster
+    s = advance(replace(s, batches=()), 4.0, admitted=80, **step)  # type: ignore[arg-type]
+    assert s.through == 130 and 10.0 < (s.full_rate or 0) < 20.0
+    # with free places the rate, not the leaves, bounds the line: not measured
+    before = s.full_rate
+    s = advance(replace(s, batches=()), 5.0, admitted=0, **step)  # type: ignore[arg-type]
+    assert s.through == 130 + 100 and s.full_rate == before  # two seconds of allowance

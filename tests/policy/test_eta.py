@@ -26,12 +26,12 @@ CASES = [
 def test_eta(
     position: int | None, free: int, admit: float, leave: float | None, expected: float | None
 ) -> None:
-    got = eta_s(position, free_places=free, admit_rate_per_s=admit, leave_rate_per_s=leave)
+    got = eta_s(position, free_places=free, admit_rate_per_s=admit, full_rate_per_s=leave)
     assert got == (None if expected is None else pytest.approx(expected))
 
 
 def test_lag_is_added_to_a_known_eta_only() -> None:
     kw = {"free_places": 0, "admit_rate_per_s": 100.0, "lag_s": 1.5}
-    assert eta_s(100, leave_rate_per_s=10.0, **kw) == pytest.approx(11.5)
-    assert eta_s(100, leave_rate_per_s=None, **kw) is None
-    assert eta_s(0, leave_rate_per_s=10.0, **kw) == 0.0
+    assert eta_s(100, full_rate_per_s=10.0, **kw) == pytest.approx(11.5)
+    assert eta_s(100, full_rate_per_s=None, **kw) is None
+    assert eta_s(0, full_rate_per_s=10.0, **kw) == 0.0

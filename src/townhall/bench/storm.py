@@ -365,7 +365,7 @@ def shown_eta(doc: dict[str, Any], position: int, now_s: float) -> float | None:
         max(0, position),
         free_places=float("inf") if free is None else float(free),
         admit_rate_per_s=float(doc.get("admit_rate_per_s") or 0.0),
-        leave_rate_per_s=doc.get("leave_rate_per_s"),
+        full_rate_per_s=doc.get("full_rate_per_s"),
         lag_s=float(doc.get("interval_ms") or 1000) / 2000 + POLL_S,
     )
     if eta is None or position <= 0:

@@ -35,9 +35,9 @@ Kind = Literal["renewal", "arrival", "ticket"]
 
 # Time constant of the observed admission speed.
 SPEED_TAU_S = 5.0
-# Time constant of the measured rate at which admitted listeners leave (the
-# line's speed once the cap is full; see policy/eta.py).
-LEAVE_TAU_S = 10.0
+# Time constant of the line's measured speed while the space is full (the
+# ETA's second regime, policy/eta.py).
+FULL_TAU_S = 10.0
 
 DEGRADED = (
     "This server's low-latency listeners are at their limit, so you are listening with "
@@ -74,22 +74,21 @@ class QueueState:
     batches: tuple[Batch, ...] = ()
     released: int = 0  # called places never claimed, given on to the next in line
     version: int = 0  # how many times the line was moved; a newer state has a higher one
-    # The leave rate: ``joined`` counts admissions ever (kept by the store, as
-    # ``issued``); the tick compares it and the admitted count with what it saw
-    # last time: departures = joined since - (admitted now - admitted then).
-    joined: int = 0
-    seen_joined: int | None = None
-    seen_admitted: int = 0
-    leave_rate_per_s: float = 0.0  # a bias-corrected EWMA: divide by leave_weight
-    leave_weight: float = 0.0  # 0 until a first listener left
+    # The line's speed while the space is full (places freed per second:
+    # listeners leaving, tokens expiring, called places given on), the ETA's
+    # second regime (policy/eta.py): a bias-corrected EWMA, divide by the weight,
+    # which stays 0 until the full line first moved (unknown before).
+    full_rate_per_s: float = 0.0
+    full_weight: float = 0.0
     free: int = 0  # places free after the last tick's calls (0 with no cap)
 
     @property
-    def leave_rate(self) -> float | None:
-        """Listeners leaving per second lately; None until one has left."""
-        if self.leave_weight <= 0:
+    def full_rate(self) -> float | None:
+        """Places called per second lately while the space was full; None
+        until a place freed in a full space."""
+        if self.full_weight <= 0:
             return None
-        return max(0.0, self.leave_rate_per_s / self.leave_weight)
+        return max(0.0, self.full_rate_per_s / self.full_weight)
 
     @property
     def reserved(self) -> int:
@@ -130,16 +129,6 @@ def advance(
     worth at once, so a quiet spell does not turn into a burst)."""
     last_s = now_s if state.last_s is None else state.last_s
     dt_s = max(0.0, now_s - last_s)
-    departed = (
-        0
-        if state.seen_joined is None
-        else (state.joined - state.seen_joined) - (admitted - state.seen_admitted)
-    )
-    leave_rate, leave_weight = state.leave_rate_per_s, state.leave_weight
-    if dt_s > 0 and (leave_weight > 0 or departed > 0):
-        beta = 1.0 - math.exp(-dt_s / LEAVE_TAU_S)
-        leave_rate += beta * (departed / dt_s - leave_rate)
-        leave_weight += beta * (1.0 - leave_weight)
     if not live:
         return replace(
             state,
@@ -147,10 +136,6 @@ def advance(
             carry=0.0,
             version=state.version + 1,
             free=0 if cap <= 0 else max(0, cap - admitted),
-            seen_joined=state.joined,
-            seen_admitted=admitted,
-            leave_rate_per_s=leave_rate,
-            leave_weight=leave_weight,
         )
     lottery = state.issued if state.lottery is None else state.lottery
     batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
@@ -172,6 +157,14 @@ def advance(
     if dt_s > 0 and k < state.issued - state.through:
         alpha = 1.0 - math.exp(-dt_s / SPEED_TAU_S)
         speed += alpha * (k / dt_s - speed)
+    # ... and its speed while the space is full: free places, not the rate,
+    # bound this move and people still wait after it
+    full_rate, full_weight = state.full_rate_per_s, state.full_weight
+    bound = free < math.floor(allowance) and k < state.issued - state.through
+    if dt_s > 0 and bound and (full_weight > 0 or k > 0):
+        beta = 1.0 - math.exp(-dt_s / FULL_TAU_S)
+        full_rate += beta * (k / dt_s - full_rate)
+        full_weight += beta * (1.0 - full_weight)
     return QueueState(
         issued=state.issued,
         through=state.through + k,
@@ -182,12 +175,9 @@ def advance(
         batches=batches,
         released=released,
         version=state.version + 1,
-        joined=state.joined,
         free=0 if cap <= 0 else int(free) - k,
-        seen_joined=state.joined,
-        seen_admitted=admitted,
-        leave_rate_per_s=leave_rate,
-        leave_weight=leave_weight,
+        full_rate_per_s=full_rate,
+        full_weight=full_weight,
     )
 
 

@@ -3,17 +3,18 @@ the waiting page (``web/static/js/queue.js``, the same arithmetic) and the
 storm bench use.
 
 The line runs in two regimes. While places are free, the pointer moves at
-the admit rate ``a`` (places called per second), and listeners leaving at
-``d`` per second add to the free places meanwhile, so the free places last
+the admit rate ``a`` (places called per second), and places freeing
+meanwhile (at ``d`` per second) add to them, so the free places last
 ``free / (a - d)`` seconds and ``free * a / (a - d)`` tickets are called at
 ``a``. After that the space is full and the line moves only as fast as
-listeners leave: ``d``. Both numbers and ``free`` are published in
+places free: ``d``, the line's measured speed while full (listeners leaving,
+tokens expiring, places of tickets that never came given on; see
+``policy.admission.advance``). ``a``, ``d`` and ``free`` are published in
 queue.json, so every waiting client computes its own ETA from its position.
 
-``d`` is measured (departures per second, a bias-corrected EWMA, see
-``policy.admission.advance``); until a first listener has left it is
-unknown, and so is any ETA past the free places (None: the page says
-"waiting for a place to free" instead of a number it cannot know).
+Until the full line has moved once, ``d`` is unknown, and so is any ETA
+past the free places (None: the page says "waiting for a place to free"
+instead of a number it cannot know).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def eta_s(
     *,
     free_places: float,
     admit_rate_per_s: float,
-    leave_rate_per_s: float | None,
+    full_rate_per_s: float | None,
     lag_s: float = 0.0,
 ) -> float | None:
     """Seconds until ``position`` more tickets have been called (0 when it is
@@ -37,7 +38,7 @@ def eta_s(
     if position <= 0:
         return 0.0
     a = admit_rate_per_s
-    d = None if leave_rate_per_s is None else max(0.0, leave_rate_per_s)
+    d = None if full_rate_per_s is None else max(0.0, full_rate_per_s)
     if a <= 0:
         return None
     if d is not None and d >= a:

@@ -412,7 +412,7 @@ class Admission:
                 min(line.issued, cap),
                 free_places=cap,
                 admit_rate_per_s=settings.admit_rate_per_s,
-                leave_rate_per_s=line.leave_rate,
+                full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
             )
             eta = None if eta is None else wait_start + eta
@@ -421,7 +421,7 @@ class Admission:
                 position,
                 free_places=line.free,
                 admit_rate_per_s=settings.admit_rate_per_s,
-                leave_rate_per_s=line.leave_rate,
+                full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
             )
         if eta is None:  # not known yet (nobody has left a full space): ask again soon
@@ -500,7 +500,7 @@ class Admission:
         line = self._lines.get(space_id, QueueState())
         settings = self.settings
         cap = self.cap_of(entry)
-        leave_rate = line.leave_rate
+        full_rate = line.full_rate
         doc = {
             "space_id": space_id,
             "state": entry.state,
@@ -512,7 +512,7 @@ class Admission:
             # what a client needs for its own ETA (policy/eta.py; queue.js)
             "admit_rate_per_s": settings.admit_rate_per_s,
             "free_places": line.free if cap > 0 else None,
-            "leave_rate_per_s": None if leave_rate is None else round(leave_rate, 3),
+            "full_rate_per_s": None if full_rate is None else round(full_rate, 3),
             "line_rate_per_s": round(line.speed_per_s, 2),
             "max_admit_rate_per_s": settings.admit_rate_per_s,
             "drawn": line.lottery is not None,

@@ -95,8 +95,7 @@ class AdmissionStore(Protocol):
 
     async def load(self, space_id: str) -> QueueState: ...
     async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
-        """The line and the admitted count, read at one instant (so the leave
-        rate's departures = admissions since - admitted count since)."""
+        """The line and the admitted count, read at one instant."""
         ...
 
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
@@ -113,7 +112,6 @@ class MemoryAdmission:
         self._admitted: dict[str, ExpirySet] = {}
         self._used: dict[str, ExpirySet] = {}
         self._lines: dict[str, QueueState] = {}
-        self._joined: dict[str, int] = {}
 
     def _set(self, table: dict[str, ExpirySet], space_id: str) -> ExpirySet:
         found = table.get(space_id)
@@ -132,8 +130,6 @@ class MemoryAdmission:
         admitted = self._set(self._admitted, space_id)
         if limit > 0 and token_id not in admitted and admitted.count(now_s) >= limit:
             return False
-        if token_id not in admitted:
-            self._joined[space_id] = self._joined.get(space_id, 0) + 1
         admitted.add(token_id, expires_s)
         return True
 
@@ -169,8 +165,7 @@ class MemoryAdmission:
             self._lines[space_id] = replace(line, batches=batches)
 
     async def load(self, space_id: str) -> QueueState:
-        line = self._lines.get(space_id, QueueState())
-        return replace(line, joined=self._joined.get(space_id, 0))
+        return self._lines.get(space_id, QueueState())
 
     async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
         return await self.load(space_id), await self.count(space_id, now_s)
@@ -189,9 +184,7 @@ local limit = tonumber(ARGV[4])
 if limit > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   if redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
 end
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'joined', 1)
-end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
@@ -243,7 +236,7 @@ class RedisAdmission:
         self, space_id: str, token_id: str, expires_s: float, now_s: float, limit: int
     ) -> bool:
         ok = await self._admit(
-            keys=[self._key(space_id, "in"), self._key(space_id, "q")],
+            keys=[self._key(space_id, "in")],
             args=[token_id, repr(expires_s), repr(now_s), str(limit), str(KEY_TTL_MS)],
         )
         return bool(int(ok))
@@ -317,7 +310,7 @@ class RedisAdmission:
 
 
 def _fields_of(state: QueueState) -> dict[str, str]:
-    """Everything but ``issued`` and ``joined`` (nodes add to them concurrently) and the
+    """Everything but ``issued`` (nodes add to it concurrently) and the
     claims (kept in a hash of their own, counted by HINCRBY)."""
     return {
         "through": str(state.through),
@@ -328,10 +321,8 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "released": str(state.released),
         "batches": orjson.dumps([[b.at_s, b.lo, b.hi] for b in state.batches]).decode(),
         "version": str(state.version),
-        "seen_joined": "" if state.seen_joined is None else str(state.seen_joined),
-        "seen_admitted": str(state.seen_admitted),
-        "leave_rate": repr(state.leave_rate_per_s),
-        "leave_weight": repr(state.leave_weight),
+        "full_rate": repr(state.full_rate_per_s),
+        "full_weight": repr(state.full_weight),
         "free": str(state.free),
     }
 
@@ -353,11 +344,8 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         batches=batches,
         released=int(fields.get("released") or 0),
         version=int(fields.get("version") or 0),
-        joined=int(fields.get("joined") or 0),
-        seen_joined=int(fields["seen_joined"]) if fields.get("seen_joined") else None,
-        seen_admitted=int(fields.get("seen_admitted") or 0),
-        leave_rate_per_s=float(fields.get("leave_rate") or 0.0),
-        leave_weight=float(fields.get("leave_weight") or 0.0),
+        full_rate_per_s=float(fields.get("full_rate") or 0.0),
+        full_weight=float(fields.get("full_weight") or 0.0),
         free=int(fields.get("free") or 0),
     )
 

@@ -25,7 +25,7 @@ export function formatWait(eta_s) {
 /**
  * Seconds until `position` more tickets are called, from queue.json: the
  * line runs at admit_rate_per_s while free_places last (listeners leaving at
- * leave_rate_per_s add to them), then at leave_rate_per_s; null when that is
+ * full_rate_per_s add to them), then at full_rate_per_s; null when that is
  * not known yet (a full space nobody has left). The same model as the
  * server's policy/eta.py. Pure.
  */
@@ -37,7 +37,7 @@ export function etaSeconds(position, doc) {
   // we notice our turn about half a queue interval plus one poll after it comes
   const lag = Number(doc?.interval_ms ?? 1000) / 2000 + POLL_MS / 1000;
   if (doc?.free_places === undefined) return position / a; // a document without the model
-  const leave = doc.leave_rate_per_s;
+  const leave = doc.full_rate_per_s;
   const d = leave === null || leave === undefined ? null : Math.max(0, Number(leave));
   if (d !== null && d >= a) return position / a + lag;
   let fill = Math.max(0, Number(doc.free_places ?? 0));
