@@ -231,6 +231,10 @@ class Storm:
                     a.unknown_etas += 1
                 else:
                     a.shown_etas.append((time.time(), eta))
+                # the model before (position / the line's recent speed), side by side
+                line_rate = float(doc.get("line_rate_per_s") or 0.0)
+                if line_rate > 0:
+                    a.shown_etas_old.append((time.time(), max(0, a.number - through) / line_rate))
             if a.number is not None and a.number <= through:
                 return True
             if a.number is None and doc.get("drawn") and now - posted_at > jitter * 2:
