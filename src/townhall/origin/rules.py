@@ -115,8 +115,9 @@ class FastPath:
     ) -> None:
         self.settings = settings
         self.programs = programs
-        # spaces with a cap: media needs a listener token (policy/media_gate.py)
-        self.gate = gate if settings.max_listeners > 0 else None
+        # spaces with a cap (the deployment's, or a host's own; the gate asks
+        # which): media needs a listener token (policy/media_gate.py)
+        self.gate = gate
         self.timeout_s = settings.blocking_reload_timeout_s
         self._stream_head = header_lines(progressive_head())
 
@@ -571,7 +572,14 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
 def gate_of(app: Any) -> MediaGate:
     """The media gate of an app built by ``create_app`` (its token signer
     exists once the lifespan started)."""
-    return MediaGate(lambda: getattr(getattr(app.state, "services", None), "tokens", None))
+
+    def capped(space_id: str) -> bool:
+        admission = getattr(getattr(app.state, "services", None), "admission", None)
+        return admission is None or bool(admission.capped(space_id))
+
+    return MediaGate(
+        lambda: getattr(getattr(app.state, "services", None), "tokens", None), capped=capped
+    )
 
 
 def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:

@@ -260,6 +260,39 @@ def shuffle(index: int, size: int, key: bytes) -> int:
             return x + 1
 
 
+# ---------------------------------------------------------------- the cap of a space
+
+# A cap a host may ask for on a deployment without one.
+MAX_SPACE_CAP = 10_000_000
+
+
+def space_cap(ceiling: int, own: int | None) -> int:
+    """The cap a space runs with (0: no limit): the host's own when set, never
+    above the deployment's ``ceiling``; else the deployment's."""
+    if own is None or own <= 0:
+        return ceiling
+    return own if ceiling <= 0 else min(own, ceiling)
+
+
+def cap_problem(value: int | None, ceiling: int) -> str | None:
+    """Why a host's ``max_listeners`` is refused (None: it is fine)."""
+    field = "Field 'max_listeners'"
+    if value is None:
+        return None
+    if value < 0:
+        return (
+            f"{field} is negative: give a number of listeners, or null for this server's default."
+        )
+    if ceiling > 0 and (value == 0 or value > ceiling):
+        return (
+            f"{field} is {value:,}, but this server admits at most {ceiling:,} listeners per "
+            f"space: give 1 to {ceiling:,}, or null for {ceiling:,}."
+        )
+    if value > MAX_SPACE_CAP:
+        return f"{field} is {value:,}: give at most {MAX_SPACE_CAP:,}, or 0 for no limit."
+    return None
+
+
 # ---------------------------------------------------------------- the decision
 
 

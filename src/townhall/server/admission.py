@@ -42,6 +42,7 @@ from townhall.policy.admission import (
     newest,
     number_of,
     phase_of,
+    space_cap,
 )
 from townhall.policy.eta import eta_s
 from townhall.policy.ratelimit import STORE_ERRORS
@@ -119,7 +120,16 @@ class Admission:
     # ------------------------------------------------------------ helpers
 
     def cap_of(self, entry: IndexEntry) -> int:
-        return 0 if entry.state == "ended" else self.settings.max_listeners
+        """The space's cap now (0: no limit): none once ended (the replay is
+        not live capacity), else its own within the deployment's."""
+        if entry.state == "ended":
+            return 0
+        return space_cap(self.settings.max_listeners, entry.max_listeners)
+
+    def capped(self, space_id: str) -> bool:
+        """Whether the media of ``space_id`` needs a listener token now."""
+        entry = self.index.get(space_id)
+        return entry is not None and self.cap_of(entry) > 0
 
     def _lottery_key(self, space_id: str) -> bytes:
         key = self._lottery_keys.get(space_id)
