@@ -215,16 +215,19 @@ def test_the_full_lines_speed_is_measured() -> None:
     step = {"cap": 100, "rate_per_s": 50.0, "claim_s": 5.0, "live": True}
     s = advance(s, 1.0, admitted=100, **step)  # type: ignore[arg-type]
     assert s.full_rate is None and s.free == 0  # full, no place freed yet: unknown
-    s = advance(s, 2.0, admitted=100, **step)  # type: ignore[arg-type]
-    assert s.full_rate is None
-    # 10 left in a second: the estimate is 10/s at once (bias-corrected), and
-    # the 10 places are called
-    s = advance(s, 3.0, admitted=90, **step)  # type: ignore[arg-type]
-    assert s.full_rate == pytest.approx(10.0) and s.through == 110
-    # the 10 called came in and 20 left: 20 called, faster
-    s = advance(replace(s, batches=()), 4.0, admitted=80, **step)  # type: ignore[arg-type]
-    assert s.through == 130 and 10.0 < (s.full_rate or 0) < 20.0
+    # the first places free: called, but that interval only partly saw leaves
+    s = advance(s, 2.0, admitted=97, **step)  # type: ignore[arg-type]
+    assert s.through == 103 and s.full_rate is None
+    t = 2.0
+    for _ in range(3):  # then 10 a second (those called came in, 10 others left)
+        assert s.full_rate is None  # known after 3 s of it
+        t += 1.0
+        s = advance(replace(s, batches=()), t, admitted=90, **step)  # type: ignore[arg-type]
+    assert s.full_rate == pytest.approx(10.0) and s.through == 133
+    # 20 a second: faster
+    s = advance(replace(s, batches=()), t + 1, admitted=80, **step)  # type: ignore[arg-type]
+    assert s.through == 153 and 10.0 < (s.full_rate or 0) < 20.0
     # with free places the rate, not the leaves, bounds the line: not measured
     before = s.full_rate
-    s = advance(replace(s, batches=()), 5.0, admitted=0, **step)  # type: ignore[arg-type]
-    assert s.through == 130 + 100 and s.full_rate == before  # two seconds of allowance
+    s = advance(replace(s, batches=()), t + 2, admitted=0, **step)  # type: ignore[arg-type]
+    assert s.through == 153 + 100 and s.full_rate == before  # two seconds of allowance

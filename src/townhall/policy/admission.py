@@ -36,8 +36,12 @@ Kind = Literal["renewal", "arrival", "ticket"]
 # Time constant of the observed admission speed.
 SPEED_TAU_S = 5.0
 # Time constant of the line's measured speed while the space is full (the
-# ETA's second regime, policy/eta.py).
+# ETA's second regime, policy/eta.py), and the share of it observed before the
+# speed is published (about 3 s: a first reading on the ramp of the first
+# leaves would make every ETA given then several times too long).
 FULL_TAU_S = 10.0
+FULL_MIN_WEIGHT = 1.0 - math.exp(-2.5 / FULL_TAU_S)  # 3 intervals of 1 s, with room for rounding
+_STARTED = 1e-12  # the weight once the full line first moved (that move is not a sample)
 
 DEGRADED = (
     "This server's low-latency listeners are at their limit, so you are listening with "
@@ -86,7 +90,7 @@ class QueueState:
     def full_rate(self) -> float | None:
         """Places called per second lately while the space was full; None
         until a place freed in a full space."""
-        if self.full_weight <= 0:
+        if self.full_weight < FULL_MIN_WEIGHT:
             return None
         return max(0.0, self.full_rate_per_s / self.full_weight)
 
@@ -161,10 +165,12 @@ def advance(
     # bound this move and people still wait after it
     full_rate, full_weight = state.full_rate_per_s, state.full_weight
     bound = free < math.floor(allowance) and k < state.issued - state.through
-    if dt_s > 0 and bound and (full_weight > 0 or k > 0):
+    if dt_s > 0 and bound and full_weight > 0:
         beta = 1.0 - math.exp(-dt_s / FULL_TAU_S)
         full_rate += beta * (k / dt_s - full_rate)
         full_weight += beta * (1.0 - full_weight)
+    elif bound and k > 0:
+        full_weight = _STARTED  # its interval began before places freed: measure from here
     return QueueState(
         issued=state.issued,
         through=state.through + k,
