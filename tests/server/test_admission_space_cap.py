@@ -143,3 +143,22 @@ async def test_without_a_ceiling_a_space_of_its_own_cap_is_gated_alone(
     assert (await no_ceiling.post(join)).status_code == 202
     for _ in range(3):
         assert (await no_ceiling.post(f"/api/spaces/{free}/join")).status_code == 200
+
+
+async def test_a_replay_is_not_gated(ceiling_3: httpx.AsyncClient) -> None:
+    """The cap is about live capacity: once the space ends, its replay needs no
+    token and nobody queues for it (docs/CONTRACTS.md, Admission)."""
+    api = Api(ceiling_3)
+    _, host = await api.account("caphost")
+    sid = (await api.space(host, title="Ends", max_listeners=1))["id"]
+    async with httpx.AsyncClient(
+        transport=ceiling_3._transport, base_url="http://testserver"
+    ) as bare:  # no cookie
+        assert (await bare.get(f"/spaces/{sid}/init.mp4")).status_code == 401
+        ended = await ceiling_3.post(f"/api/spaces/{sid}/end", headers=host)
+        assert ended.status_code == 200, ended.text
+        for name in ("live.m3u8", "init.mp4", "recording.m4a"):
+            answer = await bare.get(f"/spaces/{sid}/{name}")
+            assert answer.status_code != 401, (name, answer.text)
+        for _ in range(3):
+            assert (await bare.post(f"/api/spaces/{sid}/join")).status_code == 200
