@@ -115,8 +115,7 @@ class FastPath:
     ) -> None:
         self.settings = settings
         self.programs = programs
-        # spaces with a cap (the deployment's, or a host's own; the gate asks
-        # which): media needs a listener token (policy/media_gate.py)
+        # capped spaces (the gate knows which): media needs a listener token
         self.gate = gate
         self.timeout_s = settings.blocking_reload_timeout_s
         self._stream_head = header_lines(progressive_head())
@@ -191,7 +190,7 @@ class FastPath:
             directives = parsed
         if program is None or window is None:
             cold = self._cold(method, space_id, program, name, directives)
-            return cold if self.gate is None else tokened(cold, query)
+            return tokened(cold, query if self.gate else None)
         if self.gate is not None and name != b"recording.m4a":
             refused = self.gate.refuse(space_id, query, cookie)
             if refused is not None:
@@ -200,7 +199,7 @@ class FastPath:
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
             found = self._playlist(window, directives, path, plain=name[0] == 112)
-            return found if self.gate is None else tokened(found, query)
+            return tokened(found, query if self.gate else None)
         return self._live(method, program, window, name, path)
 
     # -- a space live on this node ------------------------------------------------------
@@ -567,19 +566,6 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
-
-
-def gate_of(app: Any) -> MediaGate:
-    """The media gate of an app built by ``create_app`` (its token signer
-    exists once the lifespan started)."""
-
-    def capped(space_id: str) -> bool:
-        admission = getattr(getattr(app.state, "services", None), "admission", None)
-        return admission is None or bool(admission.capped(space_id))
-
-    return MediaGate(
-        lambda: getattr(getattr(app.state, "services", None), "tokens", None), capped=capped
-    )
 
 
 def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:
