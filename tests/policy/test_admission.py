@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from townhall.policy.admission import (
@@ -11,7 +13,8 @@ from townhall.policy.admission import (
     QueueState,
     advance,
     decide,
-    eta_s,
+    may_have_called,
+    newest,
     number_of,
     phase_of,
     shuffle,
@@ -154,14 +157,6 @@ def test_number_of() -> None:
     assert 1 <= (number_of(5, 500, b"k") or 0) <= 500
 
 
-def test_eta() -> None:
-    s = QueueState(lottery=0, speed_per_s=50.0)
-    assert eta_s(100, s, 10) == 2.0
-    assert eta_s(0, s, 10) == 0.0
-    assert eta_s(100, QueueState(), 10) == 10.0  # before the start: the configured rate
-    assert eta_s(100, QueueState(lottery=0), 0) is None
-
-
 def test_speed_is_measured_only_while_someone_waits() -> None:
     s = QueueState(issued=100, lottery=0, last_s=0.0, speed_per_s=10.0)
     s = advance(s, 1.0, cap=0, admitted=0, rate_per_s=20, claim_s=5, live=True)
@@ -176,3 +171,63 @@ def test_speed_is_measured_only_while_someone_waits() -> None:
         live=True,
     )
     assert emptied.through == 3 and emptied.speed_per_s == 10.0
+
+
+# ------------------------------------------------------- views of one line on many nodes
+
+
+def test_newest_never_keeps_an_older_line() -> None:
+    old = QueueState(issued=5, through=0, lottery=0, version=3)
+    moved = QueueState(issued=5, through=1, lottery=0, version=4, batches=(Batch(1.0, 0, 1),))
+    assert newest(None, old) is old
+    assert newest(old, moved) is moved
+    assert newest(moved, old) is moved  # a slow read arriving late is ignored
+    # same version: the larger counts of issued numbers and claims win
+    mine = replace(moved, issued=7, batches=(Batch(1.0, 0, 1, claimed=1),))
+    merged = newest(mine, moved)
+    assert merged.issued == 7 and merged.batches[0].claimed == 1 and merged.through == 1
+
+
+def test_advance_counts_versions() -> None:
+    s = QueueState(issued=3, lottery=0, last_s=0.0)
+    assert advance(s, 1.0, cap=0, admitted=0, rate_per_s=1, claim_s=5, live=True).version == 1
+    assert advance(s, 1.0, cap=0, admitted=0, rate_per_s=1, claim_s=5, live=False).version == 1
+
+
+@pytest.mark.parametrize(
+    ("number", "last_s", "expected"),
+    [
+        (None, 100.0, True),  # not drawn here: the draw may have happened elsewhere
+        (10, 100.0, True),  # called already in this view (the count may be stale)
+        (11, 100.0, True),  # next in line
+        (10 + 24, 100.0, True),  # 2 s of allowance + 10/s for 1 s (+1 s slack) + 1
+        (10 + 100, 100.0, False),  # far back: no newer line can have called it yet
+        (10 + 100, 90.0, True),  # an old view: it may have
+    ],
+)
+def test_may_have_called(number: int | None, last_s: float, expected: bool) -> None:
+    s = QueueState(issued=500, through=10, lottery=0, last_s=last_s)
+    assert may_have_called(s, number, 101.0, rate_per_s=10, slack_s=1.0) is expected
+
+
+def test_the_full_lines_speed_is_measured() -> None:
+    s = QueueState(issued=1000, through=100, lottery=0, last_s=0.0)
+    step = {"cap": 100, "rate_per_s": 50.0, "claim_s": 5.0, "live": True}
+    s = advance(s, 1.0, admitted=100, **step)  # type: ignore[arg-type]
+    assert s.full_rate is None and s.free == 0  # full, no place freed yet: unknown
+    # the first places free: called, but that interval only partly saw leaves
+    s = advance(s, 2.0, admitted=97, **step)  # type: ignore[arg-type]
+    assert s.through == 103 and s.full_rate is None
+    t = 2.0
+    for _ in range(3):  # then 10 a second (those called came in, 10 others left)
+        assert s.full_rate is None  # known after 3 s of it
+        t += 1.0
+        s = advance(replace(s, batches=()), t, admitted=90, **step)  # type: ignore[arg-type]
+    assert s.full_rate == pytest.approx(10.0) and s.through == 133
+    # 20 a second: faster
+    s = advance(replace(s, batches=()), t + 1, admitted=80, **step)  # type: ignore[arg-type]
+    assert s.through == 153 and 10.0 < (s.full_rate or 0) < 20.0
+    # with free places the rate, not the leaves, bounds the line: not measured
+    before = s.full_rate
+    s = advance(replace(s, batches=()), t + 2, admitted=0, **step)  # type: ignore[arg-type]
+    assert s.through == 153 + 100 and s.full_rate == before  # two seconds of allowance

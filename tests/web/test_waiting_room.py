@@ -121,6 +121,35 @@ def test_pure_queue_view(server: LiveServer, browser: Any) -> None:
     page.close()
 
 
+def test_pure_eta_model(server: LiveServer, browser: Any) -> None:
+    """queue.js's ETA is policy/eta.py's, case for case."""
+    from tests.policy.test_eta import CASES
+    from townhall.policy.eta import eta_s
+
+    page = browser.new_page()
+    page.goto(server.url + "/signin")
+    got = page.evaluate(
+        """async (cases) => {
+          const m = await import('/static/js/queue.js');
+          return cases.map(([p, free, a, d]) => m.etaSeconds(p, {
+            admit_rate_per_s: a, free_places: free, full_rate_per_s: d, interval_ms: 1000}));
+        }""",
+        [list(case[:4]) for case in CASES],
+    )
+    for case, eta in zip(CASES, got, strict=True):
+        position, free, admit, full = case[:4]
+        want = eta_s(
+            position,
+            free_places=free,
+            admit_rate_per_s=admit,
+            full_rate_per_s=full,
+            lag_s=0.5 + 1.0,  # half an interval, one poll
+        )
+        assert (eta is None) == (want is None), case
+        assert eta is None or want is None or abs(eta - want) < 1e-9, case
+    page.close()
+
+
 def test_waiting_page_admits_and_plays(server: LiveServer, browser: Any) -> None:
     sid, session = live_space_with_session(server)
     with host_on_air(server, sid, session), httpx.Client(base_url=server.url, timeout=10) as client:

@@ -43,6 +43,7 @@ from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
 from townhall.bench.playout import Playout
 from townhall.bench.storm_report import Arrival, Sample
+from townhall.policy.eta import eta_s
 
 MAX_ARRIVALS = 15000
 MAX_DURATION_S = 1800.0
@@ -203,6 +204,8 @@ class Storm:
                         a.number = answer["number"]
                         if a.eta_at is None and answer.get("eta_s") is not None:
                             a.eta_at, a.eta_s = time.time(), float(answer["eta_s"])
+                        elif a.eta_at is None:
+                            a.first_eta_unknown = True
                     retry_s = float(answer.get("retry_after_s") or 1.0)
                     if not await self.wait_turn(a, posted_at, retry_s, waited_since, deadline):
                         return
@@ -233,9 +236,16 @@ class Storm:
             if not doc:
                 continue
             through = int(doc.get("admitting_through", 0))
-            rate = float(doc.get("admit_rate_per_s") or 0.0)
-            if a.number is not None and rate > 0 and random.random() < 0.2:
-                a.shown_etas.append((time.time(), max(0, a.number - through) / rate))
+            if a.number is not None and random.random() < 0.2:
+                eta = shown_eta(doc, a.number - through, time.time())
+                if eta is None:
+                    a.unknown_etas += 1
+                else:
+                    a.shown_etas.append((time.time(), eta))
+                # the model before (position / the line's recent speed), side by side
+                line_rate = float(doc.get("line_rate_per_s") or 0.0)
+                if line_rate > 0:
+                    a.shown_etas_old.append((time.time(), max(0, a.number - through) / line_rate))
             if a.number is not None and a.number <= through:
                 return True
             if a.number is None and doc.get("drawn") and now - posted_at > jitter * 2:
@@ -357,6 +367,25 @@ class Storm:
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
+
+
+def shown_eta(doc: dict[str, Any], position: int, now_s: float) -> float | None:
+    """The ETA a waiting page shows (the model of policy/eta.py, fed by
+    queue.json as a page is): from the document's time, less its age, plus
+    this client's lag in noticing its turn (half an interval, one poll)."""
+    free = doc.get("free_places")
+    eta = eta_s(
+        max(0, position),
+        free_places=float("inf") if free is None else float(free),
+        admit_rate_per_s=float(doc.get("admit_rate_per_s") or 0.0),
+        full_rate_per_s=doc.get("full_rate_per_s"),
+        lag_s=float(doc.get("interval_ms") or 1000) / 2000 + POLL_S,
+    )
+    if eta is None or position <= 0:
+        return eta
+    updated = doc.get("updated_at")
+    age_s = 0.0 if not updated else now_s - datetime.fromisoformat(updated).timestamp()
+    return max(0.0, eta - max(0.0, age_s))
 
 
 def clock_late_p99(before: str, after: str) -> float | None:

@@ -37,6 +37,9 @@ class Arrival:
     refusals: Counter[str] = field(default_factory=Counter)
     # (when, ETA) as the page computes it from queue.json, one every few seconds
     shown_etas: list[tuple[float, float]] = field(default_factory=list)
+    unknown_etas: int = 0  # looks at queue.json when no ETA could be shown (not known yet)
+    shown_etas_old: list[tuple[float, float]] = field(default_factory=list)  # the old model
+    first_eta_unknown: bool = False  # the first answer with a number had no ETA
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,12 @@ def summarize(
         if a.admitted_at is not None
         for at, eta in a.shown_etas
     ]
+    shown_old = [
+        abs((a.admitted_at - at) - eta) / max(10.0, a.admitted_at - at)
+        for a in admitted
+        if a.admitted_at is not None
+        for at, eta in a.shown_etas_old
+    ]
     after = [a for a in admitted if a.queued and a.number is not None and a.number > drawn]
     fairness = spearman([a.index for a in after], [a.admitted_at or 0.0 for a in after])
     stalled = played = 0.0
@@ -170,6 +179,16 @@ def summarize(
         "eta_error_p90": _r(percentile(eta_errors, 90)),
         "shown_eta_error_p50": _r(percentile(shown_errors, 50)),
         "shown_eta_error_p90": _r(percentile(shown_errors, 90)),
+        "shown_eta_error_p50_old_model": _r(percentile(shown_old, 50)),
+        "shown_eta_error_p90_old_model": _r(percentile(shown_old, 90)),
+        "eta_first_given": len(eta_errors),
+        "eta_first_unknown": sum(1 for a in admitted if a.first_eta_unknown),
+        "shown_eta_unknown_share": _r(
+            unknown / (unknown + len(shown_errors))
+            if (unknown := sum(a.unknown_etas for a in admitted)) + len(shown_errors)
+            else None,
+            4,
+        ),
         "max_position_age_s": _r(max_doc_age_s),
         "rank_correlation_after_start": _r(fairness, 4),
         "abandoned_called": len(reclaim),
@@ -209,6 +228,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
         (
             "ETA error p50 / p90 (as shown)",
             f"{f('shown_eta_error_p50')} / {f('shown_eta_error_p90')}",
+        ),
+        (
+            "ETA error p50 / p90 (as shown, old model: position / line speed)",
+            f"{f('shown_eta_error_p50_old_model')} / {f('shown_eta_error_p90_old_model')}",
+        ),
+        (
+            "ETA not known yet: first answers / share of looks",
+            f"{f('eta_first_unknown')} / {f('shown_eta_unknown_share')}",
         ),
         ("oldest position shown", f("max_position_age_s", " s")),
         ("rank correlation after the start", f("rank_correlation_after_start")),

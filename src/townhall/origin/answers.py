@@ -141,14 +141,15 @@ DiskKind = Literal["playlist", "segment", "init", "latest-init", "recording"]
 @dataclass(frozen=True, slots=True)
 class FromDisk:
     """Read ``what`` of space ``space_id`` from its recording: ``number`` is the
-    segment's msn or the init's epoch; ``plain`` / ``blocking`` describe a
-    playlist request."""
+    segment's msn or the init's epoch; ``plain`` / ``blocking`` / ``token``
+    describe a playlist request."""
 
     what: DiskKind
     space_id: str
     number: int = 0
     plain: bool = False
     blocking: bool = False
+    token: bytes | None = None  # a playlist request's ``t=`` (origin/token_uris.py)
 
 
 Decision = Rendered | Wait | Stream | None

@@ -52,11 +52,11 @@ from townhall.origin.answers import (
 )
 from townhall.origin.fanout import ProgressiveHub, ProgressiveListener
 from townhall.origin.follower import ListenerSource
+from townhall.origin.gate import gate_of
 from townhall.origin.rules import (
     FastPath,
     disk_media,
     disk_playlist,
-    gate_of,
     latest_epoch,
     programs_of,
 )

@@ -45,7 +45,8 @@ from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
-from townhall.origin.rules import FastPath, Rendered, Stream, Wait, gate_of, programs_of
+from townhall.origin.gate import gate_of
+from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
 from townhall.origin.wire import problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")

@@ -59,6 +59,7 @@ from townhall.origin.answers import (
 from townhall.origin.cors import Cors
 from townhall.origin.follower import ListenerSource
 from townhall.origin.playlist import render_ll, render_plain
+from townhall.origin.token_uris import tokened, tokened_playlist
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
 from townhall.policy.media_gate import MediaGate
 from townhall.store.recordings import SPACE_ID_RE, Manifest
@@ -115,8 +116,8 @@ class FastPath:
     ) -> None:
         self.settings = settings
         self.programs = programs
-        # spaces with a cap: media needs a listener token (policy/media_gate.py)
-        self.gate = gate if settings.max_listeners > 0 else None
+        # capped spaces (the gate knows which): media needs a listener token
+        self.gate = gate
         self.timeout_s = settings.blocking_reload_timeout_s
         # a list of CORS origins is answered per request by the app (origin/cors.py)
         self.cors_any = Cors.parse(settings.cors_origins).any_origin
@@ -152,6 +153,7 @@ class FastPath:
             if directives is None:
                 return None  # the app parses it (and says 400 where one is due)
             found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
+            found = found if self.gate is None else tokened(found, query)
         else:
             found = self._live(method, program, window, name, path)
         if type(found) is Rendered or type(found) is Wait or type(found) is Stream:
@@ -192,7 +194,8 @@ class FastPath:
                 parsed = strict
             directives = parsed
         if program is None or window is None:
-            return self._cold(method, space_id, program, name, directives)
+            cold = self._cold(method, space_id, program, name, directives)
+            return tokened(cold, query if self.gate else None)
         if self.gate is not None and name != b"recording.m4a":
             refused = self.gate.refuse(space_id, query, cookie)
             if refused is not None:
@@ -200,7 +203,8 @@ class FastPath:
         if name.startswith(b"part/"):
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
-            return self._playlist(window, directives, path, plain=name[0] == 112)
+            found = self._playlist(window, directives, path, plain=name[0] == 112)
+            return tokened(found, query if self.gate else None)
         return self._live(method, program, window, name, path)
 
     # -- a space live on this node ------------------------------------------------------
@@ -550,7 +554,7 @@ def disk_playlist(
         text = render_ll(view) if manifest.ended else render_plain(view)
         cache = ENDED_PLAYLIST if manifest.ended else LIVE_PLAYLIST
         hit = rendered[kind] = _media(text.encode(), M3U8, cache, "playlist")
-    return hit
+    return tokened_playlist(hit, want.token)
 
 
 def latest_epoch(manifest: Manifest | None) -> int | Problem:
@@ -569,12 +573,6 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
-
-
-def gate_of(app: Any) -> MediaGate:
-    """The media gate of an app built by ``create_app`` (its token signer
-    exists once the lifespan started)."""
-    return MediaGate(lambda: getattr(getattr(app.state, "services", None), "tokens", None))
 
 
 def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:

@@ -33,8 +33,15 @@ Delivery = Literal["llhls", "hls"]
 Phase = Literal["closed", "waiting_room", "open"]
 Kind = Literal["renewal", "arrival", "ticket"]
 
-# Time constant of the observed admission speed (for the ETA).
+# Time constant of the observed admission speed.
 SPEED_TAU_S = 5.0
+# Time constant of the line's measured speed while the space is full (the
+# ETA's second regime, policy/eta.py), and the share of it observed before the
+# speed is published (about 3 s: a first reading on the ramp of the first
+# leaves would make every ETA given then several times too long).
+FULL_TAU_S = 10.0
+FULL_MIN_WEIGHT = 1.0 - math.exp(-2.5 / FULL_TAU_S)  # 3 intervals of 1 s, with room for rounding
+_STARTED = 1e-12  # the weight once the full line first moved (that move is not a sample)
 
 DEGRADED = (
     "This server's low-latency listeners are at their limit, so you are listening with "
@@ -70,6 +77,22 @@ class QueueState:
     speed_per_s: float = 0.0
     batches: tuple[Batch, ...] = ()
     released: int = 0  # called places never claimed, given on to the next in line
+    version: int = 0  # how many times the line was moved; a newer state has a higher one
+    # The line's speed while the space is full (places freed per second:
+    # listeners leaving, tokens expiring, called places given on), the ETA's
+    # second regime (policy/eta.py): a bias-corrected EWMA, divide by the weight,
+    # which stays 0 until the full line first moved (unknown before).
+    full_rate_per_s: float = 0.0
+    full_weight: float = 0.0
+    free: int = 0  # places free after the last tick's calls (0 with no cap)
+
+    @property
+    def full_rate(self) -> float | None:
+        """Places called per second lately while the space was full; None
+        until a place freed in a full space."""
+        if self.full_weight < FULL_MIN_WEIGHT:
+            return None
+        return max(0.0, self.full_rate_per_s / self.full_weight)
 
     @property
     def reserved(self) -> int:
@@ -111,7 +134,13 @@ def advance(
     last_s = now_s if state.last_s is None else state.last_s
     dt_s = max(0.0, now_s - last_s)
     if not live:
-        return replace(state, last_s=now_s, carry=0.0)
+        return replace(
+            state,
+            last_s=now_s,
+            carry=0.0,
+            version=state.version + 1,
+            free=0 if cap <= 0 else max(0, cap - admitted),
+        )
     lottery = state.issued if state.lottery is None else state.lottery
     batches = tuple(b for b in state.batches if b.at_s > now_s - claim_s and b.open_places > 0)
     released = state.released + sum(
@@ -132,6 +161,16 @@ def advance(
     if dt_s > 0 and k < state.issued - state.through:
         alpha = 1.0 - math.exp(-dt_s / SPEED_TAU_S)
         speed += alpha * (k / dt_s - speed)
+    # ... and its speed while the space is full: free places, not the rate,
+    # bound this move and people still wait after it
+    full_rate, full_weight = state.full_rate_per_s, state.full_weight
+    bound = free < math.floor(allowance) and k < state.issued - state.through
+    if dt_s > 0 and bound and full_weight > 0:
+        beta = 1.0 - math.exp(-dt_s / FULL_TAU_S)
+        full_rate += beta * (k / dt_s - full_rate)
+        full_weight += beta * (1.0 - full_weight)
+    elif bound and k > 0:
+        full_weight = _STARTED  # its interval began before places freed: measure from here
     return QueueState(
         issued=state.issued,
         through=state.through + k,
@@ -141,7 +180,41 @@ def advance(
         speed_per_s=speed,
         batches=batches,
         released=released,
+        version=state.version + 1,
+        free=0 if cap <= 0 else int(free) - k,
+        full_rate_per_s=full_rate,
+        full_weight=full_weight,
     )
+
+
+def newest(cached: QueueState | None, loaded: QueueState) -> QueueState:
+    """The view of a line to keep when ``loaded`` arrives while ``cached`` is
+    held: never an older version (a slow read must not move the pointer back,
+    or a ticket whose turn was published would be told to wait again); for the
+    same version, the larger counts of numbers issued and places claimed (both
+    only grow within a version)."""
+    if cached is None or loaded.version > cached.version:
+        return loaded
+    if loaded.version < cached.version:
+        return cached
+    claims = {b.lo: b.claimed for b in cached.batches}
+    batches = tuple(replace(b, claimed=max(b.claimed, claims.get(b.lo, 0))) for b in loaded.batches)
+    return replace(loaded, issued=max(loaded.issued, cached.issued), batches=batches)
+
+
+def may_have_called(
+    state: QueueState, number: int | None, now_s: float, *, rate_per_s: float, slack_s: float
+) -> bool:
+    """Whether ticket ``number`` may have been called (or the draw made) by a
+    newer state than ``state``, which was written at ``state.last_s``: the
+    pointer moves by at most the carried allowance plus ``rate_per_s`` per
+    second, plus one place at the draw. ``slack_s`` covers clocks of nodes
+    that disagree and a read in flight. A ticket farther back needs no read."""
+    if number is None or state.lottery is None or number <= state.through:
+        return True
+    age_s = max(0.0, now_s - (now_s if state.last_s is None else state.last_s)) + slack_s
+    reach = max(1.0, 2.0 * rate_per_s) + rate_per_s * age_s + 1.0
+    return number - state.through <= reach
 
 
 def phase_of(
@@ -191,6 +264,39 @@ def shuffle(index: int, size: int, key: bytes) -> int:
         x = (left << half) | right
         if x < size:
             return x + 1
+
+
+# ---------------------------------------------------------------- the cap of a space
+
+# A cap a host may ask for on a deployment without one.
+MAX_SPACE_CAP = 10_000_000
+
+
+def space_cap(ceiling: int, own: int | None) -> int:
+    """The cap a space runs with (0: no limit): the host's own when set, never
+    above the deployment's ``ceiling``; else the deployment's."""
+    if own is None or own <= 0:
+        return ceiling
+    return own if ceiling <= 0 else min(own, ceiling)
+
+
+def cap_problem(value: int | None, ceiling: int) -> str | None:
+    """Why a host's ``max_listeners`` is refused (None: it is fine)."""
+    field = "Field 'max_listeners'"
+    if value is None:
+        return None
+    if value < 0:
+        return (
+            f"{field} is negative: give a number of listeners, or null for this server's default."
+        )
+    if ceiling > 0 and (value == 0 or value > ceiling):
+        return (
+            f"{field} is {value:,}, but this server admits at most {ceiling:,} listeners per "
+            f"space: give 1 to {ceiling:,}, or null for {ceiling:,}."
+        )
+    if value > MAX_SPACE_CAP:
+        return f"{field} is {value:,}: give at most {MAX_SPACE_CAP:,}, or 0 for no limit."
+    return None
 
 
 # ---------------------------------------------------------------- the decision
@@ -288,15 +394,3 @@ def _admitted(capacity: Capacity, code: str, detail: str) -> Decision:
     if capacity.llhls_budget > 0 and capacity.node_llhls >= capacity.llhls_budget:
         return Decision("admit", code, DEGRADED, delivery="hls")
     return Decision("admit", code, detail)
-
-
-def eta_s(position: int | None, state: QueueState, rate_per_s: float) -> float | None:
-    """Seconds until ``position`` places have been called, from the observed
-    speed (the configured rate until there is one); None when the line does
-    not move (the space is full and nobody leaves)."""
-    if position is None or position <= 0:
-        return 0.0 if position is not None else None
-    speed = state.speed_per_s if state.lottery is not None and state.speed_per_s > 0 else rate_per_s
-    if speed <= 0.001:
-        return None
-    return position / speed

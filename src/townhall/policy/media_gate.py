@@ -65,18 +65,26 @@ MAX_REMEMBERED = 100_000
 class MediaGate:
     """The gate as the listener rules use it: ``refuse`` answers None (let
     the media through) or the error to answer (401). ``tokens()`` gives the
-    signer once the server has started (None before: everything refused)."""
+    signer once the server has started (None before: everything refused);
+    ``capped(space_id)`` whether a space has a cap (spaces without one pass)."""
 
     def __init__(
-        self, tokens: Callable[[], TokenSigner | None], *, clock: Callable[[], float] = time.time
+        self,
+        tokens: Callable[[], TokenSigner | None],
+        *,
+        capped: Callable[[str], bool] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._tokens = tokens
+        self._capped = capped  # None: every space is gated (the deployment's cap)
         self._clock = clock
         self._known: dict[str, tuple[str | None, int]] = {}
 
     def refuse(
         self, space_id: str, query: bytes | None, cookie: bytes | None
     ) -> Unauthorized | None:
+        if self._capped is not None and not self._capped(space_id):
+            return None  # no cap on this space (a host's own cap gates only its space)
         token = token_of(
             (query or b"").decode("latin-1"), None if cookie is None else cookie.decode("latin-1")
         )

@@ -34,13 +34,17 @@ from townhall.policy.admission import (
     Decision,
     Delivery,
     Kind,
+    Phase,
     QueueState,
     advance,
     decide,
-    eta_s,
+    may_have_called,
+    newest,
     number_of,
     phase_of,
+    space_cap,
 )
+from townhall.policy.eta import eta_s
 from townhall.policy.ratelimit import STORE_ERRORS
 from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
 from townhall.policy.tokens import Claims, TokenSigner
@@ -110,11 +114,22 @@ class Admission:
         self._docs: dict[str, QueueDoc] = {}
         self._active: dict[str, float] = {}
         self._lottery_keys: dict[str, bytes] = {}
+        # per space, the store read in flight for early tickets (monotonic start)
+        self._flights: dict[str, tuple[float, asyncio.Task[QueueState]]] = {}
 
     # ------------------------------------------------------------ helpers
 
     def cap_of(self, entry: IndexEntry) -> int:
-        return 0 if entry.state == "ended" else self.settings.max_listeners
+        """The space's cap now (0: no limit): none once ended (the replay is
+        not live capacity), else its own within the deployment's."""
+        if entry.state == "ended":
+            return 0
+        return space_cap(self.settings.max_listeners, entry.max_listeners)
+
+    def capped(self, space_id: str) -> bool:
+        """Whether the media of ``space_id`` needs a listener token now."""
+        entry = self.index.get(space_id)
+        return entry is not None and self.cap_of(entry) > 0
 
     def _lottery_key(self, space_id: str) -> bytes:
         key = self._lottery_keys.get(space_id)
@@ -137,9 +152,8 @@ class Admission:
         self._active[space_id] = time.monotonic()
         line = self._lines.get(space_id)
         if line is None:
-            line = await self.store.load(space_id)
-            self._lines[space_id] = line
-            self._counts[space_id] = await self.store.count(space_id, self._clock())
+            loaded, count = await self.store.snapshot(space_id, self._clock())
+            line = self._accept(space_id, loaded, count)
         return line
 
     # ------------------------------------------------------------ the entry point
@@ -159,6 +173,7 @@ class Admission:
         verified ticket of this space. Raises ``ServiceUnavailable`` (refused,
         with Retry-After) or ``TicketReused``.
         """
+        arrived = time.monotonic()
         now = self._clock()
         settings = self.settings
         cap = self.cap_of(entry)
@@ -184,29 +199,35 @@ class Admission:
                     raise ServiceUnavailable(
                         PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                     ) from None
-        number = None if ticket is None else self.number_of(ticket, line)
-        if cap > 0 and number is not None and number <= line.through:
+        kind: Kind = (
+            "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
+        )
+        decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
+        if (
+            kind == "ticket"
+            and cap > 0
+            and decision.outcome == "queue"
+            and phase == "open"
+            and may_have_called(
+                line,
+                number,
+                now,
+                rate_per_s=settings.admit_rate_per_s,
+                slack_s=1.0 + 2 * settings.queue_interval_ms / 1000,
+            )
+        ):
+            # This node's view is one interval old at most, but the holder may
+            # have read a newer queue document (from any node: a document is
+            # rendered only after its line was written to the store). Read the
+            # line again, newer than this request, before saying "wait".
             try:
-                used = await self.store.is_used(space_id, number)
+                line = await self._fresh(space_id, arrived)
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
                 raise ServiceUnavailable(
                     PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                 ) from None
-            if used:
-                raise TicketReused(REUSED)
-        kind: Kind = (
-            "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
-        )
-        capacity = Capacity(
-            space_cap=cap,
-            space_admitted=self._counts.get(space_id, 0),
-            node_cap=settings.node_max_listeners,
-            node_admitted=self.node_listeners.count(now),
-            llhls_budget=settings.llhls_budget_listeners,
-            node_llhls=self.node_llhls.count(now),
-        )
-        decision = decide(kind, capacity, line, phase=phase, number=number)
+            decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
         metrics.ADMISSION_DECISIONS.labels(outcome=decision.outcome, reason=decision.code).inc()
         if decision.outcome == "refuse":
             retry_s = 1.0 if decision.code == "node_full" else 30.0
@@ -225,6 +246,77 @@ class Admission:
                 "queue", "full", "This space is full: you have a place in line.", status=202
             )
         return await self._queue(space_id, line, decision, ticket, number)
+
+    async def _decide(
+        self,
+        space_id: str,
+        kind: Kind,
+        cap: int,
+        line: QueueState,
+        phase: Phase,
+        ticket: Ticket | None,
+        now: float,
+    ) -> tuple[Decision, int | None]:
+        number = None if ticket is None else self.number_of(ticket, line)
+        if cap > 0 and number is not None and number <= line.through:
+            try:
+                used = await self.store.is_used(space_id, number)
+            except STORE_ERRORS as exc:
+                self._failed("admission", exc)
+                raise ServiceUnavailable(
+                    PAUSED, retry_after_s=self.settings.redis_backoff_ms / 1000
+                ) from None
+            if used:
+                raise TicketReused(REUSED)
+        settings = self.settings
+        capacity = Capacity(
+            space_cap=cap,
+            space_admitted=self._counts.get(space_id, 0),
+            node_cap=settings.node_max_listeners,
+            node_admitted=self.node_listeners.count(now),
+            llhls_budget=settings.llhls_budget_listeners,
+            node_llhls=self.node_llhls.count(now),
+        )
+        return decide(kind, capacity, line, phase=phase, number=number), number
+
+    async def _fresh(self, space_id: str, since: float) -> QueueState:
+        """The line (and count) read from the store by a read that started at
+        or after ``since`` (monotonic): concurrent callers share one read, so
+        a crowd of early tickets costs one store round trip at a time."""
+        while True:
+            flight = self._flights.get(space_id)
+            if flight is None:
+                task = asyncio.create_task(self._reload(space_id), name="townhall-admission-read")
+                flight = self._flights[space_id] = (time.monotonic(), task)
+                task.add_done_callback(lambda t: self._land(space_id, t))
+            started, task = flight
+            if started >= since:
+                return await asyncio.shield(task)
+            await asyncio.wait([task])  # an older read: wait for it, then read again
+
+    def _land(self, space_id: str, task: asyncio.Task[QueueState]) -> None:
+        flight = self._flights.get(space_id)
+        if flight is not None and flight[1] is task:
+            del self._flights[space_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here; the callers that wait see it too
+
+    async def _reload(self, space_id: str) -> QueueState:
+        now = self._clock()
+        loaded, count = await self.store.snapshot(space_id, now)
+        before = self._lines.get(space_id)
+        line = self._accept(space_id, loaded, count)
+        entry = self.index.get(space_id)
+        if entry is not None and (before is None or line.version > before.version):
+            self._docs[space_id] = self._render(space_id, entry, now)  # publish what it learnt
+        return line
+
+    def _accept(self, space_id: str, loaded: QueueState, count: int | None = None) -> QueueState:
+        """Keep ``loaded`` unless this node already holds a newer view."""
+        line = self._lines[space_id] = newest(self._lines.get(space_id), loaded)
+        if count is not None and line is loaded:
+            self._counts[space_id] = count
+        return line
 
     async def _admit(
         self,
@@ -265,7 +357,9 @@ class Admission:
                     batch = line.batch_of(number)
                     if batch is not None:
                         await self.store.claim(space_id, batch.lo)
-                        self._lines[space_id] = line.claimed(number)
+                        current = self._lines.get(space_id, line)  # may be newer than ``line``
+                        if current.batch_of(number) is not None:
+                            self._lines[space_id] = current.claimed(number)
                 else:
                     limit = cap - line.reserved
                     if limit <= 0 or not await self.store.admit(
@@ -301,9 +395,10 @@ class Admission:
                 text, ticket = self.tickets.issue(space_id, index)
                 number = self.number_of(ticket, line)
                 metrics.ADMISSION_TICKETS.inc()
+                # the view may have moved on while the number was handed out
+                line = self._lines.get(space_id, line)
                 if index > line.issued:
-                    line = replace(line, issued=index)
-                    self._lines[space_id] = line
+                    line = self._lines[space_id] = replace(line, issued=index)
             else:
                 text, ticket = self.tickets.renew(ticket)
         except STORE_ERRORS as exc:
@@ -312,13 +407,37 @@ class Admission:
                 PAUSED, retry_after_s=self.settings.redis_backoff_ms / 1000
             ) from None
         position = None if number is None else max(0, number - line.through)
-        eta = eta_s(position, line, self.settings.admit_rate_per_s)
+        settings = self.settings
+        # the page (polling every second) notices its turn about half an
+        # interval plus a second after the call
+        lag_s = settings.queue_interval_ms / 2000 + 1.0
         if number is None:
+            # before the draw nobody's place is known: the seconds until the
+            # start plus those to call the places free then (a lower bound)
             entry = self.index.get(space_id)
             start_s = entry.scheduled_for_s if entry is not None else None
             wait_start = 0.0 if start_s is None else max(0.0, start_s - self._clock())
-            eta = wait_start + (eta_s(line.issued, line, self.settings.admit_rate_per_s) or 0.0)
-        retry_s = 1.0 if not eta or eta < 4 else min(eta / 2, self.tickets.ttl_s / 3)
+            cap = 0 if entry is None else self.cap_of(entry)
+            eta = eta_s(
+                min(line.issued, cap),
+                free_places=cap,
+                admit_rate_per_s=settings.admit_rate_per_s,
+                full_rate_per_s=line.full_rate,
+                lag_s=lag_s,
+            )
+            eta = None if eta is None else wait_start + eta
+        else:
+            eta = eta_s(
+                position,
+                free_places=line.free,
+                admit_rate_per_s=settings.admit_rate_per_s,
+                full_rate_per_s=line.full_rate,
+                lag_s=lag_s,
+            )
+        if eta is None:  # not known yet (nobody has left a full space): ask again soon
+            retry_s = min(5.0, self.tickets.ttl_s / 3)
+        else:
+            retry_s = 1.0 if eta < 4 else min(eta / 2, self.tickets.ttl_s / 3)
         return Queued(
             ticket=text,
             expires_at=ticket.expires_at,
@@ -379,9 +498,10 @@ class Admission:
             try:
                 line = await self.store.tick(space_id, now, step)
                 if line is None:
-                    line = await self.store.load(space_id)
-                self._counts[space_id] = await self.store.count(space_id, now)
-                self._lines[space_id] = line
+                    line, count = await self.store.snapshot(space_id, now)
+                else:
+                    count = await self.store.count(space_id, now)
+                self._accept(space_id, line, count)
             except STORE_ERRORS as exc:
                 self._failed("admission", exc)
         self._docs[space_id] = self._render(space_id, entry, now)
@@ -390,7 +510,7 @@ class Admission:
         line = self._lines.get(space_id, QueueState())
         settings = self.settings
         cap = self.cap_of(entry)
-        speed = line.speed_per_s if line.lottery is not None else 0.0
+        full_rate = line.full_rate
         doc = {
             "space_id": space_id,
             "state": entry.state,
@@ -399,7 +519,11 @@ class Admission:
             "admitting_through": line.through,
             "issued": line.issued,
             "waiting": line.waiting,
-            "admit_rate_per_s": round(speed if speed > 0 else settings.admit_rate_per_s, 2),
+            # what a client needs for its own ETA (policy/eta.py; queue.js)
+            "admit_rate_per_s": settings.admit_rate_per_s,
+            "free_places": line.free if cap > 0 else None,
+            "full_rate_per_s": None if full_rate is None else round(full_rate, 3),
+            "line_rate_per_s": round(line.speed_per_s, 2),
             "max_admit_rate_per_s": settings.admit_rate_per_s,
             "drawn": line.lottery is not None,
             "drawn_count": line.lottery,

@@ -5,8 +5,9 @@ and ``POST /api/spaces/{id}/presence`` (a listener saying "still here", which
 keeps it in the listener count).
 
 A waiting client computes its own position from its ticket's number and the
-document (``number - admitting_through``) and its ETA from
-``admit_rate_per_s``, so a crowd in line is answered by the cache in front.
+document (``number - admitting_through``) and its ETA from ``free_places``,
+``admit_rate_per_s`` and ``full_rate_per_s`` (``policy/eta.py``), so a crowd
+in line is answered by the cache in front.
 """
 
 from __future__ import annotations
@@ -42,8 +43,17 @@ QUEUE_SCHEMA = {
         "waiting": {"type": "integer", "description": "Tickets whose turn has not come."},
         "admit_rate_per_s": {
             "type": "number",
-            "description": "Places called per second lately (the configured rate before the start).",
+            "description": "Places called per second while places are free (the configured rate).",
         },
+        "free_places": {
+            "type": ["integer", "null"],
+            "description": "Places free after the last move (null: no cap); called at admit_rate_per_s.",
+        },
+        "full_rate_per_s": {
+            "type": ["number", "null"],
+            "description": "The line's measured speed while the space is full (null until it first moved). ETA: policy/eta.py.",
+        },
+        "line_rate_per_s": {"type": "number", "description": "The line's recent speed."},
         "max_admit_rate_per_s": {"type": "number"},
         "drawn": {
             "type": "boolean",

@@ -10,8 +10,6 @@ per-request cost is the token signature, not the framework.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import math
 import secrets
@@ -21,7 +19,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -53,7 +51,9 @@ from townhall.server.auth import (
     services_of,
     verify,
 )
+from townhall.server.edge_link import edge_link_cookies
 from townhall.server.services import Services
+from townhall.server.space_cap import CAP_DOC, check_cap
 from townhall.store.spaces import SpaceLimitReached, SpaceRateLimited, SpaceView
 
 log = logging.getLogger("townhall.access")
@@ -79,6 +79,7 @@ class SpaceIn(BaseModel):
         default=None,
         description="ISO 8601 time with a zone; leave out to go live now. At most max_schedule_ahead_days ahead.",
     )
+    max_listeners: StrictInt | None = Field(default=None, description=CAP_DOC)
 
 
 class HostOut(BaseModel):
@@ -110,6 +111,7 @@ class SpaceOut(BaseModel):
     started_at: str | None
     ended_at: str | None
     created_at: str
+    max_listeners: int | None = Field(default=None, description=CAP_DOC)
     urls: UrlsOut
 
 
@@ -189,6 +191,7 @@ def space_out(space: SpaceView, base: str) -> SpaceOut:
         started_at=iso(space.started_at),
         ended_at=iso(space.ended_at),
         created_at=iso(space.created_at) or "",
+        max_listeners=space.max_listeners,
         urls=UrlsOut(**listener_urls(base, space.id)),
     )
 
@@ -199,10 +202,12 @@ def space_out(space: SpaceView, base: str) -> SpaceOut:
 @router.post("/spaces", status_code=201, response_model=SpaceOut, summary="Create a space")
 async def create_space(body: SpaceIn, claims: Session, request: Request) -> SpaceOut:
     services = services_of(request)
+    check_cap(services.settings, body.max_listeners)
     try:
         space = await services.spaces.create(
-            claims.subject, body.title, body.description, body.visibility, body.scheduled_for
-        )
+            claims.subject, body.title, body.description, body.visibility, body.scheduled_for,
+            body.max_listeners,
+        )  # fmt: skip
     except SpaceLimitReached as exc:
         metrics.SPACE_LIMITS.labels(limit=exc.limit).inc()
         raise
@@ -364,24 +369,6 @@ async def join(
                 )
             )
     return JoinAnswer(200, body, headers)
-
-
-def edge_link(secret: str, space_id: str, expires_s: int) -> str:
-    """nginx secure_link's value: base64url (no padding) of
-    md5("<expires>/spaces/<id>/ <secret>") (see deploy/nginx-cache.conf)."""
-    digest = hashlib.md5(f"{expires_s}/spaces/{space_id}/ {secret}".encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def edge_link_cookies(
-    secret: str, space_id: str, expires_s: int, ttl_s: int
-) -> list[tuple[bytes, bytes]]:
-    scope = f"Path=/spaces/{space_id}/; Max-Age={ttl_s}; HttpOnly; SameSite=Lax"
-    link = edge_link(secret, space_id, expires_s)
-    return [
-        (b"set-cookie", f"th_link={link}; {scope}".encode("latin-1")),
-        (b"set-cookie", f"th_exp={expires_s}; {scope}".encode("latin-1")),
-    ]
 
 
 def _parse_join_body(body: bytes) -> tuple[str | None, str | None]:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 ROUTER_MODULES = (
     "townhall.server.api_accounts",
     "townhall.server.api_spaces",
+    "townhall.server.api_space_cap",
     "townhall.server.api_stage",
     "townhall.server.api_webrtc",
     "townhall.server.api_state",

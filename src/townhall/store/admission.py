@@ -94,9 +94,14 @@ class AdmissionStore(Protocol):
         ...
 
     async def load(self, space_id: str) -> QueueState: ...
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        """The line and the admitted count, read at one instant."""
+        ...
+
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
         """Apply ``step(state, admitted)`` if no other node did this interval;
-        the new state, or None when another node holds the turn."""
+        the new state, or None when another node holds the turn or moved the
+        line first (a state is never written over a newer one)."""
         ...
 
 
@@ -162,8 +167,11 @@ class MemoryAdmission:
     async def load(self, space_id: str) -> QueueState:
         return self._lines.get(space_id, QueueState())
 
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        return await self.load(space_id), await self.count(space_id, now_s)
+
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
-        state = step(await self.load(space_id), await self.count(space_id, now_s))
+        state = step(*await self.snapshot(space_id, now_s))
         self._lines[space_id] = state
         return state
 
@@ -188,6 +196,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return added
 """
 
+# KEYS: the line's hash, its claims; ARGV: the version the new state was
+# computed from, the keys' TTL, how many closed batches, their ``lo``s, then
+# the new state's fields as name/value pairs. 0 if another tick wrote first.
+_WRITE_LUA = """
+if tonumber(redis.call('HGET', KEYS[1], 'version') or '0') ~= tonumber(ARGV[1]) then return 0 end
+local gone = tonumber(ARGV[3])
+for i = 4, 3 + gone do redis.call('HDEL', KEYS[2], ARGV[i]) end
+for i = 4 + gone, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
 # Keys of a space's line live this long after their last write.
 KEY_TTL_MS = 6 * 3600 * 1000
 
@@ -203,6 +224,7 @@ class RedisAdmission:
         self._tick_ms = tick_ms
         self._admit = redis.register_script(_ADMIT_LUA)
         self._use = redis.register_script(_USE_LUA)
+        self._write = redis.register_script(_WRITE_LUA)
 
     def _key(self, space_id: str, part: str) -> str:
         return f"{self._prefix}adm:{space_id}:{part}"
@@ -255,24 +277,36 @@ class RedisAdmission:
         raw, claims = await pipe.execute()
         return _state_from(raw, claims)
 
+    async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
+        key = self._key(space_id, "in")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(self._key(space_id, "q"))
+        pipe.hgetall(self._key(space_id, "c"))
+        pipe.zremrangebyscore(key, "-inf", now_s)
+        pipe.zcard(key)
+        raw, claims, _, count = await pipe.execute()
+        return _state_from(raw, claims), int(count)
+
     async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
         lock = self._key(space_id, "tick")
         # one node per interval moves the pointer (a little less than the interval,
         # so that the same node can take the next turn on time)
         if not await self._redis.set(lock, "1", nx=True, px=max(1, self._tick_ms * 9 // 10)):
             return None
-        state = await self.load(space_id)
-        new = step(state, await self.count(space_id, now_s))
-        q, c = self._key(space_id, "q"), self._key(space_id, "c")
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(q, mapping=_fields_of(new))
-        pipe.pexpire(q, KEY_TTL_MS)
-        gone = {b.lo for b in state.batches} - {b.lo for b in new.batches}
-        if gone:
-            pipe.hdel(c, *(str(lo) for lo in gone))
-        pipe.pexpire(c, KEY_TTL_MS)
-        await pipe.execute()
-        return new
+        state, admitted = await self.snapshot(space_id, now_s)
+        new = step(state, admitted)
+        # The lock is only a courtesy: a tick slower than the lock's lifetime (a
+        # loaded machine) overlaps the next node's. The write is therefore a
+        # compare-and-set on the version it was computed from, so a late tick
+        # never writes an older line over a newer one (the pointer never moves
+        # back, the draw happens once).
+        gone = sorted({b.lo for b in state.batches} - {b.lo for b in new.batches})
+        fields = [x for pair in _fields_of(new).items() for x in pair]
+        written = await self._write(
+            keys=[self._key(space_id, "q"), self._key(space_id, "c")],
+            args=[str(state.version), str(KEY_TTL_MS), str(len(gone)), *map(str, gone), *fields],
+        )
+        return new if int(written) else None
 
 
 def _fields_of(state: QueueState) -> dict[str, str]:
@@ -286,6 +320,10 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "speed": repr(state.speed_per_s),
         "released": str(state.released),
         "batches": orjson.dumps([[b.at_s, b.lo, b.hi] for b in state.batches]).decode(),
+        "version": str(state.version),
+        "full_rate": repr(state.full_rate_per_s),
+        "full_weight": repr(state.full_weight),
+        "free": str(state.free),
     }
 
 
@@ -305,6 +343,10 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         speed_per_s=float(fields.get("speed") or 0.0),
         batches=batches,
         released=int(fields.get("released") or 0),
+        version=int(fields.get("version") or 0),
+        full_rate_per_s=float(fields.get("full_rate") or 0.0),
+        full_weight=float(fields.get("full_weight") or 0.0),
+        free=int(fields.get("free") or 0),
     )
 
 

@@ -7,7 +7,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, ForeignKey, Index, MetaData, String, Text, TypeDecorator
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -74,6 +83,9 @@ class Space(Base):
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # issue 9: the space's own listener cap (None: the deployment's), and when set
+    max_listeners: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    cap_set_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class SpaceRole(Base):

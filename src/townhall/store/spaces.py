@@ -21,7 +21,7 @@ from typing import Literal
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from townhall.errors import Conflict, NotFound, TooManyRequests, ValidationFailed
+from townhall.errors import Conflict, Forbidden, NotFound, TooManyRequests, ValidationFailed
 from townhall.policy import roles
 from townhall.store.accounts import AccountView, new_id, utcnow
 from townhall.store.db import Database
@@ -76,6 +76,7 @@ class SpaceView:
     started_at: datetime | None
     ended_at: datetime | None
     created_at: datetime
+    max_listeners: int | None = None  # the space's own cap; None: the deployment's
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ class IndexEntry:
     state: str
     visibility: str
     scheduled_for_s: float | None = None  # epoch seconds (admission's waiting room)
+    max_listeners: int | None = None  # the space's own cap (None: the deployment's)
 
 
 def _aware(value: datetime) -> datetime:
@@ -118,7 +120,12 @@ def _view(space: Space, host: Account) -> SpaceView:
         started_at=space.started_at,
         ended_at=space.ended_at,
         created_at=space.created_at,
+        max_listeners=space.max_listeners,
     )
+
+
+def _entry_of(space: Space) -> tuple[str, str, str, datetime | None, int | None]:
+    return space.id, space.state, space.visibility, space.scheduled_for, space.max_listeners
 
 
 class SpaceIndex:
@@ -140,10 +147,15 @@ class SpaceIndex:
         return self._spaces.get(space_id)
 
     def put(
-        self, space_id: str, state: str, visibility: str, scheduled_for: datetime | None = None
+        self,
+        space_id: str,
+        state: str,
+        visibility: str,
+        scheduled_for: datetime | None = None,
+        max_listeners: int | None = None,
     ) -> None:
         when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
-        self._spaces[space_id] = IndexEntry(state, visibility, when)
+        self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
 
     def is_blocked(self, space_id: str, account_id: str) -> bool:
         return (space_id, account_id) in self._blocked
@@ -212,8 +224,11 @@ class Spaces:
         description: str = "",
         visibility: str = "public",
         scheduled_for: datetime | None = None,
+        max_listeners: int | None = None,
     ) -> SpaceView:
-        """A new space: live now, or scheduled when ``scheduled_for`` is given."""
+        """A new space: live now, or scheduled when ``scheduled_for`` is given;
+        ``max_listeners`` its own cap (checked by the caller against the
+        deployment's)."""
         now = self._clock()
         if visibility not in VISIBILITIES:
             raise ValidationFailed(
@@ -233,6 +248,8 @@ class Spaces:
             started_at=None if scheduled_for is not None else now,
             ended_at=None,
             created_at=now,
+            max_listeners=max_listeners,
+            cap_set_at=None if max_listeners is None else now,
         )
         async with self._creating, self.db.session() as session:
             host = await session.get(Account, host_id)
@@ -241,7 +258,7 @@ class Spaces:
             if self.limits is not None:
                 await self._check_limits(session, host_id, space.state, now)
             session.add(space)
-        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
+        self.index.put(*_entry_of(space))
         return _view(space, host)
 
     async def _check_limits(
@@ -357,7 +374,23 @@ class Spaces:
                 space.started_at = now
             else:
                 space.ended_at = now
-        self.index.put(space.id, space.state, space.visibility, space.scheduled_for)
+        self.index.put(*_entry_of(space))
+        return _view(space, host)
+
+    async def set_max_listeners(
+        self, space_id: str, actor_id: str, max_listeners: int | None
+    ) -> SpaceView:
+        """The space's own cap (None: the deployment's); only the host."""
+        async with self.db.session() as session:
+            space = await session.get(Space, space_id)
+            if space is None:
+                raise NotFound(f"There is no space '{space_id}'; check the link.")
+            if space.host_id != actor_id:
+                raise Forbidden("Only the host of this space can change its listener limit.")
+            host = await session.get(Account, space.host_id)
+            assert host is not None
+            space.max_listeners, space.cap_set_at = max_listeners, self._clock()
+        self.index.put(*_entry_of(space))
         return _view(space, host)
 
     async def start(self, space_id: str, actor_id: str) -> SpaceView:
@@ -542,7 +575,9 @@ class Spaces:
     async def refresh_index(self, since: datetime | None) -> int:
         """Load spaces and blocks changed at or after ``since`` (all when None)
         into :attr:`index`; how many rows were read."""
-        space_q = select(Space.id, Space.state, Space.visibility, Space.scheduled_for)
+        space_q = select(
+            Space.id, Space.state, Space.visibility, Space.scheduled_for, Space.max_listeners
+        )
         block_q = select(Block.space_id, Block.account_id)
         if since is not None:
             space_q = space_q.where(
@@ -550,14 +585,15 @@ class Spaces:
                     Space.created_at >= since,
                     Space.started_at >= since,
                     Space.ended_at >= since,
+                    Space.cap_set_at >= since,
                 )
             )
             block_q = block_q.where(Block.blocked_at >= since)
         async with self.db.session() as session:
             spaces = (await session.execute(space_q)).all()
             blocks = (await session.execute(block_q)).all()
-        for space_id, state, visibility, scheduled_for in spaces:
-            self.index.put(space_id, state, visibility, scheduled_for)
+        for space_id, state, visibility, scheduled_for, cap in spaces:
+            self.index.put(space_id, state, visibility, scheduled_for, cap)
         for space_id, account_id in blocks:
             self.index.add_block(space_id, account_id)
         return len(spaces) + len(blocks)

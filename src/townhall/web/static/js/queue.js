@@ -23,6 +23,31 @@ export function formatWait(eta_s) {
 }
 
 /**
+ * Seconds until `position` more tickets are called, from queue.json: the
+ * line runs at admit_rate_per_s while free_places last (listeners leaving at
+ * full_rate_per_s add to them), then at full_rate_per_s; null when that is
+ * not known yet (a full space nobody has left). The same model as the
+ * server's policy/eta.py. Pure.
+ */
+export function etaSeconds(position, doc) {
+  if (position === null || position === undefined) return null;
+  if (position <= 0) return 0;
+  const a = Number(doc?.admit_rate_per_s);
+  if (!Number.isFinite(a) || a <= 0) return null;
+  // we notice our turn about half a queue interval plus one poll after it comes
+  const lag = Number(doc?.interval_ms ?? 1000) / 2000 + POLL_MS / 1000;
+  if (doc?.free_places === undefined) return position / a; // a document without the model
+  const leave = doc.full_rate_per_s;
+  const d = leave === null || leave === undefined ? null : Math.max(0, Number(leave));
+  if (d !== null && d >= a) return position / a + lag;
+  let fill = Math.max(0, Number(doc.free_places ?? 0));
+  if (d) fill = (fill * a) / (a - d);
+  if (position <= fill) return position / a + lag;
+  if (!d) return null;
+  return fill / a + (position - fill) / d + lag;
+}
+
+/**
  * Where a ticket stands given the queue document. Pure.
  * ticket: the last 202 answer ({number, position, eta_s, ...});
  * doc: queue.json; first: the position when we started waiting (for the bar).
@@ -39,8 +64,7 @@ export function queueView(ticket, doc, first) {
   }
   const through = Number(doc?.admitting_through ?? 0);
   const position = Math.max(0, number - through);
-  const rate = Number(doc?.admit_rate_per_s);
-  const eta_s = position === 0 ? 0 : Number.isFinite(rate) && rate > 0 ? position / rate : null;
+  const eta_s = etaSeconds(position, doc);
   const turn = position === 0;
   const text = turn
     ? "It is your turn: joining…"
