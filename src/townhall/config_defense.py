@@ -182,3 +182,30 @@ class DefenseSettings(BaseSettings):
         ge=0,
         description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
     )
+
+    # --- issue 11: the media process ---
+    media_process: bool = Field(
+        False,
+        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. One machine only: not with the Redis segment bus. Live captions and live.aac are not carried yet.",
+    )
+    media_channel_queue_frames: int = Field(
+        4096,
+        ge=16,
+        description="Frames the media process queues towards the HTTP process at most; beyond it frames are dropped (counted in townhall_media_channel_dropped_total) and the HTTP process resyncs its copy from a snapshot.",
+    )
+    media_log_entries: int = Field(
+        512,
+        ge=16,
+        description="Window calls the media process keeps per room for a copy that fell behind (a snapshot); about a minute of parts at the defaults.",
+    )
+    media_status_interval_ms: int = Field(
+        250,
+        ge=20,
+        le=5000,
+        description="How often the media process tells the HTTP process each room's speakers (connected, speaking, level) and program health.",
+    )
+    media_call_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest the HTTP process waits for the media process to answer a call (start or end a room, a WebRTC offer); it then answers 503.",
+    )
