@@ -209,3 +209,9 @@ class DefenseSettings(BaseSettings):
         gt=0,
         description="Longest the HTTP process waits for the media process to answer a call (start or end a room, a WebRTC offer); it then answers 503.",
     )
+    media_process_nice: int = Field(
+        -5,
+        ge=-20,
+        le=19,
+        description="Nice value added to the media process's priority: negative puts its clock ahead of the HTTP workers and of other programs on a busy machine (a negative value needs CAP_SYS_NICE; without it a warning is logged and the process runs at the default priority).",
+    )

@@ -171,6 +171,10 @@ def _spawn_server(args: argparse.Namespace, tmp: Path) -> tuple[str, subprocess.
     return f"http://127.0.0.1:{port}", server
 
 
+def _popen(argv: list[str], stdout: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL)
+
+
 def _crowd(args: argparse.Namespace, target: str, space_id: str, seconds: float) -> list[str]:
     return _pinned(
         args.load_core,
@@ -182,6 +186,30 @@ def _crowd(args: argparse.Namespace, target: str, space_id: str, seconds: float)
     )
 
 
+WRK_SCRIPT = """
+local paths = {"/spaces/%s/live.m3u8", "/spaces/%s/state.json"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[i %% 2 + 1])
+end
+"""
+
+
+def _wrk(args: argparse.Namespace, target: str, space_id: str, tmp: Path) -> list[str]:
+    """wrk hammering room A's playlist (no delivery directives) and state.json."""
+    script = tmp / "hammer.lua"
+    script.write_text(WRK_SCRIPT % (space_id, space_id))
+    seconds = int(args.after_s * 2 + args.lead_s + 5)
+    return _pinned(
+        args.load_core,
+        [
+            *("wrk", "-t", "1", "-c", str(args.wrk_connections), "-d", f"{seconds}s"),
+            *("-s", str(script), target),
+        ],
+    )
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     server: subprocess.Popen[bytes] | None = None
     tmp = tempfile.TemporaryDirectory(prefix="townhall-bench-clock-")
@@ -189,6 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     if target is None:
         target, server = _spawn_server(args, Path(tmp.name))
     crowd: subprocess.Popen[bytes] | None = None
+    hammer: subprocess.Popen[bytes] | None = None
     speakers: list[SpeakerClient] = []
     try:
         async with httpx.AsyncClient(base_url=target, timeout=30) as http:
@@ -201,11 +230,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
             def start_crowd() -> subprocess.Popen[bytes]:
                 argv = _crowd(args, target, room_b if waiting else room_a, crowd_s)
-                return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                return _popen(argv, subprocess.DEVNULL)
 
             if args.listeners and not waiting:
                 crowd = start_crowd()  # plays room A before and across the go-live
                 await asyncio.sleep(args.settle_s)
+            if args.wrk_connections:
+                argv = _wrk(args, target, room_a, Path(tmp.name))
+                hammer = _popen(argv, subprocess.PIPE)
+                await asyncio.sleep(1.0)
             steady0 = (await http.get("/metrics")).text
             await asyncio.sleep(args.after_s - (args.lead_s if waiting else 0))
             if args.listeners and waiting:
@@ -222,7 +255,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     finally:
         for speaker in speakers:
             await speaker.close()
-        for proc in (crowd, server):
+        wrk_out = b""
+        if hammer is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                wrk_out = hammer.communicate(timeout=30)[0]
+        for proc in (hammer, crowd, server):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -237,9 +274,18 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "crowd": args.crowd,
         "serve_args": args.serve_arg,
         "load_average_1m_at_go_live": round(load[0], 2),
+        "wrk_connections": args.wrk_connections,
+        "wrk_requests_per_s": _wrk_rate(wrk_out),
         "steady_before": asdict(clock_figures(steady0, before)),
         "across_go_live": asdict(clock_figures(before, after)),
     }
+
+
+def _wrk_rate(out: bytes) -> float | None:
+    for line in out.decode(errors="replace").splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split(":", 1)[1])
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,6 +306,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument(
+        "--wrk-connections",
+        type=int,
+        default=0,
+        help="also hammer room A's playlist and state.json with wrk (this many connections)",
+    )
     parser.add_argument("--server-log", default=None, help="keep our server's log here")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -272,7 +324,10 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result, indent=2))
         return
     print(
-        f"listeners {args.listeners} ({args.mode}, {args.crowd}), load 1m {result['load_average_1m_at_go_live']}"
+        f"listeners {args.listeners} ({args.mode}, {args.crowd}), "
+        f"wrk {args.wrk_connections} connections at {result['wrk_requests_per_s']} req/s, "
+        f"serve {' '.join(args.serve_arg) or '(defaults)'}, "
+        f"load 1m {result['load_average_1m_at_go_live']}"
     )
     for key in ("steady_before", "across_go_live"):
         figures = result[key]
