@@ -13,7 +13,8 @@ environment; it talks over the inherited socket ``FD`` (``live/mediawire.py``):
 - out: every call the program makes on its live window, as numbered entries
   (the HTTP process keeps a copy of the window with the follower's
   :class:`~townhall.origin.follower.FollowerState`, as a follower node does),
-  and every ``media_status_interval_ms`` the speakers and health of each room.
+  every ADTS frame of its progressive stream (live.aac), and every
+  ``media_status_interval_ms`` the speakers and health of each room.
 
 Outgoing frames wait in a bounded queue (``media_channel_queue_frames``): if
 the HTTP process stops reading, frames are dropped and counted, never the
@@ -38,7 +39,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.live.mediawire import RoomStatus, frame, read_frame
+from townhall.live.mediawire import RoomStatus, WindowStart, frame, read_frame
 from townhall.live.registry import RoomRegistry
 from townhall.live.room import Room
 from townhall.origin.bus import Entry, EpochStart, Message, SegmentEnded, Snapshot
@@ -118,6 +119,7 @@ class MediaServer:
             self.send(("entry", space_id, room_log.add(message)))
 
         room.program.tap = tap
+        room.program.adts_tap = lambda adts_frame: self.send(("aac", space_id, adts_frame))
 
     def send(self, item: tuple[Any, ...]) -> None:
         """Queue a frame for the HTTP process; never blocks (drops, counted)."""
@@ -182,8 +184,10 @@ class MediaServer:
 
     async def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
         if method == "start":
-            await self.rooms.start_local(args[0])
-            return None
+            started = await self.rooms.start_local(args[0])
+            window = started.program.window
+            assert window is not None
+            return WindowStart(window.epoch, window.open_msn, tuple(window.history))
         if method == "end":
             await self.rooms.end(args[0])
             self.logs.pop(args[0], None)

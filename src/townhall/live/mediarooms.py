@@ -31,12 +31,14 @@ from townhall.captions.live import LiveCaptions
 from townhall.config import Settings
 from townhall.errors import ServiceUnavailable
 from townhall.live.mediaproc import SETTINGS_ENV, merge_metrics
-from townhall.live.mediawire import ChannelError, RoomStatus, frame, read_frame
+from townhall.live.mediawire import ChannelError, RoomStatus, WindowStart, frame, read_frame
 from townhall.live.program import FAILED, OK, ProgramHealth
 from townhall.live.tracks import SpeakerStatus
-from townhall.origin.bus import Entry
-from townhall.origin.fanout import ProgressiveHub
-from townhall.origin.follower import FollowerState, Gap
+from townhall.media.cmaf import part_frames
+from townhall.media.encoder import AAC_FRAME_SAMPLES
+from townhall.origin.bus import Entry, EpochStart
+from townhall.origin.fanout import ProgressiveHub, Spreader
+from townhall.origin.follower import FollowerState, Gap, window_open_parts
 from townhall.origin.window import LiveWindow
 from townhall.store.recordings import RecordingStore
 
@@ -67,22 +69,74 @@ class RemoteStage:
         await self._rooms.call("disconnect", self.space_id, account_id)
 
 
+class CopyState(FollowerState):
+    """The follower's state, with the window opened at ``start`` (as the
+    program opened its own: history included, listeners may wait on it before
+    the first part): the epoch's start then fills in its init segment instead
+    of opening another window."""
+
+    def open(self, window: LiveWindow) -> None:
+        self.window = window
+
+    def _start_window(self, meta: EpochStart, first_msn: int) -> None:
+        window = self.window
+        if (
+            window is not None
+            and not window.closed
+            and window.init_segment is None
+            and window.epoch == meta.epoch
+            and window.open_msn == first_msn
+            and window_open_parts(window) == 0
+        ):
+            window.init_segment = meta.init_segment
+            return
+        super()._start_window(meta, first_msn)
+
+
 class RemoteProgram:
     """What the listener plane and state.json read of a room's program."""
 
     def __init__(self, space_id: str, settings: Settings) -> None:
         self.space_id = space_id
         self.recording = RecordingStore(settings.recordings_dir, space_id)
-        self.state = FollowerState(window_segments=settings.window_segments)
-        # live.aac is not carried over the channel (yet): a closed hub sends it to the app
-        self.progressive = ProgressiveHub(max_lag_ms=1000, burst_ms=0, frame_ms=21.333)
-        self.progressive.close()
+        self.settings = settings
+        self.spreader = Spreader(settings.listener_wake_batch)
+        self.state = CopyState(
+            window_segments=settings.window_segments,
+            spreader=self.spreader,
+            on_close=lambda ended: self.progressive.close(),
+        )
+        self.progressive = ProgressiveHub(
+            max_lag_ms=settings.progressive_max_lag_ms,
+            burst_ms=settings.progressive_burst_ms,
+            frame_ms=AAC_FRAME_SAMPLES * 1000 / settings.sample_rate_hz,
+            bitrate_bps=settings.program_bitrate_bps,
+            batch_ms=settings.progressive_batch_ms,
+            spreader=self.spreader,
+        )
         self.status: RoomStatus | None = None
         self.failure = ""
 
     @property
     def window(self) -> LiveWindow | None:
         return self.state.window
+
+    def open(self, start: WindowStart) -> None:
+        """Open the copy's window as the program opened its own."""
+        s = self.settings
+        self.state.open(
+            LiveWindow(
+                epoch=start.epoch,
+                first_msn=start.first_msn,
+                history=list(start.history),
+                sample_rate_hz=s.sample_rate_hz,
+                part_duration_samples=part_frames(s.part_ms, s.sample_rate_hz) * AAC_FRAME_SAMPLES,
+                segment_parts=s.segment_parts,
+                window_segments=s.window_segments,
+                playlist_segments=s.live_playlist_window_segments,
+                spreader=self.spreader,
+            )
+        )
 
     @property
     def ended(self) -> bool:
@@ -184,7 +238,7 @@ class MediaRooms:
             room = RemoteRoom(self, space_id, self.settings)
             self._rooms[space_id] = room  # before the call: its first entries may come first
             try:
-                await self.call("start", space_id)
+                room.program.open(await self.call("start", space_id))
             except BaseException:
                 self._rooms.pop(space_id, None)
                 raise
@@ -308,6 +362,10 @@ class MediaRooms:
                     room = self._rooms.get(item[1])
                     if room is not None:
                         room.apply(item[2], self.resync)
+                elif kind == "aac":
+                    room = self._rooms.get(item[1])
+                    if room is not None:
+                        room.program.progressive.publish(item[2])
                 elif kind == "status":
                     for space_id, status in item[1].items():
                         room = self._rooms.get(space_id)
@@ -341,6 +399,7 @@ class MediaRooms:
             window = room.program.window
             if window is not None and not window.closed:
                 window.close(ended=False)
+            room.program.progressive.close()
         for future in self._calls.values():
             if not future.done():
                 future.set_exception(ServiceUnavailable(message, retry_after_s=1.0))

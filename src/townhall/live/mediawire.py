@@ -9,6 +9,7 @@ Frames, as tuples:
   when not ``ok``; townhall's errors keep their status and sentence);
 - ``("entry", space_id, Entry)``: a room's next window call, numbered per
   room from 1 as on the segment bus (``origin/bus.py``);
+- ``("aac", space_id, bytes)``: one ADTS frame of the room's live.aac;
 - ``("status", {space_id: RoomStatus})``: speakers and program health, every
   ``media_status_interval_ms``.
 """
@@ -24,6 +25,7 @@ from typing import Any
 from townhall.errors import TownhallError
 from townhall.live.program import ProgramHealth
 from townhall.live.tracks import SpeakerStatus
+from townhall.store.recordings import SegmentRecord
 
 _LENGTH = struct.Struct("!I")
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -44,6 +46,16 @@ class RoomStatus:
     speakers: dict[str, SpeakerStatus]
     health: ProgramHealth
     ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStart:
+    """What ``start`` answers: the room's window as the program opened it
+    (the HTTP process opens its copy the same way, history included)."""
+
+    epoch: int
+    first_msn: int
+    history: tuple[SegmentRecord, ...]
 
 
 def frame(item: tuple[Any, ...]) -> bytes:
