@@ -290,6 +290,16 @@ def prioritise(settings: Settings) -> None:
     AacEncoder(sample_rate_hz=settings.sample_rate_hz, bitrate_bps=settings.program_bitrate_bps)
     gc.collect()
     gc.freeze()
+    if settings.media_process_rt_priority:
+        try:  # what audio servers ask rtkit for: the run queue never makes the clock wait
+            param = os.sched_param(settings.media_process_rt_priority)
+            os.sched_setscheduler(0, os.SCHED_RR, param)
+        except OSError as exc:
+            log.warning(
+                "media process: could not use real-time priority %d (%s); using nice instead",
+                settings.media_process_rt_priority,
+                exc.strerror,
+            )
     if settings.media_process_nice:
         try:
             os.nice(settings.media_process_nice)
