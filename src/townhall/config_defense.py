@@ -216,8 +216,8 @@ class DefenseSettings(BaseSettings):
         description="Nice value added to the media process's priority: negative puts its clock ahead of the HTTP workers and of other programs on a busy machine (a negative value needs CAP_SYS_NICE; without it a warning is logged and the process runs at the default priority).",
     )
     media_process_rt_priority: int = Field(
-        0,
+        10,
         ge=0,
         le=99,
-        description="Real-time (SCHED_RR) priority of the media process, 1-99, as audio servers use: its clock then never waits behind other programs for a CPU (it uses ~0.1 core per room; the kernel keeps real-time tasks below 95 % of a core). Needs CAP_SYS_NICE; without it a warning is logged. 0 leaves it to media_process_nice.",
+        description="Real-time (SCHED_RR) priority of the media process, 1-99, as audio servers use: its clock then never waits behind other programs for a CPU (it uses ~0.1 core per room; the kernel keeps real-time tasks below 95 % of a core). Needs CAP_SYS_NICE (root, or setcap/systemd's LimitRTPRIO); without it a warning is logged and media_process_nice applies. 0 leaves it to media_process_nice.",
     )
