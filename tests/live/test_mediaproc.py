@@ -158,3 +158,54 @@ async def test_serve_with_a_media_process_carries_a_speakers_tone_to_llhls(tmp_p
         if speaker is not None:
             await speaker.close()
         server.stop()
+
+
+async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
+    tmp_path: Path,
+) -> None:
+    # the media process's side (a real Program telling its RoomLog every window
+    # call) and the HTTP process's copy, with entries lost in between (what a
+    # full channel queue does): the copy sees the gap, reads a snapshot, goes on
+    from prometheus_client import REGISTRY
+
+    from tests.live.test_program import feed, small_settings
+    from townhall.live.mediaproc import RoomLog
+    from townhall.live.mediarooms import RemoteRoom
+    from townhall.live.mediawire import WindowStart
+    from townhall.live.program import Program
+
+    settings = small_settings(tmp_path)
+    program = Program(SPACE, settings)
+    room_log = RoomLog(max_entries=512)
+    delivered: list[object] = []
+    program.tap = lambda message: delivered.append(room_log.add(message))
+    await program.start()
+    assert program.window is not None
+
+    class Rooms:
+        async def call(self, method: str, *args: object) -> object:
+            assert method == "snapshot"
+            return room_log.snapshot()
+
+        def resync(self, room: RemoteRoom) -> None:
+            resyncs.append(asyncio.create_task(room.restore(rooms)))
+
+    rooms, resyncs = Rooms(), []
+    copy = RemoteRoom(rooms, SPACE, settings)  # type: ignore[arg-type]
+    window = program.window
+    copy.program.open(WindowStart(window.epoch, window.open_msn, tuple(window.history)))
+    before = REGISTRY.get_sample_value("townhall_media_resyncs_total") or 0.0
+    await feed(program, tone(500, 3.0))
+    entries = list(delivered)
+    assert len(entries) > 6
+    for i, entry in enumerate(entries):
+        if i not in (3, 4):  # two entries lost on the way
+            copy.apply(entry, rooms.resync)  # type: ignore[arg-type]
+    await asyncio.gather(*resyncs)
+    assert resyncs, "the gap was not noticed"
+    assert (REGISTRY.get_sample_value("townhall_media_resyncs_total") or 0.0) == before + 1
+    copy_window = copy.program.window
+    assert copy_window is not None
+    assert copy_window.position == window.position  # caught up: the same last part
+    assert copy_window.init_segment == window.init_segment
+    await program.suspend()
