@@ -293,7 +293,9 @@ def prioritise(settings: Settings) -> None:
     if settings.media_process_rt_priority:
         try:  # what audio servers ask rtkit for: the run queue never makes the clock wait
             param = os.sched_param(settings.media_process_rt_priority)
-            os.sched_setscheduler(0, os.SCHED_RR, param)
+            # reset on fork: a child (the captions recognizer) or a worker
+            # thread must not inherit it and take a core at real-time priority
+            os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, param)
         except OSError as exc:
             log.warning(
                 "media process: could not use real-time priority %d (%s); using nice instead",
