@@ -186,7 +186,7 @@ class DefenseSettings(BaseSettings):
     # --- issue 11: the media process ---
     media_process: bool = Field(
         False,
-        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. One machine only: not with the Redis segment bus. Live captions and live.aac are not carried yet.",
+        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. One machine only: not with the Redis segment bus (yet).",
     )
     media_channel_queue_frames: int = Field(
         4096,

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import FAST_ARGON2, LiveServer
@@ -209,3 +210,52 @@ async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
     assert copy_window.position == window.position  # caught up: the same last part
     assert copy_window.init_segment == window.init_segment
     await program.suspend()
+
+
+async def test_captions_run_in_the_media_process_and_reach_captions_json(tmp_path: Path) -> None:
+    from townhall.bench.captions import espeak_clip, word_error_rate
+    from townhall.captions.engine import to_float_16k
+
+    text = "Good evening and welcome to the town hall. Tonight we talk about the new library."
+    pcm16, rate = espeak_clip(text)
+    speech = (to_float_16k(pcm16, rate) * 32767).astype(np.int16).repeat(3)  # 16 -> 48 kHz
+    audio = np.concatenate([np.zeros(24_000, np.int16), speech, np.zeros(96_000, np.int16)])
+    args = ["--media-process", "--captions", "--captions-chunk-s", "4"]
+    server = LiveServer(tmp_path / "data", args=args).start()
+    speaker: SpeakerClient | None = None
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=20) as http:
+            creds = {"username": "captionhost", "password": "correct horse battery"}
+            assert (await http.post("/api/accounts", json=creds)).status_code == 201
+            token = (await http.post("/api/sessions", json=creds)).json()["token"]
+            host = {"Authorization": f"Bearer {token}"}
+            space = await http.post(
+                "/api/spaces", json={"title": "captions", "visibility": "unlisted"}, headers=host
+            )
+            sid = space.json()["id"]
+            speaker_token = (
+                await http.post(f"/api/spaces/{sid}/speaker-token", headers=host)
+            ).json()["token"]
+            speaker = SpeakerClient(PcmTrack(audio, loop=True), record=False)
+            await speaker.connect(http_offer(http, sid, speaker_token))
+            await asyncio.wait_for(speaker.connected.wait(), 15)
+            doc: dict[str, object] = {}
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                doc = (await http.get(f"/spaces/{sid}/captions.json")).json()
+                if len(doc["lines"]) >= 2:  # type: ignore[arg-type]
+                    break
+                await asyncio.sleep(1.0)
+            assert doc.get("status") == "running", doc
+            heard = " ".join(line["text"] for line in doc["lines"])  # type: ignore[attr-defined]
+            assert word_error_rate(text, heard) <= 0.5, heard
+            off = await http.put(
+                f"/api/spaces/{sid}/captions", json={"enabled": False}, headers=host
+            )
+            assert off.status_code == 200 and off.json()["status"] == "off", off.text
+            assert (await http.post(f"/api/spaces/{sid}/end", headers=host)).status_code == 200
+        assert (tmp_path / "data" / "recordings" / sid / "captions.jsonl").is_file()
+    finally:
+        if speaker is not None:
+            await speaker.close()
+        server.stop()

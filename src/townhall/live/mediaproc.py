@@ -7,14 +7,15 @@ as ``python -m townhall.live.mediaproc FD`` with the settings in the
 environment; it talks over the inherited socket ``FD`` (``live/mediawire.py``):
 
 - calls: ``start``, ``end``, ``suspend`` a room, ``offer`` (a speaker's SDP
-  exchange, proxied), ``set_muted``, ``disconnect``, ``snapshot`` (a room's
+  exchange, proxied), ``set_muted``, ``disconnect``, ``set_captions``, ``snapshot`` (a room's
   log for a copy that fell behind), ``metrics`` (this process's media
   metrics as Prometheus text), ``statistics``, ``close``;
 - out: every call the program makes on its live window, as numbered entries
   (the HTTP process keeps a copy of the window with the follower's
   :class:`~townhall.origin.follower.FollowerState`, as a follower node does),
   every ADTS frame of its progressive stream (live.aac), and every
-  ``media_status_interval_ms`` the speakers and health of each room.
+  ``media_status_interval_ms`` the speakers, health and new caption lines
+  of each room (captions run here, beside the program, as they do in-process).
 
 Outgoing frames wait in a bounded queue (``media_channel_queue_frames``): if
 the HTTP process stops reading, frames are dropped and counted, never the
@@ -110,6 +111,7 @@ class MediaServer:
         self._out: asyncio.Queue[bytes] = asyncio.Queue(settings.media_channel_queue_frames)
         self._tasks: set[asyncio.Task[None]] = set()
         self.dropped_frames = 0
+        self._lines_sent: dict[str, float] = {}  # start of the last caption line told
 
     def _attach(self, room: Room) -> None:
         room_log = self.logs[room.space_id] = RoomLog(self.settings.media_log_entries)
@@ -165,8 +167,18 @@ class MediaServer:
             for space_id in self.rooms.space_ids():
                 room = self.rooms.get(space_id)
                 if room is not None:
+                    track = room.captions.track
+                    after = self._lines_sent.get(space_id, -1.0)
+                    lines = tuple(ln for ln in track.lines if ln.start_s > after)
+                    if lines:
+                        self._lines_sent[space_id] = lines[-1].start_s
                     statuses[space_id] = RoomStatus(
-                        room.stage.speaker_status(), room.program.health(), room.program.ended
+                        room.stage.speaker_status(),
+                        room.program.health(),
+                        room.program.ended,
+                        room.captions.status(),
+                        track.done_s,
+                        lines,
                     )
             self.send(("status", statuses))
 
@@ -216,6 +228,9 @@ class MediaServer:
         if method == "set_muted":
             await room.stage.set_muted(*args[1:])
             return None
+        if method == "set_captions":
+            await room.captions.set_enabled(args[1])
+            return room.captions.status()
         if method == "disconnect":
             await room.stage.disconnect(args[1])
             return None

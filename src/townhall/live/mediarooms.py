@@ -24,10 +24,13 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from townhall import metrics
-from townhall.captions.live import LiveCaptions
+from townhall.captions.live import HOST_OFF_FILE
+from townhall.captions.track import CaptionTrack
+from townhall.captions.worker import OFF, RUNNING, STARTING
 from townhall.config import Settings
 from townhall.errors import ServiceUnavailable
 from townhall.live.mediaproc import SETTINGS_ENV, merge_metrics
@@ -151,6 +154,36 @@ class RemoteProgram:
         return self.status.health
 
 
+class RemoteCaptions:
+    """The captions of a room in the media process: the lines and status it
+    told (at most ``media_status_interval_ms`` old), the host's switch as a call."""
+
+    def __init__(self, rooms: MediaRooms, space_id: str, directory: Path) -> None:
+        self._rooms = rooms
+        self.space_id = space_id
+        self.track = CaptionTrack()
+        self.host_enabled = not (directory / HOST_OFF_FILE).exists()
+        self._status = (OFF, "Captions are not enabled on this server.")
+
+    def status(self) -> tuple[str, str]:
+        return self._status
+
+    @property
+    def active(self) -> bool:
+        return self.host_enabled and self._status[0] in (STARTING, RUNNING)
+
+    async def set_enabled(self, enabled: bool) -> None:
+        status = await self._rooms.call("set_captions", self.space_id, enabled)
+        self.host_enabled = enabled
+        self._status = (str(status[0]), str(status[1]))
+
+    def update(self, status: RoomStatus) -> None:
+        self._status = status.captions
+        for line in status.caption_lines:
+            self.track.add(line)
+        self.track.advance(status.captions_done_s)
+
+
 class RemoteRoom:
     """A room running in the media process, as the HTTP process sees it."""
 
@@ -158,10 +191,7 @@ class RemoteRoom:
         self.space_id = space_id
         self.stage = RemoteStage(rooms, space_id)
         self.program = RemoteProgram(space_id, settings)
-        # captions run beside the program; not carried yet, so they say "off"
-        self.captions = LiveCaptions(
-            space_id, settings.model_copy(update={"captions": False}), self.program.recording.dir
-        )
+        self.captions = RemoteCaptions(rooms, space_id, self.program.recording.dir)
         self._pending: list[Entry] | None = None  # entries held while a snapshot is read
 
     def apply(self, entry: Entry, resync: Any) -> None:
@@ -372,6 +402,7 @@ class MediaRooms:
                         if room is not None:
                             room.program.status = status
                             room.stage.speakers = status.speakers
+                            room.captions.update(status)
                 elif kind == "reply":
                     future = self._calls.get(item[1])
                     if future is not None and not future.done():

@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from townhall.captions.track import Line
 from townhall.errors import TownhallError
 from townhall.live.program import ProgramHealth
 from townhall.live.tracks import SpeakerStatus
@@ -46,6 +47,9 @@ class RoomStatus:
     speakers: dict[str, SpeakerStatus]
     health: ProgramHealth
     ended: bool
+    captions: tuple[str, str]  # (status, sentence), as LiveCaptions.status()
+    captions_done_s: float
+    caption_lines: tuple[Line, ...]  # new since the previous status of this room
 
 
 @dataclass(frozen=True, slots=True)
