@@ -77,7 +77,8 @@ async def test_a_blocked_http_loop_does_not_stall_the_media_process_clock(tmp_pa
 
 
 async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: Path) -> None:
-    rooms = MediaRooms(_settings(tmp_path, media_process=True))
+    settings = _settings(tmp_path, media_process=True, part_ms=100, segment_parts=2)
+    rooms = MediaRooms(settings)
     await rooms.open()
     try:
         await rooms.start(SPACE)
@@ -93,6 +94,16 @@ async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: P
             await rooms.call("statistics", SPACE)
         await rooms.start(SPACE)  # a new media process, the room again
         assert (await rooms.statistics(SPACE))["ticks"] >= 0
+        await asyncio.sleep(1.5)  # a few segments recorded
+        rooms._proc.kill()  # gone again: ending the talk still makes the recording final
+        async with asyncio.timeout(10):
+            while not rooms.problems():
+                await asyncio.sleep(0.05)
+        await rooms.end(SPACE)
+        from townhall.store.recordings import RecordingStore
+
+        manifest = RecordingStore(settings.recordings_dir, SPACE).load()
+        assert manifest is not None and manifest.ended
     finally:
         await rooms.close()
 

@@ -29,11 +29,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import gc
 import logging
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, generate_latest
@@ -329,8 +331,34 @@ def prioritise(settings: Settings) -> None:
             )
 
 
+LOCK_FILE = "media-process.lock"
+LOCK_WAIT_S = 30.0
+
+
+def _open_lock(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")
+
+
+async def hold_data_dir(settings: Settings) -> Any:
+    """One media process per data directory: wait (bounded) for the one a
+    crashed server left to finish suspending its rooms before resuming them."""
+    handle = _open_lock(settings.data_dir / LOCK_FILE)
+    deadline = asyncio.get_running_loop().time() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("media process: another still holds %s; going on", LOCK_FILE)
+                return handle
+            await asyncio.sleep(0.05)
+
+
 async def serve(sock: socket.socket, settings: Settings) -> None:
     prioritise(settings)
+    lock = await hold_data_dir(settings)
     reader, writer = await asyncio.open_unix_connection(sock=sock)
     server = MediaServer(settings, writer)
     try:
@@ -339,6 +367,7 @@ async def serve(sock: socket.socket, settings: Settings) -> None:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+        lock.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ from townhall.config import Settings
 from townhall.errors import ServiceUnavailable
 from townhall.live.mediaproc import SETTINGS_ENV, merge_metrics
 from townhall.live.mediawire import ChannelError, RoomStatus, WindowStart, frame, read_frame
-from townhall.live.program import FAILED, OK, ProgramHealth
+from townhall.live.program import FAILED, OK, Program, ProgramHealth
 from townhall.live.tracks import SpeakerStatus
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
@@ -288,6 +288,9 @@ class MediaRooms:
             return
         if self._alive():
             await self.call(method, space_id)  # the Closed entry reaches the copy first
+        elif method == "end":
+            # the media process is gone: still make the recording final (ENDLIST)
+            await Program(space_id, self.settings).finish()
         async with self._lock:
             self._rooms.pop(space_id, None)
             metrics.SPACES_LIVE.set(len(self._rooms))
