@@ -182,3 +182,42 @@ class DefenseSettings(BaseSettings):
         ge=0,
         description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
     )
+
+    # --- issue 11: the media process ---
+    media_process: bool = Field(
+        False,
+        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. One machine only: not with the Redis segment bus (yet).",
+    )
+    media_channel_queue_frames: int = Field(
+        4096,
+        ge=16,
+        description="Frames the media process queues towards the HTTP process at most; beyond it frames are dropped (counted in townhall_media_channel_dropped_total) and the HTTP process resyncs its copy from a snapshot.",
+    )
+    media_log_entries: int = Field(
+        512,
+        ge=16,
+        description="Window calls the media process keeps per room for a copy that fell behind (a snapshot); about a minute of parts at the defaults.",
+    )
+    media_status_interval_ms: int = Field(
+        250,
+        ge=20,
+        le=5000,
+        description="How often the media process tells the HTTP process each room's speakers (connected, speaking, level) and program health.",
+    )
+    media_call_timeout_s: float = Field(
+        20.0,
+        gt=0,
+        description="Longest the HTTP process waits for the media process to answer a call (start or end a room, a WebRTC offer); it then answers 503.",
+    )
+    media_process_nice: int = Field(
+        -5,
+        ge=-20,
+        le=19,
+        description="Nice value added to the media process's priority: negative puts its clock ahead of the HTTP workers and of other programs on a busy machine (a negative value needs CAP_SYS_NICE; without it a warning is logged and the process runs at the default priority).",
+    )
+    media_process_rt_priority: int = Field(
+        10,
+        ge=0,
+        le=99,
+        description="Real-time (SCHED_RR) priority of the media process, 1-99, as audio servers use: its clock then never waits behind other programs for a CPU (it uses ~0.1 core per room; the kernel keeps real-time tasks below 95 % of a core). Needs CAP_SYS_NICE (root, or setcap/systemd's LimitRTPRIO); without it a warning is logged and media_process_nice applies. 0 leaves it to media_process_nice.",
+    )

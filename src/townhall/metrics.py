@@ -294,3 +294,17 @@ FOLLOWER_LAG_MAX = Gauge(
     "townhall_follower_lag_max_seconds",
     "The largest lag of the rooms this node follows: how long since their newest part arrived here.",
 )
+
+# --- issue 11: the media process ---
+MEDIA_CHANNEL_DROPPED = Counter(
+    "townhall_media_channel_dropped_total",
+    "Frames the media process dropped because the HTTP process was not reading its channel (its window copy then resyncs).",
+)
+MEDIA_RESYNCS = Counter(
+    "townhall_media_resyncs_total",
+    "Times the HTTP process restored a room's window copy from a media process snapshot after a gap.",
+)
+MEDIA_PROCESS_EXITS = Counter(
+    "townhall_media_process_exits_total",
+    "Times the media process ended while the server was running (its rooms stop; see the log).",
+)

@@ -194,6 +194,8 @@ class Program:
         self.frames_dropped = 0
         # the segment bus (scaled out): told every call made on the window; never blocks
         self.tap: Callable[[Message], None] | None = None
+        # the media process: told every ADTS frame given to live.aac; never blocks
+        self.adts_tap: Callable[[bytes], None] | None = None
         self.taps: list[AudioTap] = []
         # where the last audible frame ended: the recording ends there (issue 12)
         self.audio = AudioExtent()
@@ -455,7 +457,10 @@ class Program:
                 packets = encoder.flush() if pcm is None else encoder.encode(pcm)
                 events = []
                 for packet in packets:
-                    self.progressive.publish(adts.serialize(packet.data, config))
+                    adts_frame = adts.serialize(packet.data, config)
+                    self.progressive.publish(adts_frame)
+                    if self.adts_tap is not None:
+                        self.adts_tap(adts_frame)
                     events.extend(packager.add(packet))
                 if pcm is None:
                     events.extend(packager.close())

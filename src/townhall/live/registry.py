@@ -4,6 +4,7 @@ the rooms this node follows: see ``live/scaleout.py``)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
@@ -23,6 +24,8 @@ class RoomRegistry:
         self._lock = asyncio.Lock()
         self.scaleout: Scaleout | None = None
         """Set when ``bus_enabled``: leases decide where a room runs."""
+        self.on_room: Callable[[Room], None] | None = None
+        """Called with each new room before it starts (the media process taps it)."""
 
     def get(self, space_id: str) -> Room | None:
         return self._rooms.get(space_id)
@@ -71,6 +74,8 @@ class RoomRegistry:
             room = self._rooms.get(space_id)
             if room is None:
                 room = Room(space_id, self.settings)
+                if self.on_room is not None:
+                    self.on_room(room)
                 if self.scaleout is not None:
                     self.scaleout.attach(room)
                 try:

@@ -141,7 +141,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest().decode()
+        services = getattr(app.state, "services", None)
+        rooms = services.rooms if services is not None else None
+        media = getattr(rooms, "media_metrics", None)
+        if media is not None:  # media_process: the clock's families come from there
+            text = rooms.metrics_text(text, await media())  # type: ignore[union-attr]
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     from townhall.server import routes
 

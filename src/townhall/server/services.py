@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from townhall import metrics
 from townhall.config import Settings
@@ -201,7 +201,7 @@ class Services:
             spaces=spaces,
             tokens=tokens,
             limits=_limits(settings, redis, health),
-            rooms=RoomRegistry(settings),
+            rooms=_rooms(settings),
             listeners=listeners,
             reactions=reactions,
             state=StateCache(interval_s=settings.state_interval_ms / 1000),
@@ -217,6 +217,8 @@ class Services:
         services.evidence.start()
         services.defense = Defense(settings, services.evidence, keys[0])
         services.defense.start()
+        if settings.media_process:
+            await cast(Any, services.rooms).open()  # spawned now, not at the first go-live
         for space_id in await spaces.live_ids():
             try:
                 await services.rooms.start(space_id)
@@ -301,6 +303,19 @@ class Services:
                 log.exception("space index refresh failed; retrying")
                 continue
             since = started
+
+
+def _rooms(settings: Settings) -> RoomRegistry:
+    """Rooms in this process, or (``media_process``) in a media process of their own."""
+    if not settings.media_process:
+        return RoomRegistry(settings)
+    if settings.bus_enabled:
+        raise ValueError(
+            "media_process cannot be combined with the Redis segment bus yet; turn one of them off."
+        )
+    from townhall.live.mediarooms import MediaRooms
+
+    return cast(RoomRegistry, MediaRooms(settings))  # the same calls (live/mediarooms.py)
 
 
 def _scaleout(settings: Settings, redis: Any, spaces: Spaces, rooms: RoomRegistry) -> Any:
