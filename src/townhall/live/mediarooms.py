@@ -249,6 +249,11 @@ class MediaRooms:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    def followed(self) -> list[dict[str, Any]]:
+        """Rooms followed on the bus (for /healthz): none, the media process
+        is not combined with the bus."""
+        return []
+
     def space_ids(self) -> list[str]:
         return list(self._rooms)
 
