@@ -279,3 +279,13 @@ CLIP_SECONDS = Histogram(
     "Time to cut one clip from the recorded segments.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
+
+# --- issue 13: streaming captions, recognizers per node ---
+CAPTIONS_RECOGNIZERS = Gauge(
+    "townhall_captions_recognizers",
+    "Recognizer processes running on this node (at most captions_max_recognizers).",
+)
+CAPTIONS_REFUSED = Counter(
+    "townhall_captions_refused_total",
+    "Live spaces that went on without captions because this node ran captions_max_recognizers already.",
+)
