@@ -39,3 +39,32 @@ async def test_a_space_past_the_cap_goes_on_without_captions(tmp_path: Path) -> 
         assert "s" not in RECOGNIZERS.spaces
     finally:
         RECOGNIZERS.spaces.clear()
+
+
+async def test_state_json_says_why_a_space_has_no_captions(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.conftest import FAST_ARGON2, Api
+    from townhall.server.app import create_app
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        captions=True,
+        captions_max_recognizers=0,  # this node captions nothing
+        **FAST_ARGON2,  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            api = Api(client)
+            _, host = await api.account("ada")
+            sid = (await api.space(host))["id"]
+            state = (await client.get(f"/spaces/{sid}/state.json")).json()
+            assert state["captions"]["status"] == "unavailable", state
+            assert "captions_max_recognizers" in state["captions"]["message"]
+            assert state["program"]["status"] == "ok"  # the space goes on
+            doc = (await client.get(f"/spaces/{sid}/captions.json")).json()
+            assert doc["status"] == "unavailable"
+            master = (await client.get(f"/spaces/{sid}/master.m3u8")).text
+            assert "SUBTITLES" not in master  # no rendition that would stay empty
