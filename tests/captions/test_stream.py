@@ -182,3 +182,14 @@ def test_streaming_the_espeak_clip(recognizer: WhisperRecognizer) -> None:
     assert wer <= 0.20, text
     assert p50 <= 2.5, live_lags
     assert all(100.9 <= c.start_s < c.end_s <= 100 + len(audio) / 16_000 for c in closed)
+
+
+def test_word_spans_snap_to_the_voice() -> None:
+    from townhall.captions.engine import snap_to_voice, voiced_frames
+
+    audio = np.zeros(16_000 * 3, np.float32)
+    audio[16_000 * 2 : 16_000 * 2 + 8000] = 0.3  # voice at 2.0-2.5 s only
+    voiced = voiced_frames(audio)
+    # the aligner put the word at 1.0-2.5 (stretched over the pause before it)
+    assert snap_to_voice(voiced, 1.0, 2.5) == (2.0, 2.5)
+    assert snap_to_voice(voiced, 0.2, 0.8) == (0.2, 0.8)  # no voice: left alone

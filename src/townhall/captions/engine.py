@@ -241,15 +241,39 @@ class WhisperRecognizer:
             return []  # repetitive: the classic hallucination on noise
         (aligned,) = model.find_alignment(tokenizer, [tokens], encoded, content_frames)
         # the aligner stretches the first word back over leading silence
-        voiced_start_s, _ = voiced_bounds(audio)
+        voiced = voiced_frames(audio)
         audio_s = len(audio) / WHISPER_RATE_HZ
         out: list[Word] = []
         for item in aligned:
             word = str(item["word"])
             if word.strip() and float(item["start"]) < audio_s - 0.05:  # not in the padding
-                start_s = max(float(item["start"]), voiced_start_s if not out else 0.0)
-                out.append(Word(start_s, max(start_s + 0.02, float(item["end"])), word))
+                start_s, end_s = snap_to_voice(voiced, float(item["start"]), float(item["end"]))
+                out.append(Word(start_s, max(start_s + 0.02, end_s), word))
         return out
+
+
+def voiced_frames(audio: np.ndarray, *, below_peak_db: float = 35.0) -> np.ndarray:
+    """Which 20 ms frames of 16 kHz ``audio`` carry voice: louder than
+    ``below_peak_db`` under the loudest frame (and than -60 dBFS)."""
+    frame = WHISPER_RATE_HZ // 50
+    n = len(audio) // frame
+    if n == 0:
+        return np.zeros(0, bool)
+    power = np.square(audio[: n * frame], dtype=np.float64).reshape(n, frame).mean(axis=1)
+    floor = max(float(power.max()) * 10 ** (-below_peak_db / 10), 1e-6)
+    voiced: np.ndarray = power > floor
+    return voiced
+
+
+def snap_to_voice(voiced: np.ndarray, start_s: float, end_s: float) -> tuple[float, float]:
+    """A word's span from the aligner, trimmed to its voiced frames: the
+    aligner stretches a word after a pause back over the pause (and one
+    before a pause over it), a second or more off what the listener hears."""
+    first, last = int(start_s * 50), min(len(voiced), math.ceil(end_s * 50))
+    loud = np.flatnonzero(voiced[first:last]) if last > first else np.zeros(0, int)
+    if not len(loud):
+        return start_s, end_s
+    return (first + int(loud[0])) / 50, (first + int(loud[-1]) + 1) / 50
 
 
 # the silence after the audio in a short encoder window, and the decoder's limits
