@@ -437,7 +437,7 @@ class _CoreSettings(BaseSettings):
     # --- issue 13: captions ---
     captions: bool = Field(
         False,
-        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.3 of a core). A host can still turn captions off for their space.",
+        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.15-0.3 of a core). A host can still turn captions off for their space.",
     )
     captions_engine: str = Field(
         "whisper-tiny.en",
@@ -447,7 +447,7 @@ class _CoreSettings(BaseSettings):
         5.0,
         ge=1.0,
         le=30.0,
-        description="Audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
+        description="Chunks mode (captions_mode=chunks): audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
     )
     captions_queue_s: float = Field(
         30.0,

@@ -193,3 +193,29 @@ def test_word_spans_snap_to_the_voice() -> None:
     # the aligner put the word at 1.0-2.5 (stretched over the pause before it)
     assert snap_to_voice(voiced, 1.0, 2.5) == (2.0, 2.5)
     assert snap_to_voice(voiced, 0.2, 0.8) == (0.2, 0.8)  # no voice: left alone
+
+
+def _stream_text(recognizer: WhisperRecognizer, audio: np.ndarray) -> str:
+    stream = Stream(recognizer, step_s=1.0, window_s=8.0)
+    closed = []
+    for i in range(0, len(audio), 4000):
+        stream.feed(audio[i : i + 4000], i / 16_000)
+        if stream.due:
+            closed += stream.step().closed
+    closed += stream.finish().closed
+    return " ".join(c.text for c in closed)
+
+
+def test_streaming_silence_and_music_invent_no_flood(recognizer: WhisperRecognizer) -> None:
+    assert _stream_text(recognizer, np.zeros(16_000 * 6, np.float32)) == ""
+    rng = np.random.default_rng(1)
+    hiss = (rng.standard_normal(16_000 * 6) * 0.001).astype(np.float32)  # about -60 dBFS
+    assert _stream_text(recognizer, hiss) == ""
+    t = np.arange(16_000 * 10) / 16_000
+    notes = [261.6, 329.6, 392.0, 523.3]
+    chord = sum(
+        np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.5 * t)) for f in notes
+    )
+    music = (chord / len(notes) * 0.35).astype(np.float32)
+    words = _stream_text(recognizer, music).split()
+    assert len(words) <= 6, words  # 10 passes over music: no flood

