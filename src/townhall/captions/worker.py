@@ -175,9 +175,13 @@ def _worker_main(
     """The worker process: load the engine, then recognize until None."""
     from townhall.captions.engine import EngineUnavailable, load_recognizer
 
-    # the mixer's process comes first on a busy machine: captions may lag, the mix may not
+    # the mixer's process comes first on a busy machine: captions may lag, the
+    # mix may not. Lowest priority (nice 19) and SCHED_BATCH (the scheduler
+    # never lets this process preempt a waking task such as the mixer clock)
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19 - os.nice(0))
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         recognizer = load_recognizer(engine, cpu_threads=cpu_threads)
     except EngineUnavailable as exc:
