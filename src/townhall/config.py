@@ -437,7 +437,7 @@ class _CoreSettings(BaseSettings):
     # --- issue 13: captions ---
     captions: bool = Field(
         False,
-        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.3 of a core). A host can still turn captions off for their space.",
+        description="Caption live spaces (needs the 'captions' extra; one recognizer process per live space, about 0.15-0.3 of a core). A host can still turn captions off for their space.",
     )
     captions_engine: str = Field(
         "whisper-tiny.en",
@@ -447,7 +447,7 @@ class _CoreSettings(BaseSettings):
         5.0,
         ge=1.0,
         le=30.0,
-        description="Audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
+        description="Chunks mode (captions_mode=chunks): audio recognized at a time (cut at a pause near this length): shorter shows captions sooner but costs more CPU and accuracy.",
     )
     captions_queue_s: float = Field(
         30.0,
@@ -548,3 +548,27 @@ class Settings(DefenseSettings, _CoreSettings):
     @property
     def recordings_dir(self) -> Path:
         return self.data_dir / "recordings"
+
+    # --- issue 13: streaming captions, recognizers per node ---
+    captions_mode: str = Field(
+        "stream",
+        pattern="^(stream|chunks)$",
+        description="How live captions are recognized: 'stream' re-reads a short sliding window every captions_step_s and shows words once two passes agree (about 2 s after they are spoken); 'chunks' recognizes captions_chunk_s pieces one after the other (cheaper to reason about, 5-7 s later).",
+    )
+    captions_step_s: float = Field(
+        1.0,
+        ge=0.25,
+        le=5.0,
+        description="Streaming captions: seconds of new audio between two recognition passes. Shorter shows words sooner and costs more CPU.",
+    )
+    captions_window_s: float = Field(
+        8.0,
+        ge=2.0,
+        le=30.0,
+        description="Streaming captions: the longest audio one pass reads (its CPU grows with it); words still unsettled at this length are taken as they stand.",
+    )
+    captions_max_recognizers: int = Field(
+        4,
+        ge=0,
+        description="Recognizer processes this node runs at most (one per captioned live space, about 0.15-0.3 of a core each); beyond it a space goes on without captions and says so in state.json and captions.json.",
+    )

@@ -308,3 +308,13 @@ MEDIA_PROCESS_EXITS = Counter(
     "townhall_media_process_exits_total",
     "Times the media process ended while the server was running (its rooms stop; see the log).",
 )
+
+# --- issue 13: streaming captions, recognizers per node ---
+CAPTIONS_RECOGNIZERS = Gauge(
+    "townhall_captions_recognizers",
+    "Recognizer processes running on this node (at most captions_max_recognizers).",
+)
+CAPTIONS_REFUSED = Counter(
+    "townhall_captions_refused_total",
+    "Live spaces that went on without captions because this node ran captions_max_recognizers already.",
+)

@@ -111,3 +111,35 @@ def test_worker_death_is_noticed_and_said() -> None:
     assert "recognizer process exited" in cap.message
     cap.feed(np.zeros(960, np.int16), 0)  # ignored from now on
     cap.close(1.0)
+
+
+def test_streaming_worker_captions_program_audio_on_the_media_timeline() -> None:
+    from townhall.bench.captions import espeak_clip, word_error_rate
+    from townhall.captions.engine import to_float_16k
+    from townhall.captions.worker import Tuning
+
+    text = "Good evening and welcome to the town hall. Tonight we talk about the new library."
+    pcm, rate = espeak_clip(text)
+    pcm48 = (to_float_16k(pcm, rate) * 32767).astype(np.int16).repeat(3)
+    pcm48 = np.concatenate([pcm48, np.zeros(48_000, np.int16)])
+    offset = 48_000 * 100
+    cap = Captioner(
+        "s", engine="whisper-tiny.en", sample_rate_hz=48_000, tuning=Tuning(mode="stream")
+    )
+    cap.start()
+    # fed all at once: the worker catches up in passes of at most window_s
+    for i in range(0, len(pcm48) - 959, 960):
+        cap.feed(pcm48[i : i + 960], offset + i, "ada")
+    cap.stop_feeding()
+    deadline = time.monotonic() + 120
+    while not cap.finished and cap.status != UNAVAILABLE and time.monotonic() < deadline:
+        cap.poll()
+        time.sleep(0.1)
+    assert cap.status == RUNNING and cap.finished
+    lines = list(cap.track.lines)
+    assert lines and all(100 <= ln.start_s < ln.end_s <= 100 + len(pcm48) / 48_000 for ln in lines)
+    assert all(ln.speaker == "ada" for ln in lines)
+    assert word_error_rate(text, " ".join(ln.text for ln in lines)) <= 0.2, lines
+    assert cap.track.open is None  # the end closed the last line
+    assert cap.track.done_s >= 100 + (len(pcm48) - 960) / 48_000
+    cap.close(1.0)

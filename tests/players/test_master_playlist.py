@@ -48,3 +48,19 @@ def test_validator_accepts_nothing_it_should_not() -> None:
     except (AssertionError, ValueError):
         return
     raise AssertionError("a multivariant playlist passed as a media playlist")
+
+
+def test_master_offers_the_subtitles_rendition_only_when_captioned() -> None:
+    plain = render_master(bitrate_bps=64000)
+    assert "SUBTITLES" not in plain
+    text = render_master(bitrate_bps=64000, subtitles=True)
+    lines = text.splitlines()
+    (media,) = [line for line in lines if line.startswith("#EXT-X-MEDIA:")]
+    assert (
+        "TYPE=SUBTITLES" in media and 'GROUP-ID="subs"' in media and 'URI="captions.m3u8"' in media
+    )
+    (inf,) = [line for line in lines if line.startswith("#EXT-X-STREAM-INF:")]
+    assert 'SUBTITLES="subs"' in inf
+    # the rendition is declared before the variant that names its group
+    assert lines.index(media) < lines.index(inf)
+    assert lines[lines.index(inf) + 1] == "live.m3u8"

@@ -19,6 +19,7 @@ import tempfile
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,58 @@ def espeak_clip(text: str, *, words_per_minute: int = 160) -> tuple[np.ndarray, 
     return pcm, rate
 
 
+def stream_bench(threads: int, step_s: float, window_s: float) -> None:
+    """Streaming captions over the clip fed at its own pace (each pass sees
+    exactly the audio it would live): WER, CPU, and how long after a word
+    ends it settles, in audio seconds (plus each pass's wall time, live)."""
+    from townhall.captions.engine import WhisperRecognizer, to_float_16k
+    from townhall.captions.stream import Stream
+
+    pcm, rate = espeak_clip(SCRIPT)
+    audio = to_float_16k(pcm, rate)
+    audio = np.concatenate([np.zeros(16_000, np.float32), audio, np.zeros(32_000, np.float32)])
+    duration_s = len(audio) / 16_000
+    recognizer = WhisperRecognizer(cpu_threads=threads)
+    recognizer.words(audio[: 16_000 * 3])  # warm up, as a running worker is
+    stream = Stream(recognizer, step_s=step_s, window_s=window_s)
+    lags: list[float] = []
+    settle = stream._settle
+
+    def timed(words: list[Any]) -> Any:
+        lags.extend(stream.end_s - w.end_s for w in words)
+        return settle(words)
+
+    stream._settle = timed  # type: ignore[method-assign]
+    lines = []
+    walls: list[float] = []
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    for start in range(0, len(audio), 4000):  # the worker's 250 ms batches
+        stream.feed(audio[start : start + 4000], start / 16_000)
+        if stream.due:
+            t0 = time.perf_counter()
+            lines += stream.step().closed
+            walls.append(time.perf_counter() - t0)
+    live = np.array(lags)
+    lines += stream.finish().closed
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    hypothesis = " ".join(line.text for line in lines)
+    print(
+        f"engine: {recognizer.name}, threads {threads}, stream: step {step_s} s, window {window_s} s"
+    )
+    print(
+        f"clip: {duration_s:.1f} s (espeak-ng, 1 s lead, 2 s tail), {len(normalize(SCRIPT))} words"
+    )
+    print(f"WER: {word_error_rate(SCRIPT, hypothesis):.1%}")
+    print(f"CPU per second of audio: {cpu_s / duration_s:.3f} core ({stream.passes} passes)")
+    print(
+        f"word settled after it ends (audio s): p50 {np.percentile(live, 50):.2f}, "
+        f"p90 {np.percentile(live, 90):.2f}, max {live.max():.2f}"
+    )
+    print(f"pass wall time: p50 {np.percentile(walls, 50):.2f} s, max {max(walls):.2f} s")
+    print(f"hypothesis: {hypothesis}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -81,7 +134,13 @@ def main() -> None:
         default=None,
         help="earliest cut (default: half the chunk, as the worker)",
     )
+    parser.add_argument("--mode", choices=["stream", "chunks"], default="stream")
+    parser.add_argument("--step-s", type=float, default=1.0, help="stream: seconds between passes")
+    parser.add_argument("--window-s", type=float, default=8.0, help="stream: longest window")
     args = parser.parse_args()
+    if args.mode == "stream":
+        stream_bench(args.threads, args.step_s, args.window_s)
+        return
     from townhall.captions.engine import WhisperRecognizer
     from townhall.captions.worker import Chunker
 

@@ -21,7 +21,7 @@ import numpy as np
 import orjson
 
 from townhall.captions.track import CaptionTrack, Line
-from townhall.captions.worker import OFF, RUNNING, STARTING, UNAVAILABLE, Captioner
+from townhall.captions.worker import OFF, RUNNING, STARTING, UNAVAILABLE, Captioner, Tuning
 from townhall.config import Settings
 from townhall.store.recordings import write_durable
 
@@ -31,6 +31,34 @@ TRANSCRIPT_FILE = "captions.jsonl"
 HOST_OFF_FILE = "captions-off"
 SAVE_EVERY_S = 30.0
 POLL_S = 0.25
+
+
+class Recognizers:
+    """The recognizer processes of this node (one per captioned live space),
+    at most ``captions_max_recognizers``: a space past the limit goes on
+    without captions rather than slow the others (they share the cores)."""
+
+    def __init__(self) -> None:
+        self.spaces: set[str] = set()
+
+    def take(self, space_id: str, limit: int) -> bool:
+        from townhall import metrics
+
+        if space_id not in self.spaces:
+            if len(self.spaces) >= limit:
+                return False
+            self.spaces.add(space_id)
+        metrics.CAPTIONS_RECOGNIZERS.set(len(self.spaces))
+        return True
+
+    def give_back(self, space_id: str) -> None:
+        from townhall import metrics
+
+        self.spaces.discard(space_id)
+        metrics.CAPTIONS_RECOGNIZERS.set(len(self.spaces))
+
+
+RECOGNIZERS = Recognizers()
 
 
 def load_lines(directory: Path) -> list[Line]:
@@ -56,6 +84,17 @@ def dump_lines(lines: list[Line]) -> bytes:
         + b"\n"
         for ln in lines
     )
+
+
+def captions_offered(settings: Settings, live: LiveCaptions | None, directory: Path) -> bool:
+    """Whether the space's multivariant playlist offers the subtitles rendition:
+    live, while its captions run or start (not turned off, not unavailable);
+    otherwise when it has a transcript, or will be captioned once live."""
+    if live is not None:
+        return live.host_enabled and live.status()[0] in (STARTING, RUNNING)
+    if (directory / TRANSCRIPT_FILE).exists():
+        return True
+    return settings.captions and not (directory / HOST_OFF_FILE).exists()
 
 
 class LiveCaptions:
@@ -87,18 +126,37 @@ class LiveCaptions:
             self.track.done_s = self.track.lines[-1].end_s
         if not self.settings.captions:
             return
+        limit = self.settings.captions_max_recognizers
+        if not RECOGNIZERS.take(self.space_id, limit):
+            from townhall import metrics
+
+            metrics.CAPTIONS_REFUSED.inc()
+            self._status = UNAVAILABLE
+            self._message = (
+                f"This server already captions {limit} live spaces, its limit "
+                "(captions_max_recognizers); this space goes on without captions."
+            )
+            log.warning("captions of %s refused: %d recognizers running", self.space_id, limit)
+            return
+        settings = self.settings
         captioner = Captioner(
             self.space_id,
-            engine=self.settings.captions_engine,
-            sample_rate_hz=self.settings.sample_rate_hz,
-            cpu_threads=self.settings.captions_cpu_threads,
-            chunk_s=self.settings.captions_chunk_s,
-            queue_s=self.settings.captions_queue_s,
+            engine=settings.captions_engine,
+            sample_rate_hz=settings.sample_rate_hz,
+            cpu_threads=settings.captions_cpu_threads,
+            queue_s=settings.captions_queue_s,
+            tuning=Tuning(
+                mode=settings.captions_mode,
+                chunk_s=settings.captions_chunk_s,
+                step_s=settings.captions_step_s,
+                window_s=settings.captions_window_s,
+            ),
         )
         captioner.track = self.track
         try:
             captioner.start()
         except Exception as exc:  # cannot even spawn: go on without captions, say so
+            RECOGNIZERS.give_back(self.space_id)
             log.exception("captions of %s could not start", self.space_id)
             self._status = UNAVAILABLE
             self._message = (
@@ -185,4 +243,5 @@ class LiveCaptions:
                     await self._task
             captioner.poll()
             await asyncio.to_thread(captioner.close, 1.0)
+            RECOGNIZERS.give_back(self.space_id)
         await self._save()

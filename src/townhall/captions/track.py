@@ -42,6 +42,14 @@ class CaptionTrack:
         self.lines: deque[Line] = deque(maxlen=max_lines)
         self.done_s = 0.0
         self.version = 0
+        # the line being built (streaming captions): shown live, not final,
+        # so not in the WebVTT segments or the transcript until it closes
+        self.open: Line | None = None
+
+    def set_open(self, line: Line | None) -> None:
+        if line != self.open:
+            self.open = line
+            self.version += 1
 
     def add(self, line: Line) -> None:
         self.lines.append(line)
@@ -174,12 +182,19 @@ def captions_document(
     names: Mapping[str, str],
 ) -> dict[str, object]:
     """captions.json: the last ``count`` lines (media-timeline seconds, the
-    same clock as the audio the page plays), and whether captions run."""
+    same clock as the audio the page plays), the line being built last (with
+    ``"open": true``), and whether captions run."""
+    lines = [line_json(ln, names) for ln in track.recent(count)]
+    if track.open is not None:
+        lines = [
+            *lines[max(0, len(lines) - count + 1) :],
+            {**line_json(track.open, names), "open": True},
+        ]
     return {
         "status": status,
         "message": message,
         "done_s": round(track.done_s, 3),
-        "lines": [line_json(ln, names) for ln in track.recent(count)],
+        "lines": lines,
     }
 
 

@@ -4,9 +4,15 @@ The room's program hands ``Captioner.feed`` its frames (never blocking: the
 mix, the encoder and the listeners never wait for recognition). Frames are
 batched here into ``batch_ms`` pieces, one non-blocking queue put per batch;
 when the worker falls behind the queue is full, the batch is dropped and
-``townhall_captions_dropped_seconds_total`` counts it. The worker cuts the
-audio into chunks of about ``chunk_s`` at its quietest moments (``Chunker``),
-transcribes each and sends back timed lines on the program's media timeline.
+``townhall_captions_dropped_seconds_total`` counts it.
+
+In ``stream`` mode (the default) the worker runs ``stream.Stream``: a pass
+over a short sliding window every ``step_s`` of new audio (or over all that
+is waiting, when it is behind: it catches up with longer steps instead of
+falling further back), sending finished lines, the line being built
+("open") and how far captions are final. In ``chunks`` mode it cuts the
+audio into chunks of about ``chunk_s`` at its quietest moments (``Chunker``)
+and transcribes each as one line. Times are on the program's media timeline.
 
 If the engine cannot load, or the worker dies, the space goes on without
 captions and ``status()`` says so in a sentence (state.json, captions.json).
@@ -20,16 +26,21 @@ import multiprocessing as mp
 import os
 import queue
 from collections.abc import Iterator
+from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import numpy as np
 
+from townhall.captions.engine import WordRecognizer, to_float_16k
+from townhall.captions.stream import Stream, Update
 from townhall.captions.track import CaptionTrack, Line
 
 log = logging.getLogger("townhall.media")
 
 STARTING, RUNNING, UNAVAILABLE, OFF = "starting", "running", "unavailable", "off"
+# streaming: with no program audio for this long, settle what was heard
+IDLE_S = 2.0
 
 
 class Chunker:
@@ -92,27 +103,96 @@ class Chunker:
         return self.min + int(np.argmin(energy)) * self.quiet + self.quiet // 2
 
 
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the worker recognizes (the captions_* settings)."""
+
+    mode: str = "stream"
+    chunk_s: float = 5.0
+    step_s: float = 1.0
+    window_s: float = 8.0
+
+
+def _send(outbox: Any, *msg: Any) -> None:
+    # the owner stopped reading: nothing to do but go on
+    with contextlib.suppress(queue.Full):
+        outbox.put(msg, timeout=5)
+
+
+def _send_update(outbox: Any, update: Update) -> None:
+    for line in update.closed:
+        _send(outbox, "line", line.start_s, line.end_s, line.text)
+    if update.open is None:
+        _send(outbox, "open", None, None, None)
+    else:
+        _send(outbox, "open", update.open.start_s, update.open.end_s, update.open.text)
+    _send(outbox, "upto", update.final_s)
+
+
+def _stream_main(
+    recognizer: WordRecognizer, sample_rate_hz: int, tuning: Tuning, inbox: Any, outbox: Any
+) -> None:
+    stream = Stream(recognizer, step_s=tuning.step_s, window_s=tuning.window_s)
+    ended = False
+    while not ended:
+        try:
+            items = [inbox.get(timeout=IDLE_S)]
+        except queue.Empty:
+            # no program audio for a while (paused, or the feed stopped):
+            # what was heard so far is all there is, show it
+            if stream.pending:
+                _send_update(outbox, stream.finish())
+            continue
+        while True:  # all that waits: when behind, one longer step catches up
+            try:
+                items.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is None:
+                ended = True
+                break
+            start_samples, pcm = item
+            gap = stream.feed(to_float_16k(pcm, sample_rate_hz), start_samples / sample_rate_hz)
+            if gap is not None:
+                _send_update(outbox, gap)
+            if stream.full:  # catching up: never a window longer than window_s
+                _send_update(outbox, stream.step())
+        if ended:
+            _send_update(outbox, stream.finish())
+        elif stream.due:
+            _send_update(outbox, stream.step())
+
+
 def _worker_main(
     engine: str,
     cpu_threads: int,
     sample_rate_hz: int,
-    chunk_s: float,
+    tuning: Tuning,
     inbox: Any,
     outbox: Any,
 ) -> None:
-    """The worker process: load the engine, then chunk and transcribe until None."""
+    """The worker process: load the engine, then recognize until None."""
     from townhall.captions.engine import EngineUnavailable, load_recognizer
 
-    # the mixer's process comes first on a busy machine: captions may lag, the mix may not
+    # the mixer's process comes first on a busy machine: captions may lag, the
+    # mix may not. Lowest priority (nice 19) and SCHED_BATCH (the scheduler
+    # never lets this process preempt a waking task such as the mixer clock)
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19 - os.nice(0))
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     try:
         recognizer = load_recognizer(engine, cpu_threads=cpu_threads)
     except EngineUnavailable as exc:
         outbox.put(("failed", exc.detail))
         return
     outbox.put(("ready", recognizer.name))
-    chunker = Chunker(sample_rate_hz, target_s=chunk_s, min_s=chunk_s / 2)
+    if tuning.mode == "stream" and isinstance(recognizer, WordRecognizer):
+        _stream_main(recognizer, sample_rate_hz, tuning, inbox, outbox)
+        outbox.put(("done",))
+        return
+    chunker = Chunker(sample_rate_hz, target_s=tuning.chunk_s, min_s=tuning.chunk_s / 2)
 
     def chunks() -> Iterator[tuple[int, np.ndarray]]:
         while True:
@@ -149,14 +229,15 @@ class Captioner:
         sample_rate_hz: int,
         cpu_threads: int = 1,
         chunk_s: float = 3.0,
-        batch_ms: int = 500,
+        batch_ms: int = 250,
         queue_s: float = 30.0,
+        tuning: Tuning | None = None,
     ) -> None:
         self.space_id = space_id
         self.engine = engine
         self.sample_rate_hz = sample_rate_hz
         self.cpu_threads = cpu_threads
-        self.chunk_s = chunk_s
+        self.tuning = tuning or Tuning(mode="chunks", chunk_s=chunk_s)
         self.batch_samples = max(1, batch_ms * sample_rate_hz // 1000)
         self.queue_batches = max(2, int(queue_s * 1000 / batch_ms))
         ctx = mp.get_context("spawn")  # no fork of a process with threads and a loop
@@ -184,7 +265,7 @@ class Captioner:
                 self.engine,
                 self.cpu_threads,
                 self.sample_rate_hz,
-                self.chunk_s,
+                self.tuning,
                 self._inbox,
                 self._outbox,
             ),
@@ -257,6 +338,13 @@ class Captioner:
                 lines.append(line)
                 self.track.add(line)
                 metrics.CAPTIONS_LINES.inc()
+            elif kind == "open":
+                start_s, end_s, text = msg[1], msg[2], msg[3]
+                self.track.set_open(
+                    None
+                    if start_s is None
+                    else Line(start_s, end_s, text, self.speaker_at((start_s + end_s) / 2))
+                )
             elif kind == "upto":
                 self.track.advance(msg[1])
             elif kind == "done":

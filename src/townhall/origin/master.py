@@ -2,7 +2,12 @@
 variant (the LL-HLS media playlist) with its CODECS and BANDWIDTH, so players
 that do not guess (Shaka Player, many TVs and radio apps) know it is AAC-LC in
 fMP4 before they fetch anything. It never changes while the space exists, so
-it is cacheable for minutes; after the end the same variant is the VOD."""
+it is cacheable for minutes; after the end the same variant is the VOD.
+
+When the space is captioned (the server's ``captions`` setting, the host has
+not turned them off, or an ended space has a transcript) the playlist also
+offers the WebVTT subtitles rendition (``captions.m3u8``, issue 13) and the
+variant names its group."""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import re
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from townhall.captions.live import captions_offered
+from townhall.captions.track import subtitles_media_tag
 from townhall.config import Settings
 from townhall.errors import NotFound
 from townhall.origin.answers import CORS_HEADERS
@@ -22,17 +29,25 @@ AAC_LC = "mp4a.40.2"
 MASTER_CACHE = "public, max-age=300"
 # fMP4 boxes (moof, mdat headers per part) on top of the AAC bitrate
 CONTAINER_OVERHEAD = 1.15
+SUBTITLES_GROUP = "subs"
 _SPACE_ID = re.compile(r"[a-z2-7]{12}")
 
 
-def render_master(*, bitrate_bps: int, media_uri: str = "live.m3u8") -> str:
-    """The multivariant playlist text for a program of ``bitrate_bps`` AAC-LC."""
+def render_master(
+    *, bitrate_bps: int, media_uri: str = "live.m3u8", subtitles: bool = False
+) -> str:
+    """The multivariant playlist text for a program of ``bitrate_bps`` AAC-LC;
+    with ``subtitles``, the captions rendition and the variant's SUBTITLES group."""
     peak = int(bitrate_bps * CONTAINER_OVERHEAD)
+    media = f"{subtitles_media_tag(group_id=SUBTITLES_GROUP)}\n" if subtitles else ""
+    group = f',SUBTITLES="{SUBTITLES_GROUP}"' if subtitles else ""
     return (
         "#EXTM3U\n"
         "#EXT-X-VERSION:9\n"
         "#EXT-X-INDEPENDENT-SEGMENTS\n"
-        f'#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={bitrate_bps},CODECS="{AAC_LC}"\n'
+        f"{media}"
+        f"#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={bitrate_bps},"
+        f'CODECS="{AAC_LC}"{group}\n'
         f"{media_uri}\n"
     )
 
@@ -44,8 +59,14 @@ async def master_playlist(space_id: str, request: Request) -> Response:
     if not _SPACE_ID.fullmatch(space_id) or (index is not None and index.get(space_id) is None):
         raise NotFound(f"There is no space '{space_id}'; check the link.")
     settings: Settings = request.app.state.settings
+    room = getattr(getattr(services, "rooms", None), "get", lambda _sid: None)(space_id)
+    live_captions = getattr(room, "captions", None)
+    directory = settings.recordings_dir / space_id
     return Response(
-        render_master(bitrate_bps=settings.program_bitrate_bps),
+        render_master(
+            bitrate_bps=settings.program_bitrate_bps,
+            subtitles=captions_offered(settings, live_captions, directory),
+        ),
         media_type=MPEGURL,
         headers={"Cache-Control": MASTER_CACHE, **CORS_HEADERS},
     )

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from townhall import metrics
+from townhall.captions.live import LiveCaptions
 from townhall.errors import DatabaseUnavailable, NotFound
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
@@ -83,6 +84,8 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         "listener_count_method": method,
         "reactions": reactions,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # issue 13: whether this space is captioned, with a sentence when not
+        **({"captions": _captions_field(room.captions)} if room is not None else {}),
         **await state_fields(
             room.program if room is not None else None,
             RecordingStore(services.settings.recordings_dir, space.id)
@@ -91,6 +94,11 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         ),
     }
     return orjson.dumps(doc)
+
+
+def _captions_field(live: LiveCaptions) -> dict[str, str]:
+    status, message = live.status()
+    return {"status": status, "message": message}
 
 
 def _local_tallies(services: Services, space_id: str) -> tuple[int, dict[str, int]]:
@@ -151,6 +159,11 @@ STATE_SCHEMA: dict[str, Any] = {
         "program": {
             "type": "object",
             "description": "The live program on this node: status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
+            "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "captions": {
+            "type": "object",
+            "description": "Live captions on this node: status off, starting, running or unavailable (engine missing or failed, or this node captions as many spaces as it may), with a sentence.",
             "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
         },
         "recording": {
