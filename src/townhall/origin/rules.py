@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
@@ -56,7 +55,9 @@ from townhall.origin.answers import (
     progressive_head,
     timeout_response,
 )
+from townhall.origin.app_hooks import gate_of, programs_of
 from townhall.origin.follower import ListenerSource
+from townhall.origin.netlimit import Client, ClientLimit, refusal
 from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
 from townhall.policy.media_gate import MediaGate
@@ -73,6 +74,7 @@ __all__ = [
     "Wait",
     "disk_media",
     "disk_playlist",
+    "gate_of",
     "latest_epoch",
     "programs_of",
     "timeout_response",
@@ -111,16 +113,23 @@ class FastPath:
         programs: Callable[[str], ListenerSource | None],
         *,
         gate: MediaGate | None = None,
+        playlist_limit: ClientLimit | None = None,
     ) -> None:
         self.settings = settings
         self.programs = programs
         # spaces with a cap: media needs a listener token (policy/media_gate.py)
         self.gate = gate if settings.max_listeners > 0 else None
         self.timeout_s = settings.blocking_reload_timeout_s
+        self.playlist_limit = playlist_limit  # issue 10: playlists without directives
         self._stream_head = header_lines(progressive_head())
 
     def decide(
-        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes | None,
+        cookie: bytes | None = None,
+        client: Client | None = None,
     ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
@@ -146,6 +155,8 @@ class FastPath:
             directives = _directives(query)
             if directives is None:
                 return None  # the app parses it (and says 400 where one is due)
+            if over := refusal(self.playlist_limit, client, name, directives[0]):
+                return over.render(path.decode("ascii"))
             found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
         else:
             found = self._live(method, program, window, name, path)
@@ -154,7 +165,12 @@ class FastPath:
         return None
 
     def answer(
-        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes | None,
+        cookie: bytes | None = None,
+        client: Client | None = None,
     ) -> Answer:
         """Every answer: ``path`` decoded as the router sees it (UTF-8 bytes),
         ``query`` as sent (decoded here when it has to be; 400 when malformed)."""
@@ -186,6 +202,8 @@ class FastPath:
                     return strict
                 parsed = strict
             directives = parsed
+            if over := refusal(self.playlist_limit, client, name, directives[0]):
+                return over
         if program is None or window is None:
             return self._cold(method, space_id, program, name, directives)
         if self.gate is not None and name != b"recording.m4a":
@@ -562,27 +580,3 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
-
-
-def gate_of(app: Any) -> MediaGate:
-    """The media gate of an app built by ``create_app`` (its token signer
-    exists once the lifespan started)."""
-    return MediaGate(lambda: getattr(getattr(app.state, "services", None), "tokens", None))
-
-
-def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:
-    """The lookup of running programs in an app built by ``create_app`` (its
-    services exist once the lifespan started)."""
-
-    found: list[Any] = []
-
-    def lookup(space_id: str) -> ListenerSource | None:
-        if not found:
-            rooms = getattr(getattr(app.state, "services", None), "rooms", None)
-            if rooms is None:
-                return None  # not started yet
-            found.append(rooms)
-        source: ListenerSource | None = found[0].listener_source(space_id)
-        return source
-
-    return lookup

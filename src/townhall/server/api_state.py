@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from townhall import metrics
-from townhall.errors import DatabaseUnavailable, NotFound
+from townhall.errors import DatabaseUnavailable, NotFound, TooManyRequests
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
-from townhall.server.auth import PROBLEM_SCHEMA
+from townhall.server.auth import PROBLEM_SCHEMA, client_host
 from townhall.store.recordings import RecordingStore
 
 if TYPE_CHECKING:
@@ -187,6 +187,15 @@ async def state_json(space_id: str, request: Request) -> Response:
     services = cast("Services", request.app.state.services)
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
+    defense = services.defense
+    if defense is not None and (  # issue 10: per-network bucket
+        wait_s := defense.allow_state(space_id, client_host(request), time.monotonic())
+    ):
+        raise TooManyRequests(
+            "Too many state.json requests from your network: the page refreshes it by itself "
+            f"every few seconds; wait {wait_s:.1f} s (Retry-After).",
+            retry_after_s=wait_s,
+        )
     entry = await services.state.get(
         space_id, lambda: compute_state(services, space_id), stale_on=(DatabaseUnavailable,)
     )

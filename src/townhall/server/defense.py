@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,12 @@ from townhall.config import Settings
 from townhall.errors import TooManyRequests, Unauthorized
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
-from townhall.server.auth import forwarded_client
+from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
 
 log = logging.getLogger("townhall.defense")
 
+Header = tuple[bytes, bytes]
 POW_HEADER = "x-townhall-pow"
 SEEN_HEADER = "x-townhall-seen"
 
@@ -76,6 +78,9 @@ class Defense:
             float(settings.listener_token_ttl_s),
             max_keys=max_keys,
         )
+        self._trusted = parse_networks(settings.trusted_proxies)
+        self._playlists_refused = metrics.RATE_LIMITED.labels(limit="playlist-network")
+        self._states_refused = metrics.RATE_LIMITED.labels(limit="state-network")
         unsolved = settings.challenge_unsolved_joins_per_s
         self.unsolved_lane = NetBuckets(unsolved, 1.0, max_keys=1) if unsolved else None
         self.key = hmac.new(key, b"townhall-challenge-v1", hashlib.sha256).digest()
@@ -209,16 +214,33 @@ class Defense:
 
     def allow_state(self, space_id: str, client: str | None, now_s: float) -> float:
         """state.json: 0.0 when this network may ask now, else seconds to wait
-        (for the state route; a cache in front absorbs honest traffic)."""
+        (for the state route; a cache in front absorbs honest traffic); a
+        refusal is counted."""
         network = network_of(client)
         if self.evidence is not None:
             self.evidence.request(space_id, "state", client, network)
-        return self.state_buckets.hit(network, now_s)
+        wait_s = self.state_buckets.hit(network, now_s)
+        if wait_s:
+            self._states_refused.inc()
+        return wait_s
 
     def allow_playlist(self, network: str, now_s: float) -> float:
         """A playlist without delivery directives: O(1), for origin/rules.py to
         call with the request's network (``policy.netbuckets.network_of``)."""
         return self.playlist_buckets.hit(network, now_s)
+
+    def allow_listener_playlist(self, peer: str | None, headers: Sequence[Header]) -> float:
+        """The listener rules' playlist limit (``origin.netlimit.ClientLimit``):
+        the client is the TCP peer, or behind ``trusted_proxies`` the
+        X-Forwarded-For hop they vouch for; a refusal is counted."""
+        client = peer
+        if self._trusted and peer is not None:
+            forwarded = [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"]
+            client = forwarded_client(peer, forwarded, self._trusted)
+        wait_s = self.playlist_buckets.hit(network_of(client), time.monotonic())
+        if wait_s:
+            self._playlists_refused.inc()
+        return wait_s
 
     # ------------------------------------------------------------ effort control
 
