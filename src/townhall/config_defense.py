@@ -182,3 +182,16 @@ class DefenseSettings(BaseSettings):
         ge=0,
         description="Open connections in all; always kept at least 10 % (256 at least) below the file descriptor limit, which townhall serve raises to its hard limit at start. 0 means that ceiling.",
     )
+
+    # --- issue 10: waiting-line priority (policy/priority.py) ---
+    queue_priority_window_s: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Arrivals that must queue are numbered together per this window: returning clients first, then those who solved the challenge, then those who could not; 0 numbers each at once (first come, first served).",
+    )
+    queue_priority_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Arrivals per space waiting for their window to close; more are numbered at once, in arrival order.",
+    )

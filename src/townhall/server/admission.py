@@ -41,9 +41,11 @@ from townhall.policy.admission import (
     number_of,
     phase_of,
 )
+from townhall.policy.priority import Priority, held_back
 from townhall.policy.ratelimit import STORE_ERRORS
 from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
 from townhall.policy.tokens import Claims, TokenSigner
+from townhall.server.arrival_window import ArrivalWindow
 from townhall.store.admission import AdmissionStore, ExpirySet
 from townhall.store.shared import RedisHealth
 from townhall.store.spaces import IndexEntry, SpaceIndex
@@ -110,6 +112,10 @@ class Admission:
         self._docs: dict[str, QueueDoc] = {}
         self._active: dict[str, float] = {}
         self._lottery_keys: dict[str, bytes] = {}
+        # issue 10: arrivals numbered by priority within short windows
+        self.arrivals = ArrivalWindow(
+            store.issue, settings.queue_priority_window_s, settings.queue_priority_max_pending
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -152,11 +158,13 @@ class Admission:
         *,
         renewal: Claims | None = None,
         ticket: Ticket | None = None,
+        priority: Priority = "normal",
     ) -> Admitted | Queued:
         """Admit, queue or refuse one join (see the module docstring).
 
         ``renewal``: the verified listener token being renewed; ``ticket``: a
-        verified ticket of this space. Raises ``ServiceUnavailable`` (refused,
+        verified ticket of this space; ``priority``: what the defense layer
+        saw (``policy.priority``: who is numbered first). Raises ``ServiceUnavailable`` (refused,
         with Retry-After) or ``TicketReused``.
         """
         now = self._clock()
@@ -206,7 +214,9 @@ class Admission:
             llhls_budget=settings.llhls_budget_listeners,
             node_llhls=self.node_llhls.count(now),
         )
-        decision = decide(kind, capacity, line, phase=phase, number=number)
+        decision = held_back(
+            decide(kind, capacity, line, phase=phase, number=number), kind, priority, cap
+        )
         metrics.ADMISSION_DECISIONS.labels(outcome=decision.outcome, reason=decision.code).inc()
         if decision.outcome == "refuse":
             retry_s = 1.0 if decision.code == "node_full" else 30.0
@@ -224,7 +234,7 @@ class Admission:
             decision = Decision(
                 "queue", "full", "This space is full: you have a place in line.", status=202
             )
-        return await self._queue(space_id, line, decision, ticket, number)
+        return await self._queue(space_id, line, decision, ticket, number, priority)
 
     async def _admit(
         self,
@@ -294,10 +304,11 @@ class Admission:
         decision: Decision,
         ticket: Ticket | None,
         number: int | None,
+        priority: Priority = "normal",
     ) -> Queued:
         try:
             if ticket is None:
-                index = await self.store.issue(space_id)
+                index = await self.arrivals.number(space_id, priority)
                 text, ticket = self.tickets.issue(space_id, index)
                 number = self.number_of(ticket, line)
                 metrics.ADMISSION_TICKETS.inc()

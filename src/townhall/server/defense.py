@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,8 +34,13 @@ from townhall.config import Settings
 from townhall.errors import TooManyRequests, Unauthorized
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
+from townhall.policy.priority import Priority
 from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
+
+if TYPE_CHECKING:
+    from townhall.server.services import Services
+    from townhall.store.spaces import IndexEntry
 
 log = logging.getLogger("townhall.defense")
 
@@ -102,12 +107,20 @@ class Defense:
         seen_mark: str | None,
         *,
         renewal: bool,
+        waiting_room: bool = False,
         now_s: float | None = None,
-    ) -> tuple[str, bool]:
-        """Let a join through or raise 429; (client network, returning?)."""
+    ) -> tuple[str, Priority]:
+        """Let a join through or raise 429: (client network, its priority in
+        the waiting line, ``policy.priority``). ``renewal``: a listener token's
+        renewal or a ticket's exchange (never asked to solve). ``waiting_room``:
+        the space has a line (a cap): a client that does not solve is not
+        refused but answered "unsolved", and the caller must put it in line
+        (behind those who solved); without a line it takes the slower lane
+        or gets the 429 with a challenge."""
         now = time.time() if now_s is None else now_s
         network = network_of(client)
         returning = pow_.mark_valid(self.key, seen_mark, now)
+        plain: Priority = "returning" if returning else "normal"
         rec = self.evidence.recorder(space_id) if self.evidence is not None else None
         if self.evidence is not None:
             self.evidence.request(
@@ -123,7 +136,7 @@ class Defense:
             )
         bits = self.effort.bits
         if bits == 0 or renewal:
-            return network, returning
+            return network, plain
         if returning:
             bits = max(0, bits - pow_.RETURNING_DISCOUNT_BITS)
         if pow_answer:
@@ -156,9 +169,14 @@ class Defense:
             metrics.CHALLENGES.labels(outcome="solved").inc()
             if rec is not None:
                 rec.challenge("solved", solved.bits)
-            return network, returning
+            return network, "returning" if returning else "solver"
+        if waiting_room:  # the line, behind those who solved
+            metrics.CHALLENGES.labels(outcome="queued-unsolved").inc()
+            if rec is not None:
+                rec.admission("queued", "unsolved")
+            return network, "unsolved"
         if self.unsolved_lane is not None and not self.unsolved_lane.hit("lane", now):
-            return network, returning  # the slower lane for clients that do not solve
+            return network, "unsolved"  # the slower lane for clients that do not solve
         self._challenge(space_id, bits, now, rec, "")
         raise AssertionError("unreachable")
 
@@ -282,6 +300,27 @@ class Defense:
 
     def statistics(self) -> DefenseStats:
         return DefenseStats(self.effort.bits, self._rate, self._last_dropped, len(self.seen))
+
+
+def gate(
+    services: Services,
+    entry: IndexEntry,
+    space_id: str,
+    client: str | None,
+    pow_answer: str | None,
+    seen_mark: str | None,
+    again: bool,
+) -> tuple[str, Priority]:
+    """The defense layers in front of a join (:meth:`Defense.gate_join`):
+    (client network, priority in line). ``again``: a renewal or a ticket's
+    exchange. Without a defense: ("unknown", "normal")."""
+    defense = services.defense
+    if defense is None:
+        return "unknown", "normal"
+    lined = services.admission.cap_of(entry) > 0
+    return defense.gate_join(
+        space_id, client, pow_answer, seen_mark, renewal=again, waiting_room=lined
+    )
 
 
 class AuthFailureShield:
