@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from townhall.origin.answers import Rendered
 from townhall.origin.follower import ListenerSource
 from townhall.origin.netlimit import ClientLimit, Headers
 from townhall.policy.media_gate import MediaGate
@@ -35,6 +36,30 @@ def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:
         return source
 
     return lookup
+
+
+def refusal_of(app: Any) -> EarlyRefusal:
+    """The HTTP driver's check before any ASGI work (``server.defense``): a
+    client network, or a bearer token, whose API requests keep being refused
+    gets its 429 from a dict lookup, not from the app's middleware stack.
+    (An object, not a function: it is kept as a class attribute.)"""
+    return EarlyRefusal(app)
+
+
+class EarlyRefusal:
+    """(peer, request target, headers) -> a 429 to send at once, or None."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, peer: str | None, url: bytes, headers: Headers) -> Rendered | None:
+        defense = getattr(getattr(self.app.state, "services", None), "defense", None)
+        if defense is None or not url.startswith(b"/api/"):
+            return None
+        found: Rendered | None = defense.refusals.early(peer, url, headers)
+        return found
 
 
 def limit_of(app: Any) -> ClientLimit:

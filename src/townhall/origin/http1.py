@@ -40,7 +40,7 @@ import httptools
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.origin.app_hooks import limit_of
+from townhall.origin.app_hooks import EarlyRefusal, limit_of, refusal_of
 from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
@@ -127,6 +127,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
     ``limits`` are bound by :func:`protocol_for`."""
 
     fast_path: ClassVar[FastPath | None] = None
+    early_refusal: ClassVar[EarlyRefusal | None] = None  # issue 10: before any ASGI work
     limits: ClassVar[DriverLimits]
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
@@ -404,6 +405,12 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
                 if not req.more_body:
                     self._answer(req)
                 return
+        refuse = self.early_refusal
+        if refuse is not None and (refused := refuse(self._peer, req.url, req.headers)):
+            req.decision = refused  # answered once the body is in (kept alive)
+            if not req.more_body:
+                self._answer(req)
+            return
         self._to_app(req)
 
     def _current_is(self, req: Request) -> bool:
@@ -588,4 +595,6 @@ def protocol_for_app(app: Any, settings: Settings) -> type[Http1Protocol]:
         if settings.fast_path
         else None
     )
-    return protocol_for(fast_path, settings)
+    protocol = protocol_for(fast_path, settings)
+    protocol.early_refusal = refusal_of(app)  # API refusals before the app (server/defense.py)
+    return protocol

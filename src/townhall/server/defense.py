@@ -37,6 +37,7 @@ from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
 from townhall.policy.priority import Priority
 from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
+from townhall.server.refusals import REFUSED, Refusals, bearer_key
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -86,6 +87,9 @@ class Defense:
         self._trusted = parse_networks(settings.trusted_proxies)
         self._playlists_refused = metrics.RATE_LIMITED.labels(limit="playlist-network")
         self._states_refused = metrics.RATE_LIMITED.labels(limit="state-network")
+        self.refusals = Refusals(
+            settings.refusals_per_network_per_10s, settings.rate_limit_max_keys, self._trusted
+        )
         unsolved = settings.challenge_unsolved_joins_per_s
         self.unsolved_lane = NetBuckets(unsolved, 1.0, max_keys=1) if unsolved else None
         self.key = hmac.new(key, b"townhall-challenge-v1", hashlib.sha256).digest()
@@ -330,21 +334,19 @@ class AuthFailureShield:
       (one HMAC);
     - a client network, or a token (one token replayed from many networks),
       whose requests keep being refused (401, 429) is answered 429 until its
-      bucket refills.
+      bucket refills (``server/refusals.py``, the record the HTTP driver also
+      checks before it starts any ASGI work).
 
     Costs a path check per request, and for /api/ requests a dict lookup
     (and a token decode when one is sent)."""
 
     def __init__(self, app: ASGIApp, *, failures_per_10s: int, max_keys: int = 100_000) -> None:
         self.app = app
-        self.failures = NetBuckets(failures_per_10s, 10.0, max_keys=max_keys)
+        self.own = Refusals(failures_per_10s, max_keys, ())  # when the app has no defense
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, wait_s: float) -> None:
         metrics.RATE_LIMITED.labels(limit="refusals").inc()
-        err = TooManyRequests(
-            "Too many of your recent requests were refused; wait, then sign in or join again.",
-            retry_after_s=wait_s,
-        )
+        err = TooManyRequests(REFUSED, retry_after_s=wait_s)
         await problems.problem_response(err.to_problem(scope["path"]), retry_after_s=wait_s)(
             scope, receive, send
         )
@@ -353,17 +355,13 @@ class AuthFailureShield:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        peer = scope["client"][0] if scope.get("client") else None
         services = getattr(scope["app"].state, "services", None)
-        trusted = services.trusted_proxies if services is not None else ()
-        if trusted:
-            forwarded = [
-                v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"
-            ]
-            peer = forwarded_client(peer, forwarded, trusted)
-        keys = [network_of(peer)]
+        defense = getattr(services, "defense", None)
+        refusals: Refusals = defense.refusals if defense is not None else self.own
+        peer = scope["client"][0] if scope.get("client") else None
+        keys = [network_of(refusals.client(peer, scope["headers"]))]
         now = time.monotonic()
-        wait_s = self.failures.check(keys[0], now)
+        wait_s = refusals.wait_s(keys[0], now)
         if wait_s:
             await self._refuse(scope, receive, send, wait_s)
             return
@@ -371,19 +369,19 @@ class AuthFailureShield:
             for name, value in scope["headers"]:
                 if name != b"authorization":
                     continue
-                scheme, _, raw = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and raw.strip():
+                key = bearer_key(value)
+                if key is not None:
                     try:
-                        claims = services.tokens.decode(raw.strip())
+                        services.tokens.decode(value.decode("latin-1").partition(" ")[2].strip())
                     except Unauthorized as exc:
                         # a bad bearer token is a 401 on every route
-                        self.failures.hit(keys[0], now)
+                        refusals.hit(keys, now)
                         await problems.problem_response(exc.to_problem(scope["path"]))(
                             scope, receive, send
                         )
                         return
-                    keys.append("token:" + claims.token_id)
-                    wait_s = self.failures.check(keys[1], now)
+                    keys.append(key)
+                    wait_s = refusals.wait_s(key, now)
                     if wait_s:
                         await self._refuse(scope, receive, send, wait_s)
                         return
@@ -391,9 +389,7 @@ class AuthFailureShield:
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] in (401, 429):
-                later = time.monotonic()
-                for key in keys:
-                    self.failures.hit(key, later)
+                refusals.hit(keys, time.monotonic())
             await send(message)
 
         await self.app(scope, receive, counted)
