@@ -17,6 +17,7 @@ from typing import Protocol
 SLOW_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "
 ENDLESS_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: "
 SLOW_BYTE_EVERY_S = 5.0
+RAMP_PER_S = 1000.0  # slow connections opened per second at the start
 ENDLESS_CHUNK = b"a" * 16384
 
 
@@ -52,6 +53,7 @@ async def slowloris(
 
     async def one(i: int) -> None:
         source = sources[i % len(sources)]
+        await asyncio.sleep(i / RAMP_PER_S)  # no SYN storm: the listen backlog is finite
         while time.monotonic() < deadline_s:
             found = await _connect(port, source, tally)
             if found is None:
