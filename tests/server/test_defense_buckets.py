@@ -11,6 +11,7 @@ server sees many real client networks."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,3 +156,36 @@ def test_a_replayed_token_is_refused_by_the_driver_before_the_app(tmp_path: Path
             assert limited(watcher.get("/metrics").text, "refusals-early") >= 3
     finally:
         server.stop()
+
+
+def test_cached_state_json_comes_from_the_driver_with_the_apps_bytes(tmp_path: Path) -> None:
+    """While state.json is cached, the HTTP/1.1 driver answers it (counted as
+    a fast answer) with the route's status, headers and body; 304 on a
+    matching If-None-Match; the app's and the driver's answers are the same."""
+    env = {"TOWNHALL_STATE_INTERVAL_MS": "2000"}
+    fast = LiveServer(tmp_path / "fast", env).start()
+    try:
+        with client_from(fast.url, "127.0.0.1") as client:
+            space_id = live_space(client)
+            url = f"/spaces/{space_id}/state.json"
+            for _ in range(10):  # two answers of one document (2 s each, a loaded machine)
+                first = client.get(url)  # computed by the app (or already cached)
+                again = client.get(url)  # from the driver's cache of it
+                assert first.status_code == again.status_code == 200, first.text
+                if again.headers["etag"] == first.headers["etag"]:
+                    break
+            assert again.content == first.content
+            drop = {"date"}
+            assert {k: v for k, v in again.headers.items() if k not in drop} == {
+                k: v for k, v in first.headers.items() if k not in drop
+            }
+            etag = again.headers["etag"]
+            cached = client.get(url, headers={"If-None-Match": etag})
+            assert cached.status_code == 304 and cached.headers["etag"] == etag
+            assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+            time.sleep(1.2)  # fast answers reach Prometheus within a second
+            text = client.get("/metrics").text
+        found = re.search(r'^townhall_fastpath_responses_total\{kind="state"\} (\S+)$', text, re.M)
+        assert found is not None and float(found.group(1)) >= 1
+    finally:
+        fast.stop()

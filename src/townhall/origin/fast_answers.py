@@ -22,7 +22,7 @@ from townhall.origin.rules import FastPath, Rendered, Stream, Wait
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"
-_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive")
+_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive", "state")
 _BYTES = {kind: metrics.LISTENER_BYTES.labels(kind=kind) for kind in _KINDS[:4]}
 _ANSWERED = {kind: metrics.FASTPATH_RESPONSES.labels(kind=kind) for kind in _KINDS}
 

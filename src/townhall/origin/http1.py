@@ -406,7 +406,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
                     self._answer(req)
                 return
         refuse = self.early_refusal
-        if refuse is not None and (refused := refuse(self._peer, req.url, req.headers)):
+        if refuse is not None and (refused := refuse(self._peer, req)):
             req.decision = refused  # answered once the body is in (kept alive)
             if not req.more_body:
                 self._answer(req)

@@ -32,12 +32,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from townhall import metrics, problems
 from townhall.config import Settings
 from townhall.errors import TooManyRequests, Unauthorized
+from townhall.origin.answers import Rendered
+from townhall.origin.asgi_cycle import Request
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
 from townhall.policy.priority import Priority
 from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
 from townhall.server.refusals import REFUSED, Refusals, bearer_key
+from townhall.server.state_fast import CachedState
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -87,6 +90,7 @@ class Defense:
         self._trusted = parse_networks(settings.trusted_proxies)
         self._playlists_refused = metrics.RATE_LIMITED.labels(limit="playlist-network")
         self._states_refused = metrics.RATE_LIMITED.labels(limit="state-network")
+        self.state_answers = CachedState()
         self.refusals = Refusals(
             settings.refusals_per_network_per_10s, settings.rate_limit_max_keys, self._trusted
         )
@@ -250,6 +254,10 @@ class Defense:
         """A playlist without delivery directives: O(1), for origin/rules.py to
         call with the request's network (``policy.netbuckets.network_of``)."""
         return self.playlist_buckets.hit(network, now_s)
+
+    def cached_state(self, services: Services, peer: str | None, req: Request) -> Rendered | None:
+        """state.json answered by the HTTP driver while cached (``server/state_fast.py``)."""
+        return self.state_answers.answer(services, peer, req)
 
     def allow_listener_playlist(self, peer: str | None, headers: Sequence[Header]) -> float:
         """The listener rules' playlist limit (``origin.netlimit.ClientLimit``):
