@@ -37,7 +37,9 @@ fi
 
 if [ "$want_test" = 1 ]; then
   need=()
-  for pkg in chromium ffmpeg nginx-light icecast2 wrk fonts-noto-color-emoji redis-server espeak-ng; do
+  # gstreamer: tests/players/test_gstreamer.py plays live.m3u8 with hlsdemux (issue 12)
+  for pkg in chromium ffmpeg nginx-light icecast2 wrk fonts-noto-color-emoji redis-server espeak-ng \
+    gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
   done
   if [ "${#need[@]}" -gt 0 ]; then

@@ -478,6 +478,30 @@ class _CoreSettings(BaseSettings):
     )
     clips_period_s: float = Field(600.0, gt=0, description="The period of clips_per_listener.")
 
+    # --- issue 12: who is listening now, CORS, the recording's ends ---
+    listener_presence_s: float = Field(
+        8.0,
+        ge=2,
+        le=600,
+        description="The listener count is who said 'still here' within about this long: the listener page says so every third of it (POST /api/spaces/{id}/presence), so a closed tab or a lost listener leaves the count within it.",
+    )
+    cors_origins: str = Field(
+        "*",
+        description="Origins whose pages may read listener resources (playlists, media, state.json, their problem+json): '*' for any (public spaces are meant to be embedded), or a comma-separated list such as https://news.example,https://embed.example.",
+    )
+    recording_trim_silence: bool = Field(
+        True,
+        description="When a space ends, the recording (VOD playlist and recording.m4a) stops at the last audio plus about a second, to the part, instead of running on over the silence after the host left (host_absent_end_s).",
+    )
+
+    # --- issue 11: failover and followers ---
+    follower_behind_ms: int = Field(
+        3000,
+        ge=100,
+        le=600_000,
+        description="A room this node follows counts as behind (a problem in /healthz, townhall_followed_rooms_behind) when no part of it arrived for this long (in step, one arrives every part length).",
+    )
+
 
 class Settings(DefenseSettings, _CoreSettings):
     """Every knob of townhall. Construct with keyword overrides in tests.
@@ -497,6 +521,14 @@ class Settings(DefenseSettings, _CoreSettings):
                 raise ValueError(
                     f"trusted_proxies: {item!r} is not an IP address or CIDR such as 10.0.0.0/8"
                 ) from None
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        from townhall.origin.cors import Cors
+
+        Cors.parse(value)
         return value
 
     @field_validator("webrtc_host_addresses")

@@ -279,3 +279,18 @@ CLIP_SECONDS = Histogram(
     "Time to cut one clip from the recorded segments.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
+
+# --- issue 11: failover and followers ---
+BUS_PART_LAG = Histogram(
+    "townhall_bus_part_lag_seconds",
+    "On a follower: from the end of a part by the owner's program date time to its arrival here (includes the owner's pipeline and its program clock's offset: watch it for changes).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FOLLOWED_ROOMS_BEHIND = Gauge(
+    "townhall_followed_rooms_behind",
+    "Rooms this node follows whose newest part is older than follower_behind_ms.",
+)
+FOLLOWER_LAG_MAX = Gauge(
+    "townhall_follower_lag_max_seconds",
+    "The largest lag of the rooms this node follows: how long since their newest part arrived here.",
+)

@@ -276,3 +276,32 @@ def test_after_a_disk_read(live: tuple[FastPath, LiveWindow]) -> None:
     assert isinstance(segment, Rendered) and segment.kind == "segment" and segment.body == b"abc"
     gone = disk_media(FromDisk("init", SPACE, 3), None)
     assert isinstance(gone, Problem) and "init segment 3" in gone.error.detail
+
+
+def test_a_blocking_reload_released_by_a_closed_window_is_not_cached(
+    live: tuple[FastPath, LiveWindow],
+) -> None:
+    """The room moved to another node (its window here closed, not ended)
+    while a blocking reload waited for a part this window never got: the
+    answer must not be cached for max-age=6, or every player asking that URL
+    again through a cache keeps the old playlist instead of the new window's."""
+    fast, window = live
+    wait = decide(fast, "live.m3u8", "_HLS_msn=4&_HLS_part=1")
+    assert isinstance(wait, Wait)
+    reached = decide(fast, "live.m3u8", "_HLS_msn=5")
+    assert isinstance(reached, Wait)
+    publish(window, 4, 1)
+    end(window, 4)  # a part, then the segment: reached answers as usual
+    window.close(ended=False)
+    answer = wait.answer()
+    assert answer is not None and b"max-age=6\r\n" in answer.head  # (4, 1) was published
+    later = decide(fast, "live.m3u8", "_HLS_msn=5&_HLS_part=1")  # closed: answered at once
+    assert isinstance(later, Rendered) and b"max-age=1\r\n" in later.head
+    window2 = make_window(window_segments=3)
+    fast2, _ = make_fast(window2)
+    publish(window2, 0, 0)
+    parked = decide(fast2, "live.m3u8", "_HLS_msn=0&_HLS_part=1")
+    assert isinstance(parked, Wait)
+    window2.close(ended=False)  # before (0, 1) came
+    moved = parked.answer()
+    assert moved is not None and b"cache-control: no-cache\r\n" in moved.head, moved.head

@@ -1,7 +1,10 @@
 """Players nobody on the project wrote, pinned from npm (package.json), each
 playing a live space in Chromium for 20 s: hls.js (the pinned version and one
 older minor), Shaka Player and video.js/VHS. A stall is the media time not
-advancing for more than a second while playing.
+advancing for more than a second while playing. Playing starts at the media
+time's first advance: a player that seeks to the live edge sets currentTime
+before it has the data there, and that start-up (bounded by the waits below)
+is not a stall.
 
 The player pages are served by Playwright under the townhall origin (routes
 below ``/__players/``), so they need nothing from the server but the
@@ -145,6 +148,13 @@ def play_and_watch(page: Any, seconds: float) -> tuple[float, float, list[float]
     page.wait_for_function(
         "() => document.querySelector('video').currentTime > 0 || window.playerError",
         timeout=30_000,
+    )
+    error = page.evaluate("window.playerError")
+    assert not error, f"the player failed: {error}"
+    first = float(page.evaluate("document.querySelector('video').currentTime"))
+    page.wait_for_function(
+        f"() => document.querySelector('video').currentTime > {first!r} || window.playerError",
+        timeout=15_000,
     )
     error = page.evaluate("window.playerError")
     assert not error, f"the player failed: {error}"

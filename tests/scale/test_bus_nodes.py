@@ -11,6 +11,7 @@ import json
 import re
 import signal
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -253,3 +254,80 @@ async def test_a_paused_owner_is_fenced_and_follows(cluster: Cluster) -> None:
             (await b.get(f"/spaces/{space_id}/{uri}")),
         )
         assert part_a.status_code == 200 and part_a.content == part_b.content
+
+
+async def test_a_node_joining_mid_room_answers_at_once_with_the_owners_bytes(
+    cluster: Cluster,
+) -> None:
+    """A node started while a room runs on another: before it serves, it
+    follows the room and replays what the bus holds (init and the live
+    window's segments), so its very first playlist lists the owner's
+    segments and every segment, part and init it names has the owner's bytes.
+    Its /healthz lists the room it follows; with the owner paused (SIGSTOP,
+    shorter than the lease) it says the copy is behind, and in step again
+    afterwards."""
+    slow = {**BUS, "TOWNHALL_ROOM_LEASE_TTL_MS": "8000"}  # no takeover while paused
+    node_a = cluster.node("a", **slow)
+    speaker: Speaker | None = None
+    async with httpx.AsyncClient(base_url=node_a.url, timeout=20) as a:
+        _, headers = await Api(a).account("host")
+        space_id = (await Api(a).space(headers, title="Join mid-room"))["id"]
+        try:
+            speaker = Speaker(node_a.url, space_id, await speaker_token(a, space_id, headers))
+            await until_tone(a, space_id, 30)
+            deadline = time.monotonic() + 20  # two whole segments before B exists
+            while (await playlist(a, space_id)).count("#EXTINF") < 2:
+                assert time.monotonic() < deadline, "no segments on the owner"
+                await asyncio.sleep(0.3)
+            node_b = cluster.node("b", **slow, TOWNHALL_FOLLOWER_BEHIND_MS="1500")
+            async with httpx.AsyncClient(base_url=node_b.url, timeout=20) as b:
+                first = await b.get(f"/spaces/{space_id}/live.m3u8")  # B's first answer
+                assert first.status_code == 200, first.text
+                text_b = first.text
+                segs_b = re.findall(r"^seg/(\d+)\.m4s$", text_b, re.M)
+                assert len(segs_b) >= 2, text_b
+                text_a = await playlist(a, space_id)
+                segs_a = re.findall(r"^seg/(\d+)\.m4s$", text_a, re.M)
+                assert segs_b == segs_a[: len(segs_b)], (text_a, text_b)
+                uris = re.findall(r'URI="([^"]+)"', text_b)
+                uris += [f"seg/{msn}.m4s" for msn in segs_b]
+                for uri in uris:
+                    if "PRELOAD-HINT" in uri:
+                        continue
+                    mine = await b.get(f"/spaces/{space_id}/{uri}")
+                    theirs = await a.get(f"/spaces/{space_id}/{uri}")
+                    assert mine.status_code == theirs.status_code == 200, (uri, mine.text)
+                    assert mine.content == theirs.content, uri
+                await until_tone(b, space_id, 10)
+
+                async def followed() -> tuple[dict[str, Any], dict[str, Any]]:
+                    health = (await b.get("/healthz")).json()
+                    rooms = [r for r in health["followed"] if r["space_id"] == space_id]
+                    assert len(rooms) == 1, health
+                    return health, rooms[0]
+
+                health, room = await followed()
+                assert room["synced"] is True and room["behind"] is False, health
+                assert isinstance(room["lag_ms"], int) and room["lag_ms"] < 1500, health
+                assert room["resyncs"] == 0 and health["status"] == "ok", health
+                assert node_a.proc is not None
+                node_a.proc.send_signal(signal.SIGSTOP)
+                try:
+                    deadline = time.monotonic() + 5
+                    while not (await followed())[1]["behind"]:
+                        assert time.monotonic() < deadline, await followed()
+                        await asyncio.sleep(0.2)
+                    health, room = await followed()
+                    assert health["status"] == "degraded", health
+                    assert any("behind its owner" in p["problem"] for p in health["problems"])
+                    metrics_b = (await b.get("/metrics")).text
+                    assert re.search(r"^townhall_followed_rooms_behind 1\.0$", metrics_b, re.M)
+                finally:
+                    node_a.proc.send_signal(signal.SIGCONT)
+                deadline = time.monotonic() + 10
+                while (await followed())[1]["behind"]:
+                    assert time.monotonic() < deadline, await followed()
+                    await asyncio.sleep(0.2)
+        finally:
+            if speaker is not None:
+                await speaker.close()

@@ -165,3 +165,50 @@ def test_without_an_epoch_start_nothing_is_served() -> None:
     assert state.window is None
     meta = EpochStart(0, 0, b"init", 48000, 24000, PARTS)
     assert not state.restore(Snapshot(meta, (), (), 0))
+
+
+def test_a_takeover_seals_the_open_segment_and_the_others_end_it_the_same() -> None:
+    """The owner dies mid-segment: the node taking over ends that segment with
+    the parts the bus carried (the recording keeps them, every part URI keeps
+    its bytes); another follower that applies the new owner's end and epoch
+    answers exactly like the new owner."""
+    owner = FakeOwner()
+    owner.parts(PARTS + 2)  # one segment, then two parts of the next
+    taker, taker_segments, _ = follower()
+    other, _, _ = follower()
+    for entry in entries(owner.messages):
+        taker.apply(entry)
+        other.apply(entry)
+    sealed = taker.seal()
+    assert sealed is not None
+    assert (sealed.end.msn, sealed.end.part_count) == (1, 2)
+    assert sealed.end.start_samples == PARTS * 24000
+    assert sealed.end.duration_samples == 2 * 24000
+    record, data = taker_segments[-1]
+    assert record == sealed.record and record.msn == 1 and record.part_count == 2
+    assert data == b"".join(
+        m.part.data  # type: ignore[union-attr]
+        for m in owner.messages
+        if getattr(m, "part", None) is not None and m.part.msn == 1  # type: ignore[union-attr]
+    )
+    assert taker.window is not None and taker.window.closed
+    assert taker.seal() is None  # once
+    # the new owner resumes at msn 2 in epoch 1 (as Program.start does from the copy)
+    history = tuple(r for r, _ in taker_segments)
+    new_owner = FakeOwner(epoch=1, first_msn=2, history=history)
+    new_owner.parts(PARTS + 1)
+    seq = len(owner.messages) + 1
+    for entry in entries([sealed, *new_owner.messages], first_seq=seq):
+        other.apply(entry)
+    assert other.window is not None
+    same_answers(new_owner.window, other.window)
+    assert other.statistics().mismatches == 0
+
+
+def test_nothing_to_seal_at_a_segment_boundary() -> None:
+    owner = FakeOwner()
+    owner.parts(PARTS)
+    state, segments, _ = follower()
+    for entry in entries(owner.messages):
+        state.apply(entry)
+    assert state.seal() is None and len(segments) == 1

@@ -20,6 +20,7 @@ from townhall.config import Settings
 from townhall.live.program import Program
 from townhall.media.signals import dominant_frequency, tone
 from townhall.origin import asgi as hls
+from townhall.origin.cors import Cors, CorsMiddleware
 
 
 class Rooms:
@@ -39,6 +40,8 @@ def make_app(settings: Settings) -> tuple[FastAPI, Rooms]:
     app = FastAPI()
     problems.install(app)
     app.include_router(hls.router)
+    # as create_app: CORS on every listener answer, problem+json included
+    app.add_middleware(CorsMiddleware, cors=Cors.parse(settings.cors_origins))
     rooms = Rooms()
     app.state.settings = settings
     app.state.services = SimpleNamespace(settings=settings, rooms=rooms)

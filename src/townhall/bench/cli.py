@@ -57,6 +57,7 @@ ATTACHED = (
     ("latency", "latency_command"),
     ("attack", "attack_command"),
     ("storm", "storm_command"),
+    ("plan_report", "plan_command"),
 )
 
 

@@ -48,6 +48,7 @@ from townhall.bench.bursts import (
     plan_bursts,
     stats_row,
 )
+from townhall.bench.bus_delay import part_delays
 from townhall.bench.hlsplaylist import (
     MediaPlaylist,
     Part,
@@ -229,9 +230,18 @@ def decode_mono(data: bytes) -> npt.NDArray[np.float64]:
 
 
 async def run_latency(
-    target: str, bursts: int, *, listener: bool, progress: bool
+    target: str,
+    bursts: int,
+    *,
+    listener: bool,
+    progress: bool,
+    follower_target: str | None = None,
 ) -> dict[str, Any]:
+    """``follower_target``: a second LL-HLS listener, on another node of the
+    same deployment (one that follows the room over the bus), measured in the
+    same run as the listener on ``target`` (the room's node)."""
     signal = plan_bursts(bursts)
+    follower_capture = HlsCapture()
     async with httpx.AsyncClient(base_url=target, timeout=20.0) as http:
         stage = await create_stage(http, 2, "townhall bench latency")
         track_a = PcmTrack(signal.pcm, keep_send_times=True)
@@ -247,15 +257,33 @@ async def run_latency(
             await asyncio.wait_for(b.connected.wait(), 15)
             await a.connect(http_offer(http, stage.space_id, stage.tokens[0]))
             await asyncio.wait_for(a.connected.wait(), 15)
+            bus_row: dict[str, Any] | None = None
             if listener:
-                async with httpx.AsyncClient(base_url=target, timeout=20.0) as hls_http:
+                async with (
+                    httpx.AsyncClient(base_url=target, timeout=20.0) as hls_http,
+                    httpx.AsyncClient(
+                        base_url=follower_target or target, timeout=20.0
+                    ) as follower_http,
+                ):
+                    follower_task: asyncio.Task[None] | None = None
+                    if follower_target is not None:
+                        await wait_for_playlist(follower_http, stage.space_id)
+                        follower_task = asyncio.create_task(
+                            follow_llhls(follower_http, stage.space_id, stop, follower_capture)
+                        )
                     hls_task = asyncio.create_task(
                         follow_llhls(hls_http, stage.space_id, stop, capture)
                     )
+                    if follower_target is not None:
+                        bus_row = await part_delays(
+                            hls_http, follower_http, stage.space_id, max(10, bursts)
+                        )
                     await _wait_sent(track_a, signal.pcm, progress)
                     await asyncio.sleep(max(3.0, 2 * (capture.part_hold_back_s or 1.5)))
                     stop.set()
                     await asyncio.wait_for(hls_task, 15)
+                    if follower_task is not None:
+                        await asyncio.wait_for(follower_task, 15)
             else:
                 await _wait_sent(track_a, signal.pcm, progress)
                 await asyncio.sleep(1.0)
@@ -272,6 +300,12 @@ async def run_latency(
     speaker_lat: list[float] = []
     listener_lat: list[float] = []
     hls_pcm = decode_mono(bytes(capture.data)) if listener and capture.data else None
+    follower_pcm = (
+        decode_mono(bytes(follower_capture.data))
+        if listener and follower_target and follower_capture.data
+        else None
+    )
+    follower_lat: list[float] = []
     for freq, onsets in signal.onsets.items():
         sent = onset_send_times(onsets, track_a.send_times_s)
         heard = onset_arrival_times(
@@ -289,6 +323,18 @@ async def run_latency(
                 if t is not None
             ]
             listener_lat += match_latencies(sent, played, window_s)
+        if follower_pcm is not None:
+            played = [
+                t
+                for t in (
+                    follower_capture.timeline.play_time(
+                        i / SAMPLE_RATE_HZ, follower_capture.startup_parts
+                    )
+                    for i in signals.detect_onsets(follower_pcm, freq, threshold=DETECT_THRESHOLD)
+                )
+                if t is not None
+            ]
+            follower_lat += match_latencies(sent, played, window_s)
     rows = [stats_row("speaker_to_speaker", speaker_lat, signal.count, BAR_SPEAKER_P50_S)]
     result: dict[str, Any] = {"target": target, "bursts": bursts, "rows": rows}
     if listener:
@@ -299,6 +345,19 @@ async def run_latency(
         result["part_hold_back_s"] = capture.part_hold_back_s
         if capture.error:
             result["listener_error"] = capture.error
+    if listener and follower_target is not None:
+        # the bus's cost: the same bursts heard through a follower node
+        rows.append(
+            stats_row("speaker_to_llhls_follower", follower_lat, signal.count, BAR_LISTENER_P50_S)
+        )
+        result["follower_target"] = follower_target
+        if bus_row is not None:
+            rows.append(bus_row)
+        if follower_capture.error:
+            result["follower_error"] = follower_capture.error
+        owner_p50, follower_p50 = rows[1]["p50_s"], rows[2]["p50_s"]
+        if owner_p50 is not None and follower_p50 is not None:
+            result["bus_added_p50_s"] = round(follower_p50 - owner_p50, 4)
     return result
 
 
@@ -401,6 +460,14 @@ def format_table(result: dict[str, Any]) -> str:
         )
     if "listener_error" in result:
         lines.append(f"listener: {result['listener_error']}")
+    if "bus_added_p50_s" in result:
+        lines.append(
+            f"listener on the follower {result['follower_target']}: "
+            f"{result['bus_added_p50_s']:+.3f} s at p50 vs the room's node (includes "
+            "each player's start phase, up to a part; bus_part_delay is the bus alone)"
+        )
+    if "follower_error" in result:
+        lines.append(f"follower listener: {result['follower_error']}")
     return "\n".join(lines)
 
 
@@ -441,6 +508,11 @@ def _f(value: float | None) -> str:
     show_default=True,
     help="Measurement window per CPU point.",
 )
+@click.option(
+    "--follower-target",
+    default=None,
+    help="Scaled out: also listen through this other node (it follows the room over the bus), in the same run, to measure what the bus adds.",
+)
 @click.option("--allow-remote", is_flag=True, help="Allow a target that is not a loopback address.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def latency_command(
@@ -450,16 +522,18 @@ def latency_command(
     cpu_speakers: str,
     server_pid: int | None,
     cpu_duration_s: float,
+    follower_target: str | None,
     allow_remote: bool,
     as_json: bool,
 ) -> None:
     """Measure mouth-to-ear latency (speaker to speaker over WebRTC, speaker
     to LL-HLS listener) and, optionally, server CPU per speaker count."""
-    host = urlsplit(target).hostname or ""
-    if not allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
-        raise click.UsageError(
-            f"{target} is not a loopback address; pass --allow-remote if you mean it."
-        )
+    for url in (target, follower_target):
+        host = urlsplit(url).hostname or "" if url else "127.0.0.1"
+        if not allow_remote and host not in ("127.0.0.1", "::1", "localhost"):
+            raise click.UsageError(
+                f"{url} is not a loopback address; pass --allow-remote if you mean it."
+            )
     try:
         counts = [int(x) for x in cpu_speakers.split(",") if x.strip()]
     except ValueError:
@@ -473,7 +547,13 @@ def latency_command(
             raise click.UsageError("Could not find the server process; pass --server-pid.")
 
     async def main() -> dict[str, Any]:
-        result = await run_latency(target, bursts, listener=listener, progress=not as_json)
+        result = await run_latency(
+            target,
+            bursts,
+            listener=listener,
+            progress=not as_json,
+            follower_target=follower_target,
+        )
         if counts:
             assert pid is not None
             result["cpu"] = [

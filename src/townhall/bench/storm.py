@@ -123,6 +123,17 @@ class Storm:
         space.raise_for_status()
         self.space_id = space.json()["id"]
 
+    async def cap_of(self, http: httpx.AsyncClient) -> int:
+        """The space's cap from queue.json; behind a load balancer another node
+        may not know the new space for up to one index refresh, so ask again
+        (bounded, 10 s)."""
+        deadline = time.monotonic() + 10
+        while True:
+            doc = (await http.get(f"/spaces/{self.space_id}/queue.json")).json()
+            if "max_listeners" in doc or time.monotonic() > deadline:
+                return int(doc["max_listeners"])
+            await asyncio.sleep(0.2)
+
     # -- the queue document (shared copy) ------------------------------------------------
 
     async def poll_doc(self, deadline: float) -> None:
@@ -272,9 +283,7 @@ class Storm:
         async with httpx.AsyncClient(base_url=o["target"], timeout=15) as http:
             await self.prepare(http)
             metrics_before = (await http.get("/metrics")).text
-            cap = int(
-                (await http.get(f"/spaces/{self.space_id}/queue.json")).json()["max_listeners"]
-            )
+            cap = await self.cap_of(http)
             if cap <= 0:
                 raise click.UsageError("The target has no cap: start it with --max-listeners C.")
             rng = random.Random(o["seed"])

@@ -233,6 +233,9 @@ class SpeakerClient:
         # what the server's RTCP receiver reports say it received, and when that last grew
         self.acked_packets = 0
         self.acked_at_s: float | None = None
+        # when the last frame of the return audio (the server's mix-minus, sent
+        # every frame, silence included) arrived: its silence means a dead server
+        self.returned_at_s: float | None = None
 
     async def __aenter__(self) -> SpeakerClient:
         return self
@@ -286,6 +289,13 @@ class SpeakerClient:
         last = self.acked_at_s if self.acked_at_s is not None else since_s
         return time.monotonic() - last > stall_s
 
+    def return_stalled(self, stall_s: float) -> bool:
+        """The return audio flowed and then stopped for ``stall_s``: the server
+        sends it every frame (silence included), so it is gone. Faster than
+        receiver reports, which come about once a second."""
+        last = self.returned_at_s
+        return last is not None and time.monotonic() - last > stall_s
+
     async def _record_main(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(
             format="s16", layout="mono", rate=SAMPLE_RATE_HZ, frame_size=FRAME_SAMPLES
@@ -296,6 +306,7 @@ class SpeakerClient:
                     frame = await track.recv()
                 except MediaStreamError:
                     return
+                self.returned_at_s = time.monotonic()
                 if not self.record or not isinstance(frame, av.AudioFrame):
                     continue
                 now = time.monotonic()

@@ -147,17 +147,50 @@ class PublishResult:
 class Reconnect:
     """How ``publish`` comes back after losing the server: retry for up to
     ``for_s`` seconds (0: never) with exponential backoff from ``first_s`` to
-    ``max_s``; the server counts as lost when its connection fails or its
-    receiver reports stop growing for ``stall_s``."""
+    ``max_s``; the server counts as lost when its connection fails, the
+    return audio (sent every frame) stops for ``return_stall_s`` while its
+    receiver reports have not grown for ``confirm_s`` either (one signal
+    alone may be a busy client), or the reports stop for ``stall_s``. A server that answers but
+    refuses for now (503: the room is moving to another node, 429) is asked
+    again after ``refused_s`` instead: the room is about to be back, and
+    behind a load balancer the next offer may reach the node that runs it."""
 
     for_s: float = 0.0
     first_s: float = 0.5
     max_s: float = 4.0
     stall_s: float = 5.0
+    return_stall_s: float = 1.5
+    confirm_s: float = 2.0
+    refused_s: float = 0.2
 
     def delay_s(self, attempt: int) -> float:
         base: float = min(self.max_s, self.first_s * 2.0 ** min(attempt, 30))
         return base * (0.5 + random.random() / 2)  # jitter: bots do not return in step
+
+    def refused_delay_s(self) -> float:
+        return self.refused_s * (0.5 + random.random())
+
+
+def _patient(post: PostOffer, policy: Reconnect, until_s: float, stop: asyncio.Event) -> PostOffer:
+    """``post`` that asks again with the same offer after a refusal that may
+    pass (503: the room is moving to another node), until ``until_s``: an
+    offer stays valid, so a retry costs one request, not a new peer."""
+
+    async def again(sdp: str, type_: str) -> tuple[str, str]:
+        while True:
+            try:
+                return await post(sdp, type_)
+            except SpeakError as exc:
+                delay_s = policy.refused_delay_s()
+                if not exc.retryable or time.monotonic() + delay_s > until_s:
+                    raise
+                log.warning("%s; asking again in %.2f s", exc.message, delay_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay_s)
+                if stop.is_set():
+                    raise
+
+    return again
 
 
 @dataclass
@@ -182,9 +215,11 @@ async def _one_connection(
     timeout_s: float,
     *,
     first: bool,
+    retry_until_s: float = 0.0,
 ) -> str:
     """One peer connection until the source ends ("ended"), ``stop`` or the
-    deadline ("done"), or the server is lost ("lost"). Adds the frames pushed
+    deadline ("done"), or the server is lost ("lost"; "refused" when it
+    answered that it cannot take us now). Adds the frames pushed
     and those the server acknowledged to ``run``. The ``first`` connection's
     errors are raised: a server that was never there is not waited for."""
     first_frame = run.track.frames_sent if isinstance(run.track, PacedTrack) else 0
@@ -194,7 +229,11 @@ async def _one_connection(
     connected_at = time.monotonic()
     try:
         try:
-            await asyncio.wait_for(client.connect(http_offer(http, space_id, token)), timeout_s)
+            post = http_offer(http, space_id, token)
+            if not first:
+                post = _patient(post, policy, retry_until_s, run.stop)
+            patience_s = max(0.0, retry_until_s - time.monotonic())
+            await asyncio.wait_for(client.connect(post), timeout_s + patience_s)
             await asyncio.wait_for(client.connected.wait(), timeout_s)
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
             if first:
@@ -205,8 +244,10 @@ async def _one_connection(
             if first or not exc.retryable:
                 raise
             log.warning("%s", exc.message)
-            return outcome
+            return "refused"
         connected_at = time.monotonic()
+        if not first:
+            log.warning("connected to the server again")
         if run.deadline_s is None and run.duration_s is not None:
             run.deadline_s = connected_at + run.duration_s
         while True:
@@ -216,13 +257,20 @@ async def _one_connection(
                 run.deadline_s is not None and time.monotonic() >= run.deadline_s
             ):
                 outcome = "done"
-            elif client.failed.is_set() or client.reports_stalled(policy.stall_s, connected_at):
+            elif client.failed.is_set():
+                log.warning("lost the server: connection failed")
+                break
+            elif client.return_stalled(policy.return_stall_s) and client.reports_stalled(
+                policy.confirm_s, connected_at
+            ):
                 log.warning(
-                    "lost the server: %s",
-                    "connection failed"
-                    if client.failed.is_set()
-                    else f"no receiver report for {policy.stall_s:.0f} s",
+                    "lost the server: no return audio for %.1f s, no receiver report for %.1f s",
+                    policy.return_stall_s,
+                    policy.confirm_s,
                 )
+                break
+            elif client.reports_stalled(policy.stall_s, connected_at):
+                log.warning("lost the server: no receiver report for %.0f s", policy.stall_s)
                 break
             if outcome != "lost":
                 await asyncio.sleep(0.2)  # let the last frames of the return arrive
@@ -231,7 +279,9 @@ async def _one_connection(
         return outcome
     finally:
         pushed = (run.track.frames_sent if isinstance(run.track, PacedTrack) else 0) - first_frame
-        healthy = outcome != "lost" and not client.reports_stalled(policy.stall_s, connected_at)
+        healthy = outcome in ("ended", "done") and not client.reports_stalled(
+            policy.stall_s, connected_at
+        )
         run.pushed += pushed
         # a healthy end: the server heard it all but the last report's worth;
         # a lost server: only what its last report acknowledged
@@ -289,9 +339,16 @@ async def publish(
             while True:
                 acked_before = run.acked
                 outcome = await _one_connection(
-                    run, http, space_id, token, policy, timeout_s, first=reconnects == 0
+                    run,
+                    http,
+                    space_id,
+                    token,
+                    policy,
+                    timeout_s,
+                    first=reconnects == 0,
+                    retry_until_s=(lost_since or time.monotonic()) + policy.for_s,
                 )
-                lost = outcome == "lost"
+                lost = outcome in ("lost", "refused")
                 if not lost:
                     break
                 now = time.monotonic()
@@ -302,9 +359,17 @@ async def publish(
                     if policy.for_s > 0:
                         log.warning("gave up: no server for %.0f s", now - lost_since)
                     break
-                delay_s = policy.delay_s(attempt)
-                attempt += 1
-                log.warning("reconnecting to %s in %.1f s", server_url, delay_s)
+                if outcome == "refused":
+                    delay_s = policy.refused_delay_s()
+                elif attempt == 0:
+                    # soon the first time: behind a balancer another node may
+                    # run the room already (a takeover)
+                    delay_s = policy.refused_delay_s()
+                    attempt = 1
+                else:
+                    delay_s = policy.delay_s(attempt)
+                    attempt += 1
+                log.warning("reconnecting to %s in %.2f s", server_url, delay_s)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(run.stop.wait(), delay_s)
                 if run.stop.is_set() or (
@@ -338,6 +403,9 @@ async def publish(
     )
 
 
+_DEFAULT = Reconnect()
+
+
 @click.command("speak")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--server", "server_url", required=True, help="Base URL of the townhall server.")
@@ -360,6 +428,48 @@ async def publish(
     show_default=True,
     help="When the server goes away (a restart), keep reconnecting with backoff for this long; 0 stops at once.",
 )
+@click.option(
+    "--return-stall-s",
+    type=float,
+    default=_DEFAULT.return_stall_s,
+    show_default=True,
+    help="The server counts as lost when the audio it sends back stops for this long.",
+)
+@click.option(
+    "--confirm-stall-s",
+    type=float,
+    default=_DEFAULT.confirm_s,
+    show_default=True,
+    help="... and its receiver reports have not grown for this long either (both must stop).",
+)
+@click.option(
+    "--stall-s",
+    type=float,
+    default=_DEFAULT.stall_s,
+    show_default=True,
+    help="The server counts as lost when its receiver reports stop growing for this long.",
+)
+@click.option(
+    "--reconnect-first-s",
+    type=float,
+    default=_DEFAULT.first_s,
+    show_default=True,
+    help="First backoff after losing the server (doubles up to --reconnect-max-s).",
+)
+@click.option(
+    "--reconnect-max-s",
+    type=float,
+    default=_DEFAULT.max_s,
+    show_default=True,
+    help="Longest backoff between two reconnection attempts.",
+)
+@click.option(
+    "--refused-retry-s",
+    type=float,
+    default=_DEFAULT.refused_s,
+    show_default=True,
+    help="After a server answers 503 or 429 (the room is moving to another node), ask again after about this long.",
+)
 def speak_command(
     file: Path,
     server_url: str,
@@ -371,6 +481,12 @@ def speak_command(
     duration_s: float | None,
     record_return: Path | None,
     reconnect_for_s: float,
+    return_stall_s: float,
+    confirm_stall_s: float,
+    stall_s: float,
+    reconnect_first_s: float,
+    reconnect_max_s: float,
+    refused_retry_s: float,
 ) -> None:
     """Publish FILE (WAV or any audio PyAV reads) into a live space as a speaker."""
     if token is None and (username is None or password is None):
@@ -390,7 +506,15 @@ def speak_command(
             loop=loop,
             duration_s=duration_s,
             record_to=record_return,
-            reconnect=Reconnect(for_s=reconnect_for_s),
+            reconnect=Reconnect(
+                for_s=reconnect_for_s,
+                first_s=reconnect_first_s,
+                max_s=reconnect_max_s,
+                stall_s=stall_s,
+                return_stall_s=return_stall_s,
+                confirm_s=confirm_stall_s,
+                refused_s=refused_retry_s,
+            ),
             renew_token=fresh_token if token is None else None,
         )
 

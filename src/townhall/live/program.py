@@ -38,6 +38,7 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.errors import Conflict
 from townhall.live.recorder import Recorder, RecordingHealth
+from townhall.live.trim import TAIL_S, AudioExtent
 from townhall.media import adts
 from townhall.media.cmaf import CmafPackager, Part, SegmentEnd, part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES, AacEncoder
@@ -194,6 +195,8 @@ class Program:
         # the segment bus (scaled out): told every call made on the window; never blocks
         self.tap: Callable[[Message], None] | None = None
         self.taps: list[AudioTap] = []
+        # where the last audible frame ended: the recording ends there (issue 12)
+        self.audio = AudioExtent()
 
     @property
     def ended(self) -> bool:
@@ -299,7 +302,14 @@ class Program:
         if self._encoder_task is not None:
             await asyncio.gather(self._encoder_task, return_exceptions=True)
         if self.recorder is not None:
-            await self.recorder.close(ended=ended)
+            last = self.audio.last_audible_end
+            keep = None
+            if ended and last is not None and self.settings.recording_trim_silence:
+                keep = last + int(TAIL_S * self.sample_rate_hz)
+            part_samples = self.part_frames * AAC_FRAME_SAMPLES
+            await self.recorder.close(
+                ended=ended, keep_until_samples=keep, part_samples=part_samples
+            )
         self._running = False
         if self.window is not None:
             self.window.close(ended=ended)
@@ -438,6 +448,7 @@ class Program:
         while True:
             pcm = await self._frames.get()
             if pcm is not None:
+                self.audio.feed(pcm, fed_samples)
                 self._tap(pcm, fed_samples)
                 fed_samples += len(pcm)
             try:

@@ -17,17 +17,25 @@ outage makes one gap), and the next recorded segment carries a discontinuity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord, write_cause
+from townhall.live.trim import first_parts, plan_tail
+from townhall.store.recordings import (
+    MANIFEST,
+    Manifest,
+    RecordingStore,
+    SegmentRecord,
+    write_cause,
+)
 
 log = logging.getLogger("townhall.media")
 
@@ -151,16 +159,26 @@ class Recorder:
             failing_for_s=round(failing_for_s, 3),
         )
 
-    async def close(self, *, ended: bool) -> Manifest:
+    async def close(
+        self, *, ended: bool, keep_until_samples: int | None = None, part_samples: int = 0
+    ) -> Manifest:
         """Write what is queued (retrying for at most ``recording_drain_timeout_s``;
         what is still unwritten then is listed as missing), mark the recording
-        ended if ``ended``, release the descriptors. Returns the manifest."""
+        ended if ``ended``, release the descriptors. Returns the manifest.
+        With ``keep_until_samples`` an ended recording stops there (rounded up
+        to a part of ``part_samples``): the dead air after it is dropped
+        (``live/trim.py``)."""
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + self.settings.recording_drain_timeout_s
         self._items.append(None)
         self._ready.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        if ended and keep_until_samples is not None:
+            await self._retry(
+                partial(self._trim_tail, keep_until_samples, part_samples),
+                "the end of the recording (dead air dropped)",
+            )
         if ended:
             marked = await self._retry(
                 lambda: self.store.mark_ended(self._manifest), "the end mark"
@@ -170,6 +188,39 @@ class Recorder:
         return self._manifest
 
     # -- internals -----------------------------------------------------------------
+
+    def _trim_tail(self, keep_until_samples: int, part_samples: int) -> Manifest:
+        """Drop what follows ``keep_until_samples`` (in a thread): the shortened
+        last segment is written first, then the manifest that names it; the
+        files of the dropped segments are removed last (best effort)."""
+        manifest = self._manifest
+        cut = plan_tail(manifest.segments, keep_until_samples, part_samples)
+        if cut is None:
+            return manifest
+        if cut.shortened is not None:
+            msn, parts = cut.shortened
+            data = self.store.read_segment(msn)
+            if data is None:
+                raise OSError(errno.ENOENT, f"segment {msn} cannot be read back to shorten it")
+            self.store.writer.write(self.store.segment_path(msn).name, first_parts(data, parts))
+        last = cut.segments[-1]
+        end = last.start_samples + last.duration_samples
+        trimmed = replace(
+            manifest,
+            segments=cut.segments,
+            missing=tuple(r for r in manifest.missing if r.start_samples < end),
+        )
+        self.store.writer.write(MANIFEST, trimmed.to_json())
+        kept = {r.msn for r in cut.segments}
+        for record in manifest.segments:
+            if record.msn not in kept:
+                with contextlib.suppress(OSError):
+                    self.store.segment_path(record.msn).unlink()
+        dropped_s = (manifest.end_samples - end) / manifest.sample_rate_hz
+        log.info(
+            "recording of %s: %.1f s of dead air at the end dropped", self.store.space_id, dropped_s
+        )
+        return trimmed
 
     def _push(self, item: _Init | _Segment, nbytes: int, samples: int) -> None:
         self._items.append(item)

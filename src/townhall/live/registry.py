@@ -50,6 +50,11 @@ class RoomRegistry:
             for problem in room.program.health().problems()
         ]
 
+    def followed(self) -> list[dict[str, Any]]:
+        """Scaled out: the rooms this node follows, how far behind each is
+        (for /healthz); empty otherwise."""
+        return self.scaleout.followed_health() if self.scaleout is not None else []
+
     def space_ids(self) -> list[str]:
         """The spaces with a room on this node, now (a copy)."""
         return list(self._rooms)

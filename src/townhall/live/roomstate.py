@@ -2,10 +2,15 @@
 reaction totals of each space, and the single-flight cache of the state.json
 document computed from them (``server/api_state.py`` serves it).
 
-The listener count is approximate: a HyperLogLog sketch of the distinct
-listener token ids seen on join or renewal (a renewal keeps its token id) over
-the last one to two token lifetimes; memory is fixed per space whatever the
-crowd (4 KiB per generation, about 1.6 % standard error).
+The listener count is who is listening now: a HyperLogLog sketch of the
+distinct listener token ids that said "still here" (join, renewal, or the
+page's presence beat every third of ``listener_presence_s``) within the last
+one to two generations of half ``listener_presence_s`` each; memory is fixed
+per space whatever the crowd (4 KiB per generation, about 1.6 % standard
+error). A listener who leaves, closes the tab or loses the network drops out
+within ``listener_presence_s``. At shutdown the sketch is saved beside the
+data and loaded by the next process (for one presence window), so a restart
+does not read 0 while the pages come back.
 
 With ``redis_url`` set, the count and the reaction totals are those of every
 node, kept in Redis (``store/shared.py``); the tallies here then only hold
@@ -23,6 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -59,11 +65,12 @@ def hll_estimate(registers: bytes | bytearray) -> int:
 
 
 class ListenerCounter:
-    """Distinct listener token ids per space within the token lifetime.
+    """Distinct listener token ids per space seen within the last one to two
+    generations of ``ttl_s`` (half ``listener_presence_s`` in the server).
 
     Two generations of registers per space: the current one takes new ids and
     becomes the previous one after ``ttl_s``; the count is their union, so an
-    id is counted for between one and two lifetimes after it was last seen.
+    id is counted for between one and two generations after it was last seen.
     """
 
     def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -98,6 +105,53 @@ class ListenerCounter:
         _, current, previous = self._generation(space_id)
         union = bytes(max(a, b) for a, b in zip(current, previous, strict=True))
         return hll_estimate(union)
+
+    def snapshot(self) -> dict[str, bytes]:
+        """The registers (union of both generations) of every space still
+        counting someone: what a restarted process takes over (``restore``)."""
+        saved = {}
+        for space_id in list(self._spaces):
+            if self.count(space_id) > 0:
+                _, current, previous = self._spaces[space_id]
+                saved[space_id] = bytes(max(a, b) for a, b in zip(current, previous, strict=True))
+        return saved
+
+    def restore(self, saved: dict[str, bytes]) -> None:
+        """Take over a snapshot as the current generation: those listeners
+        count for up to two generations (one presence window), by when the
+        ones still listening said so again; registers of the wrong size are
+        ignored."""
+        now = self._clock()
+        for space_id, registers in saved.items():
+            if len(registers) == HLL_REGISTERS:
+                self._spaces[space_id] = (now, bytearray(registers), bytearray(HLL_REGISTERS))
+
+
+def save_presence(counter: ListenerCounter, path: Path, *, now_s: float) -> None:
+    """Write ``counter``'s snapshot to ``path`` (temp file, then rename)."""
+    doc = {
+        "saved_at": now_s,
+        "spaces": {space_id: regs.hex() for space_id, regs in counter.snapshot().items()},
+    }
+    temp = path.with_suffix(".tmp")
+    temp.write_bytes(orjson.dumps(doc))
+    temp.replace(path)
+
+
+def load_presence(counter: ListenerCounter, path: Path, *, now_s: float, max_age_s: float) -> int:
+    """Restore a snapshot written less than ``max_age_s`` ago (then remove the
+    file: it is used once); the number of spaces restored. A missing, stale or
+    unreadable file restores nothing."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+        path.unlink()
+        if not 0 <= now_s - float(doc["saved_at"]) < max_age_s:
+            return 0
+        saved = {str(k): bytes.fromhex(v) for k, v in dict(doc["spaces"]).items()}
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return 0
+    counter.restore(saved)
+    return len(saved)
 
 
 class ReactionTotals:

@@ -27,19 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.origin.bus import EpochStart, Message
+from townhall.origin.bus import EpochStart, Message, SegmentEnded
 from townhall.origin.fanout import ProgressiveHub
-from townhall.origin.follower import Follower, FollowerState
-from townhall.store.bus_redis import BusPublisher, BusWriter, RedisBusReader, connect_blocking
+from townhall.origin.follower import BusReader, Follower, FollowerState
+from townhall.store.bus_mux import BusMux, MuxReader
+from townhall.store.bus_redis import BusPublisher, BusWriter, connect_blocking
 from townhall.store.lease import Lease, Leases
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("townhall.media")
 
 _RECORDING_QUEUE = 16  # segments (about a minute) a slow disk may fall behind
+_TAKEOVER_MARGIN_S = 0.005  # after the lease's own expiry (Redis expires keys on access)
 
 
 def node_name(settings: Settings) -> str:
@@ -60,7 +64,7 @@ class FollowedRoom:
     """A room this node follows: the follower, its recording copy, and what
     the fast path needs (``window``, ``progressive``, ``ended``)."""
 
-    def __init__(self, space_id: str, settings: Settings, redis: Any, blocking: Any) -> None:
+    def __init__(self, space_id: str, settings: Settings, reader: BusReader) -> None:
         self.space_id = space_id
         self.recording = RecordingStore(settings.recordings_dir, space_id)
         self.sample_rate_hz = settings.sample_rate_hz
@@ -72,7 +76,7 @@ class FollowedRoom:
             on_segment=self._on_segment,
             on_close=self._on_close,
         )
-        reader = RedisBusReader(redis, blocking, prefix=settings.redis_prefix, space_id=space_id)
+        self.reader = reader
         self.follower = Follower(
             space_id,
             state,
@@ -99,9 +103,13 @@ class FollowedRoom:
         self._writer = asyncio.create_task(self._write_loop(), name=f"follower-rec-{self.space_id}")
         metrics.FOLLOWED_ROOMS.inc()
 
-    async def stop(self, *, drain_s: float = 5.0) -> None:
-        """Stop following; wait (bounded) until the recording copy is durable."""
+    async def stop(self, *, drain_s: float = 5.0, seal: bool = False) -> SegmentEnded | None:
+        """Stop following; wait (bounded) until the recording copy is durable.
+        ``seal`` (this node takes the room over): end the open segment with
+        the parts the bus carried first (``FollowerState.seal``), and return
+        that end for the new owner to publish."""
         await self.follower.stop()
+        sealed = self.follower.state.seal() if seal else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._writes.join(), drain_s)
         if self._writer is not None:
@@ -111,6 +119,29 @@ class FollowedRoom:
             self._writer = None
             metrics.FOLLOWED_ROOMS.dec()
         await asyncio.to_thread(self.recording.close)
+        return sealed
+
+    def health(self, now_s: float, part_s: float, behind_s: float) -> dict[str, Any]:
+        """This node's copy of the room, for /healthz: how far behind the owner
+        it is (``lag_ms``: since the newest part arrived, a part length at
+        most when in step; ``parts_behind``: the whole parts the owner made
+        meanwhile, from the part length), and how often it had to resync.
+        ``now_s`` is time.monotonic()."""
+        stats = self.follower.state.statistics()
+        status = self.follower.status
+        lag_s = status.lag_s(now_s)
+        behind = status.behind_since_s is not None or (lag_s is not None and lag_s > behind_s)
+        return {
+            "space_id": self.space_id,
+            "synced": stats.synced,
+            "behind": behind,
+            "lag_ms": None if lag_s is None else round(lag_s * 1000),
+            "parts_behind": None if lag_s is None else max(0, int(lag_s // part_s) - 1),
+            "resyncs": stats.resyncs,
+            "gaps": stats.gaps,
+            "last_error": status.last_error if status.behind_since_s is not None else "",
+            "recording_intact": self.recording_intact,
+        }
 
     # -- the recording copy -----------------------------------------------------------
 
@@ -200,6 +231,15 @@ class Scaleout:
         self.is_live = is_live
         self.live_ids = live_ids
         self.node_id = node_name(settings)
+        self.mux = BusMux(
+            self.blocking,
+            redis,
+            prefix=settings.redis_prefix,
+            node_id=self.node_id,
+            block_ms=settings.bus_block_ms,
+            max_entries=settings.bus_max_entries,
+            retry_s=max(0.1, settings.redis_backoff_ms / 1000),
+        )
         self.leases = Leases(
             redis,
             prefix=settings.redis_prefix,
@@ -212,6 +252,8 @@ class Scaleout:
         self._pending_leases: dict[str, Lease] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
+        self._takeovers: dict[str, asyncio.Task[None]] = {}
+        self._sealed: dict[str, SegmentEnded] = {}
 
     # -- owner side --------------------------------------------------------------------
 
@@ -236,6 +278,11 @@ class Scaleout:
             lease=lease,
         )
         self.owned[space_id] = owned
+        sealed = self._sealed.pop(space_id, None)
+        if sealed is not None:
+            # the segment the dead owner was building, ended by this node with
+            # the parts the bus carried: other followers end theirs the same way
+            owned.publisher.offer(sealed)
         program = room.program
 
         def tap(message: Message) -> None:
@@ -284,17 +331,33 @@ class Scaleout:
     def follow(self, space_id: str) -> FollowedRoom:
         followed = self.followed.get(space_id)
         if followed is None:
-            followed = FollowedRoom(space_id, self.settings, self.redis, self.blocking)
+            followed = FollowedRoom(space_id, self.settings, self.mux.reader(space_id))
             self.followed[space_id] = followed
             followed.start()
             log.info("following room %s on the bus", space_id)
         return followed
 
-    async def unfollow(self, space_id: str) -> FollowedRoom | None:
+    async def unfollow(self, space_id: str, *, seal: bool = False) -> FollowedRoom | None:
         followed = self.followed.pop(space_id, None)
         if followed is not None:
-            await followed.stop()
+            sealed = await followed.stop(seal=seal)
+            if isinstance(followed.reader, MuxReader):
+                self.mux.remove(followed.reader)
+            if sealed is not None:
+                self._sealed[space_id] = sealed
         return followed
+
+    def followed_health(self, now_s: float | None = None) -> list[dict[str, Any]]:
+        """Every room this node follows, as ``FollowedRoom.health`` (also sets
+        the followers' gauges)."""
+        now_s = time.monotonic() if now_s is None else now_s
+        part_s = self.settings.part_ms / 1000
+        behind_s = self.settings.follower_behind_ms / 1000
+        rooms = [f.health(now_s, part_s, behind_s) for f in list(self.followed.values())]
+        metrics.FOLLOWED_ROOMS_BEHIND.set(sum(1 for r in rooms if r["behind"]))
+        lags = [r["lag_ms"] for r in rooms if r["lag_ms"] is not None]
+        metrics.FOLLOWER_LAG_MAX.set(max(lags) / 1000 if lags else 0.0)
+        return rooms
 
     # -- leases ----------------------------------------------------------------------------
 
@@ -316,7 +379,7 @@ class Scaleout:
             if lease is None:
                 self.follow(space_id)
                 return None
-            followed = await self.unfollow(space_id)
+            followed = await self.unfollow(space_id, seal=True)
             if followed is not None and not followed.recording_intact:
                 log.warning(
                     "room %s: this node's copy of the recording has a hole; resuming anyway",
@@ -327,6 +390,7 @@ class Scaleout:
                 room = await self.rooms.start_local(space_id)
             except Exception:
                 self._pending_leases.pop(space_id, None)
+                self._sealed.pop(space_id, None)
                 with contextlib.suppress(Exception):
                     await self.leases.release(lease)
                 raise
@@ -338,6 +402,20 @@ class Scaleout:
             return room
         finally:
             self._claiming.discard(space_id)
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every followed room has a window:
+        a node joining in the middle of a room answers its first listener
+        requests with the owner's window, not from its (empty) disk."""
+        waits = [f.follower.synced.wait() for f in self.followed.values()]
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        except TimeoutError:
+            log.warning("not every followed room was in step within %.1f s", timeout_s)
+            return False
+        return True
 
     def start_supervisor(self) -> None:
         if self._supervisor is None:
@@ -357,6 +435,7 @@ class Scaleout:
 
     async def _tick(self) -> None:
         assert self.rooms is not None
+        self.followed_health()  # the gauges, between two scrapes
         live = set(await self.live_ids())
         for space_id, owned in list(self.owned.items()):
             if space_id not in live:
@@ -369,13 +448,35 @@ class Scaleout:
         for space_id in list(self.followed):
             if space_id not in live:
                 await self.unfollow(space_id)
+        period_ms = self.settings.room_lease_renew_ms
         for space_id in live:
             if space_id in self.owned or space_id in self._claiming:
                 continue
-            if await self._holder(space_id) is None:
+            holder, ttl_ms = await self._holder(space_id)
+            if holder is None:
                 await self.claim(space_id)
-            else:
-                self.follow(space_id)
+                continue
+            self.follow(space_id)
+            if ttl_ms < period_ms and space_id not in self._takeovers:
+                # the owner stopped renewing: claim the room the moment the
+                # lease lapses, not up to a round later
+                task = asyncio.create_task(
+                    self._claim_at(space_id, ttl_ms), name=f"townhall-takeover-{space_id}"
+                )
+                self._takeovers[space_id] = task
+                task.add_done_callback(functools.partial(self._takeover_done, space_id))
+
+    def _takeover_done(self, space_id: str, _task: asyncio.Task[None]) -> None:
+        self._takeovers.pop(space_id, None)
+
+    async def _claim_at(self, space_id: str, ttl_ms: int) -> None:
+        await asyncio.sleep(ttl_ms / 1000 + _TAKEOVER_MARGIN_S)
+        try:
+            if space_id not in self.owned and space_id not in self._claiming:
+                await self.claim(space_id)
+        except Exception:
+            metrics.BUS_FAILURES.labels(op="takeover").inc()
+            log.exception("room %s: taking it over failed; next round retries", space_id)
 
     async def _renew(self, owned: OwnedRoom) -> bool:
         assert owned.lease is not None
@@ -392,14 +493,16 @@ class Scaleout:
         owned.lease = again
         return True
 
-    async def _holder(self, space_id: str) -> str | None:
+    async def _holder(self, space_id: str) -> tuple[str | None, int]:
         try:
-            return await self.leases.holder(space_id)
+            return await self.leases.holder_ttl(space_id)
         except Exception:
             metrics.BUS_FAILURES.labels(op="lease").inc()
-            return "unknown"
+            return "unknown", self.settings.room_lease_ttl_ms
 
     async def close(self) -> None:
+        for task in list(self._takeovers.values()):
+            task.cancel()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -407,4 +510,5 @@ class Scaleout:
             self._supervisor = None
         for space_id in list(self.followed):
             await self.unfollow(space_id)
+        await self.mux.close()
         await self.blocking.aclose()

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from townhall import metrics, problems
 from townhall.errors import ServiceUnavailable, TownhallError
+from townhall.origin.cors import EXPOSE
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.window import LiveWindow
 
@@ -25,10 +26,19 @@ AAC = "audio/aac"
 IMMUTABLE = "public, max-age=31536000, immutable"
 LIVE_PLAYLIST = "public, max-age=1"
 BLOCKING_PLAYLIST = "public, max-age=6"
+# a blocking reload released because the window closed before the asked part
+# (the room moved to another node): not cached, so the player's next ask for
+# that part reaches the new window instead of this answer for max-age
+MOVED_PLAYLIST = "no-cache"
 ENDED_PLAYLIST = "public, max-age=86400"
 # Listener resources are public bytes (the link is the permission): any page
-# may embed a player for them (issue 12). Preflights are answered by the app.
-CORS_HEADERS = {"Access-Control-Allow-Origin": "*"}
+# may embed a player for them (issue 12), with cors_origins "*" (the default;
+# a list of origins is written per request by origin/cors.py instead).
+# Preflights are answered by the app.
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Expose-Headers": EXPOSE.decode(),
+}
 PROGRESSIVE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -117,6 +127,11 @@ class Problem:
         response = problems.problem_response(
             error.to_problem(instance), retry_after_s=error.retry_after_s
         )
+        # as origin/cors.py adds them to the app's problem+json (a player on
+        # another origin reads why, and when to retry)
+        response.raw_headers.extend(
+            (name.lower().encode(), value.encode()) for name, value in CORS_HEADERS.items()
+        )
         return Rendered.of(response, "problem")
 
 
@@ -177,8 +192,13 @@ def timeout_response(path: str) -> Rendered:
     return Problem(blocking_timeout()).render(path)
 
 
-def playlist_cache(window: LiveWindow, *, blocking: bool) -> str:
-    """Cache-Control of a live playlist answer (decided after any wait)."""
+def playlist_cache(
+    window: LiveWindow, *, blocking: bool, asked: tuple[int, int] | None = None
+) -> str:
+    """Cache-Control of a live playlist answer (decided after any wait;
+    ``asked``: the position a blocking reload waited for)."""
     if window.ended:
         return ENDED_PLAYLIST
+    if asked is not None and asked > window.position:
+        return MOVED_PLAYLIST
     return BLOCKING_PLAYLIST if blocking else LIVE_PLAYLIST

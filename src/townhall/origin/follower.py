@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from townhall import metrics
+from townhall.media.cmaf import Part, SegmentEnd
 from townhall.origin.bus import Closed, Entry, EpochStart, PartPublished, SegmentEnded, Snapshot
 from townhall.origin.fanout import ProgressiveHub, Spreader
 from townhall.origin.window import COMPLETE, LiveWindow
@@ -96,6 +97,7 @@ class FollowerState:
         self.closed = False
         self._meta: EpochStart | None = None
         self._records: dict[int, SegmentRecord] = {}
+        self._open: list[Part] = []  # the open segment's parts (seal() ends it with them)
         self._on_epoch = on_epoch
         self._on_segment = on_segment
         self._on_close = on_close
@@ -142,6 +144,7 @@ class FollowerState:
                 metrics.BUS_GAPS.inc()
                 raise Gap(f"part {part.msn}.{part.index} does not follow {window.position}")
             window.publish_part(part, message.program_date_time_s)
+            self._open.append(part)
         elif isinstance(message, SegmentEnded):
             end = message.end
             self._records[message.record.msn] = message.record
@@ -161,6 +164,7 @@ class FollowerState:
                 metrics.BUS_GAPS.inc()
                 raise Gap(f"segment end {end.msn} does not match the open segment")
             record, data = window.end_segment(end)
+            self._open = []
             if record != message.record:
                 self._counts.mismatches += 1
                 log.warning("follower made record %r, the owner %r", record, message.record)
@@ -181,6 +185,7 @@ class FollowerState:
         if old is not None and not old.closed:
             old.close(ended=False)
         history = [r for msn, r in sorted(self._records.items()) if msn < first_msn]
+        self._open = []
         self.window = LiveWindow(
             epoch=meta.epoch,
             first_msn=first_msn,
@@ -193,6 +198,34 @@ class FollowerState:
             spreader=self.spreader,
         )
         self._on_epoch(meta)
+
+    def seal(self) -> SegmentEnded | None:
+        """The owner is gone and this node takes the room over: end the open
+        segment with the parts the bus carried (a shorter segment, recorded
+        through ``on_segment`` like any other) and close the window. The new
+        owner publishes the returned end before its new epoch, which starts at
+        the next msn: every part URI listeners (and caches) saw keeps its
+        bytes, and the recording loses only what never reached the bus.
+        None when no segment was open."""
+        window = self.window
+        if window is None or window.closed:
+            return None
+        sealed = None
+        if self._open and window_open_parts(window) == len(self._open):
+            first = self._open[0]
+            end = SegmentEnd(
+                first.msn,
+                first.start_samples,
+                sum(p.duration_samples for p in self._open),
+                len(self._open),
+            )
+            record, data = window.end_segment(end)
+            self._records[record.msn] = record
+            self._on_segment(record, data)
+            sealed = SegmentEnded(end, record)
+        self._open = []
+        window.close(ended=False)
+        return sealed
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -295,6 +328,16 @@ class FollowerStatus:
     behind_since_s: float | None = None
     last_error: str = ""
     reads: int = field(default=0)
+    # when (time.monotonic) the newest part arrived: a copy in step gets one
+    # every part length; no clock of the owner's is involved
+    last_part_at_s: float | None = None
+
+    def lag_s(self, now_s: float) -> float | None:
+        """How long this copy has not advanced: since the newest part arrived
+        (``now_s`` from time.monotonic; None before the first)."""
+        if self.last_part_at_s is None:
+            return None
+        return max(0.0, now_s - self.last_part_at_s)
 
 
 class Follower:
@@ -337,6 +380,16 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    def _arrived(self, entry: Entry) -> None:
+        message = entry.message
+        if isinstance(message, PartPublished) and self.state.window is not None:
+            part = message.part
+            end_s = message.program_date_time_s + part.duration_samples / max(
+                1, self.state.window.sample_rate_hz
+            )
+            self.status.last_part_at_s = time.monotonic()
+            metrics.BUS_PART_LAG.observe(max(0.0, time.time() - end_s))
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -353,7 +406,10 @@ class Follower:
                 self.status.reads += 1
                 for entry in entries:
                     self.state.apply(entry)
+                    self._arrived(entry)
                 if self.state.window is not None:
+                    if not self.synced.is_set() and self.status.last_part_at_s is None:
+                        self.status.last_part_at_s = time.monotonic()  # in step as of now
                     self.synced.set()
                 self.status.behind_since_s = None
             except Gap as exc:

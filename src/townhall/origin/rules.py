@@ -56,6 +56,7 @@ from townhall.origin.answers import (
     timeout_response,
 )
 from townhall.origin.app_hooks import gate_of, programs_of
+from townhall.origin.cors import Cors
 from townhall.origin.follower import ListenerSource
 from townhall.origin.netlimit import Client, ClientLimit, refusal
 from townhall.origin.playlist import render_ll, render_plain
@@ -121,6 +122,8 @@ class FastPath:
         self.gate = gate if settings.max_listeners > 0 else None
         self.timeout_s = settings.blocking_reload_timeout_s
         self.playlist_limit = playlist_limit  # issue 10: playlists without directives
+        # a list of CORS origins is answered per request by the app (origin/cors.py)
+        self.cors_any = Cors.parse(settings.cors_origins).any_origin
         self._stream_head = header_lines(progressive_head())
 
     def decide(
@@ -133,6 +136,8 @@ class FastPath:
     ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
+        if not self.cors_any:
+            return None
         if not path.startswith(_PREFIX) or b"%" in path or not path.isascii():
             return None
         if method != b"GET" and method != b"HEAD":
@@ -330,7 +335,7 @@ class FastPath:
                 window,
                 position,
                 max(self.timeout_s, window.blocking_hold_s),
-                partial(_playlist, window, kind, True),
+                partial(_playlist, window, kind, True, position),
                 partial(timeout_response, path.decode("utf-8", "replace")),
             )
         if msn is None and not window.closed and not window.history:
@@ -518,8 +523,10 @@ def _init_or_disk(window: LiveWindow, space_id: str) -> Rendered | FromDisk:
     return found if found is not None else FromDisk("latest-init", space_id)
 
 
-def _playlist(window: LiveWindow, kind: str, blocking: bool) -> Rendered:
-    cache = playlist_cache(window, blocking=blocking)
+def _playlist(
+    window: LiveWindow, kind: str, blocking: bool, asked: tuple[int, int] | None = None
+) -> Rendered:
+    cache = playlist_cache(window, blocking=blocking, asked=asked)
     return window.memo_versioned(
         (kind, cache),
         lambda: _media(window.playlist(kind).encode(), M3U8, cache, "playlist"),

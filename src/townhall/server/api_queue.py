@@ -1,6 +1,8 @@
 """The waiting room over HTTP: ``/spaces/{id}/queue.json`` (one small document
 per space, the same bytes for everyone, cacheable for at most a second) and
-``POST /api/spaces/{id}/leave`` (a listener leaving frees its place at once).
+``POST /api/spaces/{id}/leave`` (a listener leaving frees its place at once),
+and ``POST /api/spaces/{id}/presence`` (a listener saying "still here", which
+keeps it in the listener count).
 
 A waiting client computes its own position from its ticket's number and the
 document (``number - admitting_through``) and its ETA from
@@ -19,6 +21,7 @@ from townhall.errors import NotFound, Unauthorized
 from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA
 
 if TYPE_CHECKING:
+    from townhall.policy.tokens import Claims
     from townhall.server.services import Services
 
 router = APIRouter(tags=["listener"])
@@ -104,6 +107,39 @@ async def queue_json(space_id: str, request: Request) -> Response:
 )
 async def leave(space_id: str, request: Request) -> Response:
     services = cast("Services", request.app.state.services)
+    claims = await _listener_claims(services, space_id, request, "to leave")
+    await services.admission.leave(space_id, claims)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/api/spaces/{space_id}/presence",
+    status_code=204,
+    tags=["spaces"],
+    responses=PROBLEM_RESPONSES,
+    summary="Still listening (listener token): keeps this listener in the listener count",
+    description=(
+        "The listener page posts this every third of listener_presence_s (the join answer's "
+        "presence_interval_s) while it plays; a listener who stops posting drops out of "
+        "state.json's listener_count within listener_presence_s. Memory only, no database. "
+        'The token as for leave: Authorization: Bearer, or a body {"token": ...}.'
+    ),
+    response_class=Response,
+)
+async def presence(space_id: str, request: Request) -> Response:
+    services = cast("Services", request.app.state.services)
+    claims = await _listener_claims(services, space_id, request, "to be counted as listening")
+    entry = services.spaces.index.get(space_id)
+    if entry is not None and entry.state == "live":
+        services.listeners.add(space_id, claims.token_id)
+    return Response(status_code=204)
+
+
+async def _listener_claims(
+    services: Services, space_id: str, request: Request, purpose: str
+) -> Claims:
+    """The verified listener token of a leave or presence request (Bearer, or a
+    JSON body {"token": ...} for navigator.sendBeacon, which cannot set headers)."""
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
     token: str | None = None
@@ -119,8 +155,6 @@ async def leave(space_id: str, request: Request) -> Response:
             token = data["token"]
     if token is None:
         raise Unauthorized(
-            'Send your listener token (Authorization: Bearer, or a body {"token": ...}) to leave.'
+            f'Send your listener token (Authorization: Bearer, or a body {{"token": ...}}) {purpose}.'
         )
-    claims = services.tokens.verify(token, kind="listener", space_id=space_id)
-    await services.admission.leave(space_id, claims)
-    return Response(status_code=204)
+    return services.tokens.verify(token, kind="listener", space_id=space_id)

@@ -125,9 +125,7 @@ class JoinIn(BaseModel):
         default=None, max_length=4096, description="A listener token of this space, to renew it."
     )
     ticket: str | None = Field(
-        default=None,
-        max_length=512,
-        description="A queue ticket of this space (from a 202), to renew it or exchange it.",
+        default=None, max_length=512, description="A queue ticket (from a 202) to renew or use."
     )
 
 
@@ -145,6 +143,7 @@ class JoinOut(BaseModel):
     )
     listen_url: str = Field(description="The playlist to play (live_m3u8 or plain_m3u8).")
     detail: str = Field(description="A sentence to show (e.g. why the delay is longer).")
+    presence_interval_s: float | None = Field(description="POST presence this often (s).")
 
 
 class QueuedOut(BaseModel):
@@ -330,7 +329,8 @@ async def join(
         return JoinAnswer(202, body, [*_RAW_HEADERS, (b"retry-after", retry)])
     claims = result.claims
     counted, seen = defense.admitted(space_id, network) if defense is not None else (True, None)
-    if counted:  # one network's flood of tokens does not inflate the count
+    beat_s = round(services.settings.listener_presence_s / 3, 2) if counted else None
+    if counted:  # one network's flood of tokens does not inflate the count (nor beats)
         services.listeners.add(space_id, claims.token_id)
     (_JOIN_RENEWAL if previous is not None else _JOIN_NEW).inc()
     listen_url = urls["live_m3u8"] if result.delivery == "llhls" else urls["plain_m3u8"]
@@ -344,6 +344,7 @@ async def join(
             "listen_url": listen_url,
             "detail": result.detail,
             "seen_mark": seen,
+            "presence_interval_s": beat_s,
         }
     )
     headers = list(_RAW_HEADERS)
@@ -413,7 +414,6 @@ def _parse_join_body(body: bytes) -> tuple[str | None, str | None]:
     return token, ticket
 
 
-_JSON_HEADERS = {"cache-control": "no-store"}
 _RAW_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
 
 

@@ -32,16 +32,17 @@ if TYPE_CHECKING:
 router = APIRouter(tags=["listener"])
 
 LISTENER_COUNT_METHOD = (
-    "approximate: distinct listener token ids (a renewal keeps its id) seen on join or "
-    "renewal during the last one to two token lifetimes, counted with a HyperLogLog "
-    "sketch (about 1.6% error), on this node"
+    "who is listening now: distinct listener tokens that joined, renewed or said 'still "
+    "here' (the page does every third of listener_presence_s) within the last one to two "
+    "halves of listener_presence_s, counted with a HyperLogLog sketch (about 1.6% error), "
+    "on this node"
 )
 LISTENER_COUNT_METHOD_SHARED = (
-    "approximate: distinct listener token ids (a renewal keeps its id) seen on join or "
-    "renewal during the last one to two token lifetimes on every node, counted with a Redis "
-    "HyperLogLog (about 0.81% error) and flushed by each node once per state interval; while "
-    "Redis is unreachable, the last count read (or, if larger, this node's own count of the "
-    "listeners it saw meanwhile)"
+    "who is listening now: distinct listener tokens that joined, renewed or said 'still "
+    "here' within the last one to two halves of listener_presence_s on every node, counted "
+    "with a Redis HyperLogLog (about 0.81% error) and flushed by each node once per state "
+    "interval; while Redis is unreachable, the last count read (or, if larger, this node's "
+    "own count of the listeners it saw meanwhile)"
 )
 
 

@@ -117,10 +117,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # every listener of every space to fix one. Monitors read "status".
         services = getattr(app.state, "services", None)
         problems = services.rooms.problems() if services is not None else []
+        followed = services.rooms.followed() if services is not None else []
+        problems += [
+            {
+                "space_id": room["space_id"],
+                "problem": f"This node's copy of the room is {room['lag_ms'] or 0} ms behind its owner"
+                + (f" ({room['last_error']})" if room["last_error"] else "")
+                + "; listeners here hear it late until it catches up or resyncs.",
+            }
+            for room in followed
+            if room["behind"]
+        ]
         return JSONResponse(
             {
                 "status": "degraded" if problems else "ok",
                 "problems": problems,
+                "followed": followed,
                 "version": __version__,
                 "uptime_s": round(time.time() - app.state.started_at, 1),
             },
@@ -144,4 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # outermost of ours: an unexpected error becomes a 500 that keeps the connection
     app.add_middleware(problems.KeepAlive)
+    # CORS on every answer of a listener resource, problem+json included (issue 12)
+    from townhall.origin.cors import Cors, CorsMiddleware
+
+    app.add_middleware(CorsMiddleware, cors=Cors.parse(settings.cors_origins))
     return app

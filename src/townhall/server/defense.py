@@ -34,6 +34,7 @@ from townhall.config import Settings
 from townhall.errors import TooManyRequests, Unauthorized
 from townhall.origin.answers import Rendered
 from townhall.origin.asgi_cycle import Request
+from townhall.origin.cors import Cors
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
 from townhall.policy.priority import Priority
@@ -90,7 +91,7 @@ class Defense:
         self._trusted = parse_networks(settings.trusted_proxies)
         self._playlists_refused = metrics.RATE_LIMITED.labels(limit="playlist-network")
         self._states_refused = metrics.RATE_LIMITED.labels(limit="state-network")
-        self.state_answers = CachedState()
+        self.state_answers = CachedState(any_origin=Cors.parse(settings.cors_origins).any_origin)
         self.refusals = Refusals(
             settings.refusals_per_network_per_10s, settings.rate_limit_max_keys, self._trusted
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +27,8 @@ from townhall.live.roomstate import (
     ReactionSink,
     ReactionTotals,
     StateCache,
+    load_presence,
+    save_presence,
 )
 from townhall.policy.ratelimit import (
     FailClosed,
@@ -53,6 +56,8 @@ log = logging.getLogger("townhall.store")
 # Rows changed this long before the previous refresh are read again, so a write
 # that committed late (or on a node whose clock is a little behind) is not missed.
 INDEX_REFRESH_OVERLAP_S = 10.0
+# this node's listener counts, saved at shutdown for the next process (issue 12)
+PRESENCE_FILE = "listener-presence.json"
 
 SIGNIN_PAUSED = (
     "Sign-in is paused because this server cannot reach its shared rate-limit store, and "
@@ -102,6 +107,7 @@ class Services:
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
     _absence: asyncio.Task[None] | None = field(default=None, repr=False)
+    local_count: ListenerCounter | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -147,7 +153,17 @@ class Services:
             ),
         )
         await spaces.refresh_index(None)
-        local_count = ListenerCounter(ttl_s=settings.listener_token_ttl_s)
+        # who is listening now: ids seen within one to two half presence windows
+        local_count = ListenerCounter(ttl_s=settings.listener_presence_s / 2)
+        restored = load_presence(
+            local_count,
+            settings.data_dir / PRESENCE_FILE,
+            now_s=time.time(),
+            # pages whose token is still valid come back to a restarted server
+            max_age_s=settings.listener_token_ttl_s,
+        )
+        if restored:
+            log.info("listener counts of %d space(s) taken over from the last run", restored)
         listeners: ListenerSink = local_count
         reactions: ReactionSink = ReactionTotals()
         shared_state: SharedState | None = None
@@ -157,7 +173,7 @@ class Services:
                 health,
                 local_count,
                 prefix=settings.redis_prefix,
-                bucket_s=settings.listener_token_ttl_s,
+                bucket_s=settings.listener_presence_s / 2,
                 max_ids=settings.shared_flush_max_ids,
             )
             listeners, reactions = shared_state.listeners, shared_state.reactions
@@ -193,6 +209,7 @@ class Services:
             redis=redis,
             shared=shared_state,
             trusted_proxies=parse_networks(settings.trusted_proxies),
+            local_count=local_count,
         )
         if settings.bus_enabled and redis is not None:
             services.rooms.scaleout = _scaleout(settings, redis, spaces, services.rooms)
@@ -210,6 +227,7 @@ class Services:
             services._refresh_index_forever(), name="townhall-space-index"
         )
         if services.rooms.scaleout is not None:
+            await services.rooms.scaleout.wait_synced(settings.bus_block_ms / 1000 + 2.0)
             services.rooms.scaleout.start_supervisor()
         if redis is not None and health is not None:
             services.revoked = SharedRevocations(
@@ -247,6 +265,13 @@ class Services:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.rooms.close()
+        if self.local_count is not None:
+            try:
+                save_presence(
+                    self.local_count, self.settings.data_dir / PRESENCE_FILE, now_s=time.time()
+                )
+            except OSError as exc:
+                log.warning("could not save the listener counts for the next run: %s", exc)
         if self.defense is not None:
             await self.defense.close()
         if self.evidence is not None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import Response
 
 from townhall.errors import TooManyRequests
-from townhall.origin.answers import Problem, Rendered
+from townhall.origin.answers import CORS_HEADERS, Problem, Rendered
 from townhall.origin.asgi_cycle import Request
 
 if TYPE_CHECKING:
@@ -43,13 +43,15 @@ def not_modified(if_none_match: str | None, etag: str) -> bool:
 class CachedState:
     """Rendered state.json answers, one pair (200, 304) per space's current ETag."""
 
-    def __init__(self, max_spaces: int = 10_000) -> None:
+    def __init__(self, *, any_origin: bool, max_spaces: int = 10_000) -> None:
+        # a list of CORS origins is answered per request by the app (origin/cors.py)
+        self.any_origin = any_origin
         self.max_spaces = max_spaces
         self._rendered: dict[str, tuple[str, Rendered, Rendered]] = {}
 
     def answer(self, services: Services, peer: str | None, req: Request) -> Rendered | None:
         path, _, _query = req.url.partition(b"?")
-        if not path.endswith(_SUFFIX) or b"%" in path:
+        if not self.any_origin or not path.endswith(_SUFFIX) or b"%" in path:
             return None
         raw_id = path[8 : -len(_SUFFIX)]
         if not raw_id.isascii() or b"/" in raw_id:
@@ -73,6 +75,7 @@ class CachedState:
             headers = {
                 "Cache-Control": f"public, max-age={max_age_s(services.state.interval_s)}",
                 "ETag": entry.etag,
+                **CORS_HEADERS,  # what origin/cors.py adds to the route's answer
             }
             found = (
                 entry.etag,

@@ -237,7 +237,9 @@ class BusPublisher:
                 _, has_meta = await self.writer.write(message, self._token())
                 if isinstance(message, EpochStart):
                     self._meta = message
-                elif isinstance(message, SegmentEnded):
+                elif isinstance(message, SegmentEnded) and (
+                    not self._records or self._records[-1].msn < message.record.msn
+                ):
                     self._records.append(message.record)
                 if not has_meta and self._meta is not None:
                     await self.writer.restore(self._meta, self._records, self._token())

@@ -102,3 +102,16 @@ class Leases:
         if value is None:
             return None
         return value.decode() if isinstance(value, bytes) else str(value)
+
+    async def holder_ttl(self, space_id: str) -> tuple[str | None, int]:
+        """Who holds the room now and for how many more milliseconds (0: nobody).
+        A node that sees a lease about to lapse tries to take it exactly then,
+        not at its next round."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self.key(space_id))
+            pipe.pttl(self.key(space_id))
+            value, ttl_ms = await pipe.execute()
+        if value is None:
+            return None, 0
+        token = value.decode() if isinstance(value, bytes) else str(value)
+        return token, max(0, int(ttl_ms))

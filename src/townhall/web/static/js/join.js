@@ -1,5 +1,6 @@
-// Listener tokens: join a space (no sign-in needed), renew before expiry, and
-// put a refused or queued join into words.
+// Listener tokens: join a space (no sign-in needed), renew before expiry, say
+// "still here" every presence_interval_s (the listener count is who said so
+// lately), and put a refused or queued join into words.
 
 import { ApiError, api } from "./api.js";
 import { keepSeenMark, seenMark, solveChallenge } from "./defense.js";
@@ -37,6 +38,7 @@ export class ListenerPass {
     this.spaceId = spaceId;
     this.grant = null;
     this.timer = null;
+    this.beatTimer = null;
     this.stopped = false;
   }
 
@@ -84,6 +86,27 @@ export class ListenerPass {
     keepSeenMark(grant.seen_mark);
     this.grant = grant;
     this.schedule();
+    this.beatSoon();
+  }
+
+  /** The next presence beat (while a token is held and the answer asks for beats). */
+  beatSoon() {
+    clearTimeout(this.beatTimer);
+    const every_s = Number(this.grant?.presence_interval_s);
+    if (this.stopped || !(every_s > 0)) return;
+    this.beatTimer = setTimeout(() => this.beat(), every_s * 1000);
+  }
+
+  async beat() {
+    const token = this.token;
+    if (this.stopped || !token) return;
+    const url = `/api/spaces/${encodeURIComponent(this.spaceId)}/presence`;
+    try {
+      await fetch(url, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+    } catch {
+      // the server is away (a restart, a blip): the next beat says it again
+    }
+    this.beatSoon();
   }
 
   /** Free the place at once (page closed or Leave pressed). */
@@ -128,5 +151,6 @@ export class ListenerPass {
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.beatTimer);
   }
 }

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Check `townhall bench plan`'s model against a real run of the three-node
+deployment at small scale.
+
+    python benchmarks/plan_validate.py    # reads src/townhall/bench/plan_costs.json
+
+Three `townhall serve` nodes with the segment bus (the machine's PostgreSQL,
+a database of their own; a redis-server of their own), nginx in front
+(deploy/nginx-nodes.conf), all pinned to core 0; `townhall bench storm`
+through nginx on core 1. The nodes' CPU comes from /proc over the storm.
+The model is then run on the same scenario with the calibration JSON, and
+the two are written side by side (benchmarks/results/plan_validate.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_lab import BUS, CLIENT_CORE, OPEN_LIMITS, ROOT, Lab, loadavg, log, proc_cpu_s
+
+sys.path.insert(0, str(ROOT / "src"))
+from townhall.bench.plan import Costs, Scenario, simulate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--costs", default=str(ROOT / "src/townhall/bench/plan_costs.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/plan_validate.json"))
+    ap.add_argument("--arrivals", type=int, default=2000)
+    ap.add_argument("--over-s", type=float, default=10.0)
+    ap.add_argument("--pre-s", type=float, default=3.0)
+    ap.add_argument("--cap", type=int, default=200)
+    ap.add_argument("--listen-s", type=float, default=10.0)
+    ap.add_argument("--give-up", type=float, default=0.05)
+    ap.add_argument("--duration-s", type=float, default=150.0)
+    ap.add_argument(
+        "--model-only",
+        action="store_true",
+        help="Do not run the storm: predict again for the run saved in --out (after a model change).",
+    )
+    args = ap.parse_args(argv)
+    costs = Costs.from_json(json.loads(Path(args.costs).read_text()))
+    if args.model_only:
+        saved = json.loads(Path(args.out).read_text())
+        saved.update(compare(costs, args, saved["measured"]))
+        Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
+        print(json.dumps(saved["predicted_over_measured"], indent=2))
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="plan-val-"))
+    lab = Lab(root)
+    try:
+        env = {
+            **OPEN_LIMITS,
+            **BUS,
+            "TOWNHALL_DATABASE_URL": lab.postgres(),
+            "TOWNHALL_REDIS_URL": lab.redis(),
+            "TOWNHALL_REDIS_PREFIX": "plan:",
+            "TOWNHALL_SIGNING_KEYS": secrets.token_urlsafe(32),
+            "TOWNHALL_MAX_LISTENERS": str(args.cap),
+            # as tests/scale's cluster: a node learns a new space within 0.2 s
+            "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
+        }
+        nodes = [lab.node("node-a", env)]
+        nodes += [lab.node(name, env) for name in ("node-b", "node-c")]
+        fields = {f"@NODE{i}@": f"127.0.0.1:{n.port}" for i, n in enumerate(nodes, 1)}
+        nginx, url = lab.nginx("nginx-nodes.conf", fields)
+        time.sleep(2)
+        idle0 = [n.cpu_s() for n in nodes]
+        time.sleep(10)
+        idle = [(n.cpu_s() - c) / 10 for n, c in zip(nodes, idle0, strict=True)]
+        load_before = loadavg()
+        cmd = [
+            "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall", "bench", "storm",
+            "--target", url, "--arrivals", str(args.arrivals), "--over-s", str(args.over_s),
+            "--pre-s", str(args.pre_s), "--listen-s", str(args.listen_s),
+            "--give-up", str(args.give_up), "--duration-s", str(args.duration_s), "--json",
+            "--no-progress",
+        ]  # fmt: skip
+        log("storm: " + " ".join(cmd[3:]))
+        cpu0 = [n.cpu_s() for n in nodes]
+        ng0 = proc_cpu_s(nginx.pid)
+        ops0, rcpu0 = lab.redis_ops(), lab.redis_cpu_s()
+        w0 = time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration_s + 120)
+        wall = time.monotonic() - w0
+        cpu = [n.cpu_s() - c for n, c in zip(nodes, cpu0, strict=True)]
+        nginx_cpu = proc_cpu_s(nginx.pid) - ng0
+        redis_ops = lab.redis_ops() - ops0
+        redis_cpu = lab.redis_cpu_s() - rcpu0
+        if out.returncode != 0:
+            raise RuntimeError(f"bench storm failed: {out.stderr[-2000:]}")
+        storm = json.loads(out.stdout.strip().splitlines()[-1])
+        load_after = loadavg()
+    finally:
+        lab.close()
+    measured = {
+        "origin_cpu_mean_cores": sum(cpu) / wall,
+        "origin_cpu_by_node_cores": [c / wall for c in cpu],
+        "idle_before_by_node_cores": idle,
+        "nginx_cpu_mean_cores": nginx_cpu / wall,
+        "redis_ops_mean_per_s": redis_ops / wall,
+        "redis_cpu_mean_cores": redis_cpu / wall,
+        "start_delay_s": storm.get("start_delay_s"),
+        "ttfa_after_admission_p50_s": storm.get("ttfa_p50_s"),
+        "ttfa_after_admission_p99_s": storm.get("ttfa_p99_s"),
+        "wait_p50_s": storm.get("wait_p50_s"),
+        "wait_p99_s": storm.get("wait_p99_s"),
+        "admitted": storm.get("admitted"),
+        "gave_up": storm.get("gave_up"),
+        "wall_s": wall,
+    }
+    out = compare(costs, args, measured)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
+        "storm_command": " ".join(cmd[3:]).replace(url, "http://<nginx>"),
+        "load_before": load_before,
+        "load_after": load_after,
+        "measured": measured,
+        **out,
+        "storm": storm,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps({k: result[k] for k in ("measured", "predicted_over_measured")}, indent=2))
+    return 0
+
+
+def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
+    """The model on the storm's scenario, beside what was measured."""
+    wall = float(measured["wall_s"])
+    scenario = Scenario(
+        arrivals=args.arrivals,
+        over_s=args.over_s,
+        pre_s=args.pre_s,
+        cap=args.cap,
+        listen_s=args.listen_s,
+        give_up=args.give_up,
+        origin_nodes=3,
+        origin_cores=1.0,
+        cache_nodes=1,
+        rtt_s=0.0,
+        duration_s=wall,
+    )
+    model = simulate(costs, scenario)
+    predicted = {
+        "origin_cpu_mean_cores": model.origin_cpu_mean_cores,
+        "nginx_cpu_mean_cores": None,
+        "redis_ops_mean_per_s": model.redis_ops_mean_per_s,
+        "start_delay_s": model.start_delay_s,
+        "ttfa_after_admission_p50_s": model.ttfa_after_admission_s["p50"],
+        "ttfa_after_admission_p99_s": model.ttfa_after_admission_s["p99"],
+        "wait_p50_s": model.wait_s["p50"],
+        "wait_p99_s": model.wait_s["p99"],
+        "admitted": model.admitted,
+        "gave_up": model.gave_up,
+        "origin_cpu_by_kind": model.origin_cpu_by_kind,
+    }
+    ratio: dict[str, float | None] = {}
+    for key, value in measured.items():
+        p = predicted.get(key)
+        if isinstance(value, int | float) and isinstance(p, int | float) and value:
+            ratio[key] = round(p / value, 3)
+    return {"predicted": predicted, "predicted_over_measured": ratio}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,434 @@
+"""The plan to internet scale: a discrete-time event model of one big night.
+
+Pure: no sockets, no clock, no event loop. :func:`simulate` steps an event
+through time in slices of ``step_s`` with cohorts (every arrival of one slice
+is one cohort) instead of one object per listener, so 20 million arrivals
+cost the same as 2,000. In each slice it:
+
+- lets the slice's arrivals join (the join reaches the origin through the
+  cache tier; the origin answers after its backlog), admitted at once or
+  handed a ticket, exactly as :func:`townhall.policy.admission.decide` says;
+- moves the line once per ``queue_interval_s`` with the server's own
+  :func:`townhall.policy.admission.advance` (cap, rate, claim window), the
+  called tickets claiming their place after the page's poll delay, those who
+  gave up waiting leaving their place unclaimed (released after ``claim_s``);
+- lets listeners leave after 0.5-1.5 x ``listen_s``;
+- adds up the CPU every request costs at the origin and at the caches, the
+  Redis operations and the bytes, from costs measured on a real machine
+  (:class:`Costs`, the JSON ``benchmarks/plan_calibrate.py`` writes), and
+  queues the origin's work behind its cores (a FIFO backlog: a request waits
+  for the work before it).
+
+What a person reads from it (:class:`Result`): origin cores and cache nodes
+needed, Redis operations per second, the start delay, the wait
+distribution, time to first audio, egress.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from townhall.bench.plan_inputs import (
+    Costs,
+    Scenario,
+    cache_nodes_needed,
+    listener_bytes_per_s,
+    listener_request_rate,
+    origin_rates,
+    still_waiting,
+    weighted_percentile,
+)
+from townhall.policy.admission import QueueState, advance
+
+__all__ = [
+    "Costs",
+    "Result",
+    "Scenario",
+    "cache_nodes_needed",
+    "listener_bytes_per_s",
+    "listener_request_rate",
+    "origin_rates",
+    "plan",
+    "simulate",
+    "still_waiting",
+    "weighted_percentile",
+]
+
+# a player's first audio: the playlist, the init segment and the parts (or
+# segments) from PART-HOLD-BACK (3 parts) behind the edge, one after another
+START_REQUESTS = 5
+CLAIM_SLICES = 10
+DRAW_SPREAD_S = 2.0  # pages post their ticket within ~2 s of the draw (queue.json jitter)
+
+# -- the simulation -------------------------------------------------------------------
+
+
+@dataclass
+class _Cohort:
+    """Numbers ``lo < n <= hi`` in line; ``arrivals``: (arrival time, share)."""
+
+    lo: int
+    hi: int
+    arrivals: list[tuple[float, float]]
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    origin_cores: float
+    cache_nodes: int
+    origin_cpu_peak_cores: float
+    origin_cpu_mean_cores: float
+    origin_cpu_by_kind: dict[str, float]
+    redis_ops_peak_per_s: float
+    redis_ops_mean_per_s: float
+    redis_cores_peak: float
+    redis_shards: int
+    start_delay_s: float | None
+    wait_s: dict[str, float | None]
+    ttfa_after_admission_s: dict[str, float | None]
+    ttfa_from_arrival_s: dict[str, float | None]
+    join_latency_peak_s: float
+    admitted: float
+    gave_up: float
+    waiting_at_end: float
+    peak_listeners: float
+    peak_waiting: float
+    egress_peak_gbps: float
+    egress_per_cache_gbps: float
+    origin_egress_peak_mbps: float
+    timeline: list[dict[str, float]]
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["scenario"] = asdict(self.scenario)
+        out.pop("timeline")
+        return out
+
+
+def simulate(
+    costs: Costs,
+    s: Scenario,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Run the night in steps of ``s.step_s``; ``origin_cores`` and
+    ``cache_nodes`` must be set (see :func:`plan` to size them)."""
+    s.check()
+    if s.origin_cores is None or s.cache_nodes is None:
+        raise ValueError("simulate needs origin_cores and cache_nodes; plan() sizes them.")
+    dt = s.step_s
+    steps = math.ceil(s.horizon_s / dt)
+    rate = s.arrivals / s.over_s
+    line = QueueState()
+    cohorts: list[_Cohort] = []
+    lottery_cohort: _Cohort | None = None
+    pending: dict[int, list[tuple[float, float]]] = {}  # step -> (count, arrival t)
+    claims: dict[int, list[tuple[int, int]]] = {}  # step -> (places called, batch lo)
+    departures: dict[int, float] = {}
+    admitted_now = 0.0
+    listeners = waiting = arrived = gave_up = admitted_total = 0.0
+    backlog = draw_left = draw_total = 0.0  # origin CPU-seconds queued; tickets still to post
+    capacity = s.origin_cores * dt
+    waits: list[tuple[float, float]] = []
+    ttfa_arr: list[tuple[float, float]] = []
+    ttfa_adm: list[tuple[float, float]] = []
+    by_kind: dict[str, float] = {}
+    timeline: list[dict[str, float]] = []
+    cpu_window: list[float] = []
+    cpu_peak = redis_peak = egress_peak = origin_bytes_peak = join_lat_peak = 0.0
+    cpu_total = redis_total = 0.0
+    first_audio_at: float | None = None
+    live_at = s.pre_s
+    live = s.pre_s <= 0
+    next_tick = 0.0
+    start_requests = START_REQUESTS
+    room_ready = live_at + costs.room_start_s
+    part_lat = costs.client_request_s + s.rtt_s
+    per_listener_bps = listener_bytes_per_s(costs, s)
+    report_every = max(1, steps // 200)
+
+    def origin_request_s() -> float:
+        return backlog / s.origin_cores if s.origin_cores else 0.0
+
+    for i in range(steps):
+        t = i * dt
+        work: dict[str, float] = {}
+        redis_ops = 0.0
+        if not live and t >= live_at:
+            live = True
+            draw_left = draw_total = waiting  # every ticket is posted once after the draw
+        if draw_left > 0:
+            posts = min(draw_left, draw_total * dt / DRAW_SPREAD_S)
+            draw_left -= posts
+            work["ticket"] = work.get("ticket", 0.0) + posts
+            redis_ops += posts * costs.redis_ops["ticket"]
+        # 1. arrivals of this step reach the origin's queue
+        n = rate * dt if t < s.over_s else 0.0
+        if t < s.over_s and t + dt > s.over_s:
+            n = rate * (s.over_s - t)
+        if n > 0:
+            arrived += n
+            # the origin works on a join when it comes (charged as admitted;
+            # a 202 is set right when it is answered)
+            work["join"] = work.get("join", 0.0) + n
+            lat = origin_request_s() + costs.origin_us["join"] * 1e-6 + s.rtt_s
+            due = i + max(0, round(lat / dt))
+            pending.setdefault(due, []).append((n, t))
+            join_lat_peak = max(join_lat_peak, lat)
+        # 2. joins answered this step: admitted at once or a ticket
+        for count, at in pending.pop(i, []):
+            if s.cap <= 0:
+                take = count
+            elif live and line.waiting == 0:
+                take = max(0.0, min(count, s.cap - admitted_now - line.reserved))
+            else:
+                take = 0.0
+            if take > 0:
+                redis_ops += take * costs.redis_ops["join"]
+                admitted_now += take
+                listeners += take
+                admitted_total += take
+                waits.append((0.0, take))
+                audio = max(t, room_ready) + start_requests * part_lat
+                ttfa_adm.append((audio - t, take))
+                ttfa_arr.append((audio - at, take))
+                first_audio_at = audio if first_audio_at is None else first_audio_at
+                _depart(departures, s, i, take)
+            rest = count - take
+            if rest > 0:
+                work["join_queued"] = work.get("join_queued", 0.0) + rest
+                work["join"] = work.get("join", 0.0) - rest
+                redis_ops += rest * costs.redis_op("join_queued")
+                lo = line.issued
+                hi = lo + max(1, round(rest))
+                line = replace(line, issued=hi)
+                waiting += rest
+                if not live:
+                    if lottery_cohort is None:
+                        lottery_cohort = _Cohort(lo, hi, [])
+                        cohorts.append(lottery_cohort)
+                    lottery_cohort.hi = hi
+                    lottery_cohort.arrivals.append((at, rest))
+                else:
+                    cohorts.append(_Cohort(lo, hi, [(at, rest)]))
+        # 3. the line moves once per queue interval
+        if live and t + 1e-9 >= next_tick:
+            next_tick = t + s.queue_interval_s
+            before = line.through
+            line = advance(
+                line,
+                t,
+                cap=s.cap,
+                admitted=round(admitted_now),
+                rate_per_s=s.admit_rate_per_s,
+                claim_s=s.claim_s,
+                live=True,
+            )
+            if line.through > before:
+                # pages see their turn at their next look at queue.json: the
+                # posts come over 0.5-1.5 x claim_delay_s (CLAIM_SLICES slices)
+                called = line.through - before
+                for j in range(CLAIM_SLICES):
+                    lo = before + called * j // CLAIM_SLICES
+                    hi = before + called * (j + 1) // CLAIM_SLICES
+                    after = s.claim_delay_s * (0.5 + (j + 0.5) / CLAIM_SLICES)
+                    if hi > lo:
+                        claims.setdefault(i + max(1, round(after / dt)), []).append((hi - lo, lo))
+        # 4. called tickets come (those still waiting), the rest stay away
+        for called, lo in claims.pop(i, []):
+            hi = lo + called
+            came = 0.0
+            while cohorts and cohorts[0].hi <= lo:
+                cohorts.pop(0)
+            for c in cohorts:
+                if c.lo >= hi:
+                    break
+                overlap = min(hi, c.hi) - max(lo, c.lo)
+                if overlap <= 0:
+                    continue
+                size = c.hi - c.lo
+                for at, w in c.arrivals:
+                    people = w * overlap / size
+                    alive = people * still_waiting(t - at, s.give_up)
+                    came += alive
+                    gave_up += people - alive
+                    waiting -= people
+                    lat = origin_request_s() + costs.origin_us["ticket"] * 1e-6 + s.rtt_s
+                    audio = max(t + lat, room_ready) + start_requests * part_lat
+                    waits.append((t + lat - at, alive))
+                    ttfa_arr.append((audio - at, alive))
+                    ttfa_adm.append((audio - t - lat, alive))
+                    first_audio_at = audio if first_audio_at is None else first_audio_at
+            work["ticket"] = work.get("ticket", 0.0) + came
+            redis_ops += came * costs.redis_ops["ticket"]
+            admitted_now += came
+            listeners += came
+            admitted_total += came
+            _depart(departures, s, i, came)
+            # the places of those who stayed away are released after claim_s
+            line = replace(line, batches=tuple(_claim(line, lo, hi, came)))
+        # 5. listeners leave
+        gone = departures.pop(i, 0.0)
+        if gone:
+            gone = min(gone, listeners)
+            listeners -= gone
+            admitted_now = max(0.0, admitted_now - gone)
+            work["leave"] = work.get("leave", 0.0) + gone
+            redis_ops += gone * costs.redis_op("leave")
+        # 6. what listening and waiting cost the origin, in this step
+        waiting = max(0.0, waiting)
+        for kind, per_s in origin_rates(
+            costs, s, listeners=listeners, waiting=waiting, caches=s.cache_nodes
+        ).items():
+            work[kind] = work.get(kind, 0.0) + per_s * dt
+        parts = dt / costs.part_s
+        redis_ops += parts * costs.redis_ops["part"] * s.origin_nodes
+        redis_ops += costs.redis_ops["node_s"] * s.origin_nodes * dt
+        cpu = sum(costs.origin_us[k] * v for k, v in work.items()) * 1e-6
+        for k, v in work.items():
+            by_kind[k] = by_kind.get(k, 0.0) + costs.origin_us[k] * v * 1e-6
+        background = (
+            s.origin_nodes * costs.node_idle_cores
+            + costs.room_owner_cores
+            + (s.origin_nodes - 1) * costs.room_follower_cores
+        ) * dt
+        by_kind["background"] = by_kind.get("background", 0.0) + background
+        if live and waiting >= 0.5:  # every node ticks a moving line
+            tick = s.origin_nodes * costs.line_tick_cores * dt
+            by_kind["line"] = by_kind.get("line", 0.0) + tick
+            background += tick
+            redis_ops += s.origin_nodes * costs.redis_ops.get("line_s", 0.0) * dt
+        cpu += background
+        cpu_total += cpu
+        backlog = max(0.0, backlog + cpu - capacity)
+        cpu_window.append(cpu)
+        window = max(1, round(1.0 / dt))
+        if len(cpu_window) > window:
+            cpu_window.pop(0)
+        cpu_peak = max(cpu_peak, sum(cpu_window) / (len(cpu_window) * dt))
+        redis_total += redis_ops
+        redis_peak = max(redis_peak, redis_ops / dt)
+        egress = (listeners * per_listener_bps + waiting * costs.bytes["queue_doc"]) * 8
+        egress_peak = max(egress_peak, egress)
+        askers = min(s.cache_nodes, math.ceil(listeners)) if s.cache_nodes else listeners
+        origin_bytes = (
+            askers * (costs.bytes["part"] + costs.bytes["blocking_reload"]) / costs.part_s
+            + sum(v * costs.bytes.get(k, 0.0) for k, v in work.items()) / dt
+        ) * 8
+        origin_bytes_peak = max(origin_bytes_peak, origin_bytes)
+        if i % report_every == 0 or i == steps - 1:
+            timeline.append(
+                {
+                    "t": round(t, 3),
+                    "arrived": arrived,
+                    "waiting": waiting,
+                    "listening": listeners,
+                    "origin_cores": sum(cpu_window) / (len(cpu_window) * dt),
+                    "redis_ops_per_s": redis_ops / dt,
+                    "join_latency_s": origin_request_s(),
+                }
+            )
+            if progress is not None:
+                progress((i + 1) / steps)
+        quiet = waiting < 0.5 and not pending and not claims and listeners < 0.5
+        if s.duration_s is None and t > s.over_s + 1 and quiet:
+            break
+    duration = (i + 1) * dt
+    pct = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
+    peak_waiting = max((p["waiting"] for p in timeline), default=0.0)
+    peak_listeners = max((p["listening"] for p in timeline), default=0.0)
+    return Result(
+        scenario=s,
+        origin_cores=s.origin_cores,
+        cache_nodes=s.cache_nodes,
+        origin_cpu_peak_cores=cpu_peak,
+        origin_cpu_mean_cores=cpu_total / duration,
+        origin_cpu_by_kind={k: v / duration for k, v in sorted(by_kind.items())},
+        redis_ops_peak_per_s=redis_peak,
+        redis_ops_mean_per_s=redis_total / duration,
+        redis_cores_peak=redis_peak * costs.redis_us * 1e-6,
+        redis_shards=max(1, math.ceil(redis_peak * costs.redis_us * 1e-6 / s.utilization)),
+        start_delay_s=None if first_audio_at is None else max(0.0, first_audio_at - live_at),
+        wait_s={k: weighted_percentile(waits, q) for k, q in pct.items()},
+        ttfa_after_admission_s={k: weighted_percentile(ttfa_adm, q) for k, q in pct.items()},
+        ttfa_from_arrival_s={k: weighted_percentile(ttfa_arr, q) for k, q in pct.items()},
+        join_latency_peak_s=join_lat_peak,
+        admitted=admitted_total,
+        gave_up=gave_up,
+        waiting_at_end=waiting,
+        peak_listeners=peak_listeners,
+        peak_waiting=peak_waiting,
+        egress_peak_gbps=egress_peak / 1e9,
+        egress_per_cache_gbps=egress_peak / 1e9 / max(1, s.cache_nodes),
+        origin_egress_peak_mbps=origin_bytes_peak / 1e6,
+        timeline=timeline,
+    )
+
+
+def _depart(departures: dict[int, float], s: Scenario, step: int, count: float) -> None:
+    """Schedule ``count`` listeners to leave after 0.5-1.5 x listen_s (20 slices)."""
+    if s.listen_s <= 0 or count <= 0:
+        return
+    slices = 20
+    for k in range(slices):
+        after = s.listen_s * (0.5 + (k + 0.5) / slices)
+        due = step + max(1, round(after / s.step_s))
+        departures[due] = departures.get(due, 0.0) + count / slices
+
+
+def _claim(line: QueueState, lo: int, hi: int, came: float) -> list[Any]:
+    """The line's batches with ``came`` claims added to those inside (lo, hi]."""
+    out = []
+    left = round(came)
+    for b in line.batches:
+        if left > 0 and b.lo < hi and b.hi > lo:
+            take = min(left, b.open_places)
+            left -= take
+            b = replace(b, claimed=b.claimed + take)
+        out.append(b)
+    return out
+
+
+def plan(
+    costs: Costs,
+    s: Scenario,
+    *,
+    progress: Callable[[float], None] | None = None,
+) -> Result:
+    """Size what the scenario leaves open, then run it: a first pass with
+    unbounded origin cores finds the peak of listeners, waiters and origin
+    CPU; cache nodes come from that peak, origin cores from the peak CPU at
+    the scenario's utilization (rounded up to whole cores); the second pass
+    runs the night on those."""
+    s.check()
+    first = s
+    if s.cache_nodes is None:
+        rough = min(s.arrivals, s.cap) if s.cap > 0 else s.arrivals
+        first = replace(first, cache_nodes=cache_nodes_needed(costs, s, rough, 0.0))
+    if s.origin_cores is None:
+        first = replace(first, origin_cores=1e9)
+    half: Callable[[float], None] | None = None
+    if progress is not None:
+        done = progress
+        half = lambda f: done(f / 2)  # noqa: E731
+    sized = simulate(costs, first, progress=half)
+    cache_nodes = (
+        s.cache_nodes
+        if s.cache_nodes is not None
+        else cache_nodes_needed(costs, s, sized.peak_listeners, sized.peak_waiting)
+    )
+    cores = (
+        s.origin_cores
+        if s.origin_cores is not None
+        else float(math.ceil(sized.origin_cpu_peak_cores / s.utilization))
+    )
+    final = replace(s, cache_nodes=cache_nodes, origin_cores=cores)
+    rest: Callable[[float], None] | None = None
+    if progress is not None:
+        done2 = progress
+        rest = lambda f: done2(0.5 + f / 2)  # noqa: E731
+    return simulate(costs, final, progress=rest)

@@ -1,0 +1,252 @@
+"""The plan's inputs and its small pure pieces: what things cost (measured),
+the night to plan (:class:`Scenario`), and the arithmetic of request rates,
+bytes and cache nodes that :mod:`townhall.bench.plan` steps through time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Costs:
+    """What one thing costs, measured (``benchmarks/plan_calibrate.py``).
+
+    ``origin_us``: server CPU microseconds per request at the origin, by kind:
+    ``join`` (answered 200), ``join_queued`` (answered 202 with a ticket),
+    ``ticket`` (a ticket posted: renewal or exchange), ``leave``,
+    ``queue_doc`` (queue.json), ``part``, ``blocking_reload`` (a parked LL-HLS
+    reload, woken by the part's publish), ``playlist``, ``segment``, ``state``
+    (state.json). ``nginx_us``: a cache's CPU per request it answers.
+    ``node_idle_cores``: one node's background CPU with no live room;
+    ``room_owner_cores`` / ``room_follower_cores``: one live room on the node
+    that runs it / on each node that follows it over the bus.
+    ``redis_us``: Redis CPU per operation; ``redis_ops``: operations per
+    ``join``, per ``ticket``, per ``part`` (owner's write and each follower's
+    read), per node and second at rest (``node_s``).
+    ``bytes``: answer sizes with headers; ``client_request_s``: one request as
+    a player sees it with a few hundred players on the machine (`bench
+    listeners`' first-audio p50 over its five requests; at least the idle
+    round trip); ``room_start_s``:
+    from go-live until the room's first part is on every node;
+    ``line_tick_cores`` (and ``redis_ops["line_s"]``): what each node spends
+    per second on a space whose line is moving (the admission tick, queue.json)."""
+
+    origin_us: Mapping[str, float]
+    nginx_us: float
+    node_idle_cores: float
+    room_owner_cores: float
+    room_follower_cores: float
+    redis_us: float
+    redis_ops: Mapping[str, float]
+    bytes: Mapping[str, float]
+    client_request_s: float
+    room_start_s: float = 0.0
+    line_tick_cores: float = 0.0
+    part_s: float = 0.512
+    segment_s: float = 4.096
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    ORIGIN_KINDS = (
+        "join",
+        "join_queued",
+        "ticket",
+        "leave",
+        "queue_doc",
+        "part",
+        "blocking_reload",
+        "playlist",
+        "segment",
+        "state",
+    )
+
+    def redis_op(self, kind: str) -> float:
+        """Redis operations per request of ``kind`` (a ticket's when not measured)."""
+        return self.redis_ops.get(kind, self.redis_ops["ticket"])
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Costs:
+        """Costs from the calibration JSON; a missing figure is a ValueError
+        naming it (the plan never guesses a cost)."""
+        missing = [k for k in cls.ORIGIN_KINDS if k not in data.get("origin_us", {})]
+        for key in ("part", "blocking_reload", "playlist", "state", "queue_doc"):
+            if key not in data.get("bytes", {}):
+                missing.append(f"bytes.{key}")
+        for key in ("join", "ticket", "part", "node_s"):
+            if key not in data.get("redis_ops", {}):
+                missing.append(f"redis_ops.{key}")
+        optional = {"meta", "part_s", "segment_s", "room_start_s", "line_tick_cores"}
+        names = {f.name for f in fields(cls)} - optional
+        missing += [n for n in sorted(names) if n not in data]
+        if missing:
+            raise ValueError(
+                "The calibration file lacks " + ", ".join(missing) + ": run "
+                "benchmarks/plan_calibrate.py on this machine to measure them."
+            )
+        return cls(
+            origin_us={k: float(v) for k, v in data["origin_us"].items()},
+            nginx_us=float(data["nginx_us"]),
+            node_idle_cores=float(data["node_idle_cores"]),
+            room_owner_cores=float(data["room_owner_cores"]),
+            room_follower_cores=float(data["room_follower_cores"]),
+            redis_us=float(data["redis_us"]),
+            redis_ops={k: float(v) for k, v in data["redis_ops"].items()},
+            bytes={k: float(v) for k, v in data["bytes"].items()},
+            client_request_s=float(data["client_request_s"]),
+            room_start_s=float(data.get("room_start_s", 0.0)),
+            line_tick_cores=float(data.get("line_tick_cores", 0.0)),
+            part_s=float(data.get("part_s", 0.512)),
+            segment_s=float(data.get("segment_s", 4.096)),
+            meta=dict(data.get("meta", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One night. ``cap`` 0: no cap. ``origin_cores`` / ``cache_nodes`` None:
+    the model sizes them (:func:`plan`). ``pre_s``: the host goes live this
+    long after the first arrival (arrivals before are drawn in a random
+    order). ``listen_s`` 0: admitted listeners stay to the end.
+    ``cache_nodes`` 0: listeners read the origin itself."""
+
+    arrivals: int
+    over_s: float
+    cap: int = 0
+    admit_rate_per_s: float = 200.0
+    pre_s: float = 0.0
+    listen_s: float = 0.0
+    give_up: float = 0.0
+    delivery: str = "llhls"
+    origin_nodes: int = 1
+    origin_cores: float | None = None
+    cache_nodes: int | None = None
+    cache_node_cores: float = 16.0
+    cache_node_gbps: float = 10.0
+    utilization: float = 0.7
+    rtt_s: float = 0.05
+    claim_s: float = 6.0
+    queue_interval_s: float = 1.0
+    queue_poll_s: float = 1.0
+    claim_delay_s: float = 1.0
+    ticket_renew_s: float = 40.0
+    state_poll_s: float = 5.0
+    state_max_age_s: float = 2.0
+    step_s: float = 0.1
+    duration_s: float | None = None
+
+    def check(self) -> None:
+        """A ValueError with a sentence for a scenario that cannot be run."""
+        if self.arrivals < 1:
+            raise ValueError("arrivals must be at least 1.")
+        if not 0 < self.over_s <= 86_400:
+            raise ValueError("over_s must be above 0 and at most a day.")
+        if self.delivery not in ("llhls", "hls"):
+            raise ValueError("delivery must be llhls or hls.")
+        if not 0 <= self.give_up <= 1:
+            raise ValueError("give_up is a fraction between 0 and 1.")
+        if not 0 < self.utilization <= 1:
+            raise ValueError("utilization is a fraction above 0, at most 1.")
+        if not 0.001 <= self.step_s <= self.queue_interval_s:
+            raise ValueError("step_s must be between 1 ms and queue_interval_s.")
+        if self.origin_cores is not None and self.origin_cores <= 0:
+            raise ValueError("origin_cores must be above 0 (or left out to size it).")
+        if self.cap < 0 or self.origin_nodes < 1 or self.admit_rate_per_s <= 0:
+            raise ValueError("cap >= 0, origin_nodes >= 1 and admit_rate_per_s > 0, please.")
+
+    @property
+    def horizon_s(self) -> float:
+        if self.duration_s is not None:
+            return self.duration_s
+        drain = 0.0
+        if self.cap > 0:
+            drain = self.arrivals / self.admit_rate_per_s
+            if self.listen_s > 0 and self.cap < self.arrivals:
+                drain += self.listen_s * 1.5 * (self.arrivals / max(1, self.cap))
+        return max(self.over_s, self.pre_s) + min(drain, 7_200.0) + 30.0
+
+
+# -- small pure pieces (table-tested) -------------------------------------------------
+
+
+def still_waiting(age_s: float, give_up: float, lo_s: float = 3.0, hi_s: float = 30.0) -> float:
+    """Share of a cohort still waiting after ``age_s`` when ``give_up`` of
+    them give up after a uniform 3-30 s (as `townhall bench storm` does)."""
+    if give_up <= 0 or age_s <= lo_s:
+        return 1.0
+    return 1.0 - give_up * min(1.0, (age_s - lo_s) / (hi_s - lo_s))
+
+
+def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The q-th percentile (0-100) of (value, weight) samples; None if empty."""
+    total = sum(w for _, w in samples if w > 0)
+    if total <= 0:
+        return None
+    ordered = sorted((v, w) for v, w in samples if w > 0)
+    need = total * q / 100.0
+    run = 0.0
+    for value, weight in ordered:
+        run += weight
+        if run >= need - 1e-9 * total:
+            return value
+    return ordered[-1][0]
+
+
+def origin_rates(
+    costs: Costs, s: Scenario, *, listeners: float, waiting: float, caches: int
+) -> dict[str, float]:
+    """Requests per second reaching the origin that do not depend on
+    arrivals: listening, waiting (queue.json, ticket renewals), state.json.
+    With a cache tier each cache node asks once per cacheable answer
+    (proxy_cache_lock collapses the rest); without one every listener asks."""
+    per_part = costs.part_s
+    out: dict[str, float] = {}
+    askers = float(min(caches, math.ceil(listeners))) if caches > 0 else listeners
+    if s.delivery == "llhls":
+        out["part"] = askers / per_part
+        out["blocking_reload"] = askers / per_part
+    else:
+        out["segment"] = askers / costs.segment_s
+        out["playlist"] = askers / costs.segment_s
+    watchers = listeners + waiting
+    if caches > 0:
+        out["state"] = min(caches, math.ceil(watchers)) / s.state_max_age_s if watchers else 0.0
+        out["queue_doc"] = min(caches, math.ceil(waiting)) / s.queue_poll_s if waiting else 0.0
+    else:
+        out["state"] = listeners / s.state_poll_s
+        out["queue_doc"] = waiting / s.queue_poll_s
+    out["ticket"] = waiting / s.ticket_renew_s
+    return out
+
+
+def listener_request_rate(costs: Costs, s: Scenario) -> float:
+    """Requests per second one listener makes at its cache."""
+    media = 2.0 / costs.part_s if s.delivery == "llhls" else 2.0 / costs.segment_s
+    return media + 1.0 / s.state_poll_s
+
+
+def listener_bytes_per_s(costs: Costs, s: Scenario) -> float:
+    """Bytes per second a cache sends one listener (media, playlists, state.json)."""
+    b = costs.bytes
+    if s.delivery == "llhls":
+        media = (b["part"] + b["blocking_reload"]) / costs.part_s
+    else:
+        seg = b.get("segment", b["part"] * costs.segment_s / costs.part_s)
+        media = (seg + b["playlist"]) / costs.segment_s
+    return media + b["state"] / s.state_poll_s
+
+
+def cache_nodes_needed(costs: Costs, s: Scenario, listeners: float, waiting: float) -> int:
+    """Cache nodes for ``listeners`` playing and ``waiting`` in line, at the
+    scenario's utilization: the larger of what CPU (nginx's cost per request)
+    and egress (``cache_node_gbps``) ask for."""
+    if listeners + waiting <= 0:
+        return 1
+    rps = listeners * listener_request_rate(costs, s) + waiting / s.queue_poll_s
+    cpu_nodes = rps * costs.nginx_us * 1e-6 / (s.cache_node_cores * s.utilization)
+    bps = (listeners * listener_bytes_per_s(costs, s) + waiting * costs.bytes["queue_doc"]) * 8
+    net_nodes = bps / (s.cache_node_gbps * 1e9 * s.utilization)
+    return max(1, math.ceil(max(cpu_nodes, net_nodes)))

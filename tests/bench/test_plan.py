@@ -1,0 +1,257 @@
+"""The plan's model, pure: table tests, no event loop, no sockets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from townhall.bench.plan import (
+    Costs,
+    Scenario,
+    cache_nodes_needed,
+    listener_bytes_per_s,
+    listener_request_rate,
+    origin_rates,
+    plan,
+    simulate,
+    still_waiting,
+    weighted_percentile,
+)
+
+RAW: dict[str, Any] = {
+    "origin_us": {
+        "join": 100.0,
+        "join_queued": 200.0,
+        "ticket": 300.0,
+        "leave": 50.0,
+        "queue_doc": 40.0,
+        "part": 20.0,
+        "blocking_reload": 30.0,
+        "playlist": 40.0,
+        "segment": 40.0,
+        "state": 50.0,
+    },
+    "nginx_us": 10.0,
+    "node_idle_cores": 0.01,
+    "room_owner_cores": 0.03,
+    "room_follower_cores": 0.005,
+    "redis_us": 5.0,
+    "redis_ops": {"join": 2.0, "join_queued": 3.0, "ticket": 4.0, "leave": 1.0, "part": 3.0, "node_s": 1.0},
+    "bytes": {
+        "part": 4396.0,
+        "blocking_reload": 2000.0,
+        "playlist": 2000.0,
+        "segment": 33068.0,
+        "state": 1000.0,
+        "queue_doc": 500.0,
+    },
+    "client_request_s": 0.001,
+}  # fmt: skip
+COSTS = Costs.from_json(RAW)
+BACKGROUND_1 = 0.01 + 0.03  # one node: idle + the room it runs
+
+
+@pytest.mark.parametrize(
+    ("age_s", "give_up", "share"),
+    [
+        (0.0, 0.05, 1.0),
+        (3.0, 0.05, 1.0),
+        (16.5, 0.05, 0.975),
+        (30.0, 0.05, 0.95),
+        (300.0, 0.05, 0.95),
+        (16.5, 1.0, 0.5),
+        (100.0, 0.0, 1.0),
+    ],
+)
+def test_still_waiting(age_s: float, give_up: float, share: float) -> None:
+    assert still_waiting(age_s, give_up) == pytest.approx(share)
+
+
+@pytest.mark.parametrize(
+    ("samples", "q", "value"),
+    [
+        ([], 50, None),
+        ([(1.0, 1.0)], 99, 1.0),
+        ([(1.0, 1.0), (2.0, 1.0), (3.0, 1.0), (4.0, 1.0)], 50, 2.0),
+        ([(1.0, 99.0), (10.0, 1.0)], 99, 1.0),
+        ([(1.0, 98.0), (10.0, 2.0)], 99, 10.0),
+        ([(5.0, 0.0), (1.0, 3.0)], 100, 1.0),
+        ([(3.0, 1.0), (1.0, 1.0)], 0, 1.0),
+    ],
+)
+def test_weighted_percentile(
+    samples: list[tuple[float, float]], q: float, value: float | None
+) -> None:
+    assert weighted_percentile(samples, q) == value
+
+
+@pytest.mark.parametrize(
+    ("delivery", "listeners", "waiting", "caches", "expect"),
+    [
+        # a cache tier: each cache asks once per part, per max-age, per poll
+        ("llhls", 1000, 0, 4, {"part": 4 / 0.512, "blocking_reload": 4 / 0.512, "state": 2.0}),
+        ("llhls", 2, 0, 4, {"part": 2 / 0.512, "state": 1.0}),
+        ("llhls", 1000, 500, 4, {"queue_doc": 4.0, "ticket": 500 / 40}),
+        # no cache tier: every listener asks the origin
+        (
+            "llhls",
+            1000,
+            0,
+            0,
+            {"part": 1000 / 0.512, "blocking_reload": 1000 / 0.512, "state": 200.0},
+        ),
+        ("hls", 1000, 0, 0, {"segment": 1000 / 4.096, "playlist": 1000 / 4.096}),
+        ("llhls", 0, 100, 0, {"queue_doc": 100.0, "part": 0.0}),
+    ],
+)
+def test_origin_rates(
+    delivery: str, listeners: float, waiting: float, caches: int, expect: dict[str, float]
+) -> None:
+    s = Scenario(arrivals=1, over_s=1, delivery=delivery)
+    rates = origin_rates(COSTS, s, listeners=listeners, waiting=waiting, caches=caches)
+    for kind, value in expect.items():
+        assert rates[kind] == pytest.approx(value), kind
+
+
+@pytest.mark.parametrize(
+    ("listeners", "cores", "gbps", "nodes"),
+    [
+        # CPU: 1e6 x 4.1 req/s x 10 us = 41 cores; at 16 x 0.7 = 11.2 per node -> 4
+        (1_000_000, 16.0, 1000.0, 4),
+        # egress: 1e6 x ((4396 + 2000) / 0.512 + 200) B/s x 8 = 100.5 Gbit/s; 10 x 0.7 -> 15
+        (1_000_000, 1000.0, 10.0, 15),
+        (0, 16.0, 10.0, 1),
+        (10, 16.0, 10.0, 1),
+    ],
+)
+def test_cache_nodes_needed(listeners: float, cores: float, gbps: float, nodes: int) -> None:
+    s = Scenario(arrivals=1, over_s=1, cache_node_cores=cores, cache_node_gbps=gbps)
+    assert listener_request_rate(COSTS, s) == pytest.approx(2 / 0.512 + 0.2)
+    assert listener_bytes_per_s(COSTS, s) == pytest.approx(6396 / 0.512 + 200)
+    assert cache_nodes_needed(COSTS, s, listeners, 0) == nodes
+
+
+def test_calibration_without_a_figure_is_refused_naming_it() -> None:
+    broken = {**RAW, "origin_us": {k: v for k, v in RAW["origin_us"].items() if k != "state"}}
+    broken.pop("nginx_us")
+    with pytest.raises(ValueError, match=r"state.*nginx_us.*plan_calibrate"):
+        Costs.from_json(broken)
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"arrivals": 0}, "arrivals"),
+        ({"give_up": 2.0}, "give_up"),
+        ({"delivery": "dash"}, "delivery"),
+        ({"step_s": 2.0}, "step_s"),
+        ({"utilization": 0.0}, "utilization"),
+    ],
+)
+def test_bad_scenarios_say_what_to_change(bad: dict[str, Any], words: str) -> None:
+    s = replace(Scenario(arrivals=10, over_s=1), **bad)
+    with pytest.raises(ValueError, match=words):
+        s.check()
+
+
+def base(**kw: Any) -> Scenario:
+    return replace(
+        Scenario(arrivals=1000, over_s=10, origin_cores=4.0, cache_nodes=1, rtt_s=0.0), **kw
+    )
+
+
+def test_uncapped_everyone_in_at_once_and_the_origin_pays_the_joins() -> None:
+    r = simulate(COSTS, base(duration_s=20.0))
+    assert r.admitted == pytest.approx(1000)
+    assert r.wait_s["max"] == 0.0
+    # 1000 joins x 100 us and the background over 20 s, plus what the one cache
+    # asks while anyone listens (from ~0 s on): part + reload per part, state.json
+    joins = 1000 * 100e-6 / 20
+    per_cache = (20 + 30) * 1e-6 / 0.512 + 50e-6 / 2.0
+    expect = joins + BACKGROUND_1 + per_cache
+    assert r.origin_cpu_mean_cores == pytest.approx(expect, rel=0.05)
+    assert r.ttfa_after_admission_s["p50"] == pytest.approx(5 * 0.001)
+
+
+def test_a_cap_with_nobody_leaving_admits_the_cap_and_the_rest_waits() -> None:
+    r = simulate(COSTS, base(cap=300, admit_rate_per_s=1000.0, duration_s=60.0))
+    assert r.admitted == pytest.approx(300, abs=1)
+    assert r.waiting_at_end == pytest.approx(700, abs=1)
+    assert r.peak_listeners <= 300 + 1e-6
+
+
+def test_the_line_drains_at_the_admission_rate() -> None:
+    # all 1000 arrive before the start (pre 12 s, over 10 s); 100 let in per second
+    s = base(pre_s=12.0, cap=10_000, admit_rate_per_s=100.0)
+    r = simulate(COSTS, s)
+    assert r.admitted == pytest.approx(1000, abs=1)
+    # drawn in a random order: whoever came first (at 0 s) may be called last,
+    # 1000 / 100 s after go-live at 12 s, and claims 1 s later; the middle one
+    # arrived at ~5 s and is called ~5 s after go-live
+    assert r.wait_s["max"] == pytest.approx(12 + 1000 / 100 + 1.0, abs=1.5)
+    assert r.wait_s["p50"] == pytest.approx(12 - 5 + 500 / 100 + 1.0, abs=1.5)
+    assert r.start_delay_s is not None and 0.9 <= r.start_delay_s <= 1.6
+
+
+def test_give_ups_leave_their_place_and_are_counted() -> None:
+    s = base(pre_s=12.0, cap=10_000, admit_rate_per_s=20.0, give_up=0.5)
+    r = simulate(COSTS, s)
+    assert r.admitted + r.gave_up == pytest.approx(1000, abs=1)
+    assert 300 < r.gave_up <= 500
+
+
+def test_leaving_listeners_free_places_for_the_line() -> None:
+    closed = simulate(COSTS, base(cap=100, admit_rate_per_s=100.0, duration_s=80.0))
+    moving = simulate(COSTS, base(cap=100, admit_rate_per_s=100.0, listen_s=10.0, duration_s=80.0))
+    assert closed.admitted == pytest.approx(100, abs=1)
+    assert moving.admitted > 400
+
+
+def test_an_origin_short_of_cores_answers_late() -> None:
+    # 10,000 joins/s x 100 us = 1 core of joins on 0.5 core: 0.5 CPU-s backlog per second
+    s = base(arrivals=100_000, over_s=10, origin_cores=0.5, duration_s=12.0)
+    r = simulate(COSTS, s)
+    assert r.join_latency_peak_s == pytest.approx(10 * 0.5 / 0.5, rel=0.15)
+    fast = simulate(COSTS, replace(s, origin_cores=4.0))
+    assert fast.join_latency_peak_s < 0.01
+
+
+def test_plan_sizes_origin_cores_and_caches_from_the_peak() -> None:
+    s = Scenario(arrivals=100_000, over_s=10, rtt_s=0.0, utilization=0.5)
+    r = plan(COSTS, s)
+    assert r.origin_cores == math.ceil(r.origin_cpu_peak_cores / 0.5) or (
+        r.origin_cores >= r.origin_cpu_peak_cores / 0.5
+    )
+    assert r.origin_cores >= 2  # 10,000 joins/s x 100 us = 1 core, at 50 %
+    assert r.cache_nodes == cache_nodes_needed(COSTS, s, r.peak_listeners, r.peak_waiting)
+    assert r.join_latency_peak_s < 0.01
+
+
+def test_twenty_million_in_a_minute_runs_in_seconds_and_is_bounded() -> None:
+    s = Scenario(arrivals=20_000_000, over_s=60, cap=20_000_000, admit_rate_per_s=400_000, pre_s=10)
+    seen: list[float] = []
+    r = plan(COSTS, s, progress=seen.append)
+    assert seen and seen[-1] == pytest.approx(1.0)
+    assert r.admitted + r.gave_up + r.waiting_at_end == pytest.approx(20_000_000, rel=1e-6)
+    assert r.peak_listeners <= 20_000_000 * (1 + 1e-9)
+    # joins alone: 333,333/s x 100-200 us = 33-67 cores
+    assert r.origin_cpu_peak_cores > 33
+
+
+def test_a_moving_line_costs_every_node_while_anyone_waits() -> None:
+    costs = Costs.from_json({**RAW, "line_tick_cores": 0.1})
+    # cap 100 and nobody leaves: 900 wait for the whole 30 s after the first second
+    s = base(cap=100, admit_rate_per_s=1000.0, origin_nodes=3, duration_s=30.0)
+    r = simulate(costs, s)
+    assert r.origin_cpu_by_kind["line"] == pytest.approx(3 * 0.1 * 29 / 30, rel=0.05)
+    assert "line" not in simulate(costs, replace(s, cap=0)).origin_cpu_by_kind
+
+
+def test_no_first_audio_before_the_room_has_parts_on_every_node() -> None:
+    costs = Costs.from_json({**RAW, "room_start_s": 4.0})
+    r = simulate(costs, base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0))
+    assert r.start_delay_s == pytest.approx(4.0 + 5 * 0.001, abs=0.01)
+    assert r.ttfa_from_arrival_s["max"] is not None and r.ttfa_from_arrival_s["max"] >= 6.0 - 0.2
