@@ -221,3 +221,16 @@ class DefenseSettings(BaseSettings):
         le=99,
         description="Real-time (SCHED_RR) priority of the media process, 1-99, as audio servers use: its clock then never waits behind other programs for a CPU (it uses ~0.1 core per room; the kernel keeps real-time tasks below 95 % of a core). Needs CAP_SYS_NICE (root, or setcap/systemd's LimitRTPRIO); without it a warning is logged and media_process_nice applies. 0 leaves it to media_process_nice.",
     )
+
+    # --- issue 10: waiting-line priority (policy/priority.py) ---
+    queue_priority_window_s: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="Arrivals that must queue are numbered together per this window: returning clients first, then those who solved the challenge, then those who could not; 0 numbers each at once (first come, first served).",
+    )
+    queue_priority_max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Arrivals per space waiting for their window to close; more are numbered at once, in arrival order.",
+    )

@@ -46,3 +46,15 @@ def test_network_cap_counts_per_generation() -> None:
     assert [cap.count("a", 0.0) for _ in range(5)] == [True, True, True, False, False]
     assert cap.count("b", 1.0) and not cap.count("c", 1.0)  # key bound
     assert cap.count("a", 61.0)  # a new generation
+
+
+def test_hit_if_busy_consumes_only_for_a_key_in_use() -> None:
+    buckets = NetBuckets(2, 10.0)
+    assert buckets.hit_if_busy("quiet", 0.0) == 0.0  # nothing counted: free, not consumed
+    assert buckets.statistics().keys == 0
+    buckets.hit("hot", 0.0)
+    assert buckets.hit_if_busy("hot", 0.0) == 0.0  # in use: the last unit, consumed
+    assert buckets.hit_if_busy("hot", 0.0) > 0  # and now refused
+    assert buckets.hit_if_busy("hot", 10.0) == 0.0  # drained: free again
+    assert buckets.hit_if_busy("hot", 10.0) == 0.0
+    assert buckets.statistics().allowed == 2

@@ -5,14 +5,18 @@ Shapes: ``join`` (join flood), ``ticket`` (forged queue tickets), ``playlist``
 (playlists without delivery directives), ``state`` (state.json), ``forged``
 (forged listener tokens on reactions and stall reports), ``replay`` (one real
 listener token replayed from every source), ``slowloris`` (connections that
-send their headers a byte at a time and hold). Attack sockets are bound to
+send their headers a byte at a time and hold), ``headers`` (connections
+sending one endless header value, ``attack_conn.py``). Attack sockets are bound to
 addresses in 127.0.0.0/8 spread over ``--networks`` /24s (127.0.0.0/24 is
 left to the legitimate listeners), so per-network defenses see many clients.
 
 It reports legitimate goodput (share of listeners playing, sampled every
 0.5 s, and the stall ratio), time to mitigate (attack start until goodput is
 back at >= 95 % for good), attacker success per 1,000 attempts, the server's
-CPU and mixer frames skipped (from /metrics), and the load generator's own CPU.
+CPU, mixer frames skipped and clock lateness p99, its memory (RSS before the
+attack, at most, and after it), the load generator's own CPU, and how long
+a new listener who joins during the attack (``--probe-at-s``) takes from
+its join to playing.
 Traffic goes only to a loopback --target.
 """
 
@@ -34,17 +38,20 @@ import httpx
 import orjson
 import psutil
 
+from townhall.bench import attack_conn
 from townhall.bench.hlsclient import ListenerConfig, ListenerStats
 from townhall.bench.join import prepare_space
 from townhall.bench.listeners import _listener, is_loopback
 from townhall.bench.playout import Playout
+from townhall.bench.storm import clock_late_p99
 
-SHAPES = ("join", "ticket", "playlist", "state", "forged", "replay", "slowloris")
+SHAPES = ("join", "ticket", "playlist", "state", "forged", "replay", "slowloris", "headers")
 MAX_SOURCES = 60_000
 MAX_RATE_PER_S = 50_000
 MAX_DURATION_S = 600.0
 MAX_SLOW_CONNECTIONS = 10_000
 MAX_CONNECTIONS = 512
+MAX_HEADER_RATE = 8e6
 REQUESTS_PER_CONNECTION = 20
 GOODPUT_BAR = 0.95
 SAMPLE_S = 0.5
@@ -176,42 +183,6 @@ async def _attacker(
                 await writer.wait_closed()
 
 
-async def _slowloris(
-    port: int, sources: list[str], count: int, deadline_s: float, tally: AttackTally
-) -> None:
-    """Open ``count`` connections that send a header byte every 5 s and hold."""
-
-    async def one(i: int) -> None:
-        try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    "127.0.0.1", port, local_addr=(sources[i % len(sources)], 0)
-                ),
-                5.0,
-            )
-        except (OSError, TimeoutError):
-            tally.statuses["connect_error"] += 1
-            return
-        tally.attempts += 1
-        tally.open_slow += 1
-        try:
-            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            while time.monotonic() < deadline_s:
-                await asyncio.sleep(min(5.0, max(0.0, deadline_s - time.monotonic())))
-                writer.write(b"a")
-                await writer.drain()
-                if writer.is_closing():
-                    break
-            tally.successes += 1  # held until the end: the server never cut it
-        except OSError:
-            tally.statuses["cut_by_server"] += 1
-        finally:
-            tally.open_slow -= 1
-            writer.close()
-
-    await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
-
-
 def _metric(text: str, name: str) -> float:
     total = 0.0
     for line in text.splitlines():
@@ -221,13 +192,17 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-async def _server_metrics(client: httpx.AsyncClient) -> tuple[float, float] | None:
+async def _server_metrics(client: httpx.AsyncClient) -> tuple[float, float, float, str] | None:
+    """(CPU seconds, mixer frames skipped, RSS bytes, the whole text) or None."""
     try:
         text = (await client.get("/metrics", timeout=2.0)).text
     except httpx.HTTPError:
         return None
-    return _metric(text, "process_cpu_seconds_total"), _metric(
-        text, "townhall_mixer_skipped_frames_total"
+    return (
+        _metric(text, "process_cpu_seconds_total"),
+        _metric(text, "townhall_mixer_skipped_frames_total"),
+        _metric(text, "process_resident_memory_bytes"),
+        text,
     )
 
 
@@ -254,6 +229,8 @@ async def run_attack(
     duration_s: float,
     attack_start_s: float,
     progress: bool,
+    header_rate: float = 4e6,
+    probe_at_s: float | None = None,
 ) -> dict[str, Any]:
     parts = urlsplit(target)
     port = parts.port or 80
@@ -272,7 +249,10 @@ async def run_attack(
     stats = [ListenerStats(started_at_s=t0, playout=Playout(0.0)) for _ in range(listeners)]
     tasks = [asyncio.create_task(_listener(cfg, s, deadline)) for s in stats]
     tally = AttackTally()
-    attack_tasks: list[asyncio.Task[None]] = []
+    probe = ListenerStats(started_at_s=t0, playout=Playout(0.0))
+    probe_task: asyncio.Task[None] | None = None
+    rss: list[float] = []
+    attack_tasks: list[asyncio.Task[Any]] = []
     samples: list[tuple[float, float]] = []
     timeline: list[dict[str, float]] = []
     bar = None
@@ -290,7 +270,17 @@ async def run_attack(
                 if shape == "slowloris":
                     attack_tasks.append(
                         asyncio.create_task(
-                            _slowloris(port, addresses, slow_connections, deadline, tally)
+                            attack_conn.slowloris(
+                                port, addresses, slow_connections, deadline, tally
+                            )
+                        )
+                    )
+                elif shape == "headers":
+                    attack_tasks.append(
+                        asyncio.create_task(
+                            attack_conn.endless_headers(
+                                port, addresses, slow_connections, deadline, tally, header_rate
+                            )
                         )
                     )
                 else:
@@ -312,6 +302,9 @@ async def run_attack(
                         )
                         for i in range(connections)
                     ]
+            if probe_task is None and probe_at_s is not None and now - t0 >= probe_at_s:
+                probe = ListenerStats(started_at_s=time.monotonic(), playout=Playout(0.0))
+                probe_task = asyncio.create_task(_listener(cfg, probe, deadline))
             await asyncio.sleep(SAMPLE_S)
             now = time.monotonic()
             playing = [s for s in stats if s.playout.play_start_s is not None]
@@ -322,6 +315,8 @@ async def run_attack(
             )
             samples.append((now - t0, good))
             m = await _server_metrics(http)
+            if m is not None:
+                rss.append(m[2])
             if m is not None and last_m is not None:
                 timeline.append(
                     {
@@ -336,17 +331,21 @@ async def run_attack(
                 bar.n = round(now - t0)
                 bar.set_postfix(goodput=f"{good:.2f}", attack=tally.attempts)
         m1 = await _server_metrics(http)
-    for task in tasks + attack_tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, *attack_tasks, return_exceptions=True)
+        started_at = int(attack_start_s / SAMPLE_S) - 1
+        rss_before = rss[max(0, started_at)] if len(rss) > started_at else None
+        for task in [*tasks, *attack_tasks, *([probe_task] if probe_task else [])]:
+            task.cancel()
+        await asyncio.gather(*tasks, *attack_tasks, return_exceptions=True)
+        end = time.monotonic()
+        cpu_s = sum(proc.cpu_times()[:2]) - cpu0
+        await asyncio.sleep(3.0)  # the attack's connections closed: what the server keeps
+        m2 = await _server_metrics(http)
     if bar is not None:
         bar.close()
-    end = time.monotonic()
     wall = end - t0
     played = sum(s.playout.played_s(end) for s in stats)
     stalled = sum(s.playout.stalled_s for s in stats)
     during = [g for t, g in samples if t >= attack_start_s]
-    cpu_s = sum(proc.cpu_times()[:2]) - cpu0
     return {
         "target": target,
         "shape": shape,
@@ -369,9 +368,21 @@ async def run_attack(
         "attack_statuses": dict(tally.statuses.most_common()),
         "server_cpu_percent": round(100 * (m1[0] - m0[0]) / wall, 1) if m0 and m1 else None,
         "mixer_skipped_frames": (m1[1] - m0[1]) if m0 and m1 else None,
+        "mixer_clock_late_p99_s": clock_late_p99(m0[3], m1[3]) if m0 and m1 else None,
+        "server_rss_mb_before_attack": _mb(rss_before),
+        "server_rss_mb_max": _mb(max(rss)) if rss else None,
+        "server_rss_mb_after": _mb(m2[2]) if m2 else None,
+        "probe_join_s": None if probe.join_s is None else round(probe.join_s, 3),
+        "probe_join_to_audio_s": None
+        if probe.first_audio_s is None
+        else round(probe.first_audio_s, 3),
         "client_cpu_percent": round(100 * cpu_s / wall, 1),
         "timeline": timeline,
     }
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else round(value / 1e6, 1)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -411,6 +422,15 @@ def plot(result: dict[str, Any], path: Path) -> None:
 @click.option("--connections", default=64, show_default=True, help="Attack connections at once.")
 @click.option("--slow-connections", default=500, show_default=True, help="Slowloris connections.")
 @click.option("--listeners", default=50, show_default=True, help="Legitimate LL-HLS listeners.")
+@click.option(
+    "--header-rate", default=4e6, show_default=True, help="Bytes/s per endless-header connection."
+)
+@click.option(
+    "--probe-at-s",
+    default=None,
+    type=float,
+    help="When a new listener joins (default: attack + 5 s).",
+)
 @click.option("--duration-s", default=30.0, show_default=True)
 @click.option("--attack-start-s", default=8.0, show_default=True, help="When the attack starts.")
 @click.option("--json", "as_json", is_flag=True)
@@ -426,6 +446,8 @@ def attack_command(
     connections: int,
     slow_connections: int,
     listeners: int,
+    header_rate: float,
+    probe_at_s: float | None,
     duration_s: float,
     attack_start_s: float,
     as_json: bool,
@@ -443,6 +465,8 @@ def attack_command(
         raise click.UsageError(
             f"--rate up to {MAX_RATE_PER_S}, --connections 1..{MAX_CONNECTIONS}."
         )
+    if not 0 < header_rate <= MAX_HEADER_RATE:
+        raise click.UsageError(f"--header-rate up to {MAX_HEADER_RATE:g} bytes/s.")
     if not 0 <= slow_connections <= MAX_SLOW_CONNECTIONS:
         raise click.UsageError(f"--slow-connections up to {MAX_SLOW_CONNECTIONS}.")
     if not 1 <= duration_s <= MAX_DURATION_S or not 0 <= attack_start_s < duration_s:
@@ -466,6 +490,8 @@ def attack_command(
             duration_s=duration_s,
             attack_start_s=attack_start_s,
             progress=not no_progress,
+            header_rate=header_rate,
+            probe_at_s=attack_start_s + 5.0 if probe_at_s is None else probe_at_s,
         )
     )
     if plot_path is not None:

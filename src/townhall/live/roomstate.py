@@ -236,6 +236,14 @@ class StateCache:
         finally:
             del self._inflight[space_id]
 
+    def fresh(self, space_id: str) -> StateEntry | None:
+        """The document ``get`` would answer at once (computed within the
+        interval), or None: no I/O, for the HTTP driver (issue 10)."""
+        entry = self._entries.get(space_id)
+        if entry is not None and self._clock() - entry.computed_at < self.interval_s:
+            return entry
+        return None
+
     def _stale(self, last: StateEntry) -> StateEntry:
         now = self._clock()
         fresh_at = last.fresh_at if last.stale else last.computed_at

@@ -50,6 +50,7 @@ from townhall.origin.answers import (
     Wait,
     progressive_head,
 )
+from townhall.origin.app_hooks import limit_of
 from townhall.origin.fanout import ProgressiveHub, ProgressiveListener
 from townhall.origin.follower import ListenerSource
 from townhall.origin.gate import gate_of
@@ -86,6 +87,7 @@ async def listener(request: Request) -> Response:
         path.encode(),
         request.scope.get("query_string"),
         None if cookie is None else cookie.encode("latin-1"),
+        (request.client.host if request.client else None, request.scope["headers"]),
     )
     for _ in range(3):  # a Wait, then what follows it, then perhaps a disk read
         if isinstance(answer, Rendered):
@@ -118,7 +120,10 @@ def _rules(request: Request) -> FastPath:
     rules: FastPath | None = getattr(state, "listener_rules", None)
     if rules is None:
         rules = state.listener_rules = FastPath(
-            _settings(request), programs_of(request.app), gate=gate_of(request.app)
+            _settings(request),
+            programs_of(request.app),
+            gate=gate_of(request.app),
+            playlist_limit=limit_of(request.app),
         )
     return rules
 

@@ -22,7 +22,7 @@ from townhall.origin.rules import FastPath, Rendered, Stream, Wait
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"
-_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive")
+_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive", "state")
 _BYTES = {kind: metrics.LISTENER_BYTES.labels(kind=kind) for kind in _KINDS[:4]}
 _ANSWERED = {kind: metrics.FASTPATH_RESPONSES.labels(kind=kind) for kind in _KINDS}
 
@@ -181,7 +181,11 @@ _log = logging.getLogger("townhall.access")
 
 
 def decide(
-    fast_path: FastPath, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]]
+    fast_path: FastPath,
+    method: bytes,
+    url: bytes,
+    headers: list[tuple[bytes, bytes]],
+    peer: str | None = None,
 ) -> object:
     """The rules' fast answer for a request target (origin-form only: anything
     else is not claimed); a rules failure is logged, counted and left to the app."""
@@ -192,7 +196,7 @@ def decide(
         cookie = None
         if fast_path.gate is not None:  # capped spaces: the listener token may be a cookie
             cookie = next((v for n, v in headers if n == b"cookie"), None)
-        return fast_path.decide(method, path, query, cookie)
+        return fast_path.decide(method, path, query, cookie, (peer, headers))
     except Exception:
         _log.exception("fast path failed to decide on %r; the app answers", url)
         metrics.FASTPATH_FALLBACKS.inc()

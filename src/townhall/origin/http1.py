@@ -40,12 +40,12 @@ import httptools
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.origin.app_hooks import EarlyRefusal, gate_of, limit_of, refusal_of
 from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
-from townhall.origin.gate import gate_of
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
 from townhall.origin.wire import problem_bytes, problem_document
 
@@ -127,6 +127,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
     ``limits`` are bound by :func:`protocol_for`."""
 
     fast_path: ClassVar[FastPath | None] = None
+    early_refusal: ClassVar[EarlyRefusal | None] = None  # issue 10: before any ASGI work
     limits: ClassVar[DriverLimits]
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
@@ -147,6 +148,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         self._reading_paused = False
         self._admitted = False
         self._network = ""
+        self._peer: str | None = None  # the TCP peer's address (listener rules' limits)
         self._current: Request | None = None  # the request being answered
         self._parsing: Request | None = None  # the request whose body is being read
         self._queue: deque[Request] = deque()  # parsed, waiting for their turn
@@ -170,6 +172,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and isinstance(peer[0], str) else None
+        self._peer = host
         limit = self.config.limit_concurrency
         if limit is not None and len(self.server_state.connections) >= limit:
             reason: str | None = "total"
@@ -396,12 +399,18 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         fast_path = self.fast_path
         method = req.method
         if fast_path is not None and method in (_GET, _HEAD):
-            decision = decide(fast_path, method, req.url, req.headers)
+            decision = decide(fast_path, method, req.url, req.headers, self._peer)
             if isinstance(decision, _FAST):
                 req.decision = decision
                 if not req.more_body:
                     self._answer(req)
                 return
+        refuse = self.early_refusal
+        if refuse is not None and (refused := refuse(self._peer, req)):
+            req.decision = refused  # answered once the body is in (kept alive)
+            if not req.more_body:
+                self._answer(req)
+            return
         self._to_app(req)
 
     def _current_is(self, req: Request) -> bool:
@@ -582,6 +591,10 @@ def protocol_for_app(app: Any, settings: Settings) -> type[Http1Protocol]:
     """The protocol for an app made by ``create_app`` (rooms found through its
     services once its lifespan has started); the fast path only if enabled."""
     fast_path = (
-        FastPath(settings, programs_of(app), gate=gate_of(app)) if settings.fast_path else None
+        FastPath(settings, programs_of(app), gate=gate_of(app), playlist_limit=limit_of(app))
+        if settings.fast_path
+        else None
     )
-    return protocol_for(fast_path, settings)
+    protocol = protocol_for(fast_path, settings)
+    protocol.early_refusal = refusal_of(app)  # API refusals before the app (server/defense.py)
+    return protocol

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 from townhall.config import Settings
 from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
@@ -56,8 +55,10 @@ from townhall.origin.answers import (
     progressive_head,
     timeout_response,
 )
+from townhall.origin.app_hooks import gate_of, programs_of
 from townhall.origin.cors import Cors
 from townhall.origin.follower import ListenerSource
+from townhall.origin.netlimit import Client, ClientLimit, refusal
 from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.token_uris import tokened, tokened_playlist
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
@@ -75,6 +76,7 @@ __all__ = [
     "Wait",
     "disk_media",
     "disk_playlist",
+    "gate_of",
     "latest_epoch",
     "programs_of",
     "timeout_response",
@@ -113,18 +115,25 @@ class FastPath:
         programs: Callable[[str], ListenerSource | None],
         *,
         gate: MediaGate | None = None,
+        playlist_limit: ClientLimit | None = None,
     ) -> None:
         self.settings = settings
         self.programs = programs
         # capped spaces (the gate knows which): media needs a listener token
         self.gate = gate
         self.timeout_s = settings.blocking_reload_timeout_s
+        self.playlist_limit = playlist_limit  # issue 10: playlists without directives
         # a list of CORS origins is answered per request by the app (origin/cors.py)
         self.cors_any = Cors.parse(settings.cors_origins).any_origin
         self._stream_head = header_lines(progressive_head())
 
     def decide(
-        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes | None,
+        cookie: bytes | None = None,
+        client: Client | None = None,
     ) -> Decision:
         """The fast path: ``path`` as sent (percent-encoded), ``query`` without
         the '?'. Only live spaces, only answers it can write; None otherwise."""
@@ -152,6 +161,8 @@ class FastPath:
             directives = _directives(query)
             if directives is None:
                 return None  # the app parses it (and says 400 where one is due)
+            if over := refusal(self.playlist_limit, client, name, directives[0]):
+                return over.render(path.decode("ascii"))
             found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
             found = found if self.gate is None else tokened(found, query)
         else:
@@ -161,7 +172,12 @@ class FastPath:
         return None
 
     def answer(
-        self, method: bytes, path: bytes, query: bytes | None, cookie: bytes | None = None
+        self,
+        method: bytes,
+        path: bytes,
+        query: bytes | None,
+        cookie: bytes | None = None,
+        client: Client | None = None,
     ) -> Answer:
         """Every answer: ``path`` decoded as the router sees it (UTF-8 bytes),
         ``query`` as sent (decoded here when it has to be; 400 when malformed)."""
@@ -193,6 +209,8 @@ class FastPath:
                     return strict
                 parsed = strict
             directives = parsed
+            if over := refusal(self.playlist_limit, client, name, directives[0]):
+                return over
         if program is None or window is None:
             cold = self._cold(method, space_id, program, name, directives)
             return tokened(cold, query if self.gate else None)
@@ -573,21 +591,3 @@ def disk_media(want: FromDisk, data: bytes | None) -> Rendered | Problem:
     if data is None:
         return _not_found(f"There is no init segment {want.number} for this space.")
     return _media(data, MP4, IMMUTABLE, "init")
-
-
-def programs_of(app: Any) -> Callable[[str], ListenerSource | None]:
-    """The lookup of running programs in an app built by ``create_app`` (its
-    services exist once the lifespan started)."""
-
-    found: list[Any] = []
-
-    def lookup(space_id: str) -> ListenerSource | None:
-        if not found:
-            rooms = getattr(getattr(app.state, "services", None), "rooms", None)
-            if rooms is None:
-                return None  # not started yet
-            found.append(rooms)
-        source: ListenerSource | None = found[0].listener_source(space_id)
-        return source
-
-    return lookup

@@ -90,6 +90,15 @@ class NetBuckets:
         over_s = max(tat, now_s) + self.interval_s - now_s - self.period_s
         return over_s if over_s > 1e-9 else 0.0
 
+    def hit_if_busy(self, key: str, now_s: float) -> float:
+        """``check`` for a key with nothing counted now; ``hit`` for a key whose
+        bucket is in use, so that what passes while a key is near its limit is
+        bounded by the rate however many of its requests are in flight."""
+        tat = self._tats.get(key)
+        if tat is None or tat <= now_s:
+            return 0.0
+        return self.hit(key, now_s)
+
     def statistics(self) -> BucketStats:
         return BucketStats(len(self._tats), self._allowed, self._refused)
 

@@ -45,9 +45,11 @@ from townhall.policy.admission import (
     space_cap,
 )
 from townhall.policy.eta import eta_s
+from townhall.policy.priority import Priority, held_back
 from townhall.policy.ratelimit import STORE_ERRORS
 from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
 from townhall.policy.tokens import Claims, TokenSigner
+from townhall.server.arrival_window import ArrivalWindow
 from townhall.store.admission import AdmissionStore, ExpirySet
 from townhall.store.shared import RedisHealth
 from townhall.store.spaces import IndexEntry, SpaceIndex
@@ -116,6 +118,10 @@ class Admission:
         self._lottery_keys: dict[str, bytes] = {}
         # per space, the store read in flight for early tickets (monotonic start)
         self._flights: dict[str, tuple[float, asyncio.Task[QueueState]]] = {}
+        # issue 10: arrivals numbered by priority within short windows
+        self.arrivals = ArrivalWindow(
+            store.issue, settings.queue_priority_window_s, settings.queue_priority_max_pending
+        )
 
     # ------------------------------------------------------------ helpers
 
@@ -166,11 +172,13 @@ class Admission:
         *,
         renewal: Claims | None = None,
         ticket: Ticket | None = None,
+        priority: Priority = "normal",
     ) -> Admitted | Queued:
         """Admit, queue or refuse one join (see the module docstring).
 
         ``renewal``: the verified listener token being renewed; ``ticket``: a
-        verified ticket of this space. Raises ``ServiceUnavailable`` (refused,
+        verified ticket of this space; ``priority``: what the defense layer
+        saw (``policy.priority``: who is numbered first). Raises ``ServiceUnavailable`` (refused,
         with Retry-After) or ``TicketReused``.
         """
         arrived = time.monotonic()
@@ -202,7 +210,9 @@ class Admission:
         kind: Kind = (
             "renewal" if renewal is not None else "ticket" if ticket is not None else "arrival"
         )
-        decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
+        decision, number = await self._decide(
+            space_id, kind, cap, line, phase, ticket, now, priority
+        )
         if (
             kind == "ticket"
             and cap > 0
@@ -227,7 +237,9 @@ class Admission:
                 raise ServiceUnavailable(
                     PAUSED, retry_after_s=settings.redis_backoff_ms / 1000
                 ) from None
-            decision, number = await self._decide(space_id, kind, cap, line, phase, ticket, now)
+            decision, number = await self._decide(
+                space_id, kind, cap, line, phase, ticket, now, priority
+            )
         metrics.ADMISSION_DECISIONS.labels(outcome=decision.outcome, reason=decision.code).inc()
         if decision.outcome == "refuse":
             retry_s = 1.0 if decision.code == "node_full" else 30.0
@@ -245,7 +257,7 @@ class Admission:
             decision = Decision(
                 "queue", "full", "This space is full: you have a place in line.", status=202
             )
-        return await self._queue(space_id, line, decision, ticket, number)
+        return await self._queue(space_id, line, decision, ticket, number, priority)
 
     async def _decide(
         self,
@@ -256,6 +268,7 @@ class Admission:
         phase: Phase,
         ticket: Ticket | None,
         now: float,
+        priority: Priority = "normal",
     ) -> tuple[Decision, int | None]:
         number = None if ticket is None else self.number_of(ticket, line)
         if cap > 0 and number is not None and number <= line.through:
@@ -277,7 +290,8 @@ class Admission:
             llhls_budget=settings.llhls_budget_listeners,
             node_llhls=self.node_llhls.count(now),
         )
-        return decide(kind, capacity, line, phase=phase, number=number), number
+        decision = decide(kind, capacity, line, phase=phase, number=number)
+        return held_back(decision, kind, priority, cap), number
 
     async def _fresh(self, space_id: str, since: float) -> QueueState:
         """The line (and count) read from the store by a read that started at
@@ -388,10 +402,11 @@ class Admission:
         decision: Decision,
         ticket: Ticket | None,
         number: int | None,
+        priority: Priority = "normal",
     ) -> Queued:
         try:
             if ticket is None:
-                index = await self.store.issue(space_id)
+                index = await self.arrivals.number(space_id, priority)
                 text, ticket = self.tickets.issue(space_id, index)
                 number = self.number_of(ticket, line)
                 metrics.ADMISSION_TICKETS.inc()

@@ -51,6 +51,7 @@ from townhall.server.auth import (
     services_of,
     verify,
 )
+from townhall.server.defense import gate
 from townhall.server.edge_link import edge_link_cookies
 from townhall.server.services import Services
 from townhall.server.space_cap import CAP_DOC, check_cap
@@ -288,12 +289,9 @@ async def join(
     entry = services.spaces.index.get(space_id)
     if entry is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
-    defense = services.defense
-    network = "unknown"
-    if defense is not None:  # issue 10: per-network bucket, proof-of-work under pressure
-        network, _returning = defense.gate_join(
-            space_id, client, pow_answer, seen_mark, renewal=renew_token is not None
-        )
+    defense = services.defense  # issue 10: per-network bucket, proof-of-work, priority
+    again = renew_token is not None or ticket_text is not None
+    network, priority = gate(services, entry, space_id, client, pow_answer, seen_mark, again)
     tokens = services.tokens
     account_id: str | None = None
     if authorization is not None:
@@ -314,7 +312,7 @@ async def join(
     if not subject.startswith("anon-") and services.spaces.index.is_blocked(space_id, subject):
         raise Forbidden("You are blocked from this space.")
     result = await services.admission.admit(
-        space_id, entry, subject, renewal=previous, ticket=ticket
+        space_id, entry, subject, renewal=previous, ticket=ticket, priority=priority
     )
     urls = listener_urls(base, space_id)
     if isinstance(result, Queued):

@@ -19,10 +19,11 @@ from starlette.responses import Response
 
 from townhall import metrics
 from townhall.captions.live import LiveCaptions
-from townhall.errors import DatabaseUnavailable, NotFound
+from townhall.errors import DatabaseUnavailable, NotFound, TooManyRequests
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
-from townhall.server.auth import PROBLEM_SCHEMA
+from townhall.server.auth import PROBLEM_SCHEMA, client_host
+from townhall.server.state_fast import STATE_REFUSED, max_age_s, not_modified
 from townhall.store.recordings import RecordingStore
 
 if TYPE_CHECKING:
@@ -201,14 +202,16 @@ async def state_json(space_id: str, request: Request) -> Response:
     services = cast("Services", request.app.state.services)
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
+    defense = services.defense
+    if defense is not None and (  # issue 10: per-network bucket
+        wait_s := defense.allow_state(space_id, client_host(request), time.monotonic())
+    ):
+        raise TooManyRequests(STATE_REFUSED.format(wait_s=wait_s), retry_after_s=wait_s)
     entry = await services.state.get(
         space_id, lambda: compute_state(services, space_id), stale_on=(DatabaseUnavailable,)
     )
-    max_age = max(1, min(2, int(services.state.interval_s)))
+    max_age = max_age_s(services.state.interval_s)
     headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": entry.etag}
-    inm = request.headers.get("if-none-match")
-    if inm is not None and (
-        inm.strip() == "*" or entry.etag in {t.strip() for t in inm.split(",")}
-    ):
+    if not_modified(request.headers.get("if-none-match"), entry.etag):
         return Response(status_code=304, headers=headers)
     return Response(entry.body, media_type="application/json", headers=headers)

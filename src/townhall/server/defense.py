@@ -23,21 +23,33 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from townhall import metrics, problems
 from townhall.config import Settings
 from townhall.errors import TooManyRequests, Unauthorized
+from townhall.origin.answers import Rendered
+from townhall.origin.asgi_cycle import Request
+from townhall.origin.cors import Cors
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
-from townhall.server.auth import forwarded_client
+from townhall.policy.priority import Priority
+from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
+from townhall.server.refusals import REFUSED, Refusals, bearer_key
+from townhall.server.state_fast import CachedState
+
+if TYPE_CHECKING:
+    from townhall.server.services import Services
+    from townhall.store.spaces import IndexEntry
 
 log = logging.getLogger("townhall.defense")
 
+Header = tuple[bytes, bytes]
 POW_HEADER = "x-townhall-pow"
 SEEN_HEADER = "x-townhall-seen"
 
@@ -76,6 +88,13 @@ class Defense:
             float(settings.listener_token_ttl_s),
             max_keys=max_keys,
         )
+        self._trusted = parse_networks(settings.trusted_proxies)
+        self._playlists_refused = metrics.RATE_LIMITED.labels(limit="playlist-network")
+        self._states_refused = metrics.RATE_LIMITED.labels(limit="state-network")
+        self.state_answers = CachedState(any_origin=Cors.parse(settings.cors_origins).any_origin)
+        self.refusals = Refusals(
+            settings.refusals_per_network_per_10s, settings.rate_limit_max_keys, self._trusted
+        )
         unsolved = settings.challenge_unsolved_joins_per_s
         self.unsolved_lane = NetBuckets(unsolved, 1.0, max_keys=1) if unsolved else None
         self.key = hmac.new(key, b"townhall-challenge-v1", hashlib.sha256).digest()
@@ -97,12 +116,20 @@ class Defense:
         seen_mark: str | None,
         *,
         renewal: bool,
+        waiting_room: bool = False,
         now_s: float | None = None,
-    ) -> tuple[str, bool]:
-        """Let a join through or raise 429; (client network, returning?)."""
+    ) -> tuple[str, Priority]:
+        """Let a join through or raise 429: (client network, its priority in
+        the waiting line, ``policy.priority``). ``renewal``: a listener token's
+        renewal or a ticket's exchange (never asked to solve). ``waiting_room``:
+        the space has a line (a cap): a client that does not solve is not
+        refused but answered "unsolved", and the caller must put it in line
+        (behind those who solved); without a line it takes the slower lane
+        or gets the 429 with a challenge."""
         now = time.time() if now_s is None else now_s
         network = network_of(client)
         returning = pow_.mark_valid(self.key, seen_mark, now)
+        plain: Priority = "returning" if returning else "normal"
         rec = self.evidence.recorder(space_id) if self.evidence is not None else None
         if self.evidence is not None:
             self.evidence.request(
@@ -118,7 +145,7 @@ class Defense:
             )
         bits = self.effort.bits
         if bits == 0 or renewal:
-            return network, returning
+            return network, plain
         if returning:
             bits = max(0, bits - pow_.RETURNING_DISCOUNT_BITS)
         if pow_answer:
@@ -151,9 +178,14 @@ class Defense:
             metrics.CHALLENGES.labels(outcome="solved").inc()
             if rec is not None:
                 rec.challenge("solved", solved.bits)
-            return network, returning
+            return network, "returning" if returning else "solver"
+        if waiting_room:  # the line, behind those who solved
+            metrics.CHALLENGES.labels(outcome="queued-unsolved").inc()
+            if rec is not None:
+                rec.admission("queued", "unsolved")
+            return network, "unsolved"
         if self.unsolved_lane is not None and not self.unsolved_lane.hit("lane", now):
-            return network, returning  # the slower lane for clients that do not solve
+            return network, "unsolved"  # the slower lane for clients that do not solve
         self._challenge(space_id, bits, now, rec, "")
         raise AssertionError("unreachable")
 
@@ -209,16 +241,37 @@ class Defense:
 
     def allow_state(self, space_id: str, client: str | None, now_s: float) -> float:
         """state.json: 0.0 when this network may ask now, else seconds to wait
-        (for the state route; a cache in front absorbs honest traffic)."""
+        (for the state route; a cache in front absorbs honest traffic); a
+        refusal is counted."""
         network = network_of(client)
         if self.evidence is not None:
             self.evidence.request(space_id, "state", client, network)
-        return self.state_buckets.hit(network, now_s)
+        wait_s = self.state_buckets.hit(network, now_s)
+        if wait_s:
+            self._states_refused.inc()
+        return wait_s
 
     def allow_playlist(self, network: str, now_s: float) -> float:
         """A playlist without delivery directives: O(1), for origin/rules.py to
         call with the request's network (``policy.netbuckets.network_of``)."""
         return self.playlist_buckets.hit(network, now_s)
+
+    def cached_state(self, services: Services, peer: str | None, req: Request) -> Rendered | None:
+        """state.json answered by the HTTP driver while cached (``server/state_fast.py``)."""
+        return self.state_answers.answer(services, peer, req)
+
+    def allow_listener_playlist(self, peer: str | None, headers: Sequence[Header]) -> float:
+        """The listener rules' playlist limit (``origin.netlimit.ClientLimit``):
+        the client is the TCP peer, or behind ``trusted_proxies`` the
+        X-Forwarded-For hop they vouch for; a refusal is counted."""
+        client = peer
+        if self._trusted and peer is not None:
+            forwarded = [v.decode("latin-1") for k, v in headers if k == b"x-forwarded-for"]
+            client = forwarded_client(peer, forwarded, self._trusted)
+        wait_s = self.playlist_buckets.hit(network_of(client), time.monotonic())
+        if wait_s:
+            self._playlists_refused.inc()
+        return wait_s
 
     # ------------------------------------------------------------ effort control
 
@@ -262,6 +315,27 @@ class Defense:
         return DefenseStats(self.effort.bits, self._rate, self._last_dropped, len(self.seen))
 
 
+def gate(
+    services: Services,
+    entry: IndexEntry,
+    space_id: str,
+    client: str | None,
+    pow_answer: str | None,
+    seen_mark: str | None,
+    again: bool,
+) -> tuple[str, Priority]:
+    """The defense layers in front of a join (:meth:`Defense.gate_join`):
+    (client network, priority in line). ``again``: a renewal or a ticket's
+    exchange. Without a defense: ("unknown", "normal")."""
+    defense = services.defense
+    if defense is None:
+        return "unknown", "normal"
+    lined = services.admission.cap_of(entry) > 0
+    return defense.gate_join(
+        space_id, client, pow_answer, seen_mark, renewal=again, waiting_room=lined
+    )
+
+
 class AuthFailureShield:
     """ASGI middleware for /api/, before the framework parses anything:
 
@@ -269,21 +343,19 @@ class AuthFailureShield:
       (one HMAC);
     - a client network, or a token (one token replayed from many networks),
       whose requests keep being refused (401, 429) is answered 429 until its
-      bucket refills.
+      bucket refills (``server/refusals.py``, the record the HTTP driver also
+      checks before it starts any ASGI work).
 
     Costs a path check per request, and for /api/ requests a dict lookup
     (and a token decode when one is sent)."""
 
     def __init__(self, app: ASGIApp, *, failures_per_10s: int, max_keys: int = 100_000) -> None:
         self.app = app
-        self.failures = NetBuckets(failures_per_10s, 10.0, max_keys=max_keys)
+        self.own = Refusals(failures_per_10s, max_keys, ())  # when the app has no defense
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, wait_s: float) -> None:
         metrics.RATE_LIMITED.labels(limit="refusals").inc()
-        err = TooManyRequests(
-            "Too many of your recent requests were refused; wait, then sign in or join again.",
-            retry_after_s=wait_s,
-        )
+        err = TooManyRequests(REFUSED, retry_after_s=wait_s)
         await problems.problem_response(err.to_problem(scope["path"]), retry_after_s=wait_s)(
             scope, receive, send
         )
@@ -292,17 +364,13 @@ class AuthFailureShield:
         if scope["type"] != "http" or not scope["path"].startswith("/api/"):
             await self.app(scope, receive, send)
             return
-        peer = scope["client"][0] if scope.get("client") else None
         services = getattr(scope["app"].state, "services", None)
-        trusted = services.trusted_proxies if services is not None else ()
-        if trusted:
-            forwarded = [
-                v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"
-            ]
-            peer = forwarded_client(peer, forwarded, trusted)
-        keys = [network_of(peer)]
+        defense = getattr(services, "defense", None)
+        refusals: Refusals = defense.refusals if defense is not None else self.own
+        peer = scope["client"][0] if scope.get("client") else None
+        keys = [network_of(refusals.client(peer, scope["headers"]))]
         now = time.monotonic()
-        wait_s = self.failures.check(keys[0], now)
+        wait_s = refusals.wait_s(keys[0], now)
         if wait_s:
             await self._refuse(scope, receive, send, wait_s)
             return
@@ -310,19 +378,19 @@ class AuthFailureShield:
             for name, value in scope["headers"]:
                 if name != b"authorization":
                     continue
-                scheme, _, raw = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and raw.strip():
+                key = bearer_key(value)
+                if key is not None:
                     try:
-                        claims = services.tokens.decode(raw.strip())
+                        services.tokens.decode(value.decode("latin-1").partition(" ")[2].strip())
                     except Unauthorized as exc:
                         # a bad bearer token is a 401 on every route
-                        self.failures.hit(keys[0], now)
+                        refusals.hit(keys, now)
                         await problems.problem_response(exc.to_problem(scope["path"]))(
                             scope, receive, send
                         )
                         return
-                    keys.append("token:" + claims.token_id)
-                    wait_s = self.failures.check(keys[1], now)
+                    keys.append(key)
+                    wait_s = refusals.wait_s(key, now)
                     if wait_s:
                         await self._refuse(scope, receive, send, wait_s)
                         return
@@ -330,9 +398,7 @@ class AuthFailureShield:
 
         async def counted(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] in (401, 429):
-                later = time.monotonic()
-                for key in keys:
-                    self.failures.hit(key, later)
+                refusals.hit(keys, time.monotonic())
             await send(message)
 
         await self.app(scope, receive, counted)
