@@ -231,3 +231,28 @@ def test_the_full_lines_speed_is_measured() -> None:
     before = s.full_rate
     s = advance(replace(s, batches=()), t + 2, admitted=0, **step)  # type: ignore[arg-type]
     assert s.through == 153 + 100 and s.full_rate == before  # two seconds of allowance
+
+
+def test_the_settled_speed_is_cap_over_the_listening_time() -> None:
+    """A full space whose listeners each stay 10 s: the line's measured speed
+    swings wave by wave, its settled speed is 100 / 10 s from the first
+    departures on."""
+    step = {"cap": 100, "rate_per_s": 50.0, "claim_s": 5.0, "live": True}
+    s = QueueState(issued=5000, lottery=0, last_s=0.0)
+    calls: list[tuple[float, int]] = []  # (time, how many) called
+    settled: list[float] = []
+    measured: list[float] = []
+    for t in range(1, 121):
+        admitted = sum(n for at, n in calls if at > t - 10.0)  # everyone called came at once
+        before = s.through
+        s = advance(replace(s, batches=()), float(t), admitted=admitted, **step)  # type: ignore[arg-type]
+        calls.append((float(t), s.through - before))
+        if s.settled_rate is not None and t > 20:
+            settled.append(s.settled_rate)
+        if s.full_rate is not None and t > 20:
+            measured.append(s.full_rate)
+    assert s.settled_rate == pytest.approx(10.0, rel=0.05)
+    assert min(settled) > 9.0 and max(settled) < 11.0
+    assert max(measured) - min(measured) > 2 * (
+        max(settled) - min(settled)
+    )  # the swing it replaces

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from townhall.policy.eta import eta_s
+from townhall.policy.eta import (
+    MAX_KNOTS,
+    Knots,
+    called_at,
+    eta_s,
+    listen_sample,
+    settled_rate,
+    with_knot,
+)
 
 # (position, free places, admit rate, leave rate) -> seconds (None: unknown)
 CASES = [
@@ -35,3 +43,96 @@ def test_lag_is_added_to_a_known_eta_only() -> None:
     assert eta_s(100, full_rate_per_s=10.0, **kw) == pytest.approx(11.5)
     assert eta_s(100, full_rate_per_s=None, **kw) is None
     assert eta_s(0, full_rate_per_s=10.0, **kw) == 0.0
+
+
+# (position, free places, admit rate, measured full rate, settled rate) -> seconds
+SETTLED_CASES = [
+    (1000, 0, 100.0, 40.0, 20.0, 50.0),  # the settled speed, not the swing of the moment
+    (1000, 0, 100.0, None, 20.0, 50.0),  # known from listening times before the speed is
+    (1000, 0, 100.0, 40.0, None, 25.0),  # not known yet: the measured speed, as before
+    # free places last 100 / (100 - 20) s at the admit rate, then the settled speed
+    (325, 100, 100.0, 50.0, 20.0, 1.25 + 200 / 20),
+    (1000, 0, 100.0, 5.0, 0.0, None),  # nobody leaves once settled: unknown
+    (50, 0, 100.0, 5.0, 200.0, 0.5),  # leaving faster than admitting: the admit rate
+]
+
+
+@pytest.mark.parametrize(
+    ("position", "free", "admit", "full", "settled", "expected"), SETTLED_CASES
+)
+def test_eta_with_the_settled_speed(
+    position: int,
+    free: int,
+    admit: float,
+    full: float | None,
+    settled: float | None,
+    expected: float | None,
+) -> None:
+    got = eta_s(
+        position,
+        free_places=free,
+        admit_rate_per_s=admit,
+        full_rate_per_s=full,
+        settled_rate_per_s=settled,
+    )
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_called_at_is_the_first_knot_through_a_number() -> None:
+    knots = ((10.0, 5), (11.0, 8), (20.0, 12))
+    assert called_at(knots, 1) == 10.0
+    assert called_at(knots, 5) == 10.0
+    assert called_at(knots, 5.5) == 11.0
+    assert called_at(knots, 12) == 20.0
+    assert called_at(knots, 13) is None
+    assert called_at((), 1) is None
+
+
+def test_the_history_keeps_what_can_still_be_matched() -> None:
+    knots = with_knot((), 0.0, 100, cap=100)
+    knots = with_knot(knots, 1.0, 100, cap=100)  # the pointer did not move: no knot
+    assert knots == ((0.0, 100),)
+    knots = with_knot(knots, 10.0, 150, cap=100)
+    assert knots == ((0.0, 100), (10.0, 150))  # 51..100 are still in
+    knots = with_knot(knots, 11.0, 200, cap=100)
+    assert knots == ((10.0, 150), (11.0, 200))  # 1..100 have all left
+    many: tuple[tuple[float, int], ...] = ()
+    for i in range(1, 1000):
+        many = with_knot(many, float(i), i, cap=10_000)
+        assert len(many) <= MAX_KNOTS
+    assert many[-1] == (999.0, 999)  # the newest knot is never thinned away
+
+
+# (knots, now, pointer, freed, cap) -> (listening time, places) or None
+SAMPLE_CASES = [
+    # 100 called at 0, full; at 10 s the first 20 leave: matched with calls 1..20
+    (((0.0, 100),), 10.0, 100, 20, 100, (10.0, 20)),
+    # two waves: calls 101..200 at 11 s; the places freeing at 22 s are theirs
+    (((0.0, 100), (11.0, 200)), 22.0, 200, 50, 100, (11.0, 50)),
+    # the cap is still filling (pointer 60 of 100): free places, not departures
+    (((0.0, 60),), 5.0, 60, 30, 100, None),
+    # partly: only calls 1..10 are departures (the other 20 places were free)
+    (((0.0, 80),), 5.0, 80, 30, 100, (5.0, 10)),
+    ((), 5.0, 100, 10, 100, None),  # no history: no sample
+    (((0.0, 100),), 5.0, 100, 0, 100, None),
+]
+
+
+@pytest.mark.parametrize(("knots", "now", "through", "freed", "cap", "expected"), SAMPLE_CASES)
+def test_listen_sample(
+    knots: Knots,
+    now: float,
+    through: int,
+    freed: int,
+    cap: int,
+    expected: tuple[float, int] | None,
+) -> None:
+    assert listen_sample(knots, now, through=through, freed=freed, cap=cap) == expected
+
+
+def test_settled_rate_is_cap_over_the_mean_listening_time() -> None:
+    assert settled_rate(200, 19 * 10.0, 19) is None  # fewer than 20 departures yet
+    assert settled_rate(200, 20 * 10.0, 20) == pytest.approx(20.0)
+    assert settled_rate(30, 3 * 15.0, 3) == pytest.approx(2.0)  # a tenth of a small cap
+    assert settled_rate(0, 100.0, 10) is None
+    assert settled_rate(200, 0.0, 50) is None

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from townhall.policy.eta import Knots, listen_sample, settled_rate, with_knot
+
 Outcome = Literal["admit", "queue", "refuse"]
 Delivery = Literal["llhls", "hls"]
 Phase = Literal["closed", "waiting_room", "open"]
@@ -85,6 +87,19 @@ class QueueState:
     full_rate_per_s: float = 0.0
     full_weight: float = 0.0
     free: int = 0  # places free after the last tick's calls (0 with no cap)
+    # The settled speed (policy/eta.py): the pointer's recent history and the
+    # listening times measured from it (a sum and a count, both decaying by
+    # e^-1 per cap's worth of departures, so about the last cap's worth count).
+    knots: Knots = ()
+    listen_sum_s: float = 0.0
+    listen_n: float = 0.0
+    cap: int = 0  # the cap of the last tick
+
+    @property
+    def settled_rate(self) -> float | None:
+        """``cap / mean listening time`` once enough listeners have left a
+        full space; None before."""
+        return settled_rate(self.cap, self.listen_sum_s, self.listen_n)
 
     @property
     def full_rate(self) -> float | None:
@@ -171,6 +186,18 @@ def advance(
         full_weight += beta * (1.0 - full_weight)
     elif bound and k > 0:
         full_weight = _STARTED  # its interval began before places freed: measure from here
+    # ... and how long listeners stay: each place freed in a full space is
+    # matched with the oldest call still in (policy/eta.py)
+    listen_sum, listen_n = state.listen_sum_s, state.listen_n
+    sample = None
+    if bound:
+        sample = listen_sample(state.knots, now_s, through=state.through, freed=k, cap=cap)
+    if sample is not None:
+        listen_s, n = sample
+        decay = math.exp(-n / cap)
+        listen_sum = listen_sum * decay + n * listen_s
+        listen_n = listen_n * decay + n
+    knots = state.knots if cap <= 0 else with_knot(state.knots, now_s, state.through + k, cap)
     return QueueState(
         issued=state.issued,
         through=state.through + k,
@@ -184,6 +211,10 @@ def advance(
         free=0 if cap <= 0 else int(free) - k,
         full_rate_per_s=full_rate,
         full_weight=full_weight,
+        knots=knots,
+        listen_sum_s=listen_sum,
+        listen_n=listen_n,
+        cap=max(0, cap),
     )
 
 

@@ -12,9 +12,14 @@ tokens expiring, places of tickets that never came given on; see
 ``policy.admission.advance``). ``a``, ``d`` and ``free`` are published in
 queue.json, so every waiting client computes its own ETA from its position.
 
-Until the full line has moved once, ``d`` is unknown, and so is any ETA
-past the free places (None: the page says "waiting for a place to free"
-instead of a number it cannot know).
+Once enough listeners have left, ``d`` is the line's *settled* speed,
+``cap / mean listening time`` (``settled_rate_per_s``, see below), not its
+speed of the last seconds: the ETA is for a whole wait, and over a wait the
+line runs at the settled speed, while its speed right after the cap fills
+swings by tens of percent. Before that, ``d`` is the measured speed
+(``full_rate_per_s``); until the full line has moved for a few seconds it is
+unknown, and so is any ETA past the free places (None: the page says
+"waiting for a place to free" instead of a number it cannot know).
 """
 
 from __future__ import annotations
@@ -27,18 +32,21 @@ def eta_s(
     admit_rate_per_s: float,
     full_rate_per_s: float | None,
     lag_s: float = 0.0,
+    settled_rate_per_s: float | None = None,
 ) -> float | None:
     """Seconds until ``position`` more tickets have been called (0 when it is
     one's turn already), plus ``lag_s`` (the caller's own delay in noticing:
     half a queue interval, its polling). None when it cannot be known: the
     line is behind a full space and no listener has left yet, or nothing
-    moves."""
+    moves. ``settled_rate_per_s``, when known, is the full line's speed
+    rather than ``full_rate_per_s``."""
     if position is None:
         return None
     if position <= 0:
         return 0.0
     a = admit_rate_per_s
-    d = None if full_rate_per_s is None else max(0.0, full_rate_per_s)
+    rate = full_rate_per_s if settled_rate_per_s is None else settled_rate_per_s
+    d = None if rate is None else max(0.0, rate)
     if a <= 0:
         return None
     if d is not None and d >= a:
@@ -51,3 +59,72 @@ def eta_s(
     if not d:
         return None
     return fill / a + (position - fill) / d + lag_s
+
+
+# --- the settled speed (h10): how long admitted listeners stay ---
+#
+# A full space's line moves as fast as listeners leave. Right after the cap
+# fills that speed swings (the first admitted all leave within a few seconds
+# of each other, then their replacements do), so today's speed projected over
+# a whole wait is wrong by tens of percent. What does not swing is the speed
+# the line settles at: ``cap / mean listening time`` (Little's law). The
+# listening time is measured without knowing who left: the places that free
+# while the space is full are matched, first in first out, with the oldest
+# calls of the line (the pointer's history, ``Knots``), and the time between
+# that call and now is one sample. Whatever the real order of leaving, the
+# mean of these samples is the mean listening time (every matching of the
+# same calls and departures has the same total), and from the first
+# departures on it is already about right when listeners stay about as long
+# as each other.
+
+Knots = tuple[
+    tuple[float, int], ...
+]  # (time, pointer): at that time the line was called through it
+MAX_KNOTS = 128  # beyond, every other knot goes (calls then look up to one knot later)
+
+
+def called_at(knots: Knots, number: float) -> float | None:
+    """When ticket ``number`` was called: the time of the first knot whose
+    pointer reached it (None before the history)."""
+    for at_s, through in knots:
+        if through >= number:
+            return at_s
+    return None
+
+
+def with_knot(knots: Knots, at_s: float, through: int, cap: int) -> Knots:
+    """The history after the line was called through ``through`` at ``at_s``:
+    only the calls that can still be matched with a departure are kept (those
+    within ``cap`` of the pointer), thinned to at most ``MAX_KNOTS``."""
+    out = [*knots, (at_s, through)] if not knots or knots[-1][1] != through else list(knots)
+    while len(out) > 1 and out[0][1] <= through - cap:
+        out.pop(0)
+    if len(out) > MAX_KNOTS:
+        out = [k for i, k in enumerate(out) if i % 2 == 1 or i == len(out) - 1]
+    return tuple(out)
+
+
+def listen_sample(
+    knots: Knots, now_s: float, *, through: int, freed: int, cap: int
+) -> tuple[float, int] | None:
+    """The listening time of the ``freed`` places that freed while the space
+    was full and the pointer stood at ``through``, and how many it stands
+    for: they are matched with the calls ``through - cap + 1 ..
+    through - cap + freed`` (at their middle). Calls numbered below 1 are
+    places that were free before anyone was called (the cap filling, not a
+    departure): no sample."""
+    if freed <= 0 or cap <= 0:
+        return None
+    lo, hi = max(1, through - cap + 1), through - cap + freed
+    if hi < lo:
+        return None
+    at_s = called_at(knots, (lo + hi) / 2)
+    return None if at_s is None else (max(0.0, now_s - at_s), hi - lo + 1)
+
+
+def settled_rate(cap: int, listen_sum: float, listen_n: float) -> float | None:
+    """``cap / mean listening time``, once enough departures were matched
+    (a tenth of the cap, at least 1, at most 20); None before."""
+    if cap <= 0 or listen_n < max(1.0, min(20.0, cap / 10)) or listen_sum <= 0:
+        return None
+    return cap * listen_n / listen_sum

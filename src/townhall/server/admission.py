@@ -439,6 +439,7 @@ class Admission:
                 admit_rate_per_s=settings.admit_rate_per_s,
                 full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
+                settled_rate_per_s=line.settled_rate,
             )
             eta = None if eta is None else wait_start + eta
         else:
@@ -448,6 +449,7 @@ class Admission:
                 admit_rate_per_s=settings.admit_rate_per_s,
                 full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
+                settled_rate_per_s=line.settled_rate,
             )
         if eta is None:  # not known yet (nobody has left a full space): ask again soon
             retry_s = min(5.0, self.tickets.ttl_s / 3)
@@ -526,6 +528,7 @@ class Admission:
         settings = self.settings
         cap = self.cap_of(entry)
         full_rate = line.full_rate
+        settled = line.settled_rate if cap > 0 else None
         doc = {
             "space_id": space_id,
             "state": entry.state,
@@ -539,6 +542,8 @@ class Admission:
             "free_places": line.free if cap > 0 else None,
             "full_rate_per_s": None if full_rate is None else round(full_rate, 3),
             "line_rate_per_s": round(line.speed_per_s, 2),
+            "settled_rate_per_s": None if settled is None else round(settled, 3),
+            "mean_listen_s": None if settled is None else round(cap / settled, 1),
             "max_admit_rate_per_s": settings.admit_rate_per_s,
             "drawn": line.lottery is not None,
             "drawn_count": line.lottery,

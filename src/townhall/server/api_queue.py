@@ -54,6 +54,14 @@ QUEUE_SCHEMA = {
             "description": "The line's measured speed while the space is full (null until it first moved). ETA: policy/eta.py.",
         },
         "line_rate_per_s": {"type": "number", "description": "The line's recent speed."},
+        "settled_rate_per_s": {
+            "type": ["number", "null"],
+            "description": "The speed the full line settles at: max_listeners / mean_listen_s (null until enough listeners left a full space). When known, the ETA's speed past the free places instead of full_rate_per_s.",
+        },
+        "mean_listen_s": {
+            "type": ["number", "null"],
+            "description": "How long admitted listeners stay, measured from the places that freed while the space was full (null with settled_rate_per_s).",
+        },
         "max_admit_rate_per_s": {"type": "number"},
         "drawn": {
             "type": "boolean",

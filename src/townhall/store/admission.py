@@ -324,6 +324,10 @@ def _fields_of(state: QueueState) -> dict[str, str]:
         "full_rate": repr(state.full_rate_per_s),
         "full_weight": repr(state.full_weight),
         "free": str(state.free),
+        "knots": orjson.dumps(state.knots).decode(),
+        "listen_sum": repr(state.listen_sum_s),
+        "listen_n": repr(state.listen_n),
+        "cap": str(state.cap),
     }
 
 
@@ -347,6 +351,10 @@ def _state_from(raw: dict[Any, Any], claims: dict[Any, Any]) -> QueueState:
         full_rate_per_s=float(fields.get("full_rate") or 0.0),
         full_weight=float(fields.get("full_weight") or 0.0),
         free=int(fields.get("free") or 0),
+        knots=tuple((float(at), int(n)) for at, n in orjson.loads(fields.get("knots") or "[]")),
+        listen_sum_s=float(fields.get("listen_sum") or 0.0),
+        listen_n=float(fields.get("listen_n") or 0.0),
+        cap=int(fields.get("cap") or 0),
     )
 
 
