@@ -25,8 +25,10 @@ export function formatWait(eta_s) {
 /**
  * Seconds until `position` more tickets are called, from queue.json: the
  * line runs at admit_rate_per_s while free_places last (listeners leaving at
- * full_rate_per_s add to them), then at full_rate_per_s; null when that is
- * not known yet (a full space nobody has left). The same model as the
+ * the full line's speed add to them), then at the full line's speed: its
+ * settled speed (settled_rate_per_s, max_listeners / mean listening time)
+ * once known, before that its measured speed (full_rate_per_s); null when
+ * neither is known yet (a full space nobody has left). The same model as the
  * server's policy/eta.py. Pure.
  */
 export function etaSeconds(position, doc) {
@@ -37,7 +39,8 @@ export function etaSeconds(position, doc) {
   // we notice our turn about half a queue interval plus one poll after it comes
   const lag = Number(doc?.interval_ms ?? 1000) / 2000 + POLL_MS / 1000;
   if (doc?.free_places === undefined) return position / a; // a document without the model
-  const leave = doc.full_rate_per_s;
+  const settled = doc.settled_rate_per_s;
+  const leave = settled === null || settled === undefined ? doc.full_rate_per_s : settled;
   const d = leave === null || leave === undefined ? null : Math.max(0, Number(leave));
   if (d !== null && d >= a) return position / a + lag;
   let fill = Math.max(0, Number(doc.free_places ?? 0));
