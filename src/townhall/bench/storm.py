@@ -242,6 +242,9 @@ class Storm:
                     a.unknown_etas += 1
                 else:
                     a.shown_etas.append((time.time(), eta))
+                previous = shown_eta(doc, a.number - through, time.time(), settled=False)
+                if previous is not None:
+                    a.shown_etas_measured.append((time.time(), previous))
                 # the model before (position / the line's recent speed), side by side
                 line_rate = float(doc.get("line_rate_per_s") or 0.0)
                 if line_rate > 0:
@@ -369,10 +372,14 @@ class Storm:
         return summary
 
 
-def shown_eta(doc: dict[str, Any], position: int, now_s: float) -> float | None:
+def shown_eta(
+    doc: dict[str, Any], position: int, now_s: float, *, settled: bool = True
+) -> float | None:
     """The ETA a waiting page shows (the model of policy/eta.py, fed by
     queue.json as a page is): from the document's time, less its age, plus
-    this client's lag in noticing its turn (half an interval, one poll)."""
+    this client's lag in noticing its turn (half an interval, one poll).
+    ``settled=False``: the model before the settled speed (h1's: the full
+    line's measured speed only), for the side-by-side figure."""
     free = doc.get("free_places")
     eta = eta_s(
         max(0, position),
@@ -380,6 +387,7 @@ def shown_eta(doc: dict[str, Any], position: int, now_s: float) -> float | None:
         admit_rate_per_s=float(doc.get("admit_rate_per_s") or 0.0),
         full_rate_per_s=doc.get("full_rate_per_s"),
         lag_s=float(doc.get("interval_ms") or 1000) / 2000 + POLL_S,
+        settled_rate_per_s=doc.get("settled_rate_per_s") if settled else None,
     )
     if eta is None or position <= 0:
         return eta

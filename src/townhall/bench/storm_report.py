@@ -39,6 +39,8 @@ class Arrival:
     shown_etas: list[tuple[float, float]] = field(default_factory=list)
     unknown_etas: int = 0  # looks at queue.json when no ETA could be shown (not known yet)
     shown_etas_old: list[tuple[float, float]] = field(default_factory=list)  # the old model
+    # the model without the settled speed (the full line's measured speed only)
+    shown_etas_measured: list[tuple[float, float]] = field(default_factory=list)
     first_eta_unknown: bool = False  # the first answer with a number had no ETA
 
 
@@ -146,6 +148,12 @@ def summarize(
         if a.admitted_at is not None
         for at, eta in a.shown_etas_old
     ]
+    shown_measured = [
+        abs((a.admitted_at - at) - eta) / max(10.0, a.admitted_at - at)
+        for a in admitted
+        if a.admitted_at is not None
+        for at, eta in a.shown_etas_measured
+    ]
     after = [a for a in admitted if a.queued and a.number is not None and a.number > drawn]
     fairness = spearman([a.index for a in after], [a.admitted_at or 0.0 for a in after])
     stalled = played = 0.0
@@ -181,6 +189,8 @@ def summarize(
         "shown_eta_error_p90": _r(percentile(shown_errors, 90)),
         "shown_eta_error_p50_old_model": _r(percentile(shown_old, 50)),
         "shown_eta_error_p90_old_model": _r(percentile(shown_old, 90)),
+        "shown_eta_error_p50_measured_speed": _r(percentile(shown_measured, 50)),
+        "shown_eta_error_p90_measured_speed": _r(percentile(shown_measured, 90)),
         "eta_first_given": len(eta_errors),
         "eta_first_unknown": sum(1 for a in admitted if a.first_eta_unknown),
         "shown_eta_unknown_share": _r(
@@ -228,6 +238,10 @@ def format_table(summary: Mapping[str, Any]) -> str:
         (
             "ETA error p50 / p90 (as shown)",
             f"{f('shown_eta_error_p50')} / {f('shown_eta_error_p90')}",
+        ),
+        (
+            "ETA error p50 / p90 (as shown, measured full-line speed only)",
+            f"{f('shown_eta_error_p50_measured_speed')} / {f('shown_eta_error_p90_measured_speed')}",
         ),
         (
             "ETA error p50 / p90 (as shown, old model: position / line speed)",
