@@ -10,6 +10,7 @@ from townhall.policy.eta import (
     called_at,
     eta_s,
     listen_sample,
+    oldest_age,
     settled_rate,
     with_knot,
 )
@@ -136,3 +137,27 @@ def test_settled_rate_is_cap_over_the_mean_listening_time() -> None:
     assert settled_rate(30, 3 * 15.0, 3) == pytest.approx(2.0)  # a tenth of a small cap
     assert settled_rate(0, 100.0, 10) is None
     assert settled_rate(200, 0.0, 50) is None
+
+
+def test_the_listening_time_is_at_least_the_oldest_calls_age() -> None:
+    # 20 left after 8 s on average, but the rest of their batch, called 12 s
+    # ago, is still in: listeners stay at least 12 s
+    assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=12.0) == pytest.approx(200 / 12)
+    assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=5.0) == pytest.approx(200 / 8)
+    assert settled_rate(200, 19 * 8.0, 19, oldest_age_s=12.0) is None
+
+
+# (knots, now, pointer, cap) -> age of the oldest call still in
+AGE_CASES = [
+    (((0.0, 100), (11.0, 200)), 15.0, 150, 100, 15.0),  # 51 is in, called at 0
+    (((0.0, 100), (11.0, 200)), 15.0, 200, 100, 4.0),  # 101 is in, called at 11
+    (((0.0, 60),), 15.0, 60, 100, None),  # the cap is not all taken from the line
+    ((), 15.0, 200, 100, None),
+]
+
+
+@pytest.mark.parametrize(("knots", "now", "through", "cap", "expected"), AGE_CASES)
+def test_oldest_age(
+    knots: Knots, now: float, through: int, cap: int, expected: float | None
+) -> None:
+    assert oldest_age(knots, now, through=through, cap=cap) == expected

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from townhall.policy.eta import Knots, listen_sample, settled_rate, with_knot
+from townhall.policy.eta import Knots, listen_sample, oldest_age, settled_rate, with_knot
 
 Outcome = Literal["admit", "queue", "refuse"]
 Delivery = Literal["llhls", "hls"]
@@ -99,7 +99,10 @@ class QueueState:
     def settled_rate(self) -> float | None:
         """``cap / mean listening time`` once enough listeners have left a
         full space; None before."""
-        return settled_rate(self.cap, self.listen_sum_s, self.listen_n)
+        age = None
+        if self.last_s is not None:
+            age = oldest_age(self.knots, self.last_s, through=self.through, cap=self.cap)
+        return settled_rate(self.cap, self.listen_sum_s, self.listen_n, age)
 
     @property
     def full_rate(self) -> float | None:

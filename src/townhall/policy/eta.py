@@ -122,9 +122,27 @@ def listen_sample(
     return None if at_s is None else (max(0.0, now_s - at_s), hi - lo + 1)
 
 
-def settled_rate(cap: int, listen_sum: float, listen_n: float) -> float | None:
+def settled_rate(
+    cap: int, listen_sum: float, listen_n: float, oldest_age_s: float | None = None
+) -> float | None:
     """``cap / mean listening time``, once enough departures were matched
-    (a tenth of the cap, at least 1, at most 20); None before."""
+    (a tenth of the cap, at least 1, at most 20); None before.
+
+    ``oldest_age_s``: how long ago the oldest call still in was made (the
+    one the next place to free is matched with). The mean listening time is
+    at least that: the first departures are the quickest of their batch (the
+    first to come in, the first to go), so their mean alone is short while
+    the rest of the batch is still in; in a settled line the two are the same
+    (Little's law)."""
     if cap <= 0 or listen_n < max(1.0, min(20.0, cap / 10)) or listen_sum <= 0:
         return None
-    return cap * listen_n / listen_sum
+    return cap / max(listen_sum / listen_n, oldest_age_s or 0.0)
+
+
+def oldest_age(knots: Knots, now_s: float, *, through: int, cap: int) -> float | None:
+    """How long ago the oldest call still in (``through - cap + 1``) was made;
+    None while the cap's first places are not all taken from the line."""
+    if cap <= 0 or through - cap + 1 < 1:
+        return None
+    at_s = called_at(knots, through - cap + 1)
+    return None if at_s is None else max(0.0, now_s - at_s)
