@@ -147,10 +147,11 @@ def test_the_listening_time_is_at_least_the_oldest_calls_age() -> None:
     assert settled_rate(200, 19 * 8.0, 19, oldest_age_s=12.0) is None
 
 
-# (knots, now, pointer, cap) -> age of the oldest call still in
+# (knots, now, pointer, cap) -> age of the oldest calls still in (past a tenth of the cap)
 AGE_CASES = [
-    (((0.0, 100), (11.0, 200)), 15.0, 150, 100, 15.0),  # 51 is in, called at 0
-    (((0.0, 100), (11.0, 200)), 15.0, 200, 100, 4.0),  # 101 is in, called at 11
+    (((0.0, 100), (11.0, 200)), 15.0, 150, 100, 15.0),  # 61 is in, called at 0
+    (((0.0, 100), (11.0, 200)), 15.0, 195, 100, 4.0),  # 96..100 are stragglers: 106 is at 11
+    (((0.0, 100), (11.0, 200)), 15.0, 200, 100, 4.0),  # 111, called at 11
     (((0.0, 60),), 15.0, 60, 100, None),  # the cap is not all taken from the line
     ((), 15.0, 200, 100, None),
 ]

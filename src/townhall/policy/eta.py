@@ -128,21 +128,23 @@ def settled_rate(
     """``cap / mean listening time``, once enough departures were matched
     (a tenth of the cap, at least 1, at most 20); None before.
 
-    ``oldest_age_s``: how long ago the oldest call still in was made (the
-    one the next place to free is matched with). The mean listening time is
-    at least that: the first departures are the quickest of their batch (the
-    first to come in, the first to go), so their mean alone is short while
-    the rest of the batch is still in; in a settled line the two are the same
-    (Little's law)."""
+    ``oldest_age_s``: how long ago the oldest calls still in were made
+    (:func:`oldest_age`). The mean listening time is at least that: the
+    first departures are the quickest of their batch (the first to come in,
+    the first to go), so their mean alone is short while the rest of the
+    batch is still in; in a settled line the age is a little under the mean
+    (Little's law: the calls still in span one listening time)."""
     if cap <= 0 or listen_n < max(1.0, min(20.0, cap / 10)) or listen_sum <= 0:
         return None
     return cap / max(listen_sum / listen_n, oldest_age_s or 0.0)
 
 
 def oldest_age(knots: Knots, now_s: float, *, through: int, cap: int) -> float | None:
-    """How long ago the oldest call still in (``through - cap + 1``) was made;
-    None while the cap's first places are not all taken from the line."""
+    """How long ago the oldest calls still in were made, passing over the
+    oldest tenth of the cap (stragglers: a few who stay long would make every
+    wait look long); None while the cap's first places are not all taken
+    from the line."""
     if cap <= 0 or through - cap + 1 < 1:
         return None
-    at_s = called_at(knots, through - cap + 1)
+    at_s = called_at(knots, through - cap + 1 + cap // 10)
     return None if at_s is None else max(0.0, now_s - at_s)
