@@ -266,9 +266,10 @@ def test_the_settled_speed_waits_for_the_rest_of_the_first_batch() -> None:
     s = QueueState(issued=5000, lottery=0, last_s=0.0)
     s = advance(s, 1.0, admitted=0, **step)  # type: ignore[arg-type]
     assert s.through == 100  # all called at 1 s; they leave at 11..15 s, 20 a second
+    assert s.settling and s.settled_rate is None  # the cap is called: being measured
     for t in range(2, 14):
         left = max(0, min(100, 20 * (t - 10)))
         admitted = 100 - left + (s.through - 100)  # those called since came in
         s = advance(replace(s, batches=()), float(t), admitted=admitted, **step)  # type: ignore[arg-type]
     # at 13 s, 60 have left after 10-12 s (their mean: 11 s), 40 are in after 12 s
-    assert s.settled_rate == pytest.approx(100 / 12.0)
+    assert s.settled_rate == pytest.approx(100 / 12.0) and not s.settling

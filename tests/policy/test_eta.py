@@ -40,10 +40,14 @@ def test_eta(
 
 
 def test_lag_is_added_to_a_known_eta_only() -> None:
-    kw = {"free_places": 0, "admit_rate_per_s": 100.0, "lag_s": 1.5}
-    assert eta_s(100, full_rate_per_s=10.0, **kw) == pytest.approx(11.5)
-    assert eta_s(100, full_rate_per_s=None, **kw) is None
-    assert eta_s(0, full_rate_per_s=10.0, **kw) == 0.0
+    def eta(position: int, full: float | None) -> float | None:
+        return eta_s(
+            position, free_places=0, admit_rate_per_s=100.0, full_rate_per_s=full, lag_s=1.5
+        )
+
+    assert eta(100, 10.0) == pytest.approx(11.5)
+    assert eta(100, None) is None
+    assert eta(0, 10.0) == 0.0
 
 
 # (position, free places, admit rate, measured full rate, settled rate) -> seconds
@@ -75,6 +79,39 @@ def test_eta_with_the_settled_speed(
         admit_rate_per_s=admit,
         full_rate_per_s=full,
         settled_rate_per_s=settled,
+    )
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+# (position, free, admit, measured full rate, settled rate, settling) -> seconds
+SETTLING_CASES = [
+    # being measured: the measured speed (no-shows' places only) is not used
+    (1000, 0, 100.0, 2.0, None, True, None),
+    (50, 100, 100.0, 2.0, None, True, 0.5),  # within the free places: known
+    (1000, 0, 100.0, 2.0, None, False, 500.0),  # not being measured: as before
+    (1000, 0, 100.0, 2.0, 20.0, True, 50.0),  # known: the settled speed
+]
+
+
+@pytest.mark.parametrize(
+    ("position", "free", "admit", "full", "settled", "settling", "expected"), SETTLING_CASES
+)
+def test_eta_while_the_settled_speed_is_measured(
+    position: int,
+    free: int,
+    admit: float,
+    full: float | None,
+    settled: float | None,
+    settling: bool,
+    expected: float | None,
+) -> None:
+    got = eta_s(
+        position,
+        free_places=free,
+        admit_rate_per_s=admit,
+        full_rate_per_s=full,
+        settled_rate_per_s=settled,
+        settling=settling,
     )
     assert got == (None if expected is None else pytest.approx(expected))
 

@@ -124,23 +124,27 @@ def test_pure_queue_view(server: LiveServer, browser: Any) -> None:
 def test_pure_eta_model(server: LiveServer, browser: Any) -> None:
     """queue.js's ETA is policy/eta.py's, case for case (with and without
     the settled speed)."""
-    from tests.policy.test_eta import CASES, SETTLED_CASES
+    from tests.policy.test_eta import CASES, SETTLED_CASES, SETTLING_CASES
     from townhall.policy.eta import eta_s
 
-    cases = [(*case[:4], None) for case in CASES] + [case[:5] for case in SETTLED_CASES]
+    cases = (
+        [(*case[:4], None, False) for case in CASES]
+        + [(*case[:5], False) for case in SETTLED_CASES]
+        + [case[:6] for case in SETTLING_CASES]
+    )
     page = browser.new_page()
     page.goto(server.url + "/signin")
     got = page.evaluate(
         """async (cases) => {
           const m = await import('/static/js/queue.js');
-          return cases.map(([p, free, a, d, settled]) => m.etaSeconds(p, {
+          return cases.map(([p, free, a, d, settled, settling]) => m.etaSeconds(p, {
             admit_rate_per_s: a, free_places: free, full_rate_per_s: d,
-            settled_rate_per_s: settled, interval_ms: 1000}));
+            settled_rate_per_s: settled, settling, interval_ms: 1000}));
         }""",
         [list(case) for case in cases],
     )
     for case, eta in zip(cases, got, strict=True):
-        position, free, admit, full, settled = case
+        position, free, admit, full, settled, settling = case
         want = eta_s(
             position,
             free_places=free,
@@ -148,6 +152,7 @@ def test_pure_eta_model(server: LiveServer, browser: Any) -> None:
             full_rate_per_s=full,
             lag_s=0.5 + 1.0,  # half an interval, one poll
             settled_rate_per_s=settled,
+            settling=settling,
         )
         assert (eta is None) == (want is None), case
         assert eta is None or want is None or abs(eta - want) < 1e-9, case

@@ -388,6 +388,7 @@ def shown_eta(
         full_rate_per_s=doc.get("full_rate_per_s"),
         lag_s=float(doc.get("interval_ms") or 1000) / 2000 + POLL_S,
         settled_rate_per_s=doc.get("settled_rate_per_s") if settled else None,
+        settling=bool(doc.get("settling")) if settled else False,
     )
     if eta is None or position <= 0:
         return eta

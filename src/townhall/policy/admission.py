@@ -105,6 +105,12 @@ class QueueState:
         return settled_rate(self.cap, self.listen_sum_s, self.listen_n, age)
 
     @property
+    def settling(self) -> bool:
+        """The settled speed is being measured: every place of the cap was
+        called from the line, and too few have left yet to know it."""
+        return self.cap > 0 and self.through >= self.cap and self.settled_rate is None
+
+    @property
     def full_rate(self) -> float | None:
         """Places called per second lately while the space was full; None
         until a place freed in a full space."""

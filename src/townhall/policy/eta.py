@@ -33,19 +33,25 @@ def eta_s(
     full_rate_per_s: float | None,
     lag_s: float = 0.0,
     settled_rate_per_s: float | None = None,
+    settling: bool = False,
 ) -> float | None:
     """Seconds until ``position`` more tickets have been called (0 when it is
     one's turn already), plus ``lag_s`` (the caller's own delay in noticing:
     half a queue interval, its polling). None when it cannot be known: the
     line is behind a full space and no listener has left yet, or nothing
     moves. ``settled_rate_per_s``, when known, is the full line's speed
-    rather than ``full_rate_per_s``."""
+    rather than ``full_rate_per_s``; ``settling``: it is being measured (every
+    place of the cap was called from the line, too few have left yet), and
+    ``full_rate_per_s`` is not used meanwhile (it then counts only called
+    places nobody came for, which say nothing of how long listeners stay)."""
     if position is None:
         return None
     if position <= 0:
         return 0.0
     a = admit_rate_per_s
     rate = full_rate_per_s if settled_rate_per_s is None else settled_rate_per_s
+    if settled_rate_per_s is None and settling:
+        rate = None
     d = None if rate is None else max(0.0, rate)
     if a <= 0:
         return None

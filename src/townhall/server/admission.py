@@ -440,6 +440,7 @@ class Admission:
                 full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
                 settled_rate_per_s=line.settled_rate,
+                settling=line.settling,
             )
             eta = None if eta is None else wait_start + eta
         else:
@@ -450,6 +451,7 @@ class Admission:
                 full_rate_per_s=line.full_rate,
                 lag_s=lag_s,
                 settled_rate_per_s=line.settled_rate,
+                settling=line.settling,
             )
         if eta is None:  # not known yet (nobody has left a full space): ask again soon
             retry_s = min(5.0, self.tickets.ttl_s / 3)
@@ -544,6 +546,7 @@ class Admission:
             "line_rate_per_s": round(line.speed_per_s, 2),
             "settled_rate_per_s": None if settled is None else round(settled, 3),
             "mean_listen_s": None if settled is None else round(cap / settled, 1),
+            "settling": cap > 0 and line.settling,
             "max_admit_rate_per_s": settings.admit_rate_per_s,
             "drawn": line.lottery is not None,
             "drawn_count": line.lottery,

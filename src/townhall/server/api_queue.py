@@ -58,6 +58,10 @@ QUEUE_SCHEMA = {
             "type": ["number", "null"],
             "description": "The speed the full line settles at: max_listeners / mean_listen_s (null until enough listeners left a full space). When known, the ETA's speed past the free places instead of full_rate_per_s.",
         },
+        "settling": {
+            "type": "boolean",
+            "description": "The settled speed is being measured (the cap's places were all called from the line, too few have left yet): full_rate_per_s is not used for the ETA meanwhile.",
+        },
         "mean_listen_s": {
             "type": ["number", "null"],
             "description": "How long admitted listeners stay, measured from the places that freed while the space was full (null with settled_rate_per_s).",

@@ -40,7 +40,9 @@ export function etaSeconds(position, doc) {
   const lag = Number(doc?.interval_ms ?? 1000) / 2000 + POLL_MS / 1000;
   if (doc?.free_places === undefined) return position / a; // a document without the model
   const settled = doc.settled_rate_per_s;
-  const leave = settled === null || settled === undefined ? doc.full_rate_per_s : settled;
+  const unsettled = settled === null || settled === undefined;
+  // while the settled speed is being measured, the measured one is not used
+  const leave = unsettled ? (doc.settling ? null : doc.full_rate_per_s) : settled;
   const d = leave === null || leave === undefined ? null : Math.max(0, Number(leave));
   if (d !== null && d >= a) return position / a + lag;
   let fill = Math.max(0, Number(doc.free_places ?? 0));
