@@ -182,6 +182,9 @@ def test_the_listening_time_is_at_least_the_oldest_calls_age() -> None:
     assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=12.0) == pytest.approx(200 / 12)
     assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=5.0) == pytest.approx(200 / 8)
     assert settled_rate(200, 19 * 8.0, 19, oldest_age_s=12.0) is None
+    # a whole cap's worth has left (200 * (1 - 1/e) = 126.4): the mean covers whole batches
+    assert settled_rate(200, 127 * 10.0, 127, oldest_age_s=12.0) == pytest.approx(20.0)
+    assert settled_rate(200, 126 * 10.0, 126, oldest_age_s=12.0) == pytest.approx(200 / 12)
 
 
 # (knots, now, pointer, cap) -> age of the oldest calls still in (past a tenth of the cap)

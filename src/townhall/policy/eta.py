@@ -24,6 +24,8 @@ unknown, and so is any ETA past the free places (None: the page says
 
 from __future__ import annotations
 
+import math
+
 
 def eta_s(
     position: int | None,
@@ -135,14 +137,20 @@ def settled_rate(
     (a tenth of the cap, at least 1, at most 20); None before.
 
     ``oldest_age_s``: how long ago the oldest calls still in were made
-    (:func:`oldest_age`). The mean listening time is at least that: the
-    first departures are the quickest of their batch (the first to come in,
-    the first to go), so their mean alone is short while the rest of the
-    batch is still in; in a settled line the age is a little under the mean
-    (Little's law: the calls still in span one listening time)."""
+    (:func:`oldest_age`). Until a whole cap's worth has left, the mean
+    listening time is at least that: the first departures are the quickest
+    of their batch (the first to come in, the first to go), so their mean
+    alone is short while the rest of the batch is still in. After that the
+    mean covers whole batches, and the age (which runs past the mean while
+    the slowest of a batch leave) is not used. ``listen_n`` decays by e^-1
+    per cap's worth of departures, so a cap's worth has left once it reaches
+    ``cap * (1 - 1/e)``."""
     if cap <= 0 or listen_n < max(1.0, min(20.0, cap / 10)) or listen_sum <= 0:
         return None
-    return cap / max(listen_sum / listen_n, oldest_age_s or 0.0)
+    mean_s = listen_sum / listen_n
+    if listen_n < cap * (1.0 - math.exp(-1.0)):
+        mean_s = max(mean_s, oldest_age_s or 0.0)
+    return cap / mean_s
 
 
 def oldest_age(knots: Knots, now_s: float, *, through: int, cap: int) -> float | None:
