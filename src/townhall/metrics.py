@@ -279,3 +279,10 @@ CLIP_SECONDS = Histogram(
     "Time to cut one clip from the recorded segments.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
+
+# --- issue 12: presence beats at scale ---
+PRESENCE_BEATS = Counter(
+    "townhall_presence_beats_total",
+    "Presence beats (POST /api/spaces/{id}/presence) with a valid token: counted, outside the sample (ignored), or for a space not live.",
+    ["outcome"],
+)
