@@ -107,7 +107,10 @@ export class ListenerPass {
     const was = this.sampled;
     this.sample = Number(below);
     // newly in the sample: say so at once (if this page beats at all)
-    if (!was && this.sampled && Number(this.grant?.presence_interval_s) > 0) this.beat();
+    if (!was && this.sampled && Number(this.grant?.presence_interval_s) > 0) {
+      clearTimeout(this.beatTimer); // one beat now instead of the one scheduled
+      this.beat();
+    }
   }
 
   /** The next presence beat (while a token is held and the answer asks for beats). */
