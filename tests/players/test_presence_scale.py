@@ -4,9 +4,9 @@
   through a bounded sample of beating tokens, scaled back up within the
   sampling's error, with no jump when the level changes; a small room is
   never sampled, so a leave shows within the presence window as before.
-- The route (the app in-process over its real ASGI interface): the lean bare
-  ASGI route answers in front of the documented FastAPI route, which stays in
-  OpenAPI; a network past presence_per_network_per_10s gets 429 with a
+- The route (the app in-process over its real ASGI interface): bare ASGI
+  middleware in front of the framework answers the beat; the documented
+  FastAPI route (same core) stays in OpenAPI; a network past presence_per_network_per_10s gets 429 with a
   sentence and Retry-After; beats are counted in a metric.
 """
 
@@ -24,8 +24,7 @@ from tests.conftest import FAST_ARGON2, Api
 from townhall.config import Settings
 from townhall.live.presence import PresenceSampler, key_of, rank_of
 from townhall.live.roomstate import ListenerCounter
-from townhall.server.api_queue import PresenceEndpoint
-from townhall.server.api_queue import router as queue_router
+from townhall.server.api_queue import PresenceFront
 from townhall.server.app import create_app
 
 BEAT_S = 8.0 / 3  # a third of the default listener_presence_s
@@ -133,20 +132,14 @@ async def test_lean_route_serves_presence_and_openapi_keeps_it(
         presence_per_network_per_10s=5,
         **FAST_ARGON2,
     )
-    first = next(
-        r
-        for r in queue_router.routes
-        if getattr(r, "path", "") == "/api/spaces/{space_id}/presence"
-    )
-    assert isinstance(getattr(first, "app", None), PresenceEndpoint)  # the bare ASGI route first
-    served: list[str] = []  # a spy on the bare route: every beat below goes through it
-    original = PresenceEndpoint.__call__
+    served: list[str] = []  # a spy on the front: every beat below is answered by it
+    original = PresenceFront._beat
 
-    async def spy(self: PresenceEndpoint, scope: Any, receive: Any, send: Any) -> None:
+    async def spy(self: PresenceFront, scope: Any, receive: Any, space_id: str) -> bool:
         served.append(scope["path"])
-        await original(self, scope, receive, send)
+        return await original(self, scope, receive, space_id)
 
-    monkeypatch.setattr(PresenceEndpoint, "__call__", spy)
+    monkeypatch.setattr(PresenceFront, "_beat", spy)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5000))
@@ -188,7 +181,8 @@ async def test_lean_route_serves_presence_and_openapi_keeps_it(
             await asyncio.sleep(0.15)
             state = (await client.get(f"/spaces/{sid}/state.json")).json()
             assert state["listener_count"] == 1
-            assert len(served) == 7  # all seven beats, refusals included, took the lean route
+            assert len(served) == 7  # all seven beats, refusals included, took the lean path
+            assert any(m.cls is PresenceFront for m in app.user_middleware)
 
 
 async def test_a_beat_outside_the_sample_inflates_nothing(tmp_path: Path) -> None:
@@ -200,6 +194,7 @@ async def test_a_beat_outside_the_sample_inflates_nothing(tmp_path: Path) -> Non
         state_interval_ms=100,
         listener_presence_s=2.0,
         presence_sample_target=2,
+        presence_per_network_per_10s=100_000,  # one test client stands for 40 pages
         **FAST_ARGON2,
     )
     app = create_app(settings)

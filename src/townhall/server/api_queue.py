@@ -2,8 +2,8 @@
 per space, the same bytes for everyone, cacheable for at most a second) and
 ``POST /api/spaces/{id}/leave`` (a listener leaving frees its place at once),
 and ``POST /api/spaces/{id}/presence`` (a listener saying "still here", which
-keeps it in the listener count; a bare ASGI route in front of the documented
-one, as join, with a sampled beat: server/presence.py).
+keeps it in the listener count; answered by bare ASGI middleware in front of
+the framework, with a sampled beat: server/presence.py).
 
 A waiting client computes its own position from its ticket's number and the
 document (``number - admitting_through``) and its ETA from
@@ -18,10 +18,16 @@ from typing import TYPE_CHECKING, cast
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from townhall.errors import NotFound, TooManyRequests, Unauthorized
+from townhall import metrics, problems
+from townhall.errors import (
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    TownhallError,
+    Unauthorized,
+)
 from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA, client_host, forwarded_client
 
 if TYPE_CHECKING:
@@ -153,14 +159,49 @@ _NO_CONTENT = {
     "status": 204,
     "headers": [(b"cache-control", b"no-store")],
 }
+_PREFIX, _SUFFIX = "/api/spaces/", "/presence"
 
 
-class PresenceEndpoint:
-    """The presence route as served: a bare ASGI app in front of the
-    documented one (as join, server/api_spaces.py), so a beat costs a
-    signature check and a sketch update, not the framework."""
+class PresenceFront:
+    """ASGI middleware in front of the framework (server/app.py installs it
+    inside KeepAlive, outside the auth shield and the router): a POST to
+    ``/api/spaces/{id}/presence`` is answered here, so a beat costs one
+    signature check, a bucket and a sketch update, not the framework's routing
+    and middleware; everything else passes through. The documented route below
+    has the same core (``presence_beat``) and is what OpenAPI shows. A beat
+    with a bad token is refused by this network's presence bucket before its
+    signature is checked, so the auth shield is not needed here."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.endswith(_SUFFIX)
+            or not path.startswith(_PREFIX)
+            or "/" in (space_id := path[len(_PREFIX) : -len(_SUFFIX)])
+            or not space_id
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            if not await self._beat(scope, receive, space_id):
+                return  # the client went away
+        except TownhallError as exc:
+            metrics.PROBLEMS.labels(status=str(exc.status)).inc()
+            answer = problems.problem_response(
+                exc.to_problem(path), retry_after_s=exc.retry_after_s
+            )
+            await answer(scope, receive, send)
+            return
+        await send(_NO_CONTENT)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _beat(self, scope: Scope, receive: Receive, space_id: str) -> bool:
         services: Services = scope["app"].state.services
         token: str | None = None
         forwarded: list[str] = []
@@ -173,17 +214,21 @@ class PresenceEndpoint:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return  # the client went away
+                return False
             body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"The body is larger than {self.max_body_bytes} bytes; send only "
+                    '{"token": ...} (or nothing, with Authorization: Bearer).'
+                )
             if not message.get("more_body", False):
                 break
         if token is None:
             token = _body_token(body)
         peer = scope["client"][0] if scope.get("client") else None
         client = forwarded_client(peer, forwarded, services.trusted_proxies)
-        presence_beat(services, scope["path_params"]["space_id"], token, client)
-        await send(_NO_CONTENT)
-        await send({"type": "http.response.body", "body": b""})
+        presence_beat(services, space_id, token, client)
+        return True
 
 
 @router.post(
@@ -210,17 +255,6 @@ async def presence(space_id: str, request: Request) -> Response:
     presence_beat(services, space_id, token, client_host(request))
     return Response(status_code=204)
 
-
-# Served first: same path and method as the documented route above.
-router.routes.insert(
-    0,
-    Route(
-        "/api/spaces/{space_id}/presence",
-        PresenceEndpoint(),
-        methods=["POST"],
-        include_in_schema=False,
-    ),
-)
 
 _NO_TOKEN = (
     'Send your listener token (Authorization: Bearer, or a body {{"token": ...}}) {purpose}.'
