@@ -264,7 +264,7 @@ _NO_TOKEN = (
 async def _listener_claims(
     services: Services, space_id: str, request: Request, purpose: str
 ) -> Claims:
-    """The verified listener token of a leave or presence request (Bearer, or a
+    """The verified listener token of a leave request (Bearer, or a
     JSON body {"token": ...} for navigator.sendBeacon, which cannot set headers)."""
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
