@@ -83,6 +83,9 @@ class Defense:
         self.playlist_buckets = NetBuckets(
             settings.playlists_per_network_per_10s, 10.0, max_keys=max_keys
         )
+        self.presence_buckets = NetBuckets(
+            settings.presence_per_network_per_10s, 10.0, max_keys=max_keys
+        )
         self.listener_cap = NetworkCap(
             settings.listeners_counted_per_network * 3,  # a join and ~2 renewals per lifetime
             float(settings.listener_token_ttl_s),
@@ -271,6 +274,13 @@ class Defense:
         wait_s = self.playlist_buckets.hit(network_of(client), time.monotonic())
         if wait_s:
             self._playlists_refused.inc()
+        return wait_s
+
+    def allow_presence(self, client: str | None, now_s: float) -> float:
+        """A presence beat: 0.0 when this network may beat now, else seconds to wait."""
+        wait_s = self.presence_buckets.hit(network_of(client), now_s)
+        if wait_s:
+            metrics.RATE_LIMITED.labels(limit="presence-network").inc()
         return wait_s
 
     # ------------------------------------------------------------ effort control
