@@ -215,7 +215,7 @@ class Services:
             services.rooms.scaleout = _scaleout(settings, redis, spaces, services.rooms)
         services.evidence = EvidenceNode(settings, _state_of(spaces), local_count.count)
         services.evidence.start()
-        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense = Defense(settings, services.evidence, keys[0], tokens=tokens)
         services.defense.start()
         if settings.media_process:
             await cast(Any, services.rooms).open()  # spawned now, not at the first go-live
