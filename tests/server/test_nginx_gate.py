@@ -180,6 +180,13 @@ async def test_a_hosts_own_cap_is_gated_behind_the_cache(
                 assert "application/problem+json" in refused.headers["content-type"]
             forged = {"Cookie": "th_link=AAAAAAAAAAAAAAAAAAAAAA; th_exp=4102444800"}
             assert (await stranger.get(base + part, headers=forged)).status_code == 401
+            # the refusal itself is kept a second (s-maxage=1): one origin request
+            # per URL per second, however many without a link ask
+            first = await stranger.get(base + "plain.m3u8?x=1")
+            again = await stranger.get(base + "plain.m3u8?x=1")
+            assert first.status_code == again.status_code == 401
+            assert first.headers["cache-control"] == "max-age=0, s-maxage=1"
+            assert again.headers["x-cache"] == "HIT", again.headers
             # the uncapped space: no token needed, one cache object for everyone
             open_base = f"/spaces/{open_space}/"
             open_part = await _live_part(stranger, open_base)
