@@ -218,7 +218,7 @@ class Services:
         services.presence = Presence(settings, listeners, local_count)
         services.evidence = EvidenceNode(settings, _state_of(spaces), services.presence.local_count)
         services.evidence.start()
-        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense = Defense(settings, services.evidence, keys[0], tokens=tokens)
         services.defense.start()
         if settings.media_process:
             await cast(Any, services.rooms).open()  # spawned now, not at the first go-live
