@@ -502,6 +502,19 @@ class _CoreSettings(BaseSettings):
         description="A room this node follows counts as behind (a problem in /healthz, townhall_followed_rooms_behind) when no part of it arrived for this long (in step, one arrives every part length).",
     )
 
+    # --- issue 12: presence beats at scale ---
+    presence_sample_target: int = Field(
+        1024,
+        ge=0,
+        le=1_000_000,
+        description="Listener pages of a space that say 'still here' (sampled presence): a room of up to twice this many is counted page by page; a bigger one through a sample of this to twice this many tokens (by a hash of the token), its count scaled up (error about 1/sqrt(this)); 0 counts every page always.",
+    )
+    presence_per_network_per_10s: int = Field(
+        400,
+        ge=1,
+        description="Presence beats one client network (/24, /64) may send per 10 s (a counted network has at most listeners_counted_per_network pages beating every third of listener_presence_s); faster gets 429.",
+    )
+
 
 class Settings(DefenseSettings, _CoreSettings):
     """Every knob of townhall. Construct with keyword overrides in tests.

@@ -234,3 +234,11 @@ class DefenseSettings(BaseSettings):
         ge=1,
         description="Arrivals per space waiting for their window to close; more are numbered at once, in arrival order.",
     )
+
+    # --- issue 10: listen backlog (server/run.py) ---
+    http_listen_backlog: int = Field(
+        16384,
+        ge=1,
+        le=1_048_576,
+        description="Connections the kernel queues for the server before it accepts them (uvicorn's default is 2048, which 10,000 slow connections fill so a new listener cannot connect); `serve` caps it at /proc/sys/net/core/somaxconn and logs when it does (raise that sysctl to get more).",
+    )

@@ -28,6 +28,9 @@ class TownhallError(Exception):
     status: ClassVar[int] = 500
     title: ClassVar[str] = "Internal error"
     type_slug: ClassVar[str] = "internal"
+    # the problem answer's Cache-Control (a refusal that is the same for every
+    # client may let a shared cache keep it: the media gate's missing token)
+    cache_control: ClassVar[str] = "no-store"
 
     def __init__(
         self,

@@ -318,3 +318,10 @@ CAPTIONS_REFUSED = Counter(
     "townhall_captions_refused_total",
     "Live spaces that went on without captions because this node ran captions_max_recognizers already.",
 )
+
+# --- issue 12: presence beats at scale ---
+PRESENCE_BEATS = Counter(
+    "townhall_presence_beats_total",
+    "Presence beats (POST /api/spaces/{id}/presence) with a valid token: counted, outside the sample (ignored), or for a space not live.",
+    ["outcome"],
+)

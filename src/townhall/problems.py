@@ -46,11 +46,12 @@ def problem_response(
     *,
     retry_after_s: float | None = None,
     headers: dict[str, str] | None = None,
+    cache_control: str = "no-store",
 ) -> Response:
     """A problem+json response; adds Retry-After (whole seconds, rounded up) when given."""
     import orjson
 
-    headers = {**(headers or {}), "Cache-Control": "no-store"}
+    headers = {**(headers or {}), "Cache-Control": cache_control}
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, int(-(-retry_after_s // 1))))
     return Response(
@@ -109,7 +110,11 @@ def install(app: FastAPI) -> None:
         metrics.PROBLEMS.labels(status=str(exc.status)).inc()
         if _html_renderer is not None and _wants_page(request, exc.status):
             return _html_renderer(exc.status, exc.detail)
-        return problem_response(exc.to_problem(request.url.path), retry_after_s=exc.retry_after_s)
+        return problem_response(
+            exc.to_problem(request.url.path),
+            retry_after_s=exc.retry_after_s,
+            cache_control=exc.cache_control,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

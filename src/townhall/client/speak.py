@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("townhall.client")
+# the watchdog looks every 0.1 s; a longer gap means our own loop was busy
+_OWN_LAG_S = 0.5
 
 
 # -- HTTP ---------------------------------------------------------------------------
@@ -250,7 +252,16 @@ async def _one_connection(
             log.warning("connected to the server again")
         if run.deadline_s is None and run.duration_s is not None:
             run.deadline_s = connected_at + run.duration_s
+        looked_at, blind_until = time.monotonic(), 0.0
         while True:
+            now = time.monotonic()
+            if now - looked_at > _OWN_LAG_S:
+                # this process's own loop was held up (a busy machine, a host
+                # program blocking it): what it did not get to read is not the
+                # server's silence, so look again for a confirmation period
+                blind_until = now + policy.confirm_s
+            looked_at = now
+            judging = now >= blind_until
             if run.ended.is_set():
                 outcome = "ended"
             elif run.stop.is_set() or (
@@ -260,8 +271,10 @@ async def _one_connection(
             elif client.failed.is_set():
                 log.warning("lost the server: connection failed")
                 break
-            elif client.return_stalled(policy.return_stall_s) and client.reports_stalled(
-                policy.confirm_s, connected_at
+            elif (
+                judging
+                and client.return_stalled(policy.return_stall_s)
+                and client.reports_stalled(policy.confirm_s, connected_at)
             ):
                 log.warning(
                     "lost the server: no return audio for %.1f s, no receiver report for %.1f s",
@@ -269,7 +282,7 @@ async def _one_connection(
                     policy.confirm_s,
                 )
                 break
-            elif client.reports_stalled(policy.stall_s, connected_at):
+            elif judging and client.reports_stalled(policy.stall_s, connected_at):
                 log.warning("lost the server: no receiver report for %.0f s", policy.stall_s)
                 break
             if outcome != "lost":

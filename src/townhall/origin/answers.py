@@ -125,7 +125,9 @@ class Problem:
             log.error("townhall error on %s: %s", instance, error.detail)
         metrics.PROBLEMS.labels(status=str(error.status)).inc()
         response = problems.problem_response(
-            error.to_problem(instance), retry_after_s=error.retry_after_s
+            error.to_problem(instance),
+            retry_after_s=error.retry_after_s,
+            cache_control=error.cache_control,
         )
         # as origin/cors.py adds them to the app's problem+json (a player on
         # another origin reads why, and when to retry)

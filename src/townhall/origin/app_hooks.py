@@ -56,7 +56,7 @@ class EarlyRefusal:
             defense = getattr(getattr(self.app.state, "services", None), "defense", None)
             if defense is None:
                 return None
-            found: Rendered | None = defense.refusals.early(peer, url, req.headers)
+            found: Rendered | None = defense.refusals.early(peer, url, req.headers, defense.vouched)
             return found
         if url.startswith(b"/spaces/") and req.method in (b"GET", b"HEAD"):
             services = getattr(self.app.state, "services", None)

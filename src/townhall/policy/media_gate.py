@@ -30,6 +30,16 @@ MISSING = (
 )
 
 
+class TokenMissing(Unauthorized):
+    """401 for media of a capped space asked for without any token: the same
+    answer for every such client, so a shared cache may keep it a second
+    (``s-maxage``; browsers do not, ``max-age=0``). Behind
+    deploy/nginx-cache.conf only requests without a good link (which reach
+    the origin without cookies) share it, so a joined listener never gets it."""
+
+    cache_control = "max-age=0, s-maxage=1"
+
+
 def token_of(query: str, cookie_header: str | None) -> str | None:
     """The listener token of a request: ``?t=`` first, else the cookie."""
     if query:
@@ -53,7 +63,7 @@ def check(tokens: TokenSigner, space_id: str, query: str, cookie_header: str | N
     forged or tampered, expired, wrong kind or wrong space."""
     token = token_of(query, cookie_header)
     if token is None:
-        raise Unauthorized(MISSING.format(space_id=space_id))
+        raise TokenMissing(MISSING.format(space_id=space_id))
     return tokens.verify(token, kind="listener", space_id=space_id)
 
 
@@ -90,7 +100,7 @@ class MediaGate:
         )
         if token is None:
             metrics.MEDIA_GATE_REFUSALS.labels(reason="missing").inc()
-            return Unauthorized(MISSING.format(space_id=space_id))
+            return TokenMissing(MISSING.format(space_id=space_id))
         known = self._known.get(token)
         if known is not None and known[0] == space_id and known[1] > self._clock():
             return None

@@ -2,7 +2,8 @@
 per space, the same bytes for everyone, cacheable for at most a second) and
 ``POST /api/spaces/{id}/leave`` (a listener leaving frees its place at once),
 and ``POST /api/spaces/{id}/presence`` (a listener saying "still here", which
-keeps it in the listener count).
+keeps it in the listener count; answered by bare ASGI middleware in front of
+the framework, with a sampled beat: server/presence.py).
 
 A waiting client computes its own position from its ticket's number and the
 document (``number - admitting_through``) and its ETA from ``free_places``,
@@ -12,14 +13,23 @@ in line is answered by the cache in front.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, cast
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from townhall.errors import NotFound, Unauthorized
-from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA
+from townhall import metrics, problems
+from townhall.errors import (
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    TownhallError,
+    Unauthorized,
+)
+from townhall.server.auth import PROBLEM_RESPONSES, PROBLEM_SCHEMA, client_host, forwarded_client
 
 if TYPE_CHECKING:
     from townhall.policy.tokens import Claims
@@ -134,6 +144,115 @@ async def leave(space_id: str, request: Request) -> Response:
     return Response(status_code=204)
 
 
+def presence_beat(services: Services, space_id: str, token: str | None, client: str | None) -> None:
+    """One "still here" (the core of both presence routes): the network's
+    bucket, the token's signature, then the sampled count; memory only."""
+    entry = services.spaces.index.get(space_id)
+    if entry is None:
+        raise NotFound(f"There is no space '{space_id}'; check the link.")
+    if services.defense is not None:
+        wait_s = services.defense.allow_presence(client, time.time())
+        if wait_s:
+            raise TooManyRequests(
+                "Too many presence beats from your network; wait a moment.", retry_after_s=wait_s
+            )
+    if token is None:
+        raise Unauthorized(_NO_TOKEN.format(purpose="to be counted as listening"))
+    claims = services.tokens.verify(token, kind="listener", space_id=space_id)
+    services.presence.beat(space_id, claims.token_id, entry.state == "live")  # type: ignore[union-attr]
+
+
+def _body_token(body: bytes) -> str | None:
+    try:
+        data = orjson.loads(body or b"null")
+    except orjson.JSONDecodeError:
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def _bearer(value: str) -> str | None:
+    scheme, _, raw = value.partition(" ")
+    return raw.strip() if scheme.lower() == "bearer" and raw.strip() else None
+
+
+_NO_CONTENT = {
+    "type": "http.response.start",
+    "status": 204,
+    "headers": [(b"cache-control", b"no-store")],
+}
+_PREFIX, _SUFFIX = "/api/spaces/", "/presence"
+
+
+class PresenceFront:
+    """ASGI middleware in front of the framework (server/app.py installs it
+    inside KeepAlive, outside the auth shield and the router): a POST to
+    ``/api/spaces/{id}/presence`` is answered here, so a beat costs one
+    signature check, a bucket and a sketch update, not the framework's routing
+    and middleware; everything else passes through. The documented route below
+    has the same core (``presence_beat``) and is what OpenAPI shows. A beat
+    with a bad token is refused by this network's presence bucket before its
+    signature is checked, so the auth shield is not needed here."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.endswith(_SUFFIX)
+            or not path.startswith(_PREFIX)
+            or "/" in (space_id := path[len(_PREFIX) : -len(_SUFFIX)])
+            or not space_id
+        ):
+            await self.app(scope, receive, send)
+            return
+        try:
+            if not await self._beat(scope, receive, space_id):
+                return  # the client went away
+        except TownhallError as exc:
+            metrics.PROBLEMS.labels(status=str(exc.status)).inc()
+            answer = problems.problem_response(
+                exc.to_problem(path), retry_after_s=exc.retry_after_s
+            )
+            await answer(scope, receive, send)
+            return
+        await send(_NO_CONTENT)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _beat(self, scope: Scope, receive: Receive, space_id: str) -> bool:
+        services: Services = scope["app"].state.services
+        token: str | None = None
+        forwarded: list[str] = []
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                token = _bearer(value.decode("latin-1"))
+            elif name == b"x-forwarded-for":
+                forwarded.append(value.decode("latin-1"))
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return False
+            body += message.get("body", b"")
+            if len(body) > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"The body is larger than {self.max_body_bytes} bytes; send only "
+                    '{"token": ...} (or nothing, with Authorization: Bearer).'
+                )
+            if not message.get("more_body", False):
+                break
+        if token is None:
+            token = _body_token(body)
+        peer = scope["client"][0] if scope.get("client") else None
+        client = forwarded_client(peer, forwarded, services.trusted_proxies)
+        presence_beat(services, space_id, token, client)
+        return True
+
+
 @router.post(
     "/api/spaces/{space_id}/presence",
     status_code=204,
@@ -141,42 +260,37 @@ async def leave(space_id: str, request: Request) -> Response:
     responses=PROBLEM_RESPONSES,
     summary="Still listening (listener token): keeps this listener in the listener count",
     description=(
-        "The listener page posts this every third of listener_presence_s (the join answer's "
-        "presence_interval_s) while it plays; a listener who stops posting drops out of "
-        "state.json's listener_count within listener_presence_s. Memory only, no database. "
+        "The listener page posts this every presence_interval_s (a third of "
+        "listener_presence_s, from the join answer) while it plays and its presence_rank is "
+        "below presence_sample (join answer, then state.json): every page of a room of up to "
+        "twice presence_sample_target listeners, a fixed-size sample of a bigger one, whose "
+        "count is scaled up. A listener who stops posting drops out of state.json's "
+        "listener_count within listener_presence_s. Memory only, no database; a beat outside "
+        "the sample is accepted and ignored; 429 past presence_per_network_per_10s. "
         'The token as for leave: Authorization: Bearer, or a body {"token": ...}.'
     ),
     response_class=Response,
 )
 async def presence(space_id: str, request: Request) -> Response:
     services = cast("Services", request.app.state.services)
-    claims = await _listener_claims(services, space_id, request, "to be counted as listening")
-    entry = services.spaces.index.get(space_id)
-    if entry is not None and entry.state == "live":
-        services.listeners.add(space_id, claims.token_id)
+    token = _bearer(request.headers.get("authorization", "")) or _body_token(await request.body())
+    presence_beat(services, space_id, token, client_host(request))
     return Response(status_code=204)
+
+
+_NO_TOKEN = (
+    'Send your listener token (Authorization: Bearer, or a body {{"token": ...}}) {purpose}.'
+)
 
 
 async def _listener_claims(
     services: Services, space_id: str, request: Request, purpose: str
 ) -> Claims:
-    """The verified listener token of a leave or presence request (Bearer, or a
+    """The verified listener token of a leave request (Bearer, or a
     JSON body {"token": ...} for navigator.sendBeacon, which cannot set headers)."""
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
-    token: str | None = None
-    scheme, _, raw = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and raw.strip():
-        token = raw.strip()
-    else:
-        try:
-            data = orjson.loads(await request.body() or b"null")
-        except orjson.JSONDecodeError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("token"), str):
-            token = data["token"]
+    token = _bearer(request.headers.get("authorization", "")) or _body_token(await request.body())
     if token is None:
-        raise Unauthorized(
-            f'Send your listener token (Authorization: Bearer, or a body {{"token": ...}}) {purpose}.'
-        )
+        raise Unauthorized(_NO_TOKEN.format(purpose=purpose))
     return services.tokens.verify(token, kind="listener", space_id=space_id)

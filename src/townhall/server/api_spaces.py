@@ -146,6 +146,8 @@ class JoinOut(BaseModel):
     listen_url: str = Field(description="The playlist to play (live_m3u8 or plain_m3u8).")
     detail: str = Field(description="A sentence to show (e.g. why the delay is longer).")
     presence_interval_s: float | None = Field(description="POST presence this often (s).")
+    presence_rank: float = Field(description="Beat only while this is below presence_sample.")
+    presence_sample: float = Field(description="The sampled band (also in state.json); 1: all.")
 
 
 class QueuedOut(BaseModel):
@@ -334,9 +336,7 @@ async def join(
         return JoinAnswer(202, body, [*_RAW_HEADERS, (b"retry-after", retry)])
     claims = result.claims
     counted, seen = defense.admitted(space_id, network) if defense is not None else (True, None)
-    beat_s = round(services.settings.listener_presence_s / 3, 2) if counted else None
-    if counted:  # one network's flood of tokens does not inflate the count (nor beats)
-        services.listeners.add(space_id, claims.token_id)
+    presence = services.presence.admitted(space_id, claims.token_id, counted)  # type: ignore[union-attr]
     (_JOIN_RENEWAL if previous is not None else _JOIN_NEW).inc()
     listen_url = urls["live_m3u8"] if result.delivery == "llhls" else urls["plain_m3u8"]
     body = orjson.dumps(
@@ -349,7 +349,7 @@ async def join(
             "listen_url": listen_url,
             "detail": result.detail,
             "seen_mark": seen,
-            "presence_interval_s": beat_s,
+            **presence,
         }
     )
     headers = list(_RAW_HEADERS)

@@ -36,14 +36,15 @@ LISTENER_COUNT_METHOD = (
     "who is listening now: distinct listener tokens that joined, renewed or said 'still "
     "here' (the page does every third of listener_presence_s) within the last one to two "
     "halves of listener_presence_s, counted with a HyperLogLog sketch (about 1.6% error), "
-    "on this node"
+    "on this node; a room of more than twice presence_sample_target is counted through a "
+    "sample of its tokens, scaled up (about 1/sqrt(presence_sample_target) more error)"
 )
 LISTENER_COUNT_METHOD_SHARED = (
     "who is listening now: distinct listener tokens that joined, renewed or said 'still "
     "here' within the last one to two halves of listener_presence_s on every node, counted "
     "with a Redis HyperLogLog (about 0.81% error) and flushed by each node once per state "
     "interval; while Redis is unreachable, the last count read (or, if larger, this node's "
-    "own count of the listeners it saw meanwhile)"
+    "own count of the listeners it saw meanwhile); a big room through a sample, as on one node"
 )
 
 
@@ -69,13 +70,19 @@ async def compute_state(services: Services, space_id: str) -> bytes:
                 "connected": bool(st.connected) if st else False,
             }
         )
+    presence = services.presence
+    key = presence.count_key(space_id) if presence is not None else space_id
     if services.shared is not None:
         tally = await services.shared.read(space_id)
         listener_count, reactions = tally.listener_count, tally.reactions
+        if key != space_id:  # a sampled room: its sample's key (server/presence.py)
+            listener_count = (await services.shared.read(key)).listener_count
         method = LISTENER_COUNT_METHOD_SHARED
     else:
-        listener_count, reactions = _local_tallies(services, space_id)
+        listener_count, reactions = _local_tallies(services, space_id, key)
         method = LISTENER_COUNT_METHOD
+    if presence is not None:
+        listener_count = presence.estimate(space_id, listener_count)
     doc = {
         "id": space.id,
         "title": space.title,
@@ -83,6 +90,7 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         "speakers": speakers,
         "listener_count": listener_count,
         "listener_count_method": method,
+        "presence_sample": presence.sampler.beat_below(space_id) if presence is not None else 1.0,
         "reactions": reactions,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         # issue 13: whether this space is captioned, with a sentence when not
@@ -102,9 +110,9 @@ def _captions_field(live: LiveCaptions) -> dict[str, str]:
     return {"status": status, "message": message}
 
 
-def _local_tallies(services: Services, space_id: str) -> tuple[int, dict[str, int]]:
+def _local_tallies(services: Services, space_id: str, key: str) -> tuple[int, dict[str, int]]:
     listeners, reactions = services.listeners, services.reactions
-    count = listeners.count(space_id) if isinstance(listeners, ListenerCounter) else 0
+    count = listeners.count(key) if isinstance(listeners, ListenerCounter) else 0
     totals = reactions.totals(space_id) if isinstance(reactions, ReactionTotals) else {}
     return count, totals
 
@@ -127,6 +135,7 @@ STATE_EXAMPLE = {
     ],
     "listener_count": 1234,
     "listener_count_method": LISTENER_COUNT_METHOD,
+    "presence_sample": 1.0,
     "reactions": {"👏": 12},
     "updated_at": "2026-11-20T23:46:16Z",
 }
@@ -150,6 +159,10 @@ STATE_SCHEMA: dict[str, Any] = {
         "speakers": {"type": "array", "items": {"type": "object"}},
         "listener_count": {"type": "integer", "minimum": 0},
         "listener_count_method": {"type": "string"},
+        "presence_sample": {
+            "type": "number",
+            "description": "Listener pages whose join answer's presence_rank is below this post presence beats (1: every page; a big room is counted through a sample).",
+        },
         "reactions": {"type": "object", "additionalProperties": {"type": "integer"}},
         "updated_at": {"type": "string"},
         "stale": {

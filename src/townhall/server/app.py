@@ -160,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         failures_per_10s=settings.refusals_per_network_per_10s,
         max_keys=settings.rate_limit_max_keys,
     )
+    # presence beats, before the shield and the router (issue 12: cheap at scale)
+    from townhall.server.api_queue import PresenceFront
+
+    app.add_middleware(PresenceFront, max_body_bytes=settings.max_body_bytes)
     # outermost of ours: an unexpected error becomes a 500 that keeps the connection
     app.add_middleware(problems.KeepAlive)
     # CORS on every answer of a listener resource, problem+json included (issue 12)

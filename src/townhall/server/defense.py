@@ -38,8 +38,10 @@ from townhall.origin.cors import Cors
 from townhall.policy import challenge as pow_
 from townhall.policy.netbuckets import NetBuckets, NetworkCap, network_of
 from townhall.policy.priority import Priority
+from townhall.policy.tokens import TokenSigner
 from townhall.server.auth import forwarded_client, parse_networks
 from townhall.server.evidence_node import EvidenceNode
+from townhall.server.host_pass import host_of_space, vouched
 from townhall.server.refusals import REFUSED, Refusals, bearer_key
 from townhall.server.state_fast import CachedState
 
@@ -69,10 +71,19 @@ class DefenseStats:
 
 
 class Defense:
-    def __init__(self, settings: Settings, evidence: EvidenceNode | None, key: bytes) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        evidence: EvidenceNode | None,
+        key: bytes,
+        *,
+        tokens: TokenSigner | None = None,
+    ) -> None:
         """``key``: the secret challenges and marks are signed with (every
-        node of a deployment must hold the same one)."""
+        node of a deployment must hold the same one). ``tokens``: to let a
+        host's own actions pass its network's refusals (``server/host_pass.py``)."""
         self.settings = settings
+        self.tokens = tokens
         self.evidence = evidence
         max_keys = settings.rate_limit_max_keys
         self.join_buckets = NetBuckets(settings.joins_per_network_per_10s, 10.0, max_keys=max_keys)
@@ -82,6 +93,9 @@ class Defense:
         self.state_buckets = NetBuckets(settings.state_per_network_per_10s, 10.0, max_keys=max_keys)
         self.playlist_buckets = NetBuckets(
             settings.playlists_per_network_per_10s, 10.0, max_keys=max_keys
+        )
+        self.presence_buckets = NetBuckets(
+            settings.presence_per_network_per_10s, 10.0, max_keys=max_keys
         )
         self.listener_cap = NetworkCap(
             settings.listeners_counted_per_network * 3,  # a join and ~2 renewals per lifetime
@@ -273,6 +287,18 @@ class Defense:
             self._playlists_refused.inc()
         return wait_s
 
+    def allow_presence(self, client: str | None, now_s: float) -> float:
+        """A presence beat: 0.0 when this network may beat now, else seconds to wait."""
+        wait_s = self.presence_buckets.hit(network_of(client), now_s)
+        if wait_s:
+            metrics.RATE_LIMITED.labels(limit="presence-network").inc()
+        return wait_s
+
+    def vouched(self, url: bytes, headers: Sequence[Header]) -> bool:
+        """For the HTTP driver's early refusal: a host's own action may pass
+        its network's refusal (``server.host_pass.vouched``)."""
+        return self.tokens is not None and vouched(self.tokens, url, headers)
+
     # ------------------------------------------------------------ effort control
 
     def control(self) -> None:
@@ -368,10 +394,20 @@ class AuthFailureShield:
         defense = getattr(services, "defense", None)
         refusals: Refusals = defense.refusals if defense is not None else self.own
         peer = scope["client"][0] if scope.get("client") else None
-        keys = [network_of(refusals.client(peer, scope["headers"]))]
+        network = network_of(refusals.client(peer, scope["headers"]))
+        keys = [network]
         now = time.monotonic()
-        wait_s = refusals.wait_s(keys[0], now)
+        wait_s = refusals.wait_s(network, now)
+        if (
+            wait_s
+            and services is not None
+            and await host_of_space(services, scope["path"], scope["headers"])
+        ):
+            keys, wait_s = [], 0.0  # the host: its own token's key only (server/host_pass.py)
         if wait_s:
+            key = bearer_key(dict(scope["headers"]).get(b"authorization", b""))
+            if key is not None and services is not None:
+                refusals.hit([key], now)  # a signed-in non-host pays with its token too
             await self._refuse(scope, receive, send, wait_s)
             return
         if services is not None:

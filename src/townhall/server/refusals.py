@@ -17,7 +17,7 @@ forgotten first.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from townhall import metrics
 from townhall.errors import TooManyRequests
@@ -66,12 +66,23 @@ class Refusals:
         for key in keys:
             self.buckets.hit(key, now_s)
 
-    def early(self, peer: str | None, url: bytes, headers: Sequence[Header]) -> Rendered | None:
-        """The driver's check for an /api/ request: a 429 to send, or None."""
+    def early(
+        self,
+        peer: str | None,
+        url: bytes,
+        headers: Sequence[Header],
+        vouched: Callable[[bytes, Sequence[Header]], bool] | None = None,
+    ) -> Rendered | None:
+        """The driver's check for an /api/ request: a 429 to send, or None.
+        ``vouched(url, headers)``: may this request pass its network's
+        refusal (a host's own action, ``server/host_pass.py``)? Its token's
+        key still applies."""
         now = time.monotonic()
         # a key near its limit pays for what it lets through: however many of its
         # requests are in flight, at most its rate of them reach the app
         wait = self.buckets.hit_if_busy(network_of(self.client(peer, headers)), now)
+        if wait and vouched is not None and vouched(url, headers):
+            wait = 0.0
         if not wait:
             for name, value in headers:
                 if name == b"authorization":

@@ -7,11 +7,32 @@ import importlib
 import importlib.util
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from townhall.config import Settings
 
 log = logging.getLogger("townhall.http")
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def listen_backlog(wanted: int, somaxconn: Path = SOMAXCONN) -> int:
+    """``http_listen_backlog``, capped at the kernel's ``somaxconn`` (which
+    silently truncates a larger one): logged when it caps, so the operator
+    knows to raise the sysctl. Without /proc the setting is used as is."""
+    try:
+        ceiling = int(somaxconn.read_text().strip())
+    except (OSError, ValueError):
+        return wanted
+    if 0 < ceiling < wanted:
+        log.warning(
+            "listen backlog %d capped at %d by %s; raise it (sysctl net.core.somaxconn) for more",
+            wanted,
+            ceiling,
+            somaxconn,
+        )
+        return ceiling
+    return wanted
 
 
 def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = None) -> None:
@@ -67,5 +88,6 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
         timeout_keep_alive=max(1, round(settings.http_keepalive_idle_s)),
         timeout_graceful_shutdown=int(settings.shutdown_drain_s) or None,
         server_header=False,
+        backlog=listen_backlog(settings.http_listen_backlog),
     )
     uvicorn.Server(config).run()

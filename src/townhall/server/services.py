@@ -44,6 +44,7 @@ from townhall.server.admission import Admission
 from townhall.server.auth import Networks, parse_networks
 from townhall.server.defense import Defense
 from townhall.server.evidence_node import EvidenceNode
+from townhall.server.presence import Presence
 from townhall.store.accounts import Accounts, Passwords, utcnow
 from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmission
 from townhall.store.db import Database
@@ -108,6 +109,7 @@ class Services:
     _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
     _absence: asyncio.Task[None] | None = field(default=None, repr=False)
     local_count: ListenerCounter | None = field(default=None, repr=False)
+    presence: Presence | None = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> Services:
@@ -213,9 +215,10 @@ class Services:
         )
         if settings.bus_enabled and redis is not None:
             services.rooms.scaleout = _scaleout(settings, redis, spaces, services.rooms)
-        services.evidence = EvidenceNode(settings, _state_of(spaces), local_count.count)
+        services.presence = Presence(settings, listeners, local_count)
+        services.evidence = EvidenceNode(settings, _state_of(spaces), services.presence.local_count)
         services.evidence.start()
-        services.defense = Defense(settings, services.evidence, keys[0])
+        services.defense = Defense(settings, services.evidence, keys[0], tokens=tokens)
         services.defense.start()
         if settings.media_process:
             await cast(Any, services.rooms).open()  # spawned now, not at the first go-live

@@ -1,6 +1,6 @@
 // Listener tokens: join a space (no sign-in needed), renew before expiry, say
-// "still here" every presence_interval_s (the listener count is who said so
-// lately), and put a refused or queued join into words.
+// "still here" every presence_interval_s while in the presence sample (the
+// listener count is who said so lately), and put a refused or queued join into words.
 
 import { ApiError, api } from "./api.js";
 import { keepSeenMark, seenMark, solveChallenge } from "./defense.js";
@@ -85,8 +85,32 @@ export class ListenerPass {
   admitted(grant) {
     keepSeenMark(grant.seen_mark);
     this.grant = grant;
+    this.sample = null; // the join answer's band is the newest
     this.schedule();
     this.beatSoon();
+  }
+
+  /**
+   * Whether this page is in the presence sample: a big room is counted through
+   * the tokens whose presence_rank is below presence_sample (the join answer's,
+   * then state.json's as the room grows or shrinks); the others do not beat.
+   */
+  get sampled() {
+    const rank = Number(this.grant?.presence_rank);
+    const below = Number(this.sample ?? this.grant?.presence_sample ?? 1);
+    return !Number.isFinite(rank) || !Number.isFinite(below) || rank < below;
+  }
+
+  /** state.json's presence_sample: start or stop beating when the band changes. */
+  setSample(below) {
+    if (below === undefined || below === null) return;
+    const was = this.sampled;
+    this.sample = Number(below);
+    // newly in the sample: say so at once (if this page beats at all)
+    if (!was && this.sampled && Number(this.grant?.presence_interval_s) > 0) {
+      clearTimeout(this.beatTimer); // one beat now instead of the one scheduled
+      this.beat();
+    }
   }
 
   /** The next presence beat (while a token is held and the answer asks for beats). */
@@ -100,11 +124,13 @@ export class ListenerPass {
   async beat() {
     const token = this.token;
     if (this.stopped || !token) return;
-    const url = `/api/spaces/${encodeURIComponent(this.spaceId)}/presence`;
-    try {
-      await fetch(url, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
-    } catch {
-      // the server is away (a restart, a blip): the next beat says it again
+    if (this.sampled) {
+      const url = `/api/spaces/${encodeURIComponent(this.spaceId)}/presence`;
+      try {
+        await fetch(url, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+      } catch {
+        // the server is away (a restart, a blip): the next beat says it again
+      }
     }
     this.beatSoon();
   }

@@ -327,6 +327,7 @@ function onState(state) {
   showState(state.state);
   if (state.title && !view.space) $("space-title").textContent = state.title;
   $("listener-count").textContent = Number.isFinite(state.listener_count) ? String(state.listener_count) : "–";
+  pass.setSample(state.presence_sample);
   renderSpeakers(state.speakers || []);
   renderReactionTotals(state.reactions || {});
   const { bursts, pending } = reactionBursts(previous?.reactions, state.reactions, view.pendingOwn);
