@@ -50,6 +50,11 @@ async def test_live_recording_is_refused(tmp_path: Path) -> None:
     await program.start()
     await feed(program, tone(1000, 1.0))
     try:
+        # the recorder writes its first manifest from its own backlog (a
+        # thread): on a busy machine it may land after the feed
+        deadline = time.monotonic() + 10
+        while program.recording.load() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         with pytest.raises(Conflict, match="still live"):
             build_fragmented(program.recording)
     finally:
