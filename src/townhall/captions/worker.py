@@ -322,6 +322,11 @@ class Captioner:
         from townhall import metrics
 
         lines: list[Line] = []
+        # seen gone before the drain below, so what it sent before exiting
+        # (its last lines and "done") is read first and not taken for a failure
+        gone = (
+            self._proc is not None and not self._proc.is_alive() and self._proc.exitcode is not None
+        )
         while True:
             try:
                 msg = self._outbox.get_nowait()
@@ -349,12 +354,8 @@ class Captioner:
                 self.track.advance(msg[1])
             elif kind == "done":
                 self.finished = True
-        if (
-            self.status in (STARTING, RUNNING)
-            and self._proc is not None
-            and not self._proc.is_alive()
-            and self._proc.exitcode is not None
-        ):
+        if gone and not self.finished and self.status in (STARTING, RUNNING):
+            assert self._proc is not None
             self._unavailable(
                 f"Captions stopped: the recognizer process exited (code {self._proc.exitcode}); "
                 "the space goes on without captions."
