@@ -305,3 +305,37 @@ def test_a_blocking_reload_released_by_a_closed_window_is_not_cached(
     window2.close(ended=False)  # before (0, 1) came
     moved = parked.answer()
     assert moved is not None and b"cache-control: no-cache\r\n" in moved.head, moved.head
+
+
+@pytest.mark.parametrize(
+    ("name", "agent", "at_once"),
+    [
+        ("live.m3u8", b"Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", True),  # hls.js, Shaka
+        ("live.m3u8", b"AppleCoreMedia/1.0.0.21A329 (iPhone; U; CPU OS 17_0)", True),
+        ("live.m3u8", b"Radio/2.1 (Linux;Android 14) ExoPlayerLib/2.19.1", True),
+        ("live.m3u8", b"townhall-bench", True),  # its LL-HLS runner
+        ("live.m3u8", b"Lavf/60.16.100", False),  # ffmpeg
+        ("live.m3u8", b"GStreamer souphttpsrc 1.22.0 libsoup/3.2.2", False),
+        ("live.m3u8", b"VLC/3.0.18 LibVLC/3.0.18", False),
+        ("live.m3u8", None, False),  # no User-Agent: whole segments
+        ("plain.m3u8", b"Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", False),
+    ],
+)
+def test_only_players_that_cannot_do_ll_hls_wait_for_the_first_whole_segment(
+    name: str, agent: bytes | None, at_once: bool
+) -> None:
+    """Go-live (one part, no segment yet): an LL-HLS player's first
+    live.m3u8 (no delivery directives, as hls.js asks) is answered at once so
+    the first listener hears the first part (issue 9's start delay); ffmpeg,
+    GStreamer, VLC, unknown clients and plain.m3u8 wait for a whole segment
+    (issue 12)."""
+    window = make_window()
+    fast, _ = make_fast(window)
+    publish(window, 0, 0)
+    headers = [] if agent is None else [(b"user-agent", agent)]
+    got = fast.decide(b"GET", f"/spaces/{SPACE}/{name}".encode(), None, None, (None, headers))
+    if at_once:
+        assert isinstance(got, Rendered), got
+        assert b"part/0.0.m4s" in got.body
+    else:
+        assert isinstance(got, Wait) and got.position == (0, COMPLETE), got

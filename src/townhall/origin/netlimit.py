@@ -22,6 +22,7 @@ from townhall.origin.answers import Problem
 
 Headers = Sequence[tuple[bytes, bytes]]
 Client = tuple[str | None, Headers]
+Peer = Client | None  # a request's client, when the driver says
 """(TCP peer address, request headers) of one request."""
 
 ClientLimit = Callable[[str | None, Headers], float]

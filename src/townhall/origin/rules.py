@@ -56,9 +56,10 @@ from townhall.origin.answers import (
     timeout_response,
 )
 from townhall.origin.app_hooks import gate_of, programs_of
+from townhall.origin.client_kind import plays_ll_hls
 from townhall.origin.cors import Cors
 from townhall.origin.follower import ListenerSource
-from townhall.origin.netlimit import Client, ClientLimit, refusal
+from townhall.origin.netlimit import Client, ClientLimit, Peer, refusal
 from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.token_uris import tokened, tokened_playlist
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
@@ -163,7 +164,7 @@ class FastPath:
                 return None  # the app parses it (and says 400 where one is due)
             if over := refusal(self.playlist_limit, client, name, directives[0]):
                 return over.render(path.decode("ascii"))
-            found = self._playlist(window, directives, path, plain=name[0] == 112)  # "p"
+            found = self._playlist(window, directives, path, name[0] == 112, client)  # "p"
             found = found if self.gate is None else tokened(found, query)
         else:
             found = self._live(method, program, window, name, path)
@@ -221,7 +222,7 @@ class FastPath:
         if name.startswith(b"part/"):
             return self._part(window, name[5:], path)
         if name == b"live.m3u8" or name == b"plain.m3u8":
-            found = self._playlist(window, directives, path, plain=name[0] == 112)
+            found = self._playlist(window, directives, path, name[0] == 112, client)
             return tokened(found, query if self.gate else None)
         return self._live(method, program, window, name, path)
 
@@ -318,7 +319,7 @@ class FastPath:
         )
 
     def _playlist(
-        self, window: LiveWindow, directives: Directives, path: bytes, *, plain: bool
+        self, window: LiveWindow, directives: Directives, path: bytes, plain: bool, client: Peer
     ) -> Answer:
         msn, part, skip = _NO_DIRECTIVES if plain else directives
         kind = "plain" if plain else ("ll-skip" if skip else "ll")
@@ -342,10 +343,12 @@ class FastPath:
                 partial(_playlist, window, kind, True, position),
                 partial(timeout_response, path.decode("utf-8", "replace")),
             )
-        if msn is None and not window.closed and not window.history:
+        whole = plain or not plays_ll_hls(client)
+        if msn is None and not window.closed and not window.history and whole:
             # the very first seconds: players without LL-HLS (ffmpeg, GStreamer,
             # VLC, radio apps) need a whole segment, so a request without
-            # delivery directives waits for the first one, at most one segment
+            # delivery directives waits for the first one, at most one segment;
+            # an LL-HLS player's first live.m3u8 is answered at once (issue 9)
             position = (window.open_msn, COMPLETE)
             if window.ready(position):
                 return _playlist(window, kind, False)
