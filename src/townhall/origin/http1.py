@@ -22,7 +22,8 @@ Requests on one connection are answered in order; those parsed while one is
 in progress wait in a queue, reading paused. The first layer of issue 10's
 defense lives here: caps on the request head and body, header, body and
 idle timeouts, requests per connection, and open connections per client
-network and in all (origin/conn_limits.py); each refusal or cut is counted.
+network and in all (origin/conn_limits.py); each refusal or cut is counted
+(the limits and the connection's timer: origin/http1_limits.py).
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import math
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import httptools
@@ -43,11 +42,10 @@ from townhall.config import Settings
 from townhall.origin.app_hooks import EarlyRefusal, gate_of, limit_of, refusal_of
 from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
-from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
+from townhall.origin.http1_limits import CLOSED, REFUSAL, REFUSED, DriverLimits, LimitsMixin
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
-from townhall.origin.wire import problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")
 
@@ -55,65 +53,6 @@ HIGH_WATER_BYTES = 64 * 1024  # request body buffered before reading pauses
 _GET = b"GET"
 _HEAD = b"HEAD"
 _FAST = (Rendered, Wait, Stream)
-_REASONS = (
-    "head_too_large",
-    "header_timeout",
-    "body_timeout",
-    "body_too_large",
-    "idle",
-    "max_requests",
-    "bad_request",
-    "upgrade",
-    "internal",
-)
-_CLOSED = {reason: metrics.HTTP_CONNECTIONS_CLOSED.labels(reason=reason) for reason in _REASONS}
-_REFUSED = {
-    reason: metrics.HTTP_CONNECTIONS_REFUSED.labels(reason=reason)
-    for reason in ("network", "total")
-}
-_RETRY_AFTER_S = 5.0
-# over a connection cap: no Date line, rendered once (the refusal must be cheap)
-_REFUSAL = problem_bytes(
-    problem_document(
-        503,
-        "too-many-connections",
-        "Too many connections",
-        "Too many connections are open from your network or to this server; retry in a few seconds.",
-        None,
-    ),
-    [],
-    retry_after_s=_RETRY_AFTER_S,
-)
-
-
-@dataclass(frozen=True, slots=True)
-class DriverLimits:
-    """The per-connection limits of one server (from Settings) and its shared
-    connection counts."""
-
-    max_head_bytes: int
-    max_body_bytes: int
-    header_timeout_s: float
-    body_timeout_s: float
-    idle_s: float
-    max_requests: int
-    conns: ConnLimits
-
-    @classmethod
-    def of(cls, settings: Settings) -> DriverLimits:
-        return cls(
-            max_head_bytes=settings.http_max_head_bytes,
-            max_body_bytes=settings.max_body_bytes,
-            header_timeout_s=settings.http_header_timeout_s,
-            body_timeout_s=settings.http_body_timeout_s,
-            idle_s=settings.http_keepalive_idle_s,
-            max_requests=settings.http_max_requests_per_connection,
-            conns=ConnLimits(
-                settings.http_max_connections_per_network,
-                total_cap(settings.http_max_connections, fd_soft_limit()),
-                settings.trusted_proxies,
-            ),
-        )
 
 
 def _address(value: object) -> tuple[str, int] | None:
@@ -122,7 +61,7 @@ def _address(value: object) -> tuple[str, int] | None:
     return None
 
 
-class Http1Protocol(FastAnswers, asyncio.Protocol):
+class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
     """One HTTP/1.1 connection (see the module docstring). ``fast_path`` and
     ``limits`` are bound by :func:`protocol_for`."""
 
@@ -179,8 +118,8 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         else:
             reason, self._network = self.limits.conns.admit(host)
         if reason is not None:
-            _REFUSED[reason].inc()
-            transport.write(_REFUSAL)
+            REFUSED[reason].inc()
+            transport.write(REFUSAL)
             transport.close()
             return
         self._admitted = True
@@ -257,7 +196,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
             self._pause_reading()  # what follows is not HTTP; the request gets 501
         except httptools.HttpParserCallbackError:
             log.exception("the HTTP driver failed on a request; closing its connection")
-            _CLOSED["internal"].inc()
+            CLOSED["internal"].inc()
             self.transport.close()
             return
         except httptools.HttpParserError as exc:
@@ -269,9 +208,6 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
                 "head_too_large", 431, "headers-too-large", "Request header fields too large",
                 self._head_detail(),
             )  # fmt: skip
-
-    def _head_detail(self) -> str:
-        return f"The request line and headers are over {self.limits.max_head_bytes} bytes; send fewer or shorter headers."
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:
@@ -383,7 +319,7 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
         limits = self.limits
         if limits.max_requests and self._served + 1 >= limits.max_requests:
             req.keep_alive = False
-            _CLOSED["max_requests"].inc()
+            CLOSED["max_requests"].inc()
         if req.head_too_large:
             self._refuse(req, 431, "headers-too-large", "Request header fields too large",
                          self._head_detail(), "head_too_large")  # fmt: skip
@@ -453,102 +389,6 @@ class Http1Protocol(FastAnswers, asyncio.Protocol):
             self._idle_since = self.loop.time()
             if self._timer is None:
                 self._timer = self.loop.call_later(self.limits.idle_s, self._check)
-
-    # -- limits ----------------------------------------------------------------------
-
-    def _arm(self, delay_s: float) -> None:
-        self._timer = self.loop.call_later(delay_s, self._check)
-
-    def _check(self) -> None:
-        """The connection's one timer: header, body and idle deadlines."""
-        self._timer = None
-        if self.transport.is_closing():
-            return
-        now = self.loop.time()
-        limits = self.limits
-        left_s = math.inf
-        if self._head_since is not None:
-            left_s = self._head_since + limits.header_timeout_s - now
-            if left_s <= 0:
-                self._cut("header_timeout", 408, "request-timeout", "Request timeout",
-                          f"The request headers did not arrive within {limits.header_timeout_s:g} s; send them at once.")  # fmt: skip
-                return
-        elif self._idle_since is not None:
-            idle_left_s = self._idle_since + limits.idle_s - now
-            if idle_left_s <= 0:
-                _CLOSED["idle"].inc()
-                self.transport.close()
-                return
-            left_s = idle_left_s
-        if self._body_since is not None:
-            body_left_s = self._body_since + limits.body_timeout_s - now
-            if body_left_s <= 0:
-                self._body_timeout()
-                return
-            left_s = min(left_s, body_left_s)
-        if left_s != math.inf:
-            self._arm(left_s)
-
-    def _cut(self, reason: str, status: int, slug: str, title: str, detail: str) -> None:
-        """Answer a problem with the connection (if no answer is in progress) and close."""
-        _CLOSED[reason].inc()
-        if self._current is None and not self.transport.is_closing():
-            document = problem_document(status, slug, title, detail, None)
-            self.transport.write(problem_bytes(document, self.server_state.default_headers))
-        self.transport.close()
-
-    def _refuse(
-        self, req: Request, status: int, slug: str, title: str, detail: str, reason: str
-    ) -> None:
-        _CLOSED[reason].inc()
-        req.keep_alive = False
-        path = req.url.partition(b"?")[0].decode("latin-1")
-        document = problem_document(status, slug, title, detail, path)
-        self.transport.write(problem_bytes(document, self.server_state.default_headers))
-        self.finish(req)
-
-    def _refuse_too_large(self, req: Request) -> None:
-        self._refuse(req, 413, "payload-too-large", "Payload too large",
-                     f"The request body is larger than {self.limits.max_body_bytes} bytes; send a smaller body.",
-                     "body_too_large")  # fmt: skip
-
-    def _body_too_large(self, req: Request) -> None:
-        cycle = req.cycle
-        if req is not self._current:
-            return  # refused when its turn comes
-        if cycle is None:
-            self._refuse_too_large(req)
-        elif not cycle.response_started:
-            _CLOSED["body_too_large"].inc()
-            detail = f"The request body is larger than {self.limits.max_body_bytes} bytes; send a smaller body."
-            cycle.refuse(
-                problem_document(
-                    413, "payload-too-large", "Payload too large", detail, cycle.scope["path"]
-                )
-            )
-        else:
-            _CLOSED["body_too_large"].inc()
-            self.transport.close()
-
-    def _body_timeout(self) -> None:
-        _CLOSED["body_timeout"].inc()
-        req = self._parsing
-        cycle = req.cycle if req is not None else None
-        if (
-            req is not None
-            and req is self._current
-            and cycle is not None
-            and not cycle.response_started
-        ):
-            detail = f"The request body did not arrive within {self.limits.body_timeout_s:g} s; send it at once."
-            cycle.refuse(
-                problem_document(
-                    408, "request-timeout", "Request timeout", detail, cycle.scope["path"]
-                )
-            )
-        self.transport.close()
-
-    # -- the fast path -------------------------------------------------------------------
 
     # -- the app ---------------------------------------------------------------------
 
