@@ -21,7 +21,20 @@ taskset -c 0 "$PY" -m townhall serve --port "$PORT" --data-dir "$DATA/data" --ma
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.5; done
-timeout $((DUR + 120)) taskset -c 1 "$PY" -m townhall bench storm --target "http://127.0.0.1:$PORT" \
+# PYSPY=DIR: py-spy samples both processes (20 Hz, without pausing them) into DIR
+if [ -n "${PYSPY:-}" ]; then
+  mkdir -p "$PYSPY"
+  timeout $((DUR + 60)) py-spy record --nonblocking --subprocesses -r 20 -d "$DUR" -f raw \
+    -o "$PYSPY/server.txt" -p "$SERVER" > "$PYSPY/server.log" 2>&1 &
+fi
+timeout $((DUR + 120)) taskset -c 1 "$PY" -m townhall bench storm --target "http://127.0.0.1:$PORT" --server-pid "$SERVER" \
   --arrivals "$ARRIVALS" --over-s 10 --pre-s 3 --listen-s "$LISTEN" --give-up 0.05 --duration-s "$DUR" --plot "$OUT.png" \
-  --json --no-progress > "$OUT"
+  --json --no-progress > "$OUT" &
+GEN=$!
+if [ -n "${PYSPY:-}" ]; then
+  sleep 1
+  timeout $((DUR + 60)) py-spy record --nonblocking -r 20 -d "$DUR" -f raw \
+    -o "$PYSPY/generator.txt" -p "$(pgrep -P "$(pgrep -P $GEN)" || pgrep -P $GEN)" > "$PYSPY/generator.log" 2>&1 &
+fi
+wait $GEN
 "$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('start_delay_s', 'ttfa_p50_s', 'ttfa_p99_s', 'mixer_clock_late_p99_s', 'shown_eta_error_p90', 'admitted_beyond_cap', 'client_cpu_percent')})" "$OUT"

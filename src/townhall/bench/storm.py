@@ -29,6 +29,7 @@ import click
 import httpx
 import orjson
 import psutil
+import uvloop
 
 from townhall.bench import storm_report
 from townhall.bench.hlsclient import (
@@ -42,6 +43,7 @@ from townhall.bench.hlsclient import (
 from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
 from townhall.bench.playout import Playout
+from townhall.bench.storm_probe import Probe, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample
 from townhall.policy.eta import eta_s
 
@@ -317,7 +319,9 @@ class Storm:
             cpu0 = sum(proc.cpu_times()[:2])
             t0 = time.monotonic()
             deadline = t0 + o["duration_s"]
+            probe = Probe(o.get("server_pid"))
             tasks = [asyncio.create_task(self.poll_doc(deadline))]
+            tasks.append(asyncio.create_task(probe.run(deadline)))
             tasks += [asyncio.create_task(self.arrival(a, t0, deadline)) for a in self.arrivals]
             bar = None
             if o["progress"]:
@@ -337,7 +341,7 @@ class Storm:
                 if bar is not None:
                     bar.n = sum(1 for a in self.arrivals if a.admitted_at is not None)
                     bar.set_postfix(waiting=self.doc.get("waiting"), playing=self.playing)
-                if all(t.done() for t in tasks[1:]):
+                if all(t.done() for t in tasks[2:]):
                     break
                 await asyncio.sleep(0.2)
             for task in tasks:
@@ -367,6 +371,7 @@ class Storm:
                 **{k: o[k] for k in ("arrivals", "over_s", "pre_s", "give_up", "listen_s", "poll")},
             },
         )
+        summary["probe"] = summarize_probe(probe.seconds, t0=self.arrivals[0].arrived_at)
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
@@ -466,6 +471,12 @@ def clock_late_p99(before: str, after: str) -> float | None:
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
+    "--server-pid",
+    type=int,
+    default=None,
+    help="PID of the target's server on this machine: its CPU (with its children) is sampled each second.",
+)
+@click.option(
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
@@ -487,7 +498,7 @@ def storm_command(**kw: Any) -> None:
     if not 1 <= kw["duration_s"] <= MAX_DURATION_S:
         raise click.UsageError(f"--duration-s must be between 1 and {MAX_DURATION_S:g}.")
     kw["progress"] = not kw.pop("no_progress") and sys.stderr.isatty()
-    summary = asyncio.run(Storm(kw).run())
+    summary: storm_report.Summary = uvloop.run(Storm(kw).run())
     if kw["as_json"]:
         click.echo(orjson.dumps(summary).decode())
     else:

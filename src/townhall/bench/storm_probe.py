@@ -1,0 +1,129 @@
+"""Where the CPU of a storm goes, second by second: the load generator's own
+CPU and its event loop's lag, and (given its PID) the server's CPU with its
+child processes (the media process). Read from /proc through psutil, so the
+figures are the kernel's; the pure summary is ``summarize_probe``.
+
+Why: a storm whose generator saturates in bursts measures the generator, not
+the server. A second of >= 95 % of a core or a loop lag over 100 ms is such a
+burst, and the summary says how many there were and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from townhall.bench.report import percentile
+
+TICK_S = 0.02  # the lag probe's sleep
+SATURATED_PERCENT = 95.0
+LAGGED_S = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSecond:
+    """One second of the run (``at`` is time.time() at its end)."""
+
+    at: float
+    generator_cpu_percent: float
+    loop_lag_max_s: float
+    server_cpu_percent: float | None
+
+
+def _cpu_s(proc: psutil.Process, children: bool) -> float:
+    """User + system seconds of a process (and its children), 0 if it is gone."""
+    total = 0.0
+    procs = [proc]
+    if children:
+        try:
+            procs += proc.children(recursive=True)
+        except psutil.Error:
+            pass
+    for p in procs:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+class Probe:
+    """Run ``run(deadline)`` as a task beside the storm; ``seconds`` fills in."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.me = psutil.Process()
+        self.server: psutil.Process | None = None
+        if server_pid is not None:
+            try:
+                self.server = psutil.Process(server_pid)
+            except psutil.Error:
+                self.server = None
+        self.seconds: list[ProbeSecond] = []
+        self._lag_max_s = 0.0
+
+    async def _lag(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            before = time.monotonic()
+            await asyncio.sleep(TICK_S)
+            self._lag_max_s = max(self._lag_max_s, time.monotonic() - before - TICK_S)
+
+    async def run(self, deadline: float) -> None:
+        lag = asyncio.create_task(self._lag(deadline))
+        try:
+            last_t = time.monotonic()
+            last_me = _cpu_s(self.me, False)
+            last_srv = _cpu_s(self.server, True) if self.server else 0.0
+            while time.monotonic() < deadline:
+                await asyncio.sleep(1.0)
+                now = time.monotonic()
+                me = _cpu_s(self.me, False)
+                srv = _cpu_s(self.server, True) if self.server else 0.0
+                span = max(1e-6, now - last_t)
+                self.seconds.append(
+                    ProbeSecond(
+                        time.time(),
+                        round(100 * (me - last_me) / span, 1),
+                        round(self._lag_max_s, 3),
+                        round(100 * (srv - last_srv) / span, 1) if self.server else None,
+                    )
+                )
+                self._lag_max_s = 0.0
+                last_t, last_me, last_srv = now, me, srv
+        finally:
+            lag.cancel()
+
+
+def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict[str, object]:
+    """Per-second figures in, the summary's ``probe`` block out (times from
+    ``t0``, e.g. the first arrival, when given)."""
+    if not seconds:
+        return {}
+    gen = [s.generator_cpu_percent for s in seconds]
+    lag = [s.loop_lag_max_s for s in seconds]
+    srv = [s.server_cpu_percent for s in seconds if s.server_cpu_percent is not None]
+    base = t0 if t0 is not None else seconds[0].at - 1
+    hot = [
+        round(s.at - base, 1)
+        for s in seconds
+        if s.generator_cpu_percent >= SATURATED_PERCENT or s.loop_lag_max_s >= LAGGED_S
+    ]
+    return {
+        "generator_cpu_p50_percent": percentile(gen, 50),
+        "generator_cpu_p90_percent": percentile(gen, 90),
+        "generator_cpu_max_percent": max(gen),
+        "generator_seconds_saturated": sum(1 for g in gen if g >= SATURATED_PERCENT),
+        "loop_lag_p99_s": percentile(lag, 99),
+        "loop_lag_max_s": max(lag),
+        "seconds_hot": hot[:40],  # saturated or lagging, from t0
+        "server_cpu_p50_percent": percentile(srv, 50) if srv else None,
+        "server_cpu_max_percent": max(srv) if srv else None,
+        "timeline": [
+            [round(s.at - base, 1), s.generator_cpu_percent, s.loop_lag_max_s, s.server_cpu_percent]
+            for s in seconds
+        ],
+    }
