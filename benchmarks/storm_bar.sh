@@ -19,7 +19,7 @@ DATA=$(mktemp -d)
 taskset -c 0 "$PY" -m townhall serve --port "$PORT" --data-dir "$DATA/data" --max-listeners "$CAP" ${SERVE_ARGS:-} \
   --log-level warning > "$DATA/serve.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; cp "$DATA/serve.log" "$OUT.serve.log"; rm -rf "$DATA"' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.5; done
 # PYSPY=DIR: py-spy samples both processes (20 Hz, without pausing them) into DIR
 if [ -n "${PYSPY:-}" ]; then

@@ -34,6 +34,7 @@ import uvloop
 from townhall.bench import storm_report
 from townhall.bench.hlsclient import (
     Client,
+    HttpConnection,
     ListenerConfig,
     ListenerStats,
     Response,
@@ -52,11 +53,49 @@ MAX_DURATION_S = 1800.0
 POLL_S = 1.0
 
 
+class CookieConnection(HttpConnection):
+    """An HTTP/1.1 connection that keeps the cookies its answers set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cookies: dict[str, str] = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"set-cookie":
+            pair = value.split(b";", 1)[0].decode("latin-1")
+            key, _, val = pair.partition("=")
+            self.cookies[key.strip()] = val.strip()
+
+
 class StormClient(Client):
     """A listener's connection that also posts JSON without raising on 202/4xx
-    and carries the listener cookies join sets (for a media gate)."""
+    and carries the cookies join sets (the listener token, and behind nginx's
+    media gate the th_link/th_exp link), as a browser does."""
 
     cookie = ""
+
+    def __init__(self, config: ListenerConfig, stats: ListenerStats) -> None:
+        super().__init__(config, stats)
+        self.jar: dict[str, str] = {}
+        self._cookie_conn: CookieConnection | None = None
+
+    async def _connection(self) -> HttpConnection:
+        conn = self._cookie_conn
+        if conn is None or conn.closed:
+            loop = asyncio.get_running_loop()
+            try:
+                _, conn = await loop.create_connection(
+                    CookieConnection, self.config.host, self.config.port
+                )
+            except OSError as exc:
+                raise BenchError("connect", f"Could not connect: {exc}") from None
+            self._cookie_conn = conn
+        return conn
+
+    def close(self) -> None:
+        if self._cookie_conn is not None:
+            self._cookie_conn.close()
+            self._cookie_conn = None
 
     async def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
         conn = await self._connection()
@@ -76,6 +115,9 @@ class StormClient(Client):
         except BenchError:
             self.close()
             raise
+        if isinstance(conn, CookieConnection) and conn.cookies:
+            self.jar.update(conn.cookies)
+            conn.cookies.clear()
         try:
             parsed = orjson.loads(answer.body) if answer.body else {}
         except orjson.JSONDecodeError:
@@ -104,6 +146,8 @@ class Storm:
         self.host_headers: dict[str, str] = {}
         self.playing = 0
         self.arrived = 0
+        self._parsed: dict[bytes, dict[str, Any]] = {}  # --poll each: bodies seen, parsed
+        self.start_post_s: float | None = None  # how long the host's start took to answer
 
     # -- set-up: a host and a scheduled space --------------------------------------
 
@@ -164,8 +208,28 @@ class Storm:
             await asyncio.sleep(POLL_S)
         client.close()
 
-    def doc_age_s(self) -> float:
-        updated = self.doc.get("updated_at")
+    async def fetch_doc(self, client: StormClient) -> dict[str, Any]:
+        """``--poll each``: this waiter's own GET of queue.json (through
+        whatever is in front); the same bytes are parsed once."""
+        try:
+            answer = await client.request(f"/spaces/{self.space_id}/queue.json", timeout_s=5.0)
+        except BenchError:
+            client.close()
+            return {}
+        doc = self._parsed.get(answer.body)
+        if doc is None:
+            try:
+                doc = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                return {}
+            if len(self._parsed) >= 8:
+                self._parsed.clear()
+            self._parsed[answer.body] = doc
+            self.doc_age_s(doc)  # its age when first seen here (the oldest a copy can be)
+        return doc
+
+    def doc_age_s(self, doc: dict[str, Any] | None = None) -> float:
+        updated = (self.doc if doc is None else doc).get("updated_at")
         if not updated:
             return 0.0
         age = time.time() - datetime.fromisoformat(updated).timestamp()
@@ -209,7 +273,9 @@ class Storm:
                         elif a.eta_at is None:
                             a.first_eta_unknown = True
                     retry_s = float(answer.get("retry_after_s") or 1.0)
-                    if not await self.wait_turn(a, posted_at, retry_s, waited_since, deadline):
+                    if not await self.wait_turn(
+                        a, client, posted_at, retry_s, waited_since, deadline
+                    ):
                         return
                     continue
                 a.refusals[str(answer.get("reason") or f"http_{status}")] += 1
@@ -222,7 +288,13 @@ class Storm:
             a.stats.ended_at_s = time.monotonic()
 
     async def wait_turn(
-        self, a: Arrival, posted_at: float, retry_s: float, since: float, deadline: float
+        self,
+        a: Arrival,
+        client: StormClient,
+        posted_at: float,
+        retry_s: float,
+        since: float,
+        deadline: float,
     ) -> bool:
         """Wait as the page does; True when it is time to post the ticket again."""
         ttl_post_s = 40.0
@@ -234,7 +306,7 @@ class Storm:
             if a.give_up_after_s is not None and now - since > a.give_up_after_s:
                 a.gave_up_at = time.time()
                 return False
-            doc = self.doc
+            doc = self.doc if self.o["poll"] == "shared" else await self.fetch_doc(client)
             if not doc:
                 continue
             through = int(doc.get("admitting_through", 0))
@@ -268,7 +340,9 @@ class Storm:
         a.delivery = str(answer.get("delivery", "llhls"))
         a.stats.started_at_s = time.monotonic()
         token = str(answer.get("token", ""))
-        client.cookie = f"th_listener={token}"
+        client.cookie = "; ".join(f"{k}={v}" for k, v in client.jar.items()) or (
+            f"th_listener={token}"
+        )
         path = urlsplit(str(answer.get("listen_url") or answer["urls"]["live_m3u8"])).path
         runner = run_llhls if a.delivery == "llhls" else run_plain_hls
         self.playing += 1
@@ -295,7 +369,10 @@ class Storm:
 
     async def run(self) -> storm_report.Summary:
         o = self.o
-        async with httpx.AsyncClient(base_url=o["target"], timeout=15) as http:
+        # the host's and the bench's own requests: a fresh connection each, so
+        # none is sent on a kept-alive one the server's idle timeout just closed
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=o["target"], timeout=15, limits=no_keepalive) as http:
             await self.prepare(http)
             metrics_before = (await http.get("/metrics")).text
             cap = await self.cap_of(http)
@@ -319,7 +396,7 @@ class Storm:
             cpu0 = sum(proc.cpu_times()[:2])
             t0 = time.monotonic()
             deadline = t0 + o["duration_s"]
-            probe = Probe(o.get("server_pid"))
+            probe = Probe(o.get("server_pid"), o.get("origin"))
             tasks = [asyncio.create_task(self.poll_doc(deadline))]
             tasks.append(asyncio.create_task(probe.run(deadline)))
             tasks += [asyncio.create_task(self.arrival(a, t0, deadline)) for a in self.arrivals]
@@ -333,11 +410,12 @@ class Storm:
                 if self.live_at is not None and not metrics_live and time.time() > self.live_at + 2:
                     metrics_live = (await http.get("/metrics")).text
                 if self.live_at is None and time.monotonic() - t0 >= o["pre_s"]:
-                    started = await http.post(
-                        f"/api/spaces/{self.space_id}/start", headers=self.host_headers
+                    started = await host_post(
+                        http, f"/api/spaces/{self.space_id}/start", self.host_headers
                     )
                     started.raise_for_status()
                     self.live_at = time.time()
+                    self.start_post_s = time.monotonic() - t0 - o["pre_s"]
                 if bar is not None:
                     bar.n = sum(1 for a in self.arrivals if a.admitted_at is not None)
                     bar.set_postfix(waiting=self.doc.get("waiting"), playing=self.playing)
@@ -353,7 +431,7 @@ class Storm:
             wall_s = time.monotonic() - t0
             cpu_s = sum(proc.cpu_times()[:2]) - cpu0
             metrics_after = (await http.get("/metrics")).text
-            await http.post(f"/api/spaces/{self.space_id}/end", headers=self.host_headers)
+            await host_post(http, f"/api/spaces/{self.space_id}/end", self.host_headers)
         summary = storm_report.summarize(
             self.arrivals,
             self.samples,
@@ -368,6 +446,7 @@ class Storm:
                 "url": o["target"],
                 "space": self.space_id,
                 "wall_s": round(wall_s, 1),
+                "start_post_s": None if self.start_post_s is None else round(self.start_post_s, 3),
                 **{k: o[k] for k in ("arrivals", "over_s", "pre_s", "give_up", "listen_s", "poll")},
             },
         )
@@ -375,6 +454,18 @@ class Storm:
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
+
+
+async def host_post(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> httpx.Response:
+    """The host's POST; a kept-alive connection the server closed meanwhile
+    (its idle timeout) is retried on a new one, as any client does (3 tries)."""
+    for attempt in range(3):
+        try:
+            return await http.post(path, headers=headers)
+        except httpx.TransportError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def shown_eta(
@@ -470,6 +561,11 @@ def clock_late_p99(before: str, after: str) -> float | None:
     help="Waiting listeners read one shared queue.json per second (a cache in front), or each fetch their own.",
 )
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--origin",
+    default=None,
+    help="The node's own URL when --target is a cache in front of it: its queue.json answers per second are counted.",
+)
 @click.option(
     "--server-pid",
     type=int,

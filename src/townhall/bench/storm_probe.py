@@ -5,16 +5,20 @@ figures are the kernel's; the pure summary is ``summarize_probe``.
 
 Why: a storm whose generator saturates in bursts measures the generator, not
 the server. A second of >= 95 % of a core or a loop lag over 100 ms is such a
-burst, and the summary says how many there were and when.
+burst, and the summary says how many there were and when. Given the origin's
+URL (behind a cache: the node itself), the origin's queue.json answers per
+second are counted from its /metrics (``townhall_queue_documents_total``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpx
 import psutil
 
 from townhall.bench.report import percentile
@@ -32,6 +36,7 @@ class ProbeSecond:
     generator_cpu_percent: float
     loop_lag_max_s: float
     server_cpu_percent: float | None
+    origin_queue_docs: float | None = None  # queue.json answers the origin wrote this second
 
 
 def _cpu_s(proc: psutil.Process, children: bool) -> float:
@@ -39,10 +44,8 @@ def _cpu_s(proc: psutil.Process, children: bool) -> float:
     total = 0.0
     procs = [proc]
     if children:
-        try:
+        with contextlib.suppress(psutil.Error):
             procs += proc.children(recursive=True)
-        except psutil.Error:
-            pass
     for p in procs:
         try:
             times = p.cpu_times()
@@ -55,7 +58,8 @@ def _cpu_s(proc: psutil.Process, children: bool) -> float:
 class Probe:
     """Run ``run(deadline)`` as a task beside the storm; ``seconds`` fills in."""
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, origin: str | None = None) -> None:
+        self.origin = origin
         self.me = psutil.Process()
         self.server: psutil.Process | None = None
         if server_pid is not None:
@@ -72,9 +76,23 @@ class Probe:
             await asyncio.sleep(TICK_S)
             self._lag_max_s = max(self._lag_max_s, time.monotonic() - before - TICK_S)
 
+    async def _queue_docs(self, http: httpx.AsyncClient | None) -> float | None:
+        if http is None:
+            return None
+        try:
+            text = (await http.get("/metrics")).text
+        except httpx.HTTPError:
+            return None
+        return queue_docs_of(text)
+
     async def run(self, deadline: float) -> None:
         lag = asyncio.create_task(self._lag(deadline))
+        http = None
+        if self.origin is not None:
+            limits = httpx.Limits(max_keepalive_connections=0)
+            http = httpx.AsyncClient(base_url=self.origin, timeout=5, limits=limits)
         try:
+            last_docs = await self._queue_docs(http)
             last_t = time.monotonic()
             last_me = _cpu_s(self.me, False)
             last_srv = _cpu_s(self.server, True) if self.server else 0.0
@@ -83,6 +101,7 @@ class Probe:
                 now = time.monotonic()
                 me = _cpu_s(self.me, False)
                 srv = _cpu_s(self.server, True) if self.server else 0.0
+                docs = await self._queue_docs(http)
                 span = max(1e-6, now - last_t)
                 self.seconds.append(
                     ProbeSecond(
@@ -90,12 +109,24 @@ class Probe:
                         round(100 * (me - last_me) / span, 1),
                         round(self._lag_max_s, 3),
                         round(100 * (srv - last_srv) / span, 1) if self.server else None,
+                        None if docs is None or last_docs is None else docs - last_docs,
                     )
                 )
                 self._lag_max_s = 0.0
-                last_t, last_me, last_srv = now, me, srv
+                last_t, last_me, last_srv, last_docs = now, me, srv, docs
         finally:
             lag.cancel()
+            if http is not None:
+                await http.aclose()
+
+
+def queue_docs_of(metrics_text: str) -> float:
+    """The origin's queue.json answers so far (all statuses), from /metrics."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("townhall_queue_documents_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict[str, object]:
@@ -106,6 +137,7 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
     gen = [s.generator_cpu_percent for s in seconds]
     lag = [s.loop_lag_max_s for s in seconds]
     srv = [s.server_cpu_percent for s in seconds if s.server_cpu_percent is not None]
+    docs = [s.origin_queue_docs for s in seconds if s.origin_queue_docs is not None]
     base = t0 if t0 is not None else seconds[0].at - 1
     hot = [
         round(s.at - base, 1)
@@ -122,8 +154,17 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
         "seconds_hot": hot[:40],  # saturated or lagging, from t0
         "server_cpu_p50_percent": percentile(srv, 50) if srv else None,
         "server_cpu_max_percent": max(srv) if srv else None,
+        "origin_queue_docs_per_s_p50": percentile(docs, 50) if docs else None,
+        "origin_queue_docs_per_s_max": max(docs) if docs else None,
+        # [t, generator CPU %, loop lag max s, server CPU %, origin queue.json answers]
         "timeline": [
-            [round(s.at - base, 1), s.generator_cpu_percent, s.loop_lag_max_s, s.server_cpu_percent]
+            [
+                round(s.at - base, 1),
+                s.generator_cpu_percent,
+                s.loop_lag_max_s,
+                s.server_cpu_percent,
+                s.origin_queue_docs,
+            ]
             for s in seconds
         ],
     }
