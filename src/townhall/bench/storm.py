@@ -44,7 +44,7 @@ from townhall.bench.hlsclient import (
 from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
 from townhall.bench.playout import Playout
-from townhall.bench.storm_probe import Probe, summarize_probe
+from townhall.bench.storm_probe import Probe, join_latency, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample
 from townhall.policy.eta import eta_s
 
@@ -146,6 +146,7 @@ class Storm:
         self.host_headers: dict[str, str] = {}
         self.playing = 0
         self.arrived = 0
+        self.join_s: list[tuple[float, float]] = []  # (when, seconds a join post took)
         self._parsed: dict[bytes, dict[str, Any]] = {}  # --poll each: bodies seen, parsed
         self.start_post_s: float | None = None  # how long the host's start took to answer
 
@@ -249,8 +250,10 @@ class Storm:
         posted_at = time.monotonic()
         try:
             while time.monotonic() < deadline:
+                sent = time.monotonic()
                 try:
                     status, answer, _ = await client.post_json(join, body)
+                    self.join_s.append((time.time(), time.monotonic() - sent))
                 except BenchError as exc:
                     # a slow or reset answer: try again as a page would (bounded)
                     a.refusals[f"client_{exc.kind}"] += 1
@@ -408,7 +411,7 @@ class Storm:
             metrics_live = ""
             while time.monotonic() < deadline:
                 if self.live_at is not None and not metrics_live and time.time() > self.live_at + 2:
-                    metrics_live = (await http.get("/metrics")).text
+                    metrics_live = await scrape(http) or "-"  # "-": asked, not answered
                 if self.live_at is None and time.monotonic() - t0 >= o["pre_s"]:
                     started = await host_post(
                         http, f"/api/spaces/{self.space_id}/start", self.host_headers
@@ -430,7 +433,7 @@ class Storm:
                 bar.close()
             wall_s = time.monotonic() - t0
             cpu_s = sum(proc.cpu_times()[:2]) - cpu0
-            metrics_after = (await http.get("/metrics")).text
+            metrics_after = await scrape(http)
             await host_post(http, f"/api/spaces/{self.space_id}/end", self.host_headers)
         summary = storm_report.summarize(
             self.arrivals,
@@ -438,7 +441,9 @@ class Storm:
             live_at=self.live_at,
             cap=cap,
             max_doc_age_s=self.max_doc_age_s,
-            clock_late_p99_s=clock_late_p99(metrics_live or metrics_before, metrics_after),
+            clock_late_p99_s=clock_late_p99(
+                metrics_before if metrics_live in ("", "-") else metrics_live, metrics_after
+            ),
             clock_late_whole_p99_s=clock_late_p99(metrics_before, metrics_after),
             client_cpu_percent=100 * cpu_s / wall_s if wall_s else 0.0,
             drawn_count=self.doc.get("drawn_count"),
@@ -451,9 +456,19 @@ class Storm:
             },
         )
         summary["probe"] = summarize_probe(probe.seconds, t0=self.arrivals[0].arrived_at)
+        summary["probe"].update(join_latency(self.join_s, self.arrivals[0].arrived_at))
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
+
+
+async def scrape(http: httpx.AsyncClient) -> str:
+    """The target's /metrics, or "" when it does not answer in time (the
+    storm's figures then say so instead of the run failing)."""
+    try:
+        return (await http.get("/metrics")).text
+    except httpx.HTTPError:
+        return ""
 
 
 async def host_post(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> httpx.Response:

@@ -168,3 +168,25 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
             for s in seconds
         ],
     }
+
+
+def join_latency(posts: Sequence[tuple[float, float]], t0: float | None) -> dict[str, object]:
+    """How long join posts took to be answered, as the generator saw them
+    (send to answer, including time queued in either event loop): overall
+    p50/p99/max and the p99 of each 5 s of the run from ``t0``."""
+    if not posts:
+        return {}
+    took = [d for _, d in posts]
+    base = t0 if t0 is not None else posts[0][0]
+    windows: dict[int, list[float]] = {}
+    for at, d in posts:
+        windows.setdefault(int((at - base) // 5), []).append(d)
+    return {
+        "join_s_p50": percentile(took, 50),
+        "join_s_p99": percentile(took, 99),
+        "join_s_max": max(took),
+        # [window start s, posts, p99 s]
+        "join_s_p99_by_5s": [
+            [5 * k, len(v), round(percentile(v, 99) or 0.0, 3)] for k, v in sorted(windows.items())
+        ],
+    }
