@@ -28,7 +28,7 @@ if [ -n "${PYSPY:-}" ]; then
     -o "$PYSPY/server.txt" -p "$SERVER" > "$PYSPY/server.log" 2>&1 &
 fi
 timeout $((DUR + 120)) taskset -c 1 "$PY" -m townhall bench storm --target "http://127.0.0.1:$PORT" --server-pid "$SERVER" \
-  --arrivals "$ARRIVALS" --over-s 10 --pre-s 3 --listen-s "$LISTEN" --give-up 0.05 --duration-s "$DUR" --plot "$OUT.png" \
+  --arrivals "$ARRIVALS" --over-s 10 --pre-s 3 --listen-s "$LISTEN" --give-up 0.05 --duration-s "$DUR" --plot "$OUT.png" --records "$OUT.records" \
   --json --no-progress > "$OUT" &
 GEN=$!
 if [ -n "${PYSPY:-}" ]; then

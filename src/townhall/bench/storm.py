@@ -33,17 +33,15 @@ import uvloop
 
 from townhall.bench import storm_report
 from townhall.bench.hlsclient import (
-    Client,
-    HttpConnection,
     ListenerConfig,
     ListenerStats,
-    Response,
     run_llhls,
     run_plain_hls,
 )
 from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
 from townhall.bench.playout import Playout
+from townhall.bench.storm_client import StormClient, host_post, scrape, write_records
 from townhall.bench.storm_probe import Probe, join_latency, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample
 from townhall.policy.eta import eta_s
@@ -51,83 +49,6 @@ from townhall.policy.eta import eta_s
 MAX_ARRIVALS = 15000
 MAX_DURATION_S = 1800.0
 POLL_S = 1.0
-
-
-class CookieConnection(HttpConnection):
-    """An HTTP/1.1 connection that keeps the cookies its answers set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cookies: dict[str, str] = {}
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"set-cookie":
-            pair = value.split(b";", 1)[0].decode("latin-1")
-            key, _, val = pair.partition("=")
-            self.cookies[key.strip()] = val.strip()
-
-
-class StormClient(Client):
-    """A listener's connection that also posts JSON without raising on 202/4xx
-    and carries the cookies join sets (the listener token, and behind nginx's
-    media gate the th_link/th_exp link), as a browser does."""
-
-    cookie = ""
-
-    def __init__(self, config: ListenerConfig, stats: ListenerStats) -> None:
-        super().__init__(config, stats)
-        self.jar: dict[str, str] = {}
-        self._cookie_conn: CookieConnection | None = None
-
-    async def _connection(self) -> HttpConnection:
-        conn = self._cookie_conn
-        if conn is None or conn.closed:
-            loop = asyncio.get_running_loop()
-            try:
-                _, conn = await loop.create_connection(
-                    CookieConnection, self.config.host, self.config.port
-                )
-            except OSError as exc:
-                raise BenchError("connect", f"Could not connect: {exc}") from None
-            self._cookie_conn = conn
-        return conn
-
-    def close(self) -> None:
-        if self._cookie_conn is not None:
-            self._cookie_conn.close()
-            self._cookie_conn = None
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
-        conn = await self._connection()
-        data = orjson.dumps(body)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.config.host}:{self.config.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            "User-Agent: townhall-bench-storm\r\n\r\n"
-        ).encode()
-        self.stats.requests += 1
-        try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                answer: Response = await conn.send(head + data)
-        except TimeoutError:
-            self.close()
-            raise BenchError("timeout", f"No answer to {path}.") from None
-        except BenchError:
-            self.close()
-            raise
-        if isinstance(conn, CookieConnection) and conn.cookies:
-            self.jar.update(conn.cookies)
-            conn.cookies.clear()
-        try:
-            parsed = orjson.loads(answer.body) if answer.body else {}
-        except orjson.JSONDecodeError:
-            parsed = {}
-        return answer.status, parsed if isinstance(parsed, dict) else {}, ""
-
-    async def request(self, path: str, *, extra_headers: str = "", **kw: Any) -> Response:
-        if self.cookie:
-            extra_headers += f"Cookie: {self.cookie}\r\n"
-        return await super().request(path, extra_headers=extra_headers, **kw)
 
 
 class Storm:
@@ -457,30 +378,11 @@ class Storm:
         )
         summary["probe"] = summarize_probe(probe.seconds, t0=self.arrivals[0].arrived_at)
         summary["probe"].update(join_latency(self.join_s, self.arrivals[0].arrived_at))
+        if o.get("records"):
+            write_records(Path(o["records"]), self.arrivals)
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
-
-
-async def scrape(http: httpx.AsyncClient) -> str:
-    """The target's /metrics, or "" when it does not answer in time (the
-    storm's figures then say so instead of the run failing)."""
-    try:
-        return (await http.get("/metrics")).text
-    except httpx.HTTPError:
-        return ""
-
-
-async def host_post(http: httpx.AsyncClient, path: str, headers: dict[str, str]) -> httpx.Response:
-    """The host's POST; a kept-alive connection the server closed meanwhile
-    (its idle timeout) is retried on a new one, as any client does (3 tries)."""
-    for attempt in range(3):
-        try:
-            return await http.post(path, headers=headers)
-        except httpx.TransportError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
 
 
 def shown_eta(
@@ -592,6 +494,12 @@ def clock_late_p99(before: str, after: str) -> float | None:
     type=click.Path(dir_okay=False),
     default=None,
     help="Write a PNG of admitted / waiting / arrivals over time.",
+)
+@click.option(
+    "--records",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one JSON line per arrival (numbers, times, stalls, ETAs shown) to this file.",
 )
 @click.option("--allow-remote", is_flag=True, help="Allow a target that is not a loopback address.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
