@@ -44,6 +44,7 @@ from townhall.bench.playout import Playout
 from townhall.bench.storm_client import StormClient, host_post, scrape, write_records
 from townhall.bench.storm_probe import Probe, join_latency, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample
+from townhall.bench.storm_wait import Lookouts, look
 from townhall.policy.eta import eta_s
 
 MAX_ARRIVALS = 15000
@@ -67,6 +68,7 @@ class Storm:
         self.host_headers: dict[str, str] = {}
         self.playing = 0
         self.arrived = 0
+        self.lookouts = Lookouts(lambda: self.doc, shown_eta)
         self.join_s: list[tuple[float, float]] = []  # (when, seconds a join post took)
         self._parsed: dict[bytes, dict[str, Any]] = {}  # --poll each: bodies seen, parsed
         self.start_post_s: float | None = None  # how long the host's start took to answer
@@ -221,38 +223,23 @@ class Storm:
         deadline: float,
     ) -> bool:
         """Wait as the page does; True when it is time to post the ticket again."""
-        ttl_post_s = 40.0
-        jitter = random.random()
+        if self.o["poll"] == "shared":
+            return await self.lookouts.wait(a, posted_at, retry_s, since)
         while time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S * (0.5 + jitter) if self.o["poll"] == "shared" else POLL_S)
-            jitter = random.random()
+            await asyncio.sleep(POLL_S)
             now = time.monotonic()
             if a.give_up_after_s is not None and now - since > a.give_up_after_s:
                 a.gave_up_at = time.time()
                 return False
-            doc = self.doc if self.o["poll"] == "shared" else await self.fetch_doc(client)
-            if not doc:
-                continue
-            through = int(doc.get("admitting_through", 0))
-            if a.number is not None and random.random() < 0.2:
-                eta = shown_eta(doc, a.number - through, time.time())
-                if eta is None:
-                    a.unknown_etas += 1
-                else:
-                    a.shown_etas.append((time.time(), eta))
-                previous = shown_eta(doc, a.number - through, time.time(), settled=False)
-                if previous is not None:
-                    a.shown_etas_measured.append((time.time(), previous))
-                # the model before (position / the line's recent speed), side by side
-                line_rate = float(doc.get("line_rate_per_s") or 0.0)
-                if line_rate > 0:
-                    a.shown_etas_old.append((time.time(), max(0, a.number - through) / line_rate))
-            if a.number is not None and a.number <= through:
-                return True
-            if a.number is None and doc.get("drawn") and now - posted_at > jitter * 2:
-                return True
-            if now - posted_at > min(ttl_post_s, max(retry_s, 1.0)) and (
-                a.number is None or now - posted_at > ttl_post_s
+            doc = await self.fetch_doc(client)
+            if doc and look(
+                a,
+                doc,
+                now=now,
+                posted_at=posted_at,
+                retry_s=retry_s,
+                jitter=random.random(),
+                eta_of=shown_eta,
             ):
                 return True
         return False
@@ -323,6 +310,7 @@ class Storm:
             probe = Probe(o.get("server_pid"), o.get("origin"))
             tasks = [asyncio.create_task(self.poll_doc(deadline))]
             tasks.append(asyncio.create_task(probe.run(deadline)))
+            tasks.append(asyncio.create_task(self.lookouts.run(deadline)))
             tasks += [asyncio.create_task(self.arrival(a, t0, deadline)) for a in self.arrivals]
             bar = None
             if o["progress"]:
@@ -343,7 +331,7 @@ class Storm:
                 if bar is not None:
                     bar.n = sum(1 for a in self.arrivals if a.admitted_at is not None)
                     bar.set_postfix(waiting=self.doc.get("waiting"), playing=self.playing)
-                if all(t.done() for t in tasks[2:]):
+                if all(t.done() for t in tasks[3:]):
                     break
                 await asyncio.sleep(0.2)
             for task in tasks:
@@ -406,8 +394,22 @@ def shown_eta(
     if eta is None or position <= 0:
         return eta
     updated = doc.get("updated_at")
-    age_s = 0.0 if not updated else now_s - datetime.fromisoformat(updated).timestamp()
+    age_s = 0.0 if not updated else now_s - _epoch_of(updated)
     return max(0.0, eta - max(0.0, age_s))
+
+
+_EPOCHS: dict[str, float] = {}
+
+
+def _epoch_of(iso: str) -> float:
+    """An ISO time as epoch seconds, parsed once (every waiter looks at the
+    same few documents)."""
+    epoch = _EPOCHS.get(iso)
+    if epoch is None:
+        if len(_EPOCHS) > 64:
+            _EPOCHS.clear()
+        epoch = _EPOCHS[iso] = datetime.fromisoformat(iso).timestamp()
+    return epoch
 
 
 def clock_late_p99(before: str, after: str) -> float | None:
