@@ -37,6 +37,25 @@ class ProbeSecond:
     loop_lag_max_s: float
     server_cpu_percent: float | None
     origin_queue_docs: float | None = None  # queue.json answers the origin wrote this second
+    # share of the second each main thread was runnable but waiting for a CPU
+    # (/proc/PID/schedstat): a starved process, not a slow one
+    generator_wait_percent: float | None = None
+    server_wait_percent: float | None = None
+
+
+def _run_delay_s(pid: int | None) -> float | None:
+    """Seconds the process's main thread has waited on a run queue so far."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _delta_percent(now: float | None, before: float | None, span: float) -> float | None:
+    return None if now is None or before is None else round(100 * (now - before) / span, 1)
 
 
 def _cpu_s(proc: psutil.Process, children: bool) -> float:
@@ -93,6 +112,8 @@ class Probe:
             http = httpx.AsyncClient(base_url=self.origin, timeout=5, limits=limits)
         try:
             last_docs = await self._queue_docs(http)
+            server_pid = None if self.server is None else self.server.pid
+            last_gw, last_sw = _run_delay_s(self.me.pid), _run_delay_s(server_pid)
             last_t = time.monotonic()
             last_me = _cpu_s(self.me, False)
             last_srv = _cpu_s(self.server, True) if self.server else 0.0
@@ -102,6 +123,7 @@ class Probe:
                 me = _cpu_s(self.me, False)
                 srv = _cpu_s(self.server, True) if self.server else 0.0
                 docs = await self._queue_docs(http)
+                gw, sw = _run_delay_s(self.me.pid), _run_delay_s(server_pid)
                 span = max(1e-6, now - last_t)
                 self.seconds.append(
                     ProbeSecond(
@@ -110,10 +132,13 @@ class Probe:
                         round(self._lag_max_s, 3),
                         round(100 * (srv - last_srv) / span, 1) if self.server else None,
                         None if docs is None or last_docs is None else docs - last_docs,
+                        _delta_percent(gw, last_gw, span),
+                        _delta_percent(sw, last_sw, span),
                     )
                 )
                 self._lag_max_s = 0.0
                 last_t, last_me, last_srv, last_docs = now, me, srv, docs
+                last_gw, last_sw = gw, sw
         finally:
             lag.cancel()
             if http is not None:
@@ -138,6 +163,8 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
     lag = [s.loop_lag_max_s for s in seconds]
     srv = [s.server_cpu_percent for s in seconds if s.server_cpu_percent is not None]
     docs = [s.origin_queue_docs for s in seconds if s.origin_queue_docs is not None]
+    gen_wait = [s.generator_wait_percent for s in seconds if s.generator_wait_percent is not None]
+    srv_wait = [s.server_wait_percent for s in seconds if s.server_wait_percent is not None]
     base = t0 if t0 is not None else seconds[0].at - 1
     hot = [
         round(s.at - base, 1)
@@ -154,9 +181,15 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
         "seconds_hot": hot[:40],  # saturated or lagging, from t0
         "server_cpu_p50_percent": percentile(srv, 50) if srv else None,
         "server_cpu_max_percent": max(srv) if srv else None,
+        # runnable but not running (the machine's other work had the CPU)
+        "generator_wait_p50_percent": percentile(gen_wait, 50) if gen_wait else None,
+        "generator_wait_max_percent": max(gen_wait) if gen_wait else None,
+        "server_wait_p50_percent": percentile(srv_wait, 50) if srv_wait else None,
+        "server_wait_max_percent": max(srv_wait) if srv_wait else None,
         "origin_queue_docs_per_s_p50": percentile(docs, 50) if docs else None,
         "origin_queue_docs_per_s_max": max(docs) if docs else None,
-        # [t, generator CPU %, loop lag max s, server CPU %, origin queue.json answers]
+        # [t, generator CPU %, loop lag max s, server CPU %, origin queue.json
+        #  answers, generator waiting for a CPU %, server waiting for a CPU %]
         "timeline": [
             [
                 round(s.at - base, 1),
@@ -164,6 +197,8 @@ def summarize_probe(seconds: Sequence[ProbeSecond], *, t0: float | None) -> dict
                 s.loop_lag_max_s,
                 s.server_cpu_percent,
                 s.origin_queue_docs,
+                s.generator_wait_percent,
+                s.server_wait_percent,
             ]
             for s in seconds
         ],
