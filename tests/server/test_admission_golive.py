@@ -66,6 +66,7 @@ async def test_the_loop_draws_at_go_live_without_waiting_for_its_interval(
     entry = a.index.get(SPACE)
     assert entry is not None
     await a.admit(SPACE, entry, "early")
+    assert (await doc_of(a))["drawn"] is False  # rendered: from now on only ticks redo it
     loop = asyncio.create_task(a.run())
     try:
         await asyncio.sleep(0.05)
