@@ -148,6 +148,12 @@ def test_refusals_of_a_join_are_the_apps_bytes(pair: tuple[Server, Server]) -> N
         join(b'{"ticket": "tk1.kid.eyJ9.c2ln"}'),  # 401 unknown key
         join(b'{"token": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}'),  # 401 forged listener token
         join(space="zzzzzzzzzzzz"),  # 404
+        (  # 401: the auth shield's answer to a forged bearer token (bench attack's forged)
+            b"POST /api/spaces/{SPACE}/reactions HTTP/1.1\r\nHost: t\r\n"
+            b"Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2ln\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+            b'{"emoji": "xx"}'
+        ),
     ]
     for i, raw in enumerate(cases):
         source = f"127.0.{60 + i}.9"

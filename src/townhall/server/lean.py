@@ -4,6 +4,7 @@ and counting of the route it stands in for:
 
 - every ``/api/`` request: a network, or a bearer token, whose requests keep
   being refused gets its cached 429 (``server/refusals.py``), before any work;
+  a bearer token whose signature or expiry fails gets the auth shield's 401;
 - ``GET /spaces/{id}/state.json`` while cached (``server/state_fast.py``);
 - ``POST /api/spaces/{id}/presence``: the beat (``api_queue.presence_beat``,
   the core of ``PresenceFront`` and of the documented route);
@@ -23,12 +24,13 @@ turns the presence and join answers off (tests compare both paths).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from townhall import metrics, problems
-from townhall.errors import TooManyRequests, TownhallError
+from townhall.errors import TooManyRequests, TownhallError, Unauthorized
 from townhall.origin.answers import Rendered, header_lines
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.lean_api import LeanApi
@@ -37,7 +39,7 @@ from townhall.problems import _internal_problem  # the 500 of problems.KeepAlive
 from townhall.server.api_queue import _bearer, _body_token, presence_beat
 from townhall.server.auth import base_url, forwarded_client
 from townhall.server.join import JoinFront, answer_head, join_front, join_rest, parse_join_body
-from townhall.server.refusals import REFUSED
+from townhall.server.refusals import REFUSED, bearer_key
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("townhall.access")
 
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
+_PRESENCE = re.compile(r"/api/spaces/[^/]+/presence")  # PresenceFront's, before the shield
 _NO_CONTENT = Rendered(204, b"cache-control: no-store\r\n", b"", "api")
 _REFUSED_METRIC = metrics.RATE_LIMITED.labels(limit="refusals")
 
@@ -105,7 +108,38 @@ class Lean:
             return None
         defense = services.defense
         found: Rendered | None = defense.refusals.early(peer, req.url, req.headers, defense.vouched)
+        if found is None and services.settings.lean_api_answers:
+            found = self._bad_bearer(services, peer, req)
         return found
+
+    @staticmethod
+    def _bad_bearer(services: Services, peer: str | None, req: Request) -> Rendered | None:
+        """The auth shield's 401 for a bearer token whose signature or expiry
+        fails (``server.defense.AuthFailureShield``: one decode, a refusal of
+        the network), on every /api/ route the shield guards."""
+        authorization: bytes | None = None
+        for name, value in req.headers:
+            if name == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif name in _FORWARDED:
+                return None
+        if authorization is None or bearer_key(authorization) is None:
+            return None
+        path = _path(req)
+        if "%" in path or (req.method == b"POST" and _PRESENCE.fullmatch(path)):
+            return None  # decoded by the app; beats are answered before the shield
+        assert services.defense is not None
+        refusals = services.defense.refusals
+        network = network_of(refusals.client(peer, req.headers))
+        now = time.monotonic()
+        if refusals.wait_s(network, now):
+            return None  # the shield's refusal lets a host pass (an awaited lookup): the app's
+        try:
+            services.tokens.decode(authorization.decode("latin-1").partition(" ")[2].strip())
+        except Unauthorized as exc:
+            refusals.hit([network], now)
+            return Rendered.of(problems.problem_response(exc.to_problem(path)), "api")
+        return None
 
     def state(self, peer: str | None, req: Request, _space_id: str) -> Rendered | None:
         services = self._services(answers=False)
