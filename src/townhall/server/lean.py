@@ -50,6 +50,14 @@ _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
 _PRESENCE = re.compile(r"/api/spaces/[^/]+/presence")  # PresenceFront's, before the shield
 _NO_CONTENT = Rendered(204, b"cache-control: no-store\r\n", b"", "api")
 _REFUSED_METRIC = metrics.RATE_LIMITED.labels(limit="refusals")
+_PROBLEMS: dict[int, Any] = {}  # townhall_problems_total by status (labels() costs per call)
+
+
+def _count_problem(status: int) -> None:
+    counter = _PROBLEMS.get(status)
+    if counter is None:
+        counter = _PROBLEMS[status] = metrics.PROBLEMS.labels(status=str(status))
+    counter.inc()
 
 
 def lean_api_of(app: Any) -> LeanApi:
@@ -72,7 +80,7 @@ def problem(error: TownhallError, path: str) -> Rendered:
     (``problems.install``; no CORS there), counted the same way."""
     if error.status >= 500:
         log.error("townhall error on %s: %s", path, error.detail)
-    metrics.PROBLEMS.labels(status=str(error.status)).inc()
+    _count_problem(error.status)
     response = problems.problem_response(
         error.to_problem(path), retry_after_s=error.retry_after_s, cache_control=error.cache_control
     )
@@ -165,7 +173,7 @@ class Lean:
                 services, space_id, token, forwarded_client(peer, (), services.trusted_proxies)
             )
         except TownhallError as exc:  # as PresenceFront renders it
-            metrics.PROBLEMS.labels(status=str(exc.status)).inc()
+            _count_problem(exc.status)
             return Rendered.of(
                 problems.problem_response(exc.to_problem(path), retry_after_s=exc.retry_after_s),
                 "api",
