@@ -14,11 +14,17 @@ person can act on; the server renders it as ``application/problem+json``
      ├── PayloadTooLarge               413  the body is over the limit
      ├── TooManyRequests               429  rate limited (carries retry_after_s)
      └── ServiceUnavailable            503  full or shutting down (may carry retry_after_s)
-          └── DatabaseUnavailable      503  the control-plane database cannot be reached
+          ├── DatabaseUnavailable      503  the control-plane database cannot be reached
+          └── NotRunningHere           503  the room runs on another node (or not yet anywhere)
+
+How loudly the server logs each (``log_level``): a 500 is an error; a 503 that
+tells the client when to come back is a warning, unless it is the normal
+answer of a follower node during a takeover (``NotRunningHere``: info).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 
@@ -31,6 +37,8 @@ class TownhallError(Exception):
     # the problem answer's Cache-Control (a refusal that is the same for every
     # client may let a shared cache keep it: the media gate's missing token)
     cache_control: ClassVar[str] = "no-store"
+    # how the server logs it when status >= 500 (problems.install)
+    log_level: ClassVar[int] = logging.ERROR
 
     def __init__(
         self,
@@ -112,6 +120,7 @@ class ServiceUnavailable(TownhallError):
     status = 503
     title = "Service unavailable"
     type_slug = "unavailable"
+    log_level = logging.WARNING
 
 
 class DatabaseUnavailable(ServiceUnavailable):
@@ -123,8 +132,18 @@ class DatabaseUnavailable(ServiceUnavailable):
 
     title = "Database unavailable"
     type_slug = "database-unavailable"
+    log_level = logging.ERROR
 
     DETAIL = (
         "This server cannot reach its database right now, so accounts, spaces and the stage "
         "cannot be read or changed; listening is not affected. Try again in a few seconds."
     )
+
+
+class NotRunningHere(ServiceUnavailable):
+    """A live room's owner-only request (a speaker's offer) reached a node that
+    does not run the room: the normal answer of a follower, and of every node
+    in the seconds of a takeover. The client (or nginx's owner-only upstream)
+    tries again, so it is logged at info, not as an error."""
+
+    log_level = logging.INFO

@@ -106,7 +106,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TownhallError)
     async def _townhall(request: Request, exc: TownhallError) -> Response:
         if exc.status >= 500:
-            log.error("townhall error on %s: %s", request.url.path, exc.detail)
+            log.log(exc.log_level, "townhall error on %s: %s", request.url.path, exc.detail)
         metrics.PROBLEMS.labels(status=str(exc.status)).inc()
         if _html_renderer is not None and _wants_page(request, exc.status):
             return _html_renderer(exc.status, exc.detail)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from townhall.errors import Conflict, Forbidden, ServiceUnavailable
+from townhall.errors import Conflict, Forbidden, NotRunningHere
 from townhall.server.auth import PROBLEM_RESPONSES, Bearer, services_of, verify
 
 log = logging.getLogger("townhall.media")
@@ -62,7 +62,7 @@ async def webrtc_offer(
             raise Conflict("This space has not started yet; connect once the host starts it.")
         if space.state == "ended":
             raise Conflict("This space has ended; nobody can speak in it any more.")
-        raise ServiceUnavailable(
+        raise NotRunningHere(
             "This space is live but its audio is not running on this server yet; try again shortly.",
             retry_after_s=2.0,
         )
