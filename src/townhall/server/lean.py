@@ -79,7 +79,7 @@ def problem(error: TownhallError, path: str) -> Rendered:
     """A townhall error as the app's handler renders it on an /api/ route
     (``problems.install``; no CORS there), counted the same way."""
     if error.status >= 500:
-        log.error("townhall error on %s: %s", path, error.detail)
+        log.log(error.log_level, "townhall error on %s: %s", path, error.detail)
     _count_problem(error.status)
     response = problems.problem_response(
         error.to_problem(path), retry_after_s=error.retry_after_s, cache_control=error.cache_control
