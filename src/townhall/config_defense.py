@@ -242,3 +242,9 @@ class DefenseSettings(BaseSettings):
         le=1_048_576,
         description="Connections the kernel queues for the server before it accepts them (uvicorn's default is 2048, which 10,000 slow connections fill so a new listener cannot connect); `serve` caps it at /proc/sys/net/core/somaxconn and logs when it does (raise that sysctl to get more).",
     )
+
+    # --- issue 10: lean API answers in the HTTP/1.1 driver (server/lean.py) ---
+    lean_api_answers: bool = Field(
+        True,
+        description="The HTTP/1.1 driver answers joins (the join gate's refusals, admissions and queue tickets) and presence beats itself, with the app's bytes, instead of handing them to the framework (a join costs a fraction of the CPU under a flood); off: the app's routes answer them. Joins with an Authorization header or behind X-Forwarded-For always go to the app.",
+    )

@@ -1,5 +1,5 @@
 """How the HTTP/1.1 driver (origin/http1.py) answers what the listener rules
-claimed: a :class:`Rendered` answer written as one buffer, a :class:`Wait`
+claimed (and the lean API answers, origin/lean_api.py): a :class:`Rendered` answer written as one buffer, a :class:`Wait`
 parked on the live window (reading paused) until its position is published or
 its timer fires, a :class:`Stream` (live.aac) attached to the progressive hub.
 A mixin of the driver's protocol: it writes to the connection's transport and
@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 from townhall import metrics
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.chunked import LAST_CHUNK
+from townhall.origin.lean_api import LeanCall
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"
-_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive", "state")
+_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive", "state", "api")
 _BYTES = {kind: metrics.LISTENER_BYTES.labels(kind=kind) for kind in _KINDS[:4]}
 _ANSWERED = {kind: metrics.FASTPATH_RESPONSES.labels(kind=kind) for kind in _KINDS}
 
@@ -82,6 +83,9 @@ class FastAnswers:
     def _to_app(self, req: Request) -> None:
         raise NotImplementedError
 
+    def _lean_answer(self, req: Request, call: LeanCall) -> None:
+        raise NotImplementedError
+
     def _answer(self, req: Request) -> None:
         decision = req.decision
         if isinstance(decision, Rendered):
@@ -96,6 +100,8 @@ class FastAnswers:
                 )
         elif isinstance(decision, Stream):
             self._stream(req, decision)
+        elif isinstance(decision, LeanCall):
+            self._lean_answer(req, decision)
 
     def _woken(self, req: Request, published: bool) -> None:
         req.waiter = None

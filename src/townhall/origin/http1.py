@@ -39,12 +39,13 @@ import httptools
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.origin.app_hooks import EarlyRefusal, gate_of, limit_of, refusal_of
+from townhall.origin.app_hooks import gate_of, limit_of
 from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
 from townhall.origin.http1_limits import CLOSED, REFUSAL, REFUSED, DriverLimits, LimitsMixin
+from townhall.origin.lean_api import LeanAnswers, LeanApi, LeanCall
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
 
 log = logging.getLogger("townhall.http")
@@ -61,12 +62,11 @@ def _address(value: object) -> tuple[str, int] | None:
     return None
 
 
-class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
+class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
     """One HTTP/1.1 connection (see the module docstring). ``fast_path`` and
     ``limits`` are bound by :func:`protocol_for`."""
 
     fast_path: ClassVar[FastPath | None] = None
-    early_refusal: ClassVar[EarlyRefusal | None] = None  # issue 10: before any ASGI work
     limits: ClassVar[DriverLimits]
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
@@ -88,6 +88,7 @@ class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
         self._admitted = False
         self._network = ""
         self._peer: str | None = None  # the TCP peer's address (listener rules' limits)
+        self._plain = True
         self._current: Request | None = None  # the request being answered
         self._parsing: Request | None = None  # the request whose body is being read
         self._queue: deque[Request] = deque()  # parsed, waiting for their turn
@@ -112,6 +113,7 @@ class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and isinstance(peer[0], str) else None
         self._peer = host
+        self._plain = not transport.get_extra_info("sslcontext")  # lean answers: plain HTTP
         limit = self.config.limit_concurrency
         if limit is not None and len(self.server_state.connections) >= limit:
             reason: str | None = "total"
@@ -290,6 +292,9 @@ class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
             self._body_too_large(req)
             return
         cycle = req.cycle
+        if isinstance(req.decision, LeanCall):
+            self._lean_body(req, body)
+            return
         if req.decision is not None or (cycle is not None and cycle.response_complete):
             return  # a GET's body, or the answer is out: nobody reads it
         req.body += body
@@ -341,11 +346,7 @@ class Http1Protocol(LimitsMixin, FastAnswers, asyncio.Protocol):
                 if not req.more_body:
                     self._answer(req)
                 return
-        refuse = self.early_refusal
-        if refuse is not None and (refused := refuse(self._peer, req)):
-            req.decision = refused  # answered once the body is in (kept alive)
-            if not req.more_body:
-                self._answer(req)
+        if self._plain and self._lean(req):  # issue 10: API answers before any ASGI work
             return
         self._to_app(req)
 
@@ -436,5 +437,7 @@ def protocol_for_app(app: Any, settings: Settings) -> type[Http1Protocol]:
         else None
     )
     protocol = protocol_for(fast_path, settings)
-    protocol.early_refusal = refusal_of(app)  # API refusals before the app (server/defense.py)
+    # the API answers before the app (server/lean.py registers them on the app)
+    lean = getattr(app.state, "lean_api", None)
+    protocol.lean = lean if isinstance(lean, LeanApi) else None
     return protocol

@@ -195,7 +195,9 @@ class PresenceFront:
     inside KeepAlive, outside the auth shield and the router): a POST to
     ``/api/spaces/{id}/presence`` is answered here, so a beat costs one
     signature check, a bucket and a sketch update, not the framework's routing
-    and middleware; everything else passes through. The documented route below
+    and middleware; everything else passes through. (townhall's HTTP/1.1
+    driver answers beats before the app, ``server/lean.py``, with this same
+    core; this middleware serves other drivers and ASGI clients.) The documented route below
     has the same core (``presence_beat``) and is what OpenAPI shows. A beat
     with a bad token is refused by this network's presence bucket before its
     signature is checked, so the auth shield is not needed here."""

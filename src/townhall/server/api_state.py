@@ -23,7 +23,7 @@ from townhall.errors import DatabaseUnavailable, NotFound, TooManyRequests
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
 from townhall.server.auth import PROBLEM_SCHEMA, client_host
-from townhall.server.state_fast import STATE_REFUSED, max_age_s, not_modified
+from townhall.server.state_fast import STATE_REFUSED, not_modified, state_response
 from townhall.store.recordings import RecordingStore
 
 if TYPE_CHECKING:
@@ -223,8 +223,5 @@ async def state_json(space_id: str, request: Request) -> Response:
     entry = await services.state.get(
         space_id, lambda: compute_state(services, space_id), stale_on=(DatabaseUnavailable,)
     )
-    max_age = max_age_s(services.state.interval_s)
-    headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": entry.etag}
-    if not_modified(request.headers.get("if-none-match"), entry.etag):
-        return Response(status_code=304, headers=headers)
-    return Response(entry.body, media_type="application/json", headers=headers)
+    modified = not not_modified(request.headers.get("if-none-match"), entry.etag)
+    return state_response(entry.body, entry.etag, services.state.interval_s, modified=modified)

@@ -170,4 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from townhall.origin.cors import Cors, CorsMiddleware
 
     app.add_middleware(CorsMiddleware, cors=Cors.parse(settings.cors_origins))
+    # the API answers the HTTP/1.1 driver gives before all of the above (issue 10)
+    from townhall.server.lean import lean_api_of
+
+    app.state.lean_api = lean_api_of(app)
     return app

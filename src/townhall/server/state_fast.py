@@ -40,6 +40,20 @@ def not_modified(if_none_match: str | None, etag: str) -> bool:
     return if_none_match.strip() == "*" or etag in {t.strip() for t in if_none_match.split(",")}
 
 
+def state_response(
+    body: bytes, etag: str, interval_s: float, *, modified: bool, cors: bool = False
+) -> Response:
+    """The one renderer of a state.json answer (the route's and the driver's):
+    200 with the document, or 304 when not ``modified``; ``cors``: with the
+    header lines ``origin/cors.py`` adds to the route's answer."""
+    headers = {"Cache-Control": f"public, max-age={max_age_s(interval_s)}", "ETag": etag}
+    if cors:
+        headers.update(CORS_HEADERS)
+    if not modified:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
 class CachedState:
     """Rendered state.json answers, one pair (200, 304) per space's current ETag."""
 
@@ -72,17 +86,17 @@ class CachedState:
         if found is None or found[0] != entry.etag:
             if found is None and len(self._rendered) >= self.max_spaces:
                 self._rendered.pop(next(iter(self._rendered)))
-            headers = {
-                "Cache-Control": f"public, max-age={max_age_s(services.state.interval_s)}",
-                "ETag": entry.etag,
-                **CORS_HEADERS,  # what origin/cors.py adds to the route's answer
-            }
+            interval_s = services.state.interval_s
             found = (
                 entry.etag,
                 Rendered.of(
-                    Response(entry.body, media_type="application/json", headers=headers), "state"
+                    state_response(entry.body, entry.etag, interval_s, modified=True, cors=True),
+                    "state",
                 ),
-                Rendered.of(Response(status_code=304, headers=headers), "state"),
+                Rendered.of(
+                    state_response(entry.body, entry.etag, interval_s, modified=False, cors=True),
+                    "state",
+                ),
             )
             self._rendered[space_id] = found
         inm = next((v for n, v in req.headers if n == b"if-none-match"), None)

@@ -1,0 +1,244 @@
+"""The app's lean API answers (issue 10), registered in one place for the
+HTTP/1.1 driver's seam (``origin/lean_api.py``), each with the bytes, headers
+and counting of the route it stands in for:
+
+- every ``/api/`` request: a network, or a bearer token, whose requests keep
+  being refused gets its cached 429 (``server/refusals.py``), before any work;
+  a bearer token whose signature or expiry fails gets the auth shield's 401;
+- ``GET /spaces/{id}/state.json`` while cached (``server/state_fast.py``);
+- ``POST /api/spaces/{id}/presence``: the beat (``api_queue.presence_beat``,
+  the core of ``PresenceFront`` and of the documented route);
+- ``POST /api/spaces/{id}/join``: the join gate and the join itself
+  (``server/join.py``: ``join_front`` decides every refusal in memory; an
+  admission is awaited in a task of the server, without the framework), with
+  the auth shield's part (a network whose refusals are over its bound gets the
+  shield's 429; a 401 or 429 answer counts as a refusal of the network).
+
+Joins with an ``Authorization`` header (the shield decodes the token) and
+requests carrying ``X-Forwarded-For``/``X-Forwarded-Proto`` (uvicorn's proxy
+headers middleware rewrites the client in front of the app) are left to the
+app, so each answer here is the app's by construction; ``lean_api_answers``
+turns the presence and join answers off (tests compare both paths).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from townhall import metrics, problems
+from townhall.errors import TooManyRequests, TownhallError, Unauthorized
+from townhall.origin.answers import Rendered, header_lines
+from townhall.origin.asgi_cycle import Request
+from townhall.origin.lean_api import LeanApi
+from townhall.policy.netbuckets import network_of
+from townhall.problems import _internal_problem  # the 500 of problems.KeepAlive
+from townhall.server.api_queue import _bearer, _body_token, presence_beat
+from townhall.server.auth import base_url, forwarded_client
+from townhall.server.join import JoinFront, answer_head, join_front, join_rest, parse_join_body
+from townhall.server.refusals import REFUSED, bearer_key
+
+if TYPE_CHECKING:
+    from townhall.server.services import Services
+
+log = logging.getLogger("townhall.access")
+
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
+_PRESENCE = re.compile(r"/api/spaces/[^/]+/presence")  # PresenceFront's, before the shield
+_NO_CONTENT = Rendered(204, b"cache-control: no-store\r\n", b"", "api")
+_REFUSED_METRIC = metrics.RATE_LIMITED.labels(limit="refusals")
+_PROBLEMS: dict[int, Any] = {}  # townhall_problems_total by status (labels() costs per call)
+
+
+def _count_problem(status: int) -> None:
+    counter = _PROBLEMS.get(status)
+    if counter is None:
+        counter = _PROBLEMS[status] = metrics.PROBLEMS.labels(status=str(status))
+    counter.inc()
+
+
+def lean_api_of(app: Any) -> LeanApi:
+    """The lean answers of an app made by ``create_app`` (kept on ``app.state.lean_api``)."""
+    lean = Lean(app)
+    api = LeanApi()
+    api.front(b"/api/", lean.refused)
+    api.route((b"GET", b"HEAD"), b"/spaces/", b"/state.json", lean.state, body=False)
+    api.route((b"POST",), b"/api/spaces/", b"/presence", lean.presence, body=True)
+    api.route((b"POST",), b"/api/spaces/", b"/join", lean.join, body=True)
+    return api
+
+
+def _path(req: Request) -> str:
+    return req.url.partition(b"?")[0].decode("latin-1")
+
+
+def problem(error: TownhallError, path: str) -> Rendered:
+    """A townhall error as the app's handler renders it on an /api/ route
+    (``problems.install``; no CORS there), counted the same way."""
+    if error.status >= 500:
+        log.log(error.log_level, "townhall error on %s: %s", path, error.detail)
+    _count_problem(error.status)
+    response = problems.problem_response(
+        error.to_problem(path), retry_after_s=error.retry_after_s, cache_control=error.cache_control
+    )
+    return Rendered.of(response, "api")
+
+
+def internal(req: Request, path: str) -> Rendered:
+    """An unexpected error, as ``problems.KeepAlive`` answers it (the connection stays)."""
+    log.exception("unexpected error on %s %s", req.method.decode("latin-1"), path)
+    metrics.PROBLEMS.labels(status="500").inc()
+    return Rendered.of(problems.problem_response(_internal_problem(path)), "api")
+
+
+class Lean:
+    """The handlers; the app's services are found once its lifespan started."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def _services(self, *, answers: bool) -> Services | None:
+        services: Services | None = getattr(self.app.state, "services", None)
+        if services is None or services.defense is None:
+            return None
+        if answers and not services.settings.lean_api_answers:
+            return None
+        return services
+
+    def refused(self, peer: str | None, req: Request) -> Rendered | None:
+        services = self._services(answers=False)
+        if services is None or services.defense is None:
+            return None
+        defense = services.defense
+        found: Rendered | None = defense.refusals.early(peer, req.url, req.headers, defense.vouched)
+        if found is None and services.settings.lean_api_answers:
+            found = self._bad_bearer(services, peer, req)
+        return found
+
+    @staticmethod
+    def _bad_bearer(services: Services, peer: str | None, req: Request) -> Rendered | None:
+        """The auth shield's 401 for a bearer token whose signature or expiry
+        fails (``server.defense.AuthFailureShield``: one decode, a refusal of
+        the network), on every /api/ route the shield guards."""
+        authorization: bytes | None = None
+        for name, value in req.headers:
+            if name == b"authorization":
+                authorization = value if authorization is None else authorization
+            elif name in _FORWARDED:
+                return None
+        if authorization is None or bearer_key(authorization) is None:
+            return None
+        path = _path(req)
+        if "%" in path or (req.method == b"POST" and _PRESENCE.fullmatch(path)):
+            return None  # decoded by the app; beats are answered before the shield
+        assert services.defense is not None
+        refusals = services.defense.refusals
+        network = network_of(refusals.client(peer, req.headers))
+        now = time.monotonic()
+        if refusals.wait_s(network, now):
+            return None  # the shield's refusal lets a host pass (an awaited lookup): the app's
+        try:
+            services.tokens.decode(authorization.decode("latin-1").partition(" ")[2].strip())
+        except Unauthorized as exc:
+            refusals.hit([network], now)
+            return Rendered.of(problems.problem_response(exc.to_problem(path)), "api")
+        return None
+
+    def state(self, peer: str | None, req: Request, _space_id: str) -> Rendered | None:
+        services = self._services(answers=False)
+        if services is None or services.defense is None or not services.settings.fast_path:
+            return None
+        return services.defense.cached_state(services, peer, req)
+
+    def presence(self, peer: str | None, req: Request, space_id: str) -> Rendered | None:
+        services = self._services(answers=True)
+        if services is None:
+            return None
+        token: str | None = None
+        for name, value in req.headers:
+            if name == b"authorization":
+                token = _bearer(value.decode("latin-1"))
+            elif name in _FORWARDED:
+                return None
+        if token is None:
+            token = _body_token(bytes(req.body))
+        path = _path(req)
+        try:
+            presence_beat(
+                services, space_id, token, forwarded_client(peer, (), services.trusted_proxies)
+            )
+        except TownhallError as exc:  # as PresenceFront renders it
+            _count_problem(exc.status)
+            return Rendered.of(
+                problems.problem_response(exc.to_problem(path), retry_after_s=exc.retry_after_s),
+                "api",
+            )
+        return _NO_CONTENT
+
+    def join(
+        self, peer: str | None, req: Request, space_id: str
+    ) -> Rendered | Awaitable[Rendered | None] | None:
+        services = self._services(answers=True)
+        if services is None or services.defense is None:
+            return None
+        host = pow_answer = seen_mark = None
+        for name, value in req.headers:
+            if name == b"host":
+                host = value.decode("latin-1")
+            elif name == b"x-townhall-pow":
+                pow_answer = value.decode("latin-1")
+            elif name == b"x-townhall-seen":
+                seen_mark = value.decode("latin-1")
+            elif name == b"authorization" or name in _FORWARDED:
+                return None  # the shield and the proxy headers: the app's path
+        path = _path(req)
+        refusals = services.defense.refusals
+        network = network_of(refusals.client(peer, req.headers))
+        wait_s = refusals.wait_s(network, time.monotonic())
+        if wait_s:  # the auth shield's refusal (no bearer token: no host to let pass)
+            _REFUSED_METRIC.inc()
+            error = TooManyRequests(REFUSED, retry_after_s=wait_s)
+            return Rendered.of(
+                problems.problem_response(error.to_problem(path), retry_after_s=wait_s), "api"
+            )
+        try:
+            token, ticket = parse_join_body(bytes(req.body))
+            front = join_front(
+                services,
+                space_id,
+                None,
+                token,
+                ticket,
+                forwarded_client(peer, (), services.trusted_proxies),
+                pow_answer,
+                seen_mark,
+            )
+        except TownhallError as exc:
+            return self._refusal(services, exc, path, network)
+        except Exception:
+            return internal(req, path)
+        return self._admit(services, front, base_url(services.settings, host, "http"), req, network)
+
+    async def _admit(
+        self, services: Services, front: JoinFront, base: str, req: Request, network: str
+    ) -> Rendered:
+        path = _path(req)
+        try:
+            answer = await join_rest(services, front, base)
+        except TownhallError as exc:
+            return self._refusal(services, exc, path, network)
+        except Exception:
+            return internal(req, path)
+        return Rendered(answer.status, header_lines(answer_head(answer)), answer.body, "api")
+
+    @staticmethod
+    def _refusal(services: Services, exc: TownhallError, path: str, network: str) -> Rendered:
+        rendered = problem(exc, path)
+        if exc.status in (401, 429) and services.defense is not None:
+            services.defense.refusals.hit([network], time.monotonic())  # as the shield counts
+        return rendered
