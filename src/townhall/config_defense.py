@@ -242,3 +242,11 @@ class DefenseSettings(BaseSettings):
         le=1_048_576,
         description="Connections the kernel queues for the server before it accepts them (uvicorn's default is 2048, which 10,000 slow connections fill so a new listener cannot connect); `serve` caps it at /proc/sys/net/core/somaxconn and logs when it does (raise that sysctl to get more).",
     )
+
+    # --- issue 10: the cyclic collector under many open connections (server/run.py) ---
+    gc_full_pass_every: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Middle-generation passes of Python's cyclic collector between two full passes (gc threshold 2; Python's default is 10). Thousands of open connections (a slowloris) make each full pass take tens of milliseconds of one event loop, which delays listeners and the mixer clock; spacing them out keeps those stalls rare. Young cycles are still collected as often.",
+    )
