@@ -141,7 +141,18 @@ async function goLive({ reconnect = false } = {}) {
       if (mic.live) setStatus(micStatus, text, /live again/.test(text) ? "ok" : "error");
       else setStatus(micStatus, reconnect ? `Reconnecting: ${text}` : text, "wait");
     },
-    onDrop: (text) => micLost(text),
+    // a lost server: the session re-offers by itself (same track, same mute state)
+    onReconnecting: (text) => {
+      document.body.dataset.mic = "reconnecting";
+      setStatus(micStatus, `${text} Listeners do not hear you right now.`, "error");
+    },
+    onBack: (text) => {
+      document.body.dataset.mic = "live";
+      view.unheardSince = 0;
+      setStatus(micStatus, `${text} ${view.selfMuted ? "You are muted." : LIVE_SENTENCE}`, view.selfMuted ? "" : "ok");
+      if (view.selfMuted) setMuted(me.id, true).catch(fail); // the new node may not know it yet
+    },
+    onDrop: (text) => micOff(`${text} Press Go live to try again.`, "error"),
   });
   view.mic = mic;
   try {
@@ -179,25 +190,25 @@ async function goLive({ reconnect = false } = {}) {
   }
 }
 
-/** The host turns the microphone off (or the space ended): no reconnecting. */
-function micOff(sentence) {
+/** The host turns the microphone off (or the space ended, or reconnecting gave up): no reconnecting. */
+function micOff(sentence, kind = "") {
   view.wantMic = false;
   view.attempts = 0;
   sessionStorage.removeItem(LIVE_KEY);
   clearTimeout(view.reconnectTimer);
   if (view.mic) {
-    stopMic(sentence);
+    stopMic(sentence, kind);
   } else {
     delete document.body.dataset.mic;
     $("golive-button").hidden = false;
     $("golive-button").disabled = view.state?.state === "ended" || view.space?.state !== "live";
     $("mute-button").hidden = true;
     $("stopmic-button").hidden = true;
-    setStatus(micStatus, sentence || "Microphone off.");
+    setStatus(micStatus, sentence || "Microphone off.", kind);
   }
 }
 
-function stopMic(sentence) {
+function stopMic(sentence, kind = "") {
   if (!view.mic) return;
   view.mic.stop();
   view.mic = null;
@@ -208,7 +219,7 @@ function stopMic(sentence) {
   $("golive-button").disabled = view.state?.state === "ended";
   $("mute-button").hidden = true;
   $("stopmic-button").hidden = true;
-  setStatus(micStatus, sentence || "Microphone off.");
+  setStatus(micStatus, sentence || "Microphone off.", kind);
 }
 
 async function setMuted(accountId, muted) {

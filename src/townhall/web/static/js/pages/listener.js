@@ -380,7 +380,7 @@ function syncStage(state) {
     }
   } else if (!seat && view.mic && view.mic.live) {
     stopMic("You are back in the audience.");
-  } else if (seat && view.mic && Boolean(seat.muted) !== view.selfMuted && Date.now() - view.muteChangedAt > MUTE_SETTLE_MS) {
+  } else if (seat && view.mic?.live && Boolean(seat.muted) !== view.selfMuted && Date.now() - view.muteChangedAt > MUTE_SETTLE_MS) {
     // The host (or you, elsewhere) changed your mute on the server.
     showSelfMuted(Boolean(seat.muted));
     view.mic.setMuted(view.selfMuted);
@@ -421,7 +421,13 @@ async function startMic() {
     spaceId,
     returnAudio: $("return-audio"),
     onStatus: (text) => setStatus($("speak-status"), text, "wait"),
-    onDrop: () => stopMic("Your microphone was disconnected; you are listening to the broadcast again."),
+    onReconnecting: (text) => setStatus($("speak-status"), `${text} Listeners do not hear you right now.`, "error"),
+    onBack: (text) => {
+      setStatus($("speak-status"), `${text} ${view.selfMuted ? "You are muted." : "Your microphone is live."}`, view.selfMuted ? "" : "ok");
+      view.muteChangedAt = Date.now(); // the new node learns our mute state before the seat is trusted
+      if (view.selfMuted) api("POST", `${base}/speakers/${encodeURIComponent(me.id)}/mute`, { body: {} }).catch(() => {});
+    },
+    onDrop: (text) => stopMic(`${text} You are listening to the broadcast again; ask to speak again.`),
   });
   view.mic = mic;
   try {
