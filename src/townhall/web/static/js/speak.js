@@ -115,8 +115,12 @@ export class MicSession {
     this.stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
     if (this.stopped) return this.stop();
     this.onStatus("Connecting to the room…");
-    await this.connect(0);
-    if (this.stopped) return this.stop();
+    try {
+      await this.connect(0);
+    } catch (err) {
+      if (this.stopped) return this.stop(); // turned off meanwhile: not a failure
+      throw err;
+    }
     this.goLive();
     this.onStatus("Your microphone is live.");
     return this;
@@ -148,6 +152,7 @@ export class MicSession {
   /** POST the offer; while reconnecting, the same offer again after a refusal that passes (503: the room is moving). */
   async postOffer(sdp, until) {
     for (;;) {
+      if (this.stopped) throw retryableError("The microphone was turned off.");
       try {
         return await api("POST", `${this.base}/webrtc/offer`, {
           body: { sdp, type: "offer" },
