@@ -112,6 +112,13 @@ async def test_host_page_follows_the_room_to_its_new_node(
 
         page = await context.new_page()
         page.on("pageerror", lambda error: errors.append(str(error)))
+        offers: list[tuple[float, int]] = []  # (monotonic time, status) of each offer answered
+        page.on(
+            "response",
+            lambda r: (
+                offers.append((time.monotonic(), r.status)) if "/webrtc/offer" in r.url else None
+            ),
+        )
         await page.goto(url + "/signin")
         document = {k: session.json()[k] for k in ("token", "expires_at", "account")}
         await page.evaluate(
@@ -147,6 +154,8 @@ async def test_host_page_follows_the_room_to_its_new_node(
         )
         for at, text in log:
             print(f"  page {at - killed_wall:+.2f} s: {text}")
+        after = [(at - killed_at, status) for at, status in offers if at >= killed_at]
+        print("  offers answered after the kill: " + ", ".join(f"+{t:.2f} s {s}" for t, s in after))
         said = [text for at, text in log if at >= killed_wall]
         back_wall = next(at for at, text in log if at >= killed_wall and "Reconnected" in text)
         # the tone heard is the reconnected microphone's, not parts the dead node left
