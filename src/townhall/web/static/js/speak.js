@@ -254,6 +254,11 @@ export class MicSession {
     return track ? !track.enabled : true;
   }
 
+  /** Tell the server again that `accountId` (us) is muted: a node that took the room over does not know it. */
+  remindMuted(accountId) {
+    api("POST", `${this.base}/speakers/${encodeURIComponent(accountId)}/mute`, { body: {} }).catch(() => {});
+  }
+
   /** Mute locally (the track sends silence); the caller tells the server too. */
   setMuted(muted) {
     for (const track of this.stream?.getAudioTracks() || []) track.enabled = !muted;

@@ -150,7 +150,7 @@ async function goLive({ reconnect = false } = {}) {
       document.body.dataset.mic = "live";
       view.unheardSince = 0;
       setStatus(micStatus, `${text} ${view.selfMuted ? "You are muted." : LIVE_SENTENCE}`, view.selfMuted ? "" : "ok");
-      if (view.selfMuted) setMuted(me.id, true).catch(fail); // the new node may not know it yet
+      if (view.selfMuted) mic.remindMuted(me.id); // the new node may not know it yet
     },
     onDrop: (text) => micOff(`${text} Press Go live to try again.`, "error"),
   });
