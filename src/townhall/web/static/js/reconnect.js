@@ -10,8 +10,9 @@ import { ApiError } from "./api.js";
  * The page's reconnect policy (constants: the pages read no setting for it).
  *   for_ms: how long re-offers go on after a loss before the page gives up;
  *   first_ms..max_ms: backoff between new peer connections (jittered);
- *   refused_ms: the pause before re-posting the same offer after 502/503/504/429
- *     or a network error (the room is moving to another node);
+ *   refused_ms: the pause before re-posting the same offer after an answer of
+ *     502/503/504/429 (the room is moving to another node); a network error
+ *     or no answer waits first_ms..max_ms and tries a new peer connection;
  *   return_stall_ms + confirm_ms: lost when the return audio (sent every
  *     frame) stops for return_stall_ms AND the server's receiver reports stop
  *     for confirm_ms (one signal alone may be a busy client);

@@ -4,7 +4,7 @@
 // server (a node killed, the room taken over by another node) is noticed and
 // reconnected by itself (reconnect.js has the rules).
 
-import { api, describeError } from "./api.js";
+import { ApiError, api, describeError } from "./api.js";
 import { LossWatch, RECONNECT, giveUpSentence, readStats, refusedDelayMs, retryDelayMs, retryable, tokenRefused } from "./reconnect.js";
 
 const ICE_GATHER_TIMEOUT_MS = 5000;
@@ -149,7 +149,7 @@ export class MicSession {
     await connected(pc, until ? this.policy.connect_ms : CONNECT_TIMEOUT_MS);
   }
 
-  /** POST the offer; while reconnecting, the same offer again after a refusal that passes (503: the room is moving). */
+  /** POST the offer; while reconnecting, the same offer again after an HTTP refusal that passes (5xx, 429). */
   async postOffer(sdp, until) {
     for (;;) {
       if (this.stopped) throw retryableError("The microphone was turned off.");
@@ -160,8 +160,11 @@ export class MicSession {
           signal: until ? AbortSignal.timeout(this.policy.connect_ms) : undefined,
         });
       } catch (err) {
+        // a node answered "not now" (503: the room is moving): the same offer again soon; a network
+        // error or no answer goes back to reconnect(), which waits with backoff
         const delay = refusedDelayMs(this.policy);
-        if (!until || this.stopped || !retryable(err) || performance.now() + delay >= until) throw err;
+        const refused = err instanceof ApiError && retryable(err);
+        if (!until || this.stopped || !refused || performance.now() + delay >= until) throw err;
         await sleep(delay);
       }
     }
