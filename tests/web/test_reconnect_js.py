@@ -144,7 +144,7 @@ def test_give_up_sentence_says_what_happened(page: Any) -> None:  # noqa: F811
             m.giveUpSentence(null, 12400)];
     """
     timed_out, refused, nothing = run(page, "reconnect.js", body)
-    assert timed_out == "Could not reconnect to the room within 30 s, so listeners do not hear you."
+    assert timed_out == "Could not reconnect to the room within 30 s."
     assert (
         refused
         == "Could not reconnect to the room: You are not on the stage of this space any more."

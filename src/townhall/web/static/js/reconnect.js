@@ -147,10 +147,10 @@ export function tokenRefused(err) {
 
 /**
  * The status line after giving up, saying what happened; the page adds what
- * the person can do there ("press Go live to try again").
+ * the person can do there.
  */
 export function giveUpSentence(err, for_ms = RECONNECT.for_ms) {
   if (err instanceof ApiError && !retryable(err)) return `Could not reconnect to the room: ${err.message}`;
   const seconds = Math.round(for_ms / 1000);
-  return `Could not reconnect to the room within ${seconds} s, so listeners do not hear you.`;
+  return `Could not reconnect to the room within ${seconds} s.`;
 }

@@ -66,7 +66,7 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * One live microphone in a space.
- *   const mic = new MicSession({spaceId, returnAudio, onStatus, onReconnecting, onBack, onDrop});
+ *   const mic = new MicSession({spaceId, returnAudio, onStatus, onReconnecting, onBack, onDrop, muted});
  *   await mic.start();   // throws ApiError / DOMException / Error with a sentence
  *   mic.setMuted(true); mic.level(); mic.stop();
  * onStatus(text) narrates progress. Once live, the session watches its peer
@@ -85,7 +85,9 @@ export class MicSession {
     onReconnecting = onStatus,
     onBack = onStatus,
     policy = RECONNECT,
+    muted = false, // start muted: the track sends silence from its first packet
   }) {
+    this.startMuted = muted;
     this.spaceId = spaceId;
     this.base = `/api/spaces/${encodeURIComponent(spaceId)}`;
     this.returnAudio = returnAudio;
@@ -114,6 +116,7 @@ export class MicSession {
     this.onStatus("Opening your microphone…");
     this.stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
     if (this.stopped) return this.stop();
+    this.setMuted(this.startMuted);
     this.onStatus("Connecting to the room…");
     try {
       await this.connect(0);

@@ -134,7 +134,9 @@ async function goLive({ reconnect = false } = {}) {
   if (view.mic) return;
   view.wantMic = true;
   $("golive-button").disabled = true;
+  view.selfMuted = reconnect && view.selfMuted; // the page's own restart keeps the mute
   const mic = new MicSession({
+    muted: view.selfMuted,
     spaceId,
     returnAudio: $("return-audio"),
     onStatus: (text) => {
@@ -152,7 +154,8 @@ async function goLive({ reconnect = false } = {}) {
       setStatus(micStatus, `${text} ${view.selfMuted ? "You are muted." : LIVE_SENTENCE}`, view.selfMuted ? "" : "ok");
       if (view.selfMuted) mic.remindMuted(me.id); // the new node may not know it yet
     },
-    onDrop: (text) => micOff(`${text} Press Go live to try again.`, "error"),
+    // gave up (policy.for_ms): the console goes on trying, slower, with a new microphone session
+    onDrop: (text) => micLost(text),
   });
   view.mic = mic;
   try {
@@ -161,13 +164,14 @@ async function goLive({ reconnect = false } = {}) {
     view.attempts = 0;
     view.unheardSince = 0;
     sessionStorage.setItem(LIVE_KEY, "1");
-    view.selfMuted = false;
+    if (view.selfMuted) mic.remindMuted(me.id);
     $("golive-button").hidden = true;
     $("mute-button").hidden = false;
     $("stopmic-button").hidden = false;
-    $("mute-button").textContent = "Mute";
-    $("mute-button").setAttribute("aria-pressed", "false");
-    setStatus(micStatus, reconnect ? `Reconnected. ${LIVE_SENTENCE}` : LIVE_SENTENCE, "ok");
+    $("mute-button").textContent = view.selfMuted ? "Unmute" : "Mute";
+    $("mute-button").setAttribute("aria-pressed", String(view.selfMuted));
+    const sentence = view.selfMuted ? "You are muted." : LIVE_SENTENCE;
+    setStatus(micStatus, reconnect ? `Reconnected. ${sentence}` : sentence, view.selfMuted ? "" : "ok");
     document.body.dataset.mic = "live";
     $("my-level-row").hidden = false;
     meterLoop();
@@ -190,25 +194,25 @@ async function goLive({ reconnect = false } = {}) {
   }
 }
 
-/** The host turns the microphone off (or the space ended, or reconnecting gave up): no reconnecting. */
-function micOff(sentence, kind = "") {
+/** The host turns the microphone off (or the space ended): no reconnecting. */
+function micOff(sentence) {
   view.wantMic = false;
   view.attempts = 0;
   sessionStorage.removeItem(LIVE_KEY);
   clearTimeout(view.reconnectTimer);
   if (view.mic) {
-    stopMic(sentence, kind);
+    stopMic(sentence);
   } else {
     delete document.body.dataset.mic;
     $("golive-button").hidden = false;
     $("golive-button").disabled = view.state?.state === "ended" || view.space?.state !== "live";
     $("mute-button").hidden = true;
     $("stopmic-button").hidden = true;
-    setStatus(micStatus, sentence || "Microphone off.", kind);
+    setStatus(micStatus, sentence || "Microphone off.");
   }
 }
 
-function stopMic(sentence, kind = "") {
+function stopMic(sentence) {
   if (!view.mic) return;
   view.mic.stop();
   view.mic = null;
@@ -219,7 +223,7 @@ function stopMic(sentence, kind = "") {
   $("golive-button").disabled = view.state?.state === "ended";
   $("mute-button").hidden = true;
   $("stopmic-button").hidden = true;
-  setStatus(micStatus, sentence || "Microphone off.", kind);
+  setStatus(micStatus, sentence || "Microphone off.");
 }
 
 async function setMuted(accountId, muted) {
