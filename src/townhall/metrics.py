@@ -325,3 +325,10 @@ PRESENCE_BEATS = Counter(
     "Presence beats (POST /api/spaces/{id}/presence) with a valid token: counted, outside the sample (ignored), or for a space not live.",
     ["outcome"],
 )
+
+# --- issue 11: HTTP workers and owner-only requests passed on (server/workers.py, server/forward.py) ---
+FORWARDED = Counter(
+    "townhall_forwarded_requests_total",
+    "Requests only a room's owner can answer that this node passed on to the owner: answered (the owner's status, passed back), unreachable (no owner known, or it could not be reached: 503), timeout (504), cut (the owner's answer stopped midway).",
+    ["outcome"],
+)
