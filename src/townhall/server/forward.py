@@ -256,7 +256,9 @@ class OwnerForward:
             return True
         except httpx.HTTPError as exc:
             metrics.FORWARDED.labels(outcome="unreachable").inc()
-            log.warning("room %s: its owner %s at %s is unreachable (%s)", space_id, node_id, url, exc)
+            log.warning(
+                "room %s: its owner %s at %s is unreachable (%s)", space_id, node_id, url, exc
+            )
             await _problem(
                 scope, send, 503, "owner-unreachable", "The room's server cannot be reached",
                 "The server that runs this space's audio cannot be reached right now (it may be "
@@ -308,7 +310,9 @@ async def _relay(response: httpx.Response, node_id: str, receive: Receive, send:
     headers.append((b"via", f"1.1 {node_id}".encode("latin-1", "replace")))
 
     async def pump() -> None:
-        await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": response.status_code, "headers": headers}
+        )
         async for chunk in response.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
