@@ -81,6 +81,9 @@ def test_a_worker_is_a_node_of_its_own(tmp_path: Path) -> None:
     second = worker_settings(settings, 2, 8123)
     assert (second.node_id, second.port, second.http_workers) == ("edge1-w2", 8123, 1)
     assert second.data_dir == tmp_path / "workers" / "w2"
+    assert second.trusted_proxies == "127.0.0.1/32"  # passed-on requests count by the client
+    behind = worker_settings(Settings(trusted_proxies="10.0.0.0/8", **SCALED), 1, 1)  # type: ignore[arg-type]
+    assert behind.trusted_proxies == "10.0.0.0/8,127.0.0.1/32"
     unnamed = worker_settings(Settings(data_dir=tmp_path), 1, 8123)
     assert unnamed.node_id.endswith(f":8123:{os.getpid()}-w1")
 

@@ -7,7 +7,9 @@ scaled-out deployment: node id ``<node_id>-w<k>``, its own data directory
 ``DATA_DIR/workers/w<k>`` (a follower keeps its own copy of each recording),
 the signing keys of ``DATA_DIR`` (copied in once, so a token from one worker
 is good on all), and a loopback port of its own where the others pass it the
-requests only a room's owner can answer (server/forward.py).
+requests only a room's owner can answer (server/forward.py); loopback is
+added to its ``trusted_proxies`` so a passed-on request counts against the
+client's network (X-Forwarded-For), not 127.0.0.1's.
 
 The supervisor holds the port (a bound socket, never listening, so the port
 stays ours while a worker restarts), restarts a worker that dies after
@@ -89,10 +91,14 @@ def worker_settings(settings: Settings, index: int, port: int) -> Settings:
     from townhall.live.scaleout import node_name
 
     base = settings.node_id or node_name(settings.model_copy(update={"port": port}))
+    # the other workers pass requests on from loopback with X-Forwarded-For:
+    # the client's network, not 127.0.0.1, is what limits and caps count
+    proxies = ",".join(p for p in (settings.trusted_proxies, "127.0.0.1/32") if p.strip())
     return settings.model_copy(
         update={
             "port": port,
             "http_workers": 1,
+            "trusted_proxies": proxies,
             "node_id": f"{base}-w{index}",
             "data_dir": settings.data_dir / "workers" / f"w{index}",
         }
