@@ -63,7 +63,9 @@ def run_server(
     from townhall.server import workers
 
     if sockets is None and workers.resolve_workers(settings) > 1:
-        raise SystemExit(workers.Supervisor(settings).run())
+        if on_startup is None:
+            raise SystemExit(workers.Supervisor(settings).run())
+        log.warning("one HTTP process: what runs at its start (the demo's bots) needs it")
     from townhall.origin.conn_limits import raise_fd_limit
     from townhall.server import logs
     from townhall.server.app import create_app
