@@ -145,7 +145,13 @@ class Supervisor:
         from townhall.server import logs
 
         logs.configure(self.settings.log_level, json=self.settings.log_json)
-        holder = reuseport_socket(self.settings.host, self.settings.port)
+        try:
+            holder = reuseport_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise SystemExit(
+                f"townhall serve: cannot listen on {self.settings.host}:{self.settings.port} "
+                f"({exc.strerror or exc}); choose another --port or stop what holds it."
+            ) from None
         port = int(holder.getsockname()[1])
         first_s = self.settings.worker_restart_backoff_ms / 1000
         workers = [
