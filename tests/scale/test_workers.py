@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -80,13 +81,14 @@ async def progressive_via(url: str, space_id: str) -> str | None:
 async def test_two_workers_share_the_port_and_survive_the_owner(
     cluster: Cluster, redis_prefix: str, tmp_path: Path
 ) -> None:
-    # three processes import the whole server: on a loaded machine that is slow
+    # three processes import the server (about 6 s of CPU in all): at load 15-20
+    # on 2 cores that took 30-60 s here
     server = LiveServer(
         cluster.root / "w" / "data", extra_env={**cluster.env, **BUS, "TOWNHALL_HTTP_WORKERS": "2"}
     )
     cluster.nodes.append(server)
     started_at = time.monotonic()
-    server.start(timeout_s=60)
+    server.start(timeout_s=120)
     print(f"serve --workers 2 answered /healthz after {time.monotonic() - started_at:.1f} s")
     nodes = await worker_nodes(redis_prefix, 2)
     assert len(nodes) == 2, (nodes, server.log()[-3000:])
@@ -100,7 +102,7 @@ async def test_two_workers_share_the_port_and_survive_the_owner(
         try:
             bot = SpeakBot(server.url, space_id, await speaker_token(http, space_id, headers), wav)
             try:
-                await until_tone(http, space_id, 30)
+                await until_tone(http, space_id, 60)  # the bot starts too (aiortc)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}; bot:\n{bot.log()}\n{server.log()[-3000:]}") from None
             owner = (await holder(redis_prefix, space_id)).split(":", 1)[1]
@@ -116,9 +118,11 @@ async def test_two_workers_share_the_port_and_survive_the_owner(
                 vias.add(await progressive_via(server.url, space_id))
                 if len(vias) == 2:
                     break
-            assert vias == {None, owner}, vias
+            # (on a starved machine the lease may move meanwhile: any worker is fine)
+            assert None in vias and vias - {None} <= set(nodes), vias
             # kill -9 the owner worker
             lease = await holder(redis_prefix, space_id)
+            owner = lease.split(":", 1)[1]
             async with httpx.AsyncClient(base_url=nodes[owner]["url"], timeout=5) as direct:
                 edge = await live_edge(direct, space_id)
             killed_at = time.monotonic()
@@ -133,14 +137,16 @@ async def test_two_workers_share_the_port_and_survive_the_owner(
             assert int(new_lease.split(":")[0]) > int(lease.split(":")[0]), (lease, new_lease)
             assert bot.first("connected to the server again", killed_at) is not None, bot.log()
             assert bot.proc.poll() is None, bot.log()
-            # the supervisor restarted the killed worker (a new pid under its name)
+            # the supervisor restarted the killed worker: a new process under its
+            # name (it rejoins once started; at load 15+ that takes a minute)
             deadline = time.monotonic() + 20
-            while (now := (await worker_nodes(redis_prefix, 2)).get(owner, {})).get("pid") == nodes[
-                owner
-            ]["pid"] or not now:
+            pid = nodes[owner]["pid"]
+            pattern = re.compile(rf"HTTP worker {re.escape(owner)} started \(pid (\d+)\)")
+            while len(pids := pattern.findall(server.log())) < 2:
                 assert time.monotonic() < deadline, server.log()[-3000:]
                 await asyncio.sleep(0.3)
-            assert "restarting in" in server.log()
+            assert f"{owner} (pid {pid}) exited with -9" in server.log()
+            assert int(pids[-1]) != pid
         finally:
             if bot is not None:
                 bot.stop()
