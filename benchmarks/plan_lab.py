@@ -45,6 +45,7 @@ BUS = {
     "TOWNHALL_BUS_ENABLED": "true",
     "TOWNHALL_ROOM_LEASE_TTL_MS": "3000",
     "TOWNHALL_ROOM_LEASE_RENEW_MS": "1000",
+    "TOWNHALL_HTTP_WORKERS": "1",  # one process per node, as calibrated (scaled out defaults to one per core)
 }
 
 

@@ -256,3 +256,43 @@ class DefenseSettings(BaseSettings):
         le=100_000,
         description="Middle-generation passes of Python's cyclic collector between two full passes (gc threshold 2; Python's default is 10). Thousands of open connections (a slowloris) make each full pass take tens of milliseconds of one event loop, which delays listeners and the mixer clock; spacing them out keeps those stalls rare. Young cycles are still collected as often.",
     )
+
+    # --- issue 11: HTTP workers sharing the port (server/workers.py, server/forward.py) ---
+    http_workers: int = Field(
+        1,
+        ge=0,
+        le=256,
+        description="HTTP worker processes on the one port (SO_REUSEPORT: the kernel spreads connections), each a node of the scaled-out deployment named <node_id>-w<k> with its own data directory DATA_DIR/workers/w<k>; the parent restarts a worker that dies and stops them all on SIGTERM. Default 1 (one process); 0: one per core when scaled out (BUS_ENABLED with DATABASE_URL and REDIS_URL), else 1. More than 1 needs the scaled-out mode. Opt-in for now: each worker keeps its own data directory, so recordings already in DATA_DIR/recordings are not served by workers, and a worker restarted mid-room has only what the bus still holds. Also --workers.",
+    )
+    worker_restart_backoff_ms: int = Field(
+        500,
+        ge=10,
+        le=60_000,
+        description="Wait before restarting an HTTP worker that died; doubled after each death that came soon after a start, up to worker_restart_backoff_max_ms.",
+    )
+    worker_restart_backoff_max_ms: int = Field(
+        10_000,
+        ge=10,
+        le=600_000,
+        description="Longest wait before restarting an HTTP worker that keeps dying.",
+    )
+    forward_owner_only: bool = Field(
+        True,
+        description="Scaled out: a request only the room's owner can answer (a WebRTC offer, live.aac, mute, unmute, demote, block, captions on/off) that reaches another node or worker is passed on to the owner (its address from Redis) instead of answered 503; a passed-on request is never passed on again.",
+    )
+    forward_url: str = Field(
+        "",
+        description="Scaled out: where other nodes send this node the requests only it can answer, e.g. http://10.0.0.11:8000. Empty: http://127.0.0.1:PORT (HTTP workers: each worker's own loopback port), which reaches only nodes on this machine.",
+    )
+    forward_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Longest a passed-on request waits for the owner to connect and start its answer, and between two chunks of a streamed answer (live.aac); then 504.",
+    )
+    forward_max_connections: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="Connections this node keeps open at most to other nodes for passed-on requests; more wait for one (up to forward_timeout_s).",
+    )

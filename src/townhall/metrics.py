@@ -332,3 +332,10 @@ QUEUE_DOCUMENTS = Counter(
     "queue.json answers the origin wrote (200 or 304); behind a cache this stays O(1) per second however many wait.",
     ["status"],
 )
+
+# --- issue 11: HTTP workers and owner-only requests passed on (server/workers.py, server/forward.py) ---
+FORWARDED = Counter(
+    "townhall_forwarded_requests_total",
+    "Requests only a room's owner can answer that this node passed on to the owner: answered (the owner's status, passed back), unreachable (no owner known, or it could not be reached: 503), timeout (504), cut (the owner's answer stopped midway).",
+    ["outcome"],
+)

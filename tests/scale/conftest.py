@@ -120,6 +120,10 @@ def cluster(tmp_path: Path, postgres_url: str, redis_prefix: str) -> Iterator[Cl
         "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
         "TOWNHALL_REDIS_BACKOFF_MS": "300",
         "TOWNHALL_LOG_LEVEL": "info",
+        # one process per node (scaled out, `serve` runs one worker per core
+        # by default): these tests kill, pause and read the data of a node's
+        # one process; tests/scale/test_workers.py asks for workers itself
+        "TOWNHALL_HTTP_WORKERS": "1",
     }
     group = Cluster(tmp_path, env)
     try:

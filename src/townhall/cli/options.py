@@ -14,6 +14,7 @@ import click
 from townhall.config import Settings
 
 F = Callable[..., Any]
+ALIASES = {"http_workers": ("--workers",)}  # short names the brief and docs use
 
 
 def _click_type(annotation: Any) -> Any:
@@ -43,7 +44,12 @@ def settings_options(func: F) -> F:
             option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
         else:
             option = click.option(
-                flag, name, type=_click_type(annotation), default=None, help=help_text
+                flag,
+                *ALIASES.get(name, ()),
+                name,
+                type=_click_type(annotation),
+                default=None,
+                help=help_text,
             )
         func = option(func)
     return func

@@ -1,5 +1,6 @@
 """Running the app: uvicorn with the listener plane's own HTTP/1.1 driver
-(origin/http1.py) for every request."""
+(origin/http1.py) for every request; with ``http_workers`` above 1, worker
+processes of this (server/workers.py) share the port."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gc
 import importlib
 import importlib.util
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,17 @@ def space_full_gc_passes(every: int) -> tuple[int, int, int]:
     return gc.get_threshold()
 
 
-def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = None) -> None:
-    """Run the app on uvicorn (uvloop where available) until a signal.
+def run_server(
+    settings: Settings,
+    *,
+    on_startup: Callable[[Any], Any] | None = None,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Run the app on uvicorn (uvloop where available) until a signal; with
+    ``http_workers`` above 1 (or 0 when scaled out on a machine of several
+    cores), run that many worker processes of it on the port instead
+    (server/workers.py). ``sockets``: bound sockets to serve (a worker's),
+    instead of binding ``host:port``.
 
     One HTTP driver: townhall's own (httptools underneath) answers the listener
     plane's hot requests itself when ``fast_path`` is on and hands everything
@@ -59,6 +70,12 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
     """
     import uvicorn
 
+    from townhall.server import workers
+
+    if sockets is None and workers.resolve_workers(settings) > 1:
+        if on_startup is None:
+            raise SystemExit(workers.Supervisor(settings).run())
+        log.warning("one HTTP process: what runs at its start (the demo's bots) needs it")
     from townhall.origin.conn_limits import raise_fd_limit
     from townhall.server import logs
     from townhall.server.app import create_app
@@ -86,8 +103,13 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
             "httptools is missing: serving through uvicorn's h11 protocol, without the fast path and the connection limits"
         )
         http = "h11"
+    served: Any = app
+    if settings.bus_enabled and settings.forward_owner_only:
+        from townhall.server.forward import OwnerForward
+
+        served = OwnerForward(app, settings)  # owner-only requests go to the room's owner
     config = uvicorn.Config(
-        app,
+        served,
         host=settings.host,
         port=settings.port,
         loop=loop,
@@ -101,4 +123,4 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
         server_header=False,
         backlog=listen_backlog(settings.http_listen_backlog),
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=sockets)

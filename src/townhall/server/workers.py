@@ -1,0 +1,255 @@
+"""HTTP workers: several processes serving one port (issue 11).
+
+``townhall serve --workers N`` (``http_workers``) makes the process a small
+supervisor of N workers. Each worker binds the port itself with SO_REUSEPORT
+(the kernel spreads new connections over them) and is a node of the
+scaled-out deployment: node id ``<node_id>-w<k>``, its own data directory
+``DATA_DIR/workers/w<k>`` (a follower keeps its own copy of each recording),
+the signing keys of ``DATA_DIR`` (copied in once, so a token from one worker
+is good on all), and a loopback port of its own where the others pass it the
+requests only a room's owner can answer (server/forward.py); loopback is
+added to its ``trusted_proxies`` so a passed-on request counts against the
+client's network (X-Forwarded-For), not 127.0.0.1's.
+
+The supervisor holds the port (a bound socket, never listening, so the port
+stays ours while a worker restarts), restarts a worker that dies after
+``worker_restart_backoff_ms`` (doubled after each death that came soon after
+a start, up to ``worker_restart_backoff_max_ms``), and on SIGTERM or SIGINT
+passes the signal on and waits for every worker to drain (``shutdown_drain_s``
+and a margin), killing those that do not. A worker learns its settings from
+its stdin (JSON), not its environment, and dies with the supervisor
+(PR_SET_PDEATHSIG).
+
+Without the scaled-out mode (SQLite, no Redis) admission lines, rate buckets
+and presence live in the process, so more than one worker is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from townhall.config import Settings
+
+log = logging.getLogger("townhall.http")
+
+_QUICK_DEATH_S = 10.0  # a worker that dies sooner after its start backs off longer
+_STOP_MARGIN_S = 10.0  # past shutdown_drain_s: the lifespan's close (recordings)
+_POLL_S = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+def scaled_out(settings: Settings) -> bool:
+    """The deployment whose state every node shares (PostgreSQL, Redis, the bus)."""
+    return settings.bus_enabled and bool(settings.database_url) and bool(settings.redis_url)
+
+
+def resolve_workers(settings: Settings) -> int:
+    """How many workers ``settings`` asks for (0: one per core scaled out,
+    else 1). Raises SystemExit with a sentence when more than one is asked
+    for without the scaled-out mode."""
+    wanted = settings.http_workers
+    if wanted == 0:
+        return (os.cpu_count() or 1) if scaled_out(settings) else 1
+    if wanted > 1 and not scaled_out(settings):
+        raise SystemExit(
+            f"townhall serve --workers {wanted}: more than one HTTP worker needs the scaled-out "
+            "mode's shared state (set TOWNHALL_DATABASE_URL to PostgreSQL, TOWNHALL_REDIS_URL "
+            "and TOWNHALL_BUS_ENABLED=true), or run one worker."
+        )
+    return wanted
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with SO_REUSEPORT (not listening)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+def worker_settings(settings: Settings, index: int, port: int) -> Settings:
+    """The settings of worker ``index`` (from 1) of a supervisor on ``port``."""
+    from townhall.live.scaleout import node_name
+
+    base = settings.node_id or node_name(settings.model_copy(update={"port": port}))
+    # the other workers pass requests on from loopback with X-Forwarded-For:
+    # the client's network, not 127.0.0.1, is what limits and caps count
+    proxies = ",".join(p for p in (settings.trusted_proxies, "127.0.0.1/32") if p.strip())
+    return settings.model_copy(
+        update={
+            "port": port,
+            "http_workers": 1,
+            "trusted_proxies": proxies,
+            "node_id": f"{base}-w{index}",
+            "data_dir": settings.data_dir / "workers" / f"w{index}",
+        }
+    )
+
+
+def share_keys(settings: Settings, data_dir: Path) -> None:
+    """Give a worker's data directory the keys of the supervisor's (made once
+    if missing): the signing keys, so every worker verifies every token, and
+    the evidence keys, so they sign as one server."""
+    from townhall.policy.tokens import KEYS_FILE, load_keys
+    from townhall.store.evidence_store import HASH_KEY_FILE, SIGNING_KEY_FILE, load_or_create_keys
+
+    load_keys(settings.signing_keys, settings.data_dir)
+    load_or_create_keys(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in (KEYS_FILE, SIGNING_KEY_FILE, HASH_KEY_FILE):
+        source, target = settings.data_dir / name, data_dir / name
+        if source.exists() and not target.exists():
+            shutil.copy2(source, target)
+
+
+@dataclass
+class _Worker:
+    index: int
+    settings: Settings
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    backoff_s: float = 0.0
+
+
+class Supervisor:
+    """The parent of the HTTP workers (see the module docstring)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.count = resolve_workers(settings)
+        self._stopping = False
+        self._signal = signal.SIGTERM
+
+    def run(self) -> int:
+        """Run the workers until SIGTERM/SIGINT; the exit status."""
+        from townhall.server import logs
+
+        logs.configure(self.settings.log_level, json=self.settings.log_json)
+        try:
+            holder = reuseport_socket(self.settings.host, self.settings.port)
+        except OSError as exc:
+            raise SystemExit(
+                f"townhall serve: cannot listen on {self.settings.host}:{self.settings.port} "
+                f"({exc.strerror or exc}); choose another --port or stop what holds it."
+            ) from None
+        port = int(holder.getsockname()[1])
+        first_s = self.settings.worker_restart_backoff_ms / 1000
+        workers = [
+            _Worker(k, worker_settings(self.settings, k, port), backoff_s=first_s)
+            for k in range(1, self.count + 1)
+        ]
+        for worker in workers:
+            share_keys(self.settings, worker.settings.data_dir)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        log.info("%d HTTP workers on %s:%d", self.count, self.settings.host, port)
+        try:
+            for worker in workers:
+                self._start(worker)
+            while not self._stopping:
+                self._check(workers)
+                time.sleep(_POLL_S)
+        finally:
+            self._stop_all(workers)
+            holder.close()
+        return 0
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signal = signal.Signals(signum)
+        self._stopping = True
+
+    def _start(self, worker: _Worker) -> None:
+        worker.proc = subprocess.Popen(
+            [sys.executable, "-m", "townhall.server.workers"],
+            stdin=subprocess.PIPE,
+            process_group=0,  # a terminal's Ctrl-C reaches it once, through us
+            preexec_fn=_die_with_parent,
+        )
+        assert worker.proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            worker.proc.stdin.write(worker.settings.model_dump_json().encode())
+        worker.proc.stdin.close()
+        worker.started_at = time.monotonic()
+        log.info("HTTP worker %s started (pid %d)", worker.settings.node_id, worker.proc.pid)
+
+    def _check(self, workers: list[_Worker]) -> None:
+        now = time.monotonic()
+        for worker in workers:
+            proc = worker.proc
+            if proc is not None and proc.poll() is not None:
+                lived_s = now - worker.started_at
+                if lived_s >= _QUICK_DEATH_S:
+                    worker.backoff_s = self.settings.worker_restart_backoff_ms / 1000
+                worker.restart_at = now + worker.backoff_s
+                log.warning(
+                    "HTTP worker %s (pid %d) exited with %s after %.1f s; restarting in %.1f s",
+                    worker.settings.node_id,
+                    proc.pid,
+                    proc.returncode,
+                    lived_s,
+                    worker.backoff_s,
+                )
+                worker.backoff_s = min(
+                    worker.backoff_s * 2, self.settings.worker_restart_backoff_max_ms / 1000
+                )
+                worker.proc = None
+            elif proc is None and now >= worker.restart_at:
+                self._start(worker)
+
+    def _stop_all(self, workers: list[_Worker]) -> None:
+        running = [w.proc for w in workers if w.proc is not None and w.proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(self._signal)
+        deadline = time.monotonic() + self.settings.shutdown_drain_s + _STOP_MARGIN_S
+        for proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("HTTP worker pid %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the supervisor dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def worker_main() -> None:
+    """A worker: settings from stdin; serve the port and a loopback port of its own."""
+    from townhall.server.run import run_server
+
+    settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    public = reuseport_socket(settings.host, settings.port)
+    internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    internal.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{internal.getsockname()[1]}"
+    settings = settings.model_copy(update={"forward_url": url})
+    run_server(settings, sockets=[public, internal])
+
+
+if __name__ == "__main__":
+    worker_main()

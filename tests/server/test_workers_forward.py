@@ -1,0 +1,118 @@
+"""The pure parts of HTTP workers (server/workers.py) and of passing
+owner-only requests on (server/forward.py): which requests only a room's
+owner answers, who holds a lease, how many workers a setting means, and the
+sentence that refuses workers without the scaled-out mode."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from townhall.config import Settings
+from townhall.server.forward import default_forward_url, holder_node, owner_only
+from townhall.server.workers import resolve_workers, reuseport_socket, share_keys, worker_settings
+
+SCALED = {
+    "database_url": "postgresql+asyncpg://db/x",
+    "redis_url": "redis://127.0.0.1:6379/0",
+    "bus_enabled": True,
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "space_id"),
+    [
+        ("POST", "/api/spaces/abc/webrtc/offer", "abc"),
+        ("GET", "/spaces/abc/live.aac", "abc"),
+        ("HEAD", "/spaces/abc/live.aac", "abc"),
+        ("POST", "/api/spaces/abc/speakers/u1/mute", "abc"),
+        ("POST", "/api/spaces/abc/speakers/u1/unmute", "abc"),
+        ("POST", "/api/spaces/abc/speakers/u1/demote", "abc"),
+        ("POST", "/api/spaces/abc/blocks", "abc"),
+        ("PUT", "/api/spaces/abc/captions", "abc"),
+        # any node answers these
+        ("GET", "/spaces/abc/live.m3u8", None),
+        ("GET", "/spaces/abc/state.json", None),
+        ("POST", "/api/spaces/abc/join", None),
+        ("GET", "/api/spaces/abc/captions", None),
+        ("POST", "/spaces/abc/live.aac", None),
+        ("GET", "/api/spaces/abc/webrtc/offer", None),
+        ("POST", "/api/spaces/abc/webrtc/offer/x", None),
+        ("POST", "/api/spaces/a/b/webrtc/offer", None),
+        ("GET", "/spaces/abc/live.aac/", None),
+    ],
+)
+def test_owner_only_requests(method: str, path: str, space_id: str | None) -> None:
+    assert owner_only(method, path) == space_id
+
+
+def test_the_lease_names_its_node() -> None:
+    assert holder_node("7:vm:8000:123-w2") == "vm:8000:123-w2"
+    assert holder_node("garbage") == ""
+
+
+def test_default_forward_url() -> None:
+    assert default_forward_url(Settings(host="0.0.0.0", port=8001)) == "http://127.0.0.1:8001"
+    assert default_forward_url(Settings(host="10.0.0.5", port=80)) == "http://10.0.0.5:80"
+    assert default_forward_url(Settings(host="::1", port=80)) == "http://[::1]:80"
+
+
+def test_how_many_workers() -> None:
+    assert resolve_workers(Settings()) == 1
+    assert resolve_workers(Settings(**SCALED)) == 1  # type: ignore[arg-type]  # opt-in: the default is one process
+    assert resolve_workers(Settings(http_workers=0, **SCALED)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
+    assert resolve_workers(Settings(http_workers=3, **SCALED)) == 3  # type: ignore[arg-type]
+    assert resolve_workers(Settings(http_workers=1)) == 1
+
+
+def test_workers_without_the_scaled_out_mode_are_refused_with_a_sentence() -> None:
+    with pytest.raises(SystemExit) as refused:
+        resolve_workers(Settings(http_workers=2, redis_url="redis://x"))
+    message = str(refused.value)
+    assert message.startswith("townhall serve --workers 2: more than one HTTP worker needs")
+    for name in ("TOWNHALL_DATABASE_URL", "TOWNHALL_REDIS_URL", "TOWNHALL_BUS_ENABLED=true"):
+        assert name in message
+
+
+def test_a_worker_is_a_node_of_its_own(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, node_id="edge1", http_workers=2, **SCALED)  # type: ignore[arg-type]
+    second = worker_settings(settings, 2, 8123)
+    assert (second.node_id, second.port, second.http_workers) == ("edge1-w2", 8123, 1)
+    assert second.data_dir == tmp_path / "workers" / "w2"
+    assert second.trusted_proxies == "127.0.0.1/32"  # passed-on requests count by the client
+    behind = worker_settings(Settings(trusted_proxies="10.0.0.0/8", **SCALED), 1, 1)  # type: ignore[arg-type]
+    assert behind.trusted_proxies == "10.0.0.0/8,127.0.0.1/32"
+    unnamed = worker_settings(Settings(data_dir=tmp_path), 1, 8123)
+    assert unnamed.node_id.endswith(f":8123:{os.getpid()}-w1")
+
+
+def test_workers_share_the_signing_keys(tmp_path: Path) -> None:
+    from townhall.policy.tokens import load_keys
+
+    settings = Settings(data_dir=tmp_path)
+    share_keys(settings, tmp_path / "workers" / "w1")
+    share_keys(settings, tmp_path / "workers" / "w2")
+    keys = load_keys("", tmp_path)
+    assert load_keys("", tmp_path / "workers" / "w1") == keys
+    assert load_keys("", tmp_path / "workers" / "w2") == keys
+
+
+def test_two_sockets_bind_one_port() -> None:
+    first = reuseport_socket("127.0.0.1", 0)
+    port = first.getsockname()[1]
+    second = reuseport_socket("127.0.0.1", port)
+    try:
+        first.listen()
+        second.listen()
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        first.close()
+        second.close()
+    with socket.socket() as plain:  # without SO_REUSEPORT the port is taken
+        plain.bind(("127.0.0.1", 0))
+        with pytest.raises(OSError):
+            reuseport_socket("127.0.0.1", plain.getsockname()[1])
