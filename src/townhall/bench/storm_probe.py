@@ -217,9 +217,9 @@ def join_latency(posts: Sequence[tuple[float, float]], t0: float | None) -> dict
     for at, d in posts:
         windows.setdefault(int((at - base) // 5), []).append(d)
     return {
-        "join_s_p50": percentile(took, 50),
-        "join_s_p99": percentile(took, 99),
-        "join_s_max": max(took),
+        "join_s_p50": round(percentile(took, 50) or 0.0, 4),
+        "join_s_p99": round(percentile(took, 99) or 0.0, 4),
+        "join_s_max": round(max(took), 4),
         # [window start s, posts, p99 s]
         "join_s_p99_by_5s": [
             [5 * k, len(v), round(percentile(v, 99) or 0.0, 3)] for k, v in sorted(windows.items())
