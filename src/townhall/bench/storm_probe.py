@@ -119,10 +119,10 @@ class Probe:
             last_srv = _cpu_s(self.server, True) if self.server else 0.0
             while time.monotonic() < deadline:
                 await asyncio.sleep(1.0)
+                docs = await self._queue_docs(http)  # first: the others then cover its wait too
                 now = time.monotonic()
                 me = _cpu_s(self.me, False)
                 srv = _cpu_s(self.server, True) if self.server else 0.0
-                docs = await self._queue_docs(http)
                 gw, sw = _run_delay_s(self.me.pid), _run_delay_s(server_pid)
                 span = max(1e-6, now - last_t)
                 self.seconds.append(
