@@ -37,4 +37,4 @@ if [ -n "${PYSPY:-}" ]; then
     -o "$PYSPY/generator.txt" -p "$(pgrep -P "$(pgrep -P $GEN)" || pgrep -P $GEN)" > "$PYSPY/generator.log" 2>&1 &
 fi
 wait $GEN
-"$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('start_delay_s', 'ttfa_p50_s', 'ttfa_p99_s', 'mixer_clock_late_p99_s', 'shown_eta_error_p90', 'admitted_beyond_cap', 'client_cpu_percent')})" "$OUT"
+"$PY" -c "import json, sys; from townhall.bench.storm_report import format_table; print(format_table(json.load(open(sys.argv[1]))))" "$OUT"

@@ -37,4 +37,4 @@ timeout $((DUR + 120)) taskset -c 1 "$PY" -m townhall bench storm --target "http
   --origin "http://127.0.0.1:$PORT" --server-pid "$SERVER" --poll each \
   --arrivals "$ARRIVALS" --over-s 10 --pre-s 3 --listen-s "$LISTEN" --give-up 0.05 --duration-s "$DUR" --plot "$OUT.png" --records "$OUT.records" \
   --json --no-progress > "$OUT"
-"$PY" -c "import json, sys; d = json.load(open(sys.argv[1])); p = d['probe']; print({k: d.get(k) for k in ('start_delay_s', 'stall_ratio', 'shown_eta_error_p90', 'admitted_beyond_cap', 'client_cpu_percent')}, {k: p.get(k) for k in ('origin_queue_docs_per_s_p50', 'origin_queue_docs_per_s_max', 'generator_cpu_max_percent')})" "$OUT"
+"$PY" -c "import json, sys; from townhall.bench.storm_report import format_table; print(format_table(json.load(open(sys.argv[1]))))" "$OUT"

@@ -119,10 +119,10 @@ class Probe:
             last_srv = _cpu_s(self.server, True) if self.server else 0.0
             while time.monotonic() < deadline:
                 await asyncio.sleep(1.0)
+                docs = await self._queue_docs(http)  # first: the others then cover its wait too
                 now = time.monotonic()
                 me = _cpu_s(self.me, False)
                 srv = _cpu_s(self.server, True) if self.server else 0.0
-                docs = await self._queue_docs(http)
                 gw, sw = _run_delay_s(self.me.pid), _run_delay_s(server_pid)
                 span = max(1e-6, now - last_t)
                 self.seconds.append(
@@ -217,9 +217,9 @@ def join_latency(posts: Sequence[tuple[float, float]], t0: float | None) -> dict
     for at, d in posts:
         windows.setdefault(int((at - base) // 5), []).append(d)
     return {
-        "join_s_p50": percentile(took, 50),
-        "join_s_p99": percentile(took, 99),
-        "join_s_max": max(took),
+        "join_s_p50": round(percentile(took, 50) or 0.0, 4),
+        "join_s_p99": round(percentile(took, 99) or 0.0, 4),
+        "join_s_max": round(max(took), 4),
         # [window start s, posts, p99 s]
         "join_s_p99_by_5s": [
             [5 * k, len(v), round(percentile(v, 99) or 0.0, 3)] for k, v in sorted(windows.items())

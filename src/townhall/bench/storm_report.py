@@ -273,6 +273,38 @@ def format_table(summary: Mapping[str, Any]) -> str:
             + ("  (SATURATED)" if summary.get("client_saturated") else ""),
         ),
     ]
+    probe = summary.get("probe") or {}
+    if probe:
+
+        def g(key: str, unit: str = "") -> str:
+            value = probe.get(key)
+            return "-" if value is None else f"{value}{unit}"
+
+        rows += [
+            (
+                "generator CPU per second p50 / max (s >= 95 %)",
+                f"{g('generator_cpu_p50_percent', ' %')} / {g('generator_cpu_max_percent', ' %')}"
+                f" ({g('generator_seconds_saturated')})",
+            ),
+            ("generator event-loop lag max", g("loop_lag_max_s", " s")),
+            (
+                "server CPU per second p50 / max",
+                f"{g('server_cpu_p50_percent', ' %')} / {g('server_cpu_max_percent', ' %')}",
+            ),
+            (
+                "waiting for a CPU p50 / max: generator, server",
+                f"{g('generator_wait_p50_percent', ' %')} / {g('generator_wait_max_percent', ' %')}, "
+                f"{g('server_wait_p50_percent', ' %')} / {g('server_wait_max_percent', ' %')}",
+            ),
+            (
+                "join answer p50 / p99 / max (as the generator saw it)",
+                f"{g('join_s_p50', ' s')} / {g('join_s_p99', ' s')} / {g('join_s_max', ' s')}",
+            ),
+            (
+                "origin queue.json answers per second p50 / max",
+                f"{g('origin_queue_docs_per_s_p50')} / {g('origin_queue_docs_per_s_max')}",
+            ),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
