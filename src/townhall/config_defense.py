@@ -248,3 +248,11 @@ class DefenseSettings(BaseSettings):
         True,
         description="The HTTP/1.1 driver answers joins (the join gate's refusals, admissions and queue tickets) and presence beats itself, with the app's bytes, instead of handing them to the framework (a join costs a fraction of the CPU under a flood); off: the app's routes answer them. Joins with an Authorization header or behind X-Forwarded-For always go to the app.",
     )
+
+    # --- issue 10: the cyclic collector under many open connections (server/run.py) ---
+    gc_full_pass_every: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Middle-generation passes of Python's cyclic collector between two full passes (gc threshold 2; Python's default is 10). Thousands of open connections (a slowloris) make each full pass take tens of milliseconds of one event loop, which delays listeners and the mixer clock; spacing them out keeps those stalls rare. Young cycles are still collected as often.",
+    )

@@ -325,3 +325,10 @@ PRESENCE_BEATS = Counter(
     "Presence beats (POST /api/spaces/{id}/presence) with a valid token: counted, outside the sample (ignored), or for a space not live.",
     ["outcome"],
 )
+
+# --- issue 9 at full size (h7): what the origin answers for the waiting room ---
+QUEUE_DOCUMENTS = Counter(
+    "townhall_queue_documents_total",
+    "queue.json answers the origin wrote (200 or 304); behind a cache this stays O(1) per second however many wait.",
+    ["status"],
+)

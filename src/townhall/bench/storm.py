@@ -29,61 +29,27 @@ import click
 import httpx
 import orjson
 import psutil
+import uvloop
 
 from townhall.bench import storm_report
 from townhall.bench.hlsclient import (
-    Client,
     ListenerConfig,
     ListenerStats,
-    Response,
     run_llhls,
     run_plain_hls,
 )
 from townhall.bench.hlsplaylist import BenchError
 from townhall.bench.listeners import is_loopback
 from townhall.bench.playout import Playout
+from townhall.bench.storm_client import StormClient, host_post, scrape, write_records
+from townhall.bench.storm_probe import Probe, join_latency, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample
+from townhall.bench.storm_wait import Lookouts, look
 from townhall.policy.eta import eta_s
 
 MAX_ARRIVALS = 15000
 MAX_DURATION_S = 1800.0
 POLL_S = 1.0
-
-
-class StormClient(Client):
-    """A listener's connection that also posts JSON without raising on 202/4xx
-    and carries the listener cookies join sets (for a media gate)."""
-
-    cookie = ""
-
-    async def post_json(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
-        conn = await self._connection()
-        data = orjson.dumps(body)
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.config.host}:{self.config.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            "User-Agent: townhall-bench-storm\r\n\r\n"
-        ).encode()
-        self.stats.requests += 1
-        try:
-            async with asyncio.timeout(self.config.request_timeout_s):
-                answer: Response = await conn.send(head + data)
-        except TimeoutError:
-            self.close()
-            raise BenchError("timeout", f"No answer to {path}.") from None
-        except BenchError:
-            self.close()
-            raise
-        try:
-            parsed = orjson.loads(answer.body) if answer.body else {}
-        except orjson.JSONDecodeError:
-            parsed = {}
-        return answer.status, parsed if isinstance(parsed, dict) else {}, ""
-
-    async def request(self, path: str, *, extra_headers: str = "", **kw: Any) -> Response:
-        if self.cookie:
-            extra_headers += f"Cookie: {self.cookie}\r\n"
-        return await super().request(path, extra_headers=extra_headers, **kw)
 
 
 class Storm:
@@ -102,6 +68,10 @@ class Storm:
         self.host_headers: dict[str, str] = {}
         self.playing = 0
         self.arrived = 0
+        self.lookouts = Lookouts(lambda: self.doc, shown_eta)
+        self.join_s: list[tuple[float, float]] = []  # (when, seconds a join post took)
+        self._parsed: dict[bytes, dict[str, Any]] = {}  # --poll each: bodies seen, parsed
+        self.start_post_s: float | None = None  # how long the host's start took to answer
 
     # -- set-up: a host and a scheduled space --------------------------------------
 
@@ -162,8 +132,28 @@ class Storm:
             await asyncio.sleep(POLL_S)
         client.close()
 
-    def doc_age_s(self) -> float:
-        updated = self.doc.get("updated_at")
+    async def fetch_doc(self, client: StormClient) -> dict[str, Any]:
+        """``--poll each``: this waiter's own GET of queue.json (through
+        whatever is in front); the same bytes are parsed once."""
+        try:
+            answer = await client.request(f"/spaces/{self.space_id}/queue.json", timeout_s=5.0)
+        except BenchError:
+            client.close()
+            return {}
+        doc = self._parsed.get(answer.body)
+        if doc is None:
+            try:
+                doc = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                return {}
+            if len(self._parsed) >= 8:
+                self._parsed.clear()
+            self._parsed[answer.body] = doc
+            self.doc_age_s(doc)  # its age when first seen here (the oldest a copy can be)
+        return doc
+
+    def doc_age_s(self, doc: dict[str, Any] | None = None) -> float:
+        updated = (self.doc if doc is None else doc).get("updated_at")
         if not updated:
             return 0.0
         age = time.time() - datetime.fromisoformat(updated).timestamp()
@@ -183,8 +173,10 @@ class Storm:
         posted_at = time.monotonic()
         try:
             while time.monotonic() < deadline:
+                sent = time.monotonic()
                 try:
                     status, answer, _ = await client.post_json(join, body)
+                    self.join_s.append((time.time(), time.monotonic() - sent))
                 except BenchError as exc:
                     # a slow or reset answer: try again as a page would (bounded)
                     a.refusals[f"client_{exc.kind}"] += 1
@@ -207,7 +199,9 @@ class Storm:
                         elif a.eta_at is None:
                             a.first_eta_unknown = True
                     retry_s = float(answer.get("retry_after_s") or 1.0)
-                    if not await self.wait_turn(a, posted_at, retry_s, waited_since, deadline):
+                    if not await self.wait_turn(
+                        a, client, posted_at, retry_s, waited_since, deadline
+                    ):
                         return
                     continue
                 a.refusals[str(answer.get("reason") or f"http_{status}")] += 1
@@ -220,41 +214,32 @@ class Storm:
             a.stats.ended_at_s = time.monotonic()
 
     async def wait_turn(
-        self, a: Arrival, posted_at: float, retry_s: float, since: float, deadline: float
+        self,
+        a: Arrival,
+        client: StormClient,
+        posted_at: float,
+        retry_s: float,
+        since: float,
+        deadline: float,
     ) -> bool:
         """Wait as the page does; True when it is time to post the ticket again."""
-        ttl_post_s = 40.0
-        jitter = random.random()
+        if self.o["poll"] == "shared":
+            return await self.lookouts.wait(a, posted_at, retry_s, since)
         while time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S * (0.5 + jitter) if self.o["poll"] == "shared" else POLL_S)
-            jitter = random.random()
+            await asyncio.sleep(POLL_S)
             now = time.monotonic()
             if a.give_up_after_s is not None and now - since > a.give_up_after_s:
                 a.gave_up_at = time.time()
                 return False
-            doc = self.doc
-            if not doc:
-                continue
-            through = int(doc.get("admitting_through", 0))
-            if a.number is not None and random.random() < 0.2:
-                eta = shown_eta(doc, a.number - through, time.time())
-                if eta is None:
-                    a.unknown_etas += 1
-                else:
-                    a.shown_etas.append((time.time(), eta))
-                previous = shown_eta(doc, a.number - through, time.time(), settled=False)
-                if previous is not None:
-                    a.shown_etas_measured.append((time.time(), previous))
-                # the model before (position / the line's recent speed), side by side
-                line_rate = float(doc.get("line_rate_per_s") or 0.0)
-                if line_rate > 0:
-                    a.shown_etas_old.append((time.time(), max(0, a.number - through) / line_rate))
-            if a.number is not None and a.number <= through:
-                return True
-            if a.number is None and doc.get("drawn") and now - posted_at > jitter * 2:
-                return True
-            if now - posted_at > min(ttl_post_s, max(retry_s, 1.0)) and (
-                a.number is None or now - posted_at > ttl_post_s
+            doc = await self.fetch_doc(client)
+            if doc and look(
+                a,
+                doc,
+                now=now,
+                posted_at=posted_at,
+                retry_s=retry_s,
+                jitter=random.random(),
+                eta_of=shown_eta,
             ):
                 return True
         return False
@@ -266,7 +251,9 @@ class Storm:
         a.delivery = str(answer.get("delivery", "llhls"))
         a.stats.started_at_s = time.monotonic()
         token = str(answer.get("token", ""))
-        client.cookie = f"th_listener={token}"
+        client.cookie = "; ".join(f"{k}={v}" for k, v in client.jar.items()) or (
+            f"th_listener={token}"
+        )
         path = urlsplit(str(answer.get("listen_url") or answer["urls"]["live_m3u8"])).path
         runner = run_llhls if a.delivery == "llhls" else run_plain_hls
         self.playing += 1
@@ -293,7 +280,10 @@ class Storm:
 
     async def run(self) -> storm_report.Summary:
         o = self.o
-        async with httpx.AsyncClient(base_url=o["target"], timeout=15) as http:
+        # the host's and the bench's own requests: a fresh connection each, so
+        # none is sent on a kept-alive one the server's idle timeout just closed
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=o["target"], timeout=15, limits=no_keepalive) as http:
             await self.prepare(http)
             metrics_before = (await http.get("/metrics")).text
             cap = await self.cap_of(http)
@@ -317,7 +307,10 @@ class Storm:
             cpu0 = sum(proc.cpu_times()[:2])
             t0 = time.monotonic()
             deadline = t0 + o["duration_s"]
+            probe = Probe(o.get("server_pid"), o.get("origin"))
             tasks = [asyncio.create_task(self.poll_doc(deadline))]
+            tasks.append(asyncio.create_task(probe.run(deadline)))
+            tasks.append(asyncio.create_task(self.lookouts.run(deadline)))
             tasks += [asyncio.create_task(self.arrival(a, t0, deadline)) for a in self.arrivals]
             bar = None
             if o["progress"]:
@@ -327,17 +320,18 @@ class Storm:
             metrics_live = ""
             while time.monotonic() < deadline:
                 if self.live_at is not None and not metrics_live and time.time() > self.live_at + 2:
-                    metrics_live = (await http.get("/metrics")).text
+                    metrics_live = await scrape(http) or "-"  # "-": asked, not answered
                 if self.live_at is None and time.monotonic() - t0 >= o["pre_s"]:
-                    started = await http.post(
-                        f"/api/spaces/{self.space_id}/start", headers=self.host_headers
+                    started = await host_post(
+                        http, f"/api/spaces/{self.space_id}/start", self.host_headers
                     )
                     started.raise_for_status()
                     self.live_at = time.time()
+                    self.start_post_s = time.monotonic() - t0 - o["pre_s"]
                 if bar is not None:
                     bar.n = sum(1 for a in self.arrivals if a.admitted_at is not None)
                     bar.set_postfix(waiting=self.doc.get("waiting"), playing=self.playing)
-                if all(t.done() for t in tasks[1:]):
+                if all(t.done() for t in tasks[3:]):
                     break
                 await asyncio.sleep(0.2)
             for task in tasks:
@@ -348,15 +342,17 @@ class Storm:
                 bar.close()
             wall_s = time.monotonic() - t0
             cpu_s = sum(proc.cpu_times()[:2]) - cpu0
-            metrics_after = (await http.get("/metrics")).text
-            await http.post(f"/api/spaces/{self.space_id}/end", headers=self.host_headers)
+            metrics_after = await scrape(http)
+            await host_post(http, f"/api/spaces/{self.space_id}/end", self.host_headers)
         summary = storm_report.summarize(
             self.arrivals,
             self.samples,
             live_at=self.live_at,
             cap=cap,
             max_doc_age_s=self.max_doc_age_s,
-            clock_late_p99_s=clock_late_p99(metrics_live or metrics_before, metrics_after),
+            clock_late_p99_s=clock_late_p99(
+                metrics_before if metrics_live in ("", "-") else metrics_live, metrics_after
+            ),
             clock_late_whole_p99_s=clock_late_p99(metrics_before, metrics_after),
             client_cpu_percent=100 * cpu_s / wall_s if wall_s else 0.0,
             drawn_count=self.doc.get("drawn_count"),
@@ -364,9 +360,14 @@ class Storm:
                 "url": o["target"],
                 "space": self.space_id,
                 "wall_s": round(wall_s, 1),
+                "start_post_s": None if self.start_post_s is None else round(self.start_post_s, 3),
                 **{k: o[k] for k in ("arrivals", "over_s", "pre_s", "give_up", "listen_s", "poll")},
             },
         )
+        summary["probe"] = summarize_probe(probe.seconds, t0=self.arrivals[0].arrived_at)
+        summary["probe"].update(join_latency(self.join_s, self.arrivals[0].arrived_at))
+        if o.get("records"):
+            write_records(Path(o["records"]), self.arrivals)
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
@@ -393,8 +394,22 @@ def shown_eta(
     if eta is None or position <= 0:
         return eta
     updated = doc.get("updated_at")
-    age_s = 0.0 if not updated else now_s - datetime.fromisoformat(updated).timestamp()
+    age_s = 0.0 if not updated else now_s - _epoch_of(updated)
     return max(0.0, eta - max(0.0, age_s))
+
+
+_EPOCHS: dict[str, float] = {}
+
+
+def _epoch_of(iso: str) -> float:
+    """An ISO time as epoch seconds, parsed once (every waiter looks at the
+    same few documents)."""
+    epoch = _EPOCHS.get(iso)
+    if epoch is None:
+        if len(_EPOCHS) > 64:
+            _EPOCHS.clear()
+        epoch = _EPOCHS[iso] = datetime.fromisoformat(iso).timestamp()
+    return epoch
 
 
 def clock_late_p99(before: str, after: str) -> float | None:
@@ -466,10 +481,27 @@ def clock_late_p99(before: str, after: str) -> float | None:
 )
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option(
+    "--origin",
+    default=None,
+    help="The node's own URL when --target is a cache in front of it: its queue.json answers per second are counted.",
+)
+@click.option(
+    "--server-pid",
+    type=int,
+    default=None,
+    help="PID of the target's server on this machine: its CPU (with its children) is sampled each second.",
+)
+@click.option(
     "--plot",
     type=click.Path(dir_okay=False),
     default=None,
     help="Write a PNG of admitted / waiting / arrivals over time.",
+)
+@click.option(
+    "--records",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write one JSON line per arrival (numbers, times, stalls, ETAs shown) to this file.",
 )
 @click.option("--allow-remote", is_flag=True, help="Allow a target that is not a loopback address.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
@@ -487,7 +519,7 @@ def storm_command(**kw: Any) -> None:
     if not 1 <= kw["duration_s"] <= MAX_DURATION_S:
         raise click.UsageError(f"--duration-s must be between 1 and {MAX_DURATION_S:g}.")
     kw["progress"] = not kw.pop("no_progress") and sys.stderr.isatty()
-    summary = asyncio.run(Storm(kw).run())
+    summary: storm_report.Summary = uvloop.run(Storm(kw).run())
     if kw["as_json"]:
         click.echo(orjson.dumps(summary).decode())
     else:

@@ -17,6 +17,8 @@ import logging
 import resource
 from dataclasses import dataclass
 
+from townhall.origin.wire import problem_bytes, problem_document
+
 log = logging.getLogger("townhall.http")
 
 # descriptors kept free for files, the database, Redis and the media process
@@ -127,3 +129,33 @@ class ConnLimits:
 
     def statistics(self) -> ConnStatistics:
         return ConnStatistics(self.open, len(self._by_network), self.total, self.per_network)
+
+
+class CutAnswers:
+    """The driver's answers to a connection it cuts (408 for a head too slow,
+    431 for one too large, 400), rendered once per Date line: an attack that
+    is cut thousands of times a second pays a dict lookup for each, not a
+    problem+json rendering. Bounded: a few kinds of cut, one entry each."""
+
+    MAX_ENTRIES = 64
+
+    def __init__(self) -> None:
+        self._rendered: dict[tuple[int, str, str, str], tuple[object, bytes]] = {}
+
+    def get(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        default_headers: list[tuple[bytes, bytes]],
+    ) -> bytes:
+        key = (status, slug, title, detail)
+        found = self._rendered.get(key)
+        if found is not None and found[0] is default_headers:
+            return found[1]
+        answer = problem_bytes(problem_document(status, slug, title, detail, None), default_headers)
+        if found is None and len(self._rendered) >= self.MAX_ENTRIES:
+            self._rendered.clear()  # details that vary (a parser error's text): start over
+        self._rendered[key] = (default_headers, answer)
+        return answer

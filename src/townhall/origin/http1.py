@@ -77,10 +77,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self.server_state = server_state
         self.app_state = app_state
         self.loop = asyncio.get_running_loop()
-        self.parser = httptools.HttpRequestParser(self)
-        with contextlib.suppress(AttributeError):  # httptools < 0.6.3
-            # answer the first of pipelined requests sent with Connection: close
-            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -125,6 +122,11 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             transport.close()
             return
         self._admitted = True
+        # the parser only for an admitted connection: a refusal stays cheap
+        self.parser = httptools.HttpRequestParser(self)
+        with contextlib.suppress(AttributeError):  # httptools < 0.6.3
+            # answer the first of pipelined requests sent with Connection: close
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         metrics.HTTP_CONNECTIONS_OPEN.inc()
         self.server_state.connections.add(self)
         self._idle_since = self.loop.time()
@@ -189,13 +191,19 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
 
     # -- reading -------------------------------------------------------------------
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        rest: bytes | memoryview = b""
         if self._body_since is None:
+            room = self.limits.max_head_bytes - self._head_bytes
+            if len(data) > room:  # an unfinished head is parsed no further than the cap
+                view = memoryview(data)
+                data, rest = view[: room + 1], view[room + 1 :]
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._pause_reading()  # what follows is not HTTP; the request gets 501
+            return
         except httptools.HttpParserCallbackError:
             log.exception("the HTTP driver failed on a request; closing its connection")
             CLOSED["internal"].inc()
@@ -210,6 +218,8 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
                 "head_too_large", 431, "headers-too-large", "Request header fields too large",
                 self._head_detail(),
             )  # fmt: skip
+        elif rest and not self.transport.is_closing():
+            self.data_received(rest)  # the head ended in time: the rest as usual
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:

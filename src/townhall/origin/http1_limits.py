@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.asgi_cycle import Request
-from townhall.origin.conn_limits import ConnLimits, fd_soft_limit, total_cap
+from townhall.origin.conn_limits import ConnLimits, CutAnswers, fd_soft_limit, total_cap
 from townhall.origin.wire import problem_bytes, problem_document
 
 _REASONS = (
@@ -35,6 +35,7 @@ REFUSED = {
     for reason in ("network", "total")
 }
 RETRY_AFTER_S = 5.0
+CUTS = CutAnswers()  # the answers of a cut connection, rendered once per Date line
 # over a connection cap: no Date line, rendered once (the refusal must be cheap)
 REFUSAL = problem_bytes(
     problem_document(
@@ -136,8 +137,8 @@ class LimitsMixin:
         """Answer a problem with the connection (if no answer is in progress) and close."""
         CLOSED[reason].inc()
         if self._current is None and not self.transport.is_closing():
-            document = problem_document(status, slug, title, detail, None)
-            self.transport.write(problem_bytes(document, self.server_state.default_headers))
+            answer = CUTS.get(status, slug, title, detail, self.server_state.default_headers)
+            self.transport.write(answer)
         self.transport.close()
 
     def _refuse(

@@ -17,14 +17,10 @@ get 503 with Retry-After and keep their place (a ticket stays valid).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-
-import orjson
 
 from townhall import metrics
 from townhall.config import Settings
@@ -50,6 +46,7 @@ from townhall.policy.ratelimit import STORE_ERRORS
 from townhall.policy.tickets import REUSED, Ticket, TicketReused, TicketSigner
 from townhall.policy.tokens import Claims, TokenSigner
 from townhall.server.arrival_window import ArrivalWindow
+from townhall.server.queue_doc import QueueDoc, render_queue_doc
 from townhall.store.admission import AdmissionStore, ExpirySet
 from townhall.store.shared import RedisHealth
 from townhall.store.spaces import IndexEntry, SpaceIndex
@@ -58,6 +55,7 @@ log = logging.getLogger("townhall.admission")
 
 # A space whose line nobody asked about for this long is no longer ticked.
 ACTIVE_S = 120.0
+GO_LIVE_CHECK_S = 0.05  # how often the tick loop looks for a space gone live
 PAUSED = (
     "Admission is paused for a moment because this server cannot reach its shared counter; "
     "listeners already in keep playing. Try again in a few seconds (your place is kept)."
@@ -82,12 +80,6 @@ class Queued:
     retry_after_s: float
     code: str
     detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDoc:
-    body: bytes
-    etag: str
 
 
 class Admission:
@@ -526,43 +518,15 @@ class Admission:
         self._docs[space_id] = self._render(space_id, entry, now)
 
     def _render(self, space_id: str, entry: IndexEntry, now: float) -> QueueDoc:
-        line = self._lines.get(space_id, QueueState())
-        settings = self.settings
-        cap = self.cap_of(entry)
-        full_rate = line.full_rate
-        settled = line.settled_rate if cap > 0 else None
-        doc = {
-            "space_id": space_id,
-            "state": entry.state,
-            "max_listeners": cap,
-            "admitted": self._counts.get(space_id, 0),
-            "admitting_through": line.through,
-            "issued": line.issued,
-            "waiting": line.waiting,
-            # what a client needs for its own ETA (policy/eta.py; queue.js)
-            "admit_rate_per_s": settings.admit_rate_per_s,
-            "free_places": line.free if cap > 0 else None,
-            "full_rate_per_s": None if full_rate is None else round(full_rate, 3),
-            "line_rate_per_s": round(line.speed_per_s, 2),
-            "settled_rate_per_s": None if settled is None else round(settled, 3),
-            "mean_listen_s": None if settled is None else round(cap / settled, 1),
-            "settling": cap > 0 and line.settling,
-            "max_admit_rate_per_s": settings.admit_rate_per_s,
-            "drawn": line.lottery is not None,
-            "drawn_count": line.lottery,
-            "opens_at": _iso(
-                None
-                if entry.scheduled_for_s is None
-                else entry.scheduled_for_s - settings.waiting_room_open_s
-            ),
-            "starts_at": _iso(entry.scheduled_for_s),
-            "released_places": line.released,
-            "claim_s": settings.ticket_claim_s,
-            "interval_ms": settings.queue_interval_ms,
-            "updated_at": _iso(now),
-        }
-        body = orjson.dumps(doc)
-        return QueueDoc(body, '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"')
+        return render_queue_doc(
+            space_id,
+            entry,
+            self._lines.get(space_id, QueueState()),
+            cap=self.cap_of(entry),
+            admitted=self._counts.get(space_id, 0),
+            settings=self.settings,
+            now=now,
+        )
 
     async def document(self, space_id: str, entry: IndexEntry) -> QueueDoc:
         """The queue document as of the last tick (the first ask ticks now)."""
@@ -579,18 +543,40 @@ class Admission:
         return doc
 
     async def run(self) -> None:
-        """Tick every ``queue_interval_ms`` until cancelled."""
+        """Tick every ``queue_interval_ms`` until cancelled, on a fixed grid
+        (a slow tick does not push the next one back, so no document is older
+        than one interval plus one tick), and tick a space the moment it goes
+        live (its draw and first calls are published then, not up to an
+        interval later: the start delay)."""
         interval_s = self.settings.queue_interval_ms / 1000
+        next_at = time.monotonic() + interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            now = time.monotonic()
+            await asyncio.sleep(max(0.0, min(next_at, now + GO_LIVE_CHECK_S) - now))
             try:
-                await self.tick()
+                if time.monotonic() >= next_at:
+                    next_at += interval_s
+                    if next_at < time.monotonic():  # fell more than an interval behind
+                        next_at = time.monotonic() + interval_s
+                    await self.tick()
+                else:
+                    await self.tick_gone_live()
             except Exception:
                 metrics.ADMISSION_TICK_FAILURES.inc()
                 log.exception("admission tick failed; retrying next interval")
 
-
-def _iso(epoch_s: float | None) -> str | None:
-    if epoch_s is None:
-        return None
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
+    async def tick_gone_live(self) -> None:
+        """Tick each active capped space that went live since its last tick
+        (its line not drawn yet): a dict walk when none did."""
+        for space_id in list(self._active):
+            entry = self.index.get(space_id)
+            line = self._lines.get(space_id)
+            if (
+                entry is not None
+                and line is not None
+                and line.lottery is None
+                and entry.state == "live"
+                and self.cap_of(entry) > 0
+                and self._store_up()
+            ):
+                await self._tick_space(space_id, entry, self._clock())

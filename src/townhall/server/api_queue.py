@@ -98,6 +98,10 @@ QUEUE_SCHEMA = {
 }
 
 
+_QUEUE_200 = metrics.QUEUE_DOCUMENTS.labels(status="200")
+_QUEUE_304 = metrics.QUEUE_DOCUMENTS.labels(status="304")
+
+
 @router.get(
     "/spaces/{space_id}/queue.json",
     summary="The waiting room's state",
@@ -124,7 +128,9 @@ async def queue_json(space_id: str, request: Request) -> Response:
     headers = {"Cache-Control": "public, max-age=1", "ETag": doc.etag}
     inm = request.headers.get("if-none-match")
     if inm is not None and (inm.strip() == "*" or doc.etag in {t.strip() for t in inm.split(",")}):
+        _QUEUE_304.inc()
         return Response(status_code=304, headers=headers)
+    _QUEUE_200.inc()
     return Response(doc.body, media_type="application/json", headers=headers)
 
 

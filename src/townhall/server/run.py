@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import logging
@@ -35,6 +36,15 @@ def listen_backlog(wanted: int, somaxconn: Path = SOMAXCONN) -> int:
     return wanted
 
 
+def space_full_gc_passes(every: int) -> tuple[int, int, int]:
+    """Python's cyclic collector: ``every`` middle-generation passes between
+    two full ones (``gc_full_pass_every``), the young thresholds as they are.
+    Returns the thresholds now in force."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, every)
+    return gc.get_threshold()
+
+
 def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = None) -> None:
     """Run the app on uvicorn (uvloop where available) until a signal.
 
@@ -59,6 +69,7 @@ def run_server(settings: Settings, *, on_startup: Callable[[Any], Any] | None = 
     if warning is not None:
         logging.getLogger("townhall.access").warning("%s", warning)
     raise_fd_limit()
+    log.info("cyclic collector thresholds: %s", space_full_gc_passes(settings.gc_full_pass_every))
     app = create_app(settings)
     if on_startup is not None:
         app.state.on_startup = on_startup

@@ -134,13 +134,27 @@ async function goLive({ reconnect = false } = {}) {
   if (view.mic) return;
   view.wantMic = true;
   $("golive-button").disabled = true;
+  view.selfMuted = reconnect && view.selfMuted; // the page's own restart keeps the mute
   const mic = new MicSession({
+    muted: view.selfMuted,
     spaceId,
     returnAudio: $("return-audio"),
     onStatus: (text) => {
       if (mic.live) setStatus(micStatus, text, /live again/.test(text) ? "ok" : "error");
       else setStatus(micStatus, reconnect ? `Reconnecting: ${text}` : text, "wait");
     },
+    // a lost server: the session re-offers by itself (same track, same mute state)
+    onReconnecting: (text) => {
+      document.body.dataset.mic = "reconnecting";
+      setStatus(micStatus, `${text} Listeners do not hear you right now.`, "error");
+    },
+    onBack: (text) => {
+      document.body.dataset.mic = "live";
+      view.unheardSince = 0;
+      setStatus(micStatus, `${text} ${view.selfMuted ? "You are muted." : LIVE_SENTENCE}`, view.selfMuted ? "" : "ok");
+      if (view.selfMuted) mic.remindMuted(me.id); // the new node may not know it yet
+    },
+    // gave up (policy.for_ms): the console goes on trying, slower, with a new microphone session
     onDrop: (text) => micLost(text),
   });
   view.mic = mic;
@@ -150,13 +164,14 @@ async function goLive({ reconnect = false } = {}) {
     view.attempts = 0;
     view.unheardSince = 0;
     sessionStorage.setItem(LIVE_KEY, "1");
-    view.selfMuted = false;
+    if (view.selfMuted) mic.remindMuted(me.id);
     $("golive-button").hidden = true;
     $("mute-button").hidden = false;
     $("stopmic-button").hidden = false;
-    $("mute-button").textContent = "Mute";
-    $("mute-button").setAttribute("aria-pressed", "false");
-    setStatus(micStatus, reconnect ? `Reconnected. ${LIVE_SENTENCE}` : LIVE_SENTENCE, "ok");
+    $("mute-button").textContent = view.selfMuted ? "Unmute" : "Mute";
+    $("mute-button").setAttribute("aria-pressed", String(view.selfMuted));
+    const sentence = view.selfMuted ? "You are muted." : LIVE_SENTENCE;
+    setStatus(micStatus, reconnect ? `Reconnected. ${sentence}` : sentence, view.selfMuted ? "" : "ok");
     document.body.dataset.mic = "live";
     $("my-level-row").hidden = false;
     meterLoop();

@@ -32,6 +32,7 @@ const view = {
   micStarting: false,
   selfMuted: false,
   muteChangedAt: 0,
+  backAt: 0, // when the microphone reconnected by itself (a takeover)
   retryTimer: null,
   latencyTimer: null,
   waiting: null, // AbortController of the waiting room
@@ -380,7 +381,9 @@ function syncStage(state) {
     }
   } else if (!seat && view.mic && view.mic.live) {
     stopMic("You are back in the audience.");
-  } else if (seat && view.mic && Boolean(seat.muted) !== view.selfMuted && Date.now() - view.muteChangedAt > MUTE_SETTLE_MS) {
+  } else if (seat && view.mic?.live && view.selfMuted && !seat.muted && Date.now() - view.backAt < 3 * MUTE_SETTLE_MS) {
+    view.mic.remindMuted(me.id); // a node that took the room over does not know our mute: it must not unmute us
+  } else if (seat && view.mic?.live && Boolean(seat.muted) !== view.selfMuted && Date.now() - view.muteChangedAt > MUTE_SETTLE_MS) {
     // The host (or you, elsewhere) changed your mute on the server.
     showSelfMuted(Boolean(seat.muted));
     view.mic.setMuted(view.selfMuted);
@@ -421,7 +424,13 @@ async function startMic() {
     spaceId,
     returnAudio: $("return-audio"),
     onStatus: (text) => setStatus($("speak-status"), text, "wait"),
-    onDrop: () => stopMic("Your microphone was disconnected; you are listening to the broadcast again."),
+    onReconnecting: (text) => setStatus($("speak-status"), `${text} Listeners do not hear you right now.`, "error"),
+    onBack: (text) => {
+      setStatus($("speak-status"), `${text} ${view.selfMuted ? "You are muted." : "Your microphone is live."}`, view.selfMuted ? "" : "ok");
+      view.muteChangedAt = view.backAt = Date.now(); // the new node learns our mute before its seat is trusted
+      if (view.selfMuted) mic.remindMuted(me.id);
+    },
+    onDrop: (text) => stopMic(`${text} You are listening to the broadcast again; ask to speak again.`),
   });
   view.mic = mic;
   try {
