@@ -122,7 +122,7 @@ class Problem:
         and logged the same way)."""
         error = self.error
         if error.status >= 500:
-            log.error("townhall error on %s: %s", instance, error.detail)
+            log.log(error.log_level, "townhall error on %s: %s", instance, error.detail)
         metrics.PROBLEMS.labels(status=str(error.status)).inc()
         response = problems.problem_response(
             error.to_problem(instance),
