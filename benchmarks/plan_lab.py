@@ -160,7 +160,11 @@ class Lab:
         wait_http(node.url + "/healthz", 60, proc)
         return node
 
-    def nginx(self, template: str, fields: dict[str, str]) -> tuple[Any, str]:
+    def nginx(
+        self, template: str, fields: dict[str, str], http_extra: str = ""
+    ) -> tuple[Any, str]:
+        """nginx on ``deploy/<template>``; ``http_extra``: directives added at the
+        top of its http block in the copy we run (e.g. an access log of our own)."""
         prefix = self.root / "nginx"
         (prefix / "cache").mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -174,6 +178,8 @@ class Lab:
         }
         for key, value in fields.items():
             conf = conf.replace(key, value)
+        if http_extra:
+            conf = conf.replace("http {", "http {\n    " + http_extra, 1)
         (prefix / "nginx.conf").write_text(conf)
         directives = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/error.log;"
         if os.geteuid() == 0:
