@@ -37,15 +37,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plan_calibrate import account, space
 from plan_lab import BUS, CLIENT_CORE, OPEN_LIMITS, ROOT, Lab, Node, loadavg, log, proc_cpu_s
 
-LOG_FORMAT = "log_format th_upstream '$msec $upstream_cache_status $upstream_addr $status $uri';"
+LOG_FORMAT = (
+    "log_format th_upstream '$msec $upstream_cache_status $upstream_addr $status $uri "
+    "$request_time';"
+)
 BAR = 0.10
 
 
-def access_log(path: Path) -> str:
-    return (
+def access_log(path: Path, every: Path | None) -> str:
+    """Our log of the requests passed upstream; ``every``: also a log of all
+    requests (a diagnosis: what a listener waits for at the cache)."""
+    out = (
         f"{LOG_FORMAT}\n    log_subrequest on;\n"
         f"    access_log {path} th_upstream buffer=64k flush=1s if=$upstream_addr;"
     )
+    if every is not None:
+        out += f"\n    access_log {every} th_upstream buffer=256k flush=1s;"
+    return out
+
+
+def wait_profile(path: Path) -> dict[str, Any]:
+    """From the log of every request: answer time quantiles by cache status
+    and request kind (blocking reload, part, other)."""
+    groups: dict[str, list[float]] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        f = line.split(" ")
+        if len(f) < 6:
+            continue
+        kind = "reload" if f[4].endswith("live.m3u8") else "part" if "/part/" in f[4] else "other"
+        groups.setdefault(f"{kind} {f[1]}", []).append(float(f[5]))
+    out: dict[str, Any] = {}
+    for key, times in sorted(groups.items()):
+        times.sort()
+        n = len(times)
+        out[key] = {
+            "n": n,
+            "p50_s": times[n // 2],
+            "p90_s": times[min(n - 1, n * 9 // 10)],
+            "share_over_0.3_s": round(sum(t > 0.3 for t in times) / n, 4),
+        }
+    return out
 
 
 def origin_requests(path: Path, t0: float, t1: float) -> dict[str, Any]:
@@ -85,7 +120,7 @@ def step(
 ) -> dict[str, Any]:
     ramp = max(2.0, n / 800)
     cmd = [
-        "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall", "bench", "listeners",
+        "taskset", "-c", args.client_cores, sys.executable, "-m", "townhall", "bench", "listeners",
         "--target", url, "--space", live, "--mode", "llhls", "--listeners", str(n),
         "--ramp-s", f"{ramp:g}", "--duration-s", f"{args.step_s:g}", "--json",
     ]  # fmt: skip
@@ -172,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-s", type=float, default=30.0)
     ap.add_argument("--settle-s", type=float, default=5.0)
     ap.add_argument("--idle-s", type=float, default=15.0)
+    ap.add_argument("--client-cores", default=CLIENT_CORE, help="taskset -c for the crowd")
+    ap.add_argument("--log-all", action="store_true", help="diagnosis: log every request too")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/origin_flat.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs/plots/origin_flat.png"))
     args = ap.parse_args(argv)
@@ -203,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             template = "nginx-cache.conf"
             fields = {"@ORIGIN@": f"127.0.0.1:{nodes[0].port}"}
-        nginx, url = lab.nginx(template, fields, access_log(log_path))
+        every = root / "every.log" if args.log_all else None
+        nginx, url = lab.nginx(template, fields, access_log(log_path, every))
         http = httpx.Client(base_url=nodes[0].url, timeout=15)
         live = space(http, account(http), scheduled=False)
         deadline = time.monotonic() + 60
@@ -216,10 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(5)
         c0, t0 = [nd.cpu_s() for nd in nodes], time.monotonic()
         time.sleep(args.idle_s)
-        idle_by_node = [(nd.cpu_s() - c) / (time.monotonic() - t0) for nd, c in zip(nodes, c0)]
+        idle_by_node = [
+            (nd.cpu_s() - c) / (time.monotonic() - t0) for nd, c in zip(nodes, c0, strict=True)
+        ]
         idle = sum(idle_by_node)
         log(f"room live, no listeners: origin {idle:.4f} cores {idle_by_node}")
         rows = [step(lab, nodes, nginx, url, live, n, args, log_path) for n in steps]
+        time.sleep(1.5)
+        waits = wait_profile(every) if every is not None else None
     finally:
         lab.close()
     cores = [r["origin_cores"] for r in rows]
@@ -233,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_origin_cores": round(idle, 4),
         "idle_by_node_cores": [round(c, 4) for c in idle_by_node],
         "steps": rows,
+        "answer_times_at_the_cache": waits,
         "spread": round((hi - lo) / lo, 4) if lo > 0 else None,
         "bar": f"origin CPU max/min - 1 <= {BAR:.0%}",
         "met": lo > 0 and (hi - lo) / lo <= BAR,
