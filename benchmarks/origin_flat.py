@@ -68,8 +68,8 @@ def wait_profile(path: Path) -> dict[str, Any]:
         f = line.split(" ")
         if len(f) < 6:
             continue
-        kind = "reload" if f[4].endswith("live.m3u8") else "part" if "/part/" in f[4] else "other"
-        groups.setdefault(f"{kind} {f[1]}", []).append(float(f[5]))
+        kind = "reload" if f[-2].endswith("live.m3u8") else "part" if "/part/" in f[-2] else "other"
+        groups.setdefault(f"{kind} {f[1]}", []).append(float(f[-1]))
     out: dict[str, Any] = {}
     for key, times in sorted(groups.items()):
         times.sort()
@@ -93,11 +93,11 @@ def origin_requests(path: Path, t0: float, t1: float) -> dict[str, Any]:
     except OSError:
         lines = []
     for line in lines:
-        parts = line.split(" ")
-        if len(parts) < 5 or not t0 <= float(parts[0]) < t1:
+        parts = line.split(" ")  # ($upstream_addr may be "a, b": read from the end)
+        if len(parts) < 6 or not t0 <= float(parts[0]) < t1:
             continue
         total += 1
-        uri = parts[4]
+        uri = parts[-2]
         kind = (
             "reload"
             if uri.endswith("live.m3u8")
@@ -106,7 +106,7 @@ def origin_requests(path: Path, t0: float, t1: float) -> dict[str, Any]:
             else uri.rsplit("/", 1)[-1]
         )
         by_kind[kind] = by_kind.get(kind, 0) + 1
-        by_status[parts[3]] = by_status.get(parts[3], 0) + 1
+        by_status[parts[-3]] = by_status.get(parts[-3], 0) + 1
     span = max(1e-9, t1 - t0)
     return {
         "per_s": round(total / span, 2),
@@ -118,45 +118,76 @@ def origin_requests(path: Path, t0: float, t1: float) -> dict[str, Any]:
 def step(
     lab: Lab, nodes: list[Node], nginx: Any, url: str, live: str, n: int, args: Any, log_path: Path
 ) -> dict[str, Any]:
+    """One step: ``n`` listeners in crowds of at most ``--per-process``, each
+    crowd a process in a session of its own (the kernel's autogroup then
+    gives it a share of its own, as every other session on the machine has)."""
     ramp = max(2.0, n / 800)
-    cmd = [
-        "taskset", "-c", args.client_cores, sys.executable, "-m", "townhall", "bench", "listeners",
-        "--target", url, "--space", live, "--mode", "llhls", "--listeners", str(n),
-        "--ramp-s", f"{ramp:g}", "--duration-s", f"{args.step_s:g}", "--json",
+    crowds = [min(args.per_process, n - i) for i in range(0, n, args.per_process)]
+    cmds = [
+        [
+            "taskset", "-c", args.client_cores, sys.executable, "-m", "townhall", "bench",
+            "listeners", "--target", url, "--space", live, "--mode", "llhls",
+            "--listeners", str(k), "--ramp-s", f"{ramp:g}", "--duration-s", f"{args.step_s:g}",
+            "--json",
+        ]
+        for k in crowds
     ]  # fmt: skip
-    log(f"{n} listeners: " + " ".join(cmd[3:]))
-    out: dict[str, Any] = {}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log(f"{n} listeners in {len(crowds)} processes: " + " ".join(cmds[0][3:]))
+    procs = [
+        subprocess.Popen(
+            c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        for c in cmds
+    ]
+    outs: list[dict[str, Any]] = [{} for _ in procs]
 
-    def reader() -> None:
+    def reader(proc: Any, out: dict[str, Any]) -> None:
         out["stdout"], out["stderr"] = proc.communicate(timeout=args.step_s + 90)
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=reader, args=(p, o), daemon=True)
+        for p, o in zip(procs, outs, strict=True)
+    ]
+    for t in threads:
+        t.start()
     settle = ramp + args.settle_s
     window = args.step_s - settle - 2.0
     time.sleep(settle)
+
+    def client_cpu() -> float:
+        return sum(proc_cpu_s(p.pid) for p in procs)
+
     c0 = [nd.cpu_s() for nd in nodes]
-    g0, k0, w0, wall0 = proc_cpu_s(nginx.pid), proc_cpu_s(proc.pid), time.monotonic(), time.time()
+    g0, k0, w0, wall0 = proc_cpu_s(nginx.pid), client_cpu(), time.monotonic(), time.time()
     l0 = loadavg()
     time.sleep(window)
     c1 = [nd.cpu_s() for nd in nodes]
-    g1, k1, w1, wall1 = proc_cpu_s(nginx.pid), proc_cpu_s(proc.pid), time.monotonic(), time.time()
-    thread.join(timeout=args.step_s + 100)
-    if proc.returncode != 0 or not out.get("stdout"):
-        raise RuntimeError(f"bench listeners failed: {out.get('stderr', '')[-2000:]}")
-    summary = json.loads(out["stdout"].strip().splitlines()[-1])
+    g1, k1, w1, wall1 = proc_cpu_s(nginx.pid), client_cpu(), time.monotonic(), time.time()
+    for t in threads:
+        t.join(timeout=args.step_s + 100)
+    summaries = []
+    for p, o in zip(procs, outs, strict=True):
+        if p.returncode != 0 or not o.get("stdout"):
+            raise RuntimeError(f"bench listeners failed: {o.get('stderr', '')[-2000:]}")
+        summaries.append(json.loads(o["stdout"].strip().splitlines()[-1]))
     span = w1 - w0
     time.sleep(1.5)  # nginx flushes its log buffer every second
     by_node = [(b - a) / span for a, b in zip(c0, c1, strict=True)]
+    played = sum(float(x.get("played_s") or 0) for x in summaries)
+    stalled = sum(float(x.get("stalled_s") or 0) for x in summaries)
+    errors: dict[str, int] = {}
+    for x in summaries:
+        for k, v in (x.get("errors") or {}).items():
+            errors[k] = errors.get(k, 0) + int(v)
     row = {
         "listeners": n,
-        "held": summary.get("listeners_held"),
-        "stall_ratio": summary.get("stall_ratio"),
-        "ttfa_p50_s": summary.get("ttfa_p50_s"),
-        "ttfa_p99_s": summary.get("ttfa_p99_s"),
-        "errors": summary.get("errors"),
-        "client_requests_per_s": summary.get("requests_per_s"),
+        "processes": len(procs),
+        "held": sum(int(x.get("listeners_held") or 0) for x in summaries),
+        "stall_ratio": round(stalled / played, 6) if played > 0 else None,
+        "ttfa_p50_s": max(float(x.get("ttfa_p50_s") or 0) for x in summaries),
+        "ttfa_p99_s": max(float(x.get("ttfa_p99_s") or 0) for x in summaries),
+        "errors": errors,
+        "client_requests_per_s": round(sum(float(x["requests_per_s"]) for x in summaries), 1),
         "window_s": round(span, 2),
         "origin_cores": round(sum(by_node), 4),
         "origin_by_node_cores": [round(c, 4) for c in by_node],
@@ -164,7 +195,7 @@ def step(
         "client_cores": round((k1 - k0) / span, 4),
         "origin_requests": origin_requests(log_path, wall0, wall1),
         "load": [l0, loadavg()],
-        "command": " ".join(cmd[3:]).replace(url, "http://<nginx>"),
+        "command": " ".join(cmds[0][3:]).replace(url, "http://<nginx>"),
     }
     log(
         f"{n}: origin {row['origin_cores']} cores, nginx {row['nginx_cores']}, client "
@@ -208,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle-s", type=float, default=5.0)
     ap.add_argument("--idle-s", type=float, default=15.0)
     ap.add_argument("--client-cores", default=CLIENT_CORE, help="taskset -c for the crowd")
+    ap.add_argument("--per-process", type=int, default=1000, help="listeners per crowd process")
     ap.add_argument("--log-all", action="store_true", help="diagnosis: log every request too")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/origin_flat.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs/plots/origin_flat.png"))
