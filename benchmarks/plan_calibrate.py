@@ -183,22 +183,34 @@ def main(argv: list[str] | None = None) -> int:
         http.close()
         http = httpx.Client(base_url=owner.url, timeout=15, headers={"Cookie": cookie})
         ticket = http.post(f"/api/spaces/{later}/join", json={}).json()["ticket"]
-        parts: list[str] = []
-        deadline = time.monotonic() + 30
-        while len(parts) < 4:
-            answer = http.get(f"/spaces/{live}/live.m3u8")
-            if answer.status_code == 200:
-                ll = parse_playlist(answer.text)
-                parts = [f"/spaces/{live}/{p.uri}" for p in ll.all_parts()][-8:]
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no parts in the live playlist: {answer.status_code} {answer.text[:300]}"
-                )
-            time.sleep(0.5)
         plain_path = httpx.URL(joined["urls"]["plain_m3u8"]).path
-        plain = parse_playlist(http.get(plain_path).text)
-        segments = [str(httpx.URL(owner.url + plain_path).join(s.uri).path) for s in plain.segments]
-        segments = segments[-3:]
+
+        def live_parts() -> list[str]:
+            """The newest parts of the live window (asked again before each use:
+            on a loaded machine the runs before can outlast the window)."""
+            deadline = time.monotonic() + 30
+            while True:
+                answer = http.get(f"/spaces/{live}/live.m3u8")
+                if answer.status_code == 200:
+                    ll = parse_playlist(answer.text)
+                    found = [f"/spaces/{live}/{p.uri}" for p in ll.all_parts()][-8:]
+                    if len(found) >= 4:
+                        return found
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"no parts in the live playlist: {answer.status_code} {answer.text[:300]}"
+                    )
+                time.sleep(0.5)
+
+        def live_segments() -> list[str]:
+            plain = parse_playlist(http.get(plain_path).text)
+            found = [
+                str(httpx.URL(owner.url + plain_path).join(s.uri).path) for s in plain.segments
+            ]
+            return found[-3:]
+
+        parts = live_parts()
+        segments = live_segments()
         kinds: list[tuple[str, list[str], str, str | None, int]] = [
             ("join", [f"/api/spaces/{live}/join"], "POST", "{}", 200),
             ("join_queued", [f"/api/spaces/{later}/join"], "POST", "{}", 202),
@@ -212,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         redis_cpu = redis_ops = 0.0
         for kind, paths, method, body, status in kinds:
+            if kind == "part":
+                paths = parts = live_parts()
+            elif kind == "segment":
+                paths = live_segments()
             answer = http.request(method, paths[0], content=body)
             if answer.status_code != status:
                 raise RuntimeError(f"{kind}: {method} {paths[0]} answered {answer.status_code}")
@@ -300,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         # nginx in front (of the follower without a cap: no link needed): its
         # CPU per cached answer
         proc, nginx_url = lab.nginx("nginx-cache.conf", {"@ORIGIN@": f"127.0.0.1:{free.port}"})
+        parts = live_parts()
         for p in parts:
             httpx.get(nginx_url + p, headers={"Cookie": cookie})
         n0, w0 = proc_cpu_s(proc.pid), time.monotonic()
