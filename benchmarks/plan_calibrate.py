@@ -326,12 +326,13 @@ def main(argv: list[str] | None = None) -> int:
         idle_rtt = round(request_latency(nginx_url, parts[-1], cookie), 6)
         notes["client_request_idle_s"] = idle_rtt
         notes["client_request_direct_s"] = result.pop("client_request_loaded_s")
-        # a request as a player sees it through the cache tier, with that many
-        # players starting at once (the storm's pages play through nginx)
+        # a request as a player sees it through the cache tier, players starting
+        # one after another as a line lets them in (the storm's pages play
+        # through nginx): 0 to N evenly over 10 s
         cmd = [
             "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall", "bench", "listeners",
-            "--target", nginx_url, "--space", live, "--mode", "llhls",
-            "--listeners", str(args.listeners), "--duration-s", "10", "--json",
+            "--target", nginx_url, "--space", live, "--mode", "llhls", "--shape", "storm",
+            "--listeners", str(args.listeners), "--ramp-s", "10", "--duration-s", "15", "--json",
         ]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         through = json.loads(out.stdout.strip().splitlines()[-1])

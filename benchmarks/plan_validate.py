@@ -125,7 +125,19 @@ def main(argv: list[str] | None = None) -> int:
             target=sample, args=(lab, nodes, w0, stop, timeline), daemon=True
         )
         sampler.start()
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration_s + 120)
+        for attempt in range(3):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration_s + 120)
+            if out.returncode == 0 or "/api/sessions" not in out.stderr:
+                break
+            # the host's sign-in refused (503: Redis slow to answer on a loaded
+            # machine, sign-in fails closed): the storm had not begun; again
+            log(f"the storm's sign-in was refused (attempt {attempt + 1}); again")
+            time.sleep(3)
+            w0, storm_at = time.monotonic(), time.time()
+            cpu0 = [n.cpu_s() for n in nodes]
+            ng0 = proc_cpu_s(nginx.pid)
+            ops0, rcpu0, cmd0 = lab.redis_ops(), lab.redis_cpu_s(), lab.redis_commands()
+            timeline.clear()
         wall = time.monotonic() - w0
         stop.set()
         sampler.join(timeout=5)
