@@ -179,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         result["room_follower_cores"] = max(0.0, room[1 - owner_i] - idle[1 - owner_i])
         parts_per_s = 1 / 0.512
         result["redis_ops"]["node_s"] = idle_ops_s / 2
-        result["redis_ops"]["part"] = max(0.0, room_ops_s - idle_ops_s) / parts_per_s / 2
+        # per part: the owner's write (one script: XADD and the window's keys)
+        # and each follower's read (XREAD); INFO commandstats tells them apart
+        room_span = time.monotonic() - t0
+        reads_s = notes["room_redis_commands"].get("xread", 0) / room_span
+        result["redis_ops"]["part_follower"] = round(reads_s / parts_per_s, 3)
+        result["redis_ops"]["part"] = round(
+            max(0.0, room_ops_s - idle_ops_s - reads_s) / parts_per_s, 3
+        )
         http.close()
         http = httpx.Client(base_url=owner.url, timeout=15, headers={"Cookie": cookie})
         ticket = http.post(f"/api/spaces/{later}/join", json={}).json()["ticket"]

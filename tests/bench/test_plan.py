@@ -269,3 +269,14 @@ def test_a_called_ticket_claimed_costs_an_admitted_join() -> None:
     measured = Costs.from_json({**RAW, "origin_us": {**RAW["origin_us"], "claim": 400.0}})
     again = simulate(measured, s)
     assert again.origin_cpu_by_kind["claim"] * 30.0 == pytest.approx(claimed * 400e-6, rel=0.02)
+
+
+def test_redis_per_part_is_the_owners_write_and_each_followers_read() -> None:
+    split = Costs.from_json({**RAW, "redis_ops": {**RAW["redis_ops"], "part_follower": 0.5}})
+    assert split.redis_ops_per_part(1) == pytest.approx(3.0)
+    assert split.redis_ops_per_part(3) == pytest.approx(3.0 + 2 * 0.5)
+    assert COSTS.redis_ops_per_part(3) == pytest.approx(3 * 3.0)  # older calibration
+    s = base(origin_nodes=3, duration_s=10.0, arrivals=1)
+    parts_s = (1 / 0.512) * (split.redis_ops_per_part(3) - COSTS.redis_ops_per_part(3))
+    gap = simulate(split, s).redis_ops_mean_per_s - simulate(COSTS, s).redis_ops_mean_per_s
+    assert gap == pytest.approx(parts_s, rel=0.02)

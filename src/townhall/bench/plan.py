@@ -287,7 +287,7 @@ def simulate(
         ).items():
             work[kind] = work.get(kind, 0.0) + per_s * dt
         parts = dt / costs.part_s
-        redis_ops += parts * costs.redis_ops["part"] * s.origin_nodes
+        redis_ops += parts * costs.redis_ops_per_part(s.origin_nodes)
         redis_ops += costs.redis_ops["node_s"] * s.origin_nodes * dt
         cpu = sum(costs.origin_us[k] * v for k, v in work.items()) * 1e-6
         for k, v in work.items():

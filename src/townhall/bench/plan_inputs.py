@@ -29,7 +29,9 @@ class Costs:
     that runs it / on each node that follows it over the bus.
     ``redis_us``: Redis CPU per operation; ``redis_ops``: operations per
     ``join``, per ``ticket``, per ``part`` (owner's write and each follower's
-    read), per node and second at rest (``node_s``).
+    read; with ``part_follower`` measured, ``part`` is the owner's write and
+    ``part_follower`` each follower's read), per node and second at rest
+    (``node_s``).
     ``bytes``: answer sizes with headers; ``client_request_s``: one request as
     a player sees it with a few hundred players on the machine (`bench
     listeners`' first-audio p50 over its five requests; at least the idle
@@ -65,6 +67,15 @@ class Costs:
         "segment",
         "state",
     )
+
+    def redis_ops_per_part(self, nodes: int) -> float:
+        """Redis operations per part of one room on ``nodes`` nodes: the owner's
+        write (``part``) and each follower's read (``part_follower``); an older
+        calibration without the split counted ``part`` on every node."""
+        follower = self.redis_ops.get("part_follower")
+        if follower is None:
+            return self.redis_ops["part"] * nodes
+        return self.redis_ops["part"] + follower * (nodes - 1)
 
     def redis_op(self, kind: str) -> float:
         """Redis operations per request of ``kind`` (a ticket's when not measured)."""
