@@ -42,6 +42,7 @@ from plan_lab import (
     ROOT,
     Lab,
     Node,
+    commands_delta,
     loadavg,
     log,
     proc_cpu_s,
@@ -130,14 +131,18 @@ def main(argv: list[str] | None = None) -> int:
             "TOWNHALL_MAX_LISTENERS": "100000000",
             "TOWNHALL_NODE_MAX_LISTENERS": "0",
             "TOWNHALL_LLHLS_BUDGET_LISTENERS": "0",
+            # as plan_validate.py's nodes (the same background): a node learns
+            # a new space within 0.2 s
+            "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
         }
         a = lab.node("node-a", env)
         b = lab.node("node-b", env)
         nodes = [a, b]
         log("idle nodes")
-        ops0, t0 = lab.redis_ops(), time.monotonic()
+        ops0, t0, cmd0 = lab.redis_ops(), time.monotonic(), lab.redis_commands()
         idle = background(nodes, args.idle_s)
         idle_ops_s = (lab.redis_ops() - ops0) / (time.monotonic() - t0)
+        notes["idle_redis_commands"] = commands_delta(lab.redis_commands(), cmd0)
         result["node_idle_cores"] = statistics.mean(idle)
         http = httpx.Client(base_url=a.url, timeout=15)
         host = account(http)
@@ -163,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         notes["room_start_s"] = seen
         time.sleep(4)  # the room runs, the other node follows it
         log("a live room, nobody listening")
-        ops0, t0 = lab.redis_ops(), time.monotonic()
+        ops0, t0, cmd0 = lab.redis_ops(), time.monotonic(), lab.redis_commands()
         room = background(nodes, args.idle_s)
         room_ops_s = (lab.redis_ops() - ops0) / (time.monotonic() - t0)
+        notes["room_redis_commands"] = commands_delta(lab.redis_commands(), cmd0)
         owner_i = 0 if room[0] - idle[0] >= room[1] - idle[1] else 1
         owner = nodes[owner_i]
         rest = room[owner_i]  # the owner's background while the room is live
@@ -173,26 +179,45 @@ def main(argv: list[str] | None = None) -> int:
         result["room_follower_cores"] = max(0.0, room[1 - owner_i] - idle[1 - owner_i])
         parts_per_s = 1 / 0.512
         result["redis_ops"]["node_s"] = idle_ops_s / 2
-        result["redis_ops"]["part"] = max(0.0, room_ops_s - idle_ops_s) / parts_per_s / 2
+        # per part: the owner's write (one script: XADD and the window's keys)
+        # and each follower's read (XREAD); INFO commandstats tells them apart
+        room_span = time.monotonic() - t0
+        reads_s = notes["room_redis_commands"].get("xread", 0) / room_span
+        result["redis_ops"]["part_follower"] = round(reads_s / parts_per_s, 3)
+        result["redis_ops"]["part"] = round(
+            max(0.0, room_ops_s - idle_ops_s - reads_s) / parts_per_s, 3
+        )
         http.close()
         http = httpx.Client(base_url=owner.url, timeout=15, headers={"Cookie": cookie})
         ticket = http.post(f"/api/spaces/{later}/join", json={}).json()["ticket"]
-        parts: list[str] = []
-        deadline = time.monotonic() + 30
-        while len(parts) < 4:
-            answer = http.get(f"/spaces/{live}/live.m3u8")
-            if answer.status_code == 200:
-                ll = parse_playlist(answer.text)
-                parts = [f"/spaces/{live}/{p.uri}" for p in ll.all_parts()][-8:]
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"no parts in the live playlist: {answer.status_code} {answer.text[:300]}"
-                )
-            time.sleep(0.5)
         plain_path = httpx.URL(joined["urls"]["plain_m3u8"]).path
-        plain = parse_playlist(http.get(plain_path).text)
-        segments = [str(httpx.URL(owner.url + plain_path).join(s.uri).path) for s in plain.segments]
-        segments = segments[-3:]
+
+        def live_parts() -> list[str]:
+            """The newest parts of the live window (asked again before each use:
+            on a loaded machine the runs before can outlast the window)."""
+            deadline = time.monotonic() + 30
+            while True:
+                answer = http.get(f"/spaces/{live}/live.m3u8")
+                if answer.status_code == 200:
+                    ll = parse_playlist(answer.text)
+                    found = [f"/spaces/{live}/{p.uri}" for p in ll.all_parts()][-8:]
+                    if len(found) >= 4:
+                        return found
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"no parts in the live playlist: {answer.status_code} {answer.text[:300]}"
+                    )
+                time.sleep(0.5)
+
+        def live_segments() -> list[str]:
+            plain = parse_playlist(http.get(plain_path).text)
+            found = [
+                str(httpx.URL(owner.url + plain_path).join(s.uri).path) for s in plain.segments
+            ]
+            return found[-3:]
+
+        parts = live_parts()
+        segments = live_segments()
         kinds: list[tuple[str, list[str], str, str | None, int]] = [
             ("join", [f"/api/spaces/{live}/join"], "POST", "{}", 200),
             ("join_queued", [f"/api/spaces/{later}/join"], "POST", "{}", 202),
@@ -206,23 +231,33 @@ def main(argv: list[str] | None = None) -> int:
         ]
         redis_cpu = redis_ops = 0.0
         for kind, paths, method, body, status in kinds:
+            if kind == "part":
+                paths = parts = live_parts()
+            elif kind == "segment":
+                paths = live_segments()
             answer = http.request(method, paths[0], content=body)
             if answer.status_code != status:
                 raise RuntimeError(f"{kind}: {method} {paths[0]} answered {answer.status_code}")
             result["bytes"][kind] = size_of(answer)
             ops0, rc0, c0, w0 = lab.redis_ops(), lab.redis_cpu_s(), owner.cpu_s(), time.monotonic()
+            cmd0 = lab.redis_commands()
             run = wrk(lab, owner.url, paths, args.wrk_s, method=method, body=body, cookie=cookie)
             wall = time.monotonic() - w0
             cpu = owner.cpu_s() - c0 - rest * wall
             n = max(1, run["requests"])
             result["origin_us"][kind] = round(cpu / n * 1e6, 1)
             ops = lab.redis_ops() - ops0 - room_ops_s * wall
-            if method == "POST":
+            if method == "POST":  # (GETs: the commands are in notes[kind])
                 result["redis_ops"][kind] = round(max(0.0, ops) / n, 3)
             redis_cpu += lab.redis_cpu_s() - rc0
             redis_ops += lab.redis_ops() - ops0
             result["commands"][kind] = run["command"]
-            notes[kind] = {"requests": run["requests"], "non_2xx": run["non_2xx"], "wall_s": wall}
+            notes[kind] = {
+                "requests": run["requests"],
+                "non_2xx": run["non_2xx"],
+                "wall_s": wall,
+                "redis_commands": commands_delta(lab.redis_commands(), cmd0),
+            }
             log(f"{kind}: {result['origin_us'][kind]} us, {run['requests']} requests")
             if method == "GET" and run["non_2xx"] > 0.01 * n:
                 raise RuntimeError(f"{kind}: {run['non_2xx']} of {n} answers were not 2xx")
@@ -233,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         before = http.get(f"/spaces/{later}/queue.json").json()
         http.post(f"/api/spaces/{later}/start", headers=host).raise_for_status()
         time.sleep(3)
-        ops0, t0 = lab.redis_ops(), time.monotonic()
+        ops0, t0, cmd0 = lab.redis_ops(), time.monotonic(), lab.redis_commands()
         moving = background(nodes, args.idle_s)
         moving_ops_s = (lab.redis_ops() - ops0) / (time.monotonic() - t0)
+        notes["line_redis_commands"] = commands_delta(lab.redis_commands(), cmd0)
         after = http.get(f"/spaces/{later}/queue.json").json()
         # minus the background with one room and the second room's owner
         extra = sum(moving) - sum(room) - result["room_owner_cores"]
@@ -284,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         result["bytes"]["segment"] = head + BITRATE_BPS * 4.096 / 8
         result["commands"]["blocking_reload"] = " ".join(cmd[3:])
         notes["blocking_reload"] = {"held": held, "per_part_interval_us": round(per_part, 1)}
-        # nginx in front: its CPU per cached answer
-        proc, nginx_url = lab.nginx("nginx-cache.conf", {"@ORIGIN@": f"127.0.0.1:{owner.port}"})
+        # nginx in front (of the follower without a cap: no link needed): its
+        # CPU per cached answer
+        proc, nginx_url = lab.nginx("nginx-cache.conf", {"@ORIGIN@": f"127.0.0.1:{free.port}"})
+        parts = live_parts()
         for p in parts:
             httpx.get(nginx_url + p, headers={"Cookie": cookie})
         n0, w0 = proc_cpu_s(proc.pid), time.monotonic()
@@ -294,7 +332,25 @@ def main(argv: list[str] | None = None) -> int:
         result["commands"]["nginx"] = run["command"]
         idle_rtt = round(request_latency(nginx_url, parts[-1], cookie), 6)
         notes["client_request_idle_s"] = idle_rtt
-        result["client_request_s"] = max(idle_rtt, result.pop("client_request_loaded_s"))
+        notes["client_request_direct_s"] = result.pop("client_request_loaded_s")
+        # a request as a player sees it through the cache tier, players starting
+        # one after another as a line lets them in (the storm's pages play
+        # through nginx): 0 to N evenly over 10 s
+        cmd = [
+            "taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall", "bench", "listeners",
+            "--target", nginx_url, "--space", live, "--mode", "llhls", "--shape", "storm",
+            "--listeners", str(args.listeners), "--ramp-s", "10", "--duration-s", "15", "--json",
+        ]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        through = json.loads(out.stdout.strip().splitlines()[-1])
+        loaded = round(float(through["ttfa_p50_s"]) / 5, 6)
+        notes["client_request_through_nginx"] = {
+            "ttfa_p50_s": through["ttfa_p50_s"],
+            "ttfa_p99_s": through["ttfa_p99_s"],
+            "held": through.get("listeners_held"),
+            "command": " ".join(cmd[3:]).replace(nginx_url, "http://<nginx>"),
+        }
+        result["client_request_s"] = max(idle_rtt, loaded)
         result["meta"] = {
             "measured_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
             "command": "python benchmarks/plan_calibrate.py " + " ".join(argv or sys.argv[1:]),

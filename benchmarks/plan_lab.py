@@ -141,6 +141,10 @@ class Lab:
     def redis_ops(self) -> int:
         return int(redis_info(self.redis_port)["total_commands_processed"])
 
+    def redis_commands(self) -> dict[str, int]:
+        """Calls per command so far (INFO commandstats), e.g. {"evalsha": 12}."""
+        return redis_commandstats(self.redis_port)
+
     def redis_cpu_s(self) -> float:
         assert self.redis_proc is not None
         return proc_cpu_s(self.redis_proc.pid)
@@ -161,7 +165,9 @@ class Lab:
         wait_http(node.url + "/healthz", 60, proc)
         return node
 
-    def nginx(self, template: str, fields: dict[str, str]) -> tuple[Any, str]:
+    def nginx(self, template: str, fields: dict[str, str], http_extra: str = "") -> tuple[Any, str]:
+        """nginx on ``deploy/<template>``; ``http_extra``: directives added at the
+        top of its http block in the copy we run (e.g. an access log of our own)."""
         prefix = self.root / "nginx"
         (prefix / "cache").mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -175,6 +181,8 @@ class Lab:
         }
         for key, value in fields.items():
             conf = conf.replace(key, value)
+        if http_extra:
+            conf = conf.replace("http {", "http {\n    " + http_extra, 1)
         (prefix / "nginx.conf").write_text(conf)
         directives = f"daemon off; pid {prefix}/nginx.pid; error_log {prefix}/error.log;"
         if os.geteuid() == 0:
@@ -229,6 +237,28 @@ def redis_info(port: int) -> dict[str, str]:
     return dict(
         line.strip().split(":", 1) for line in out.splitlines() if ":" in line and line[0] != "#"
     )
+
+
+def redis_commandstats(port: int) -> dict[str, int]:
+    try:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(port), "INFO", "commandstats"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found = re.findall(r"^cmdstat_([^:]+):calls=(\d+)", out, re.M)
+    return {name: int(calls) for name, calls in found}
+
+
+def commands_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """Calls per command between two INFO commandstats readings, busiest first
+    (the redis-cli INFO calls of the readings themselves left out)."""
+    out = {k: v - before.get(k, 0) for k, v in after.items()}
+    out["info"] = out.get("info", 0) - 1
+    return dict(sorted(((k, v) for k, v in out.items() if v > 0), key=lambda kv: -kv[1]))
 
 
 # -- wrk -------------------------------------------------------------------------------

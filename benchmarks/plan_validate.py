@@ -3,13 +3,18 @@
 deployment at small scale.
 
     python benchmarks/plan_validate.py    # reads src/townhall/bench/plan_costs.json
+    python benchmarks/plan_validate.py --calibrate-first   # calibrates minutes before, same load
 
 Three `townhall serve` nodes with the segment bus (the machine's PostgreSQL,
 a database of their own; a redis-server of their own), nginx in front
 (deploy/nginx-nodes.conf), all pinned to core 0; `townhall bench storm`
 through nginx on core 1. The nodes' CPU comes from /proc over the storm.
 The model is then run on the same scenario with the calibration JSON, and
-the two are written side by side (benchmarks/results/plan_validate.json).
+the two are written side by side (benchmarks/results/plan_validate.json),
+with a per-second timeline of the nodes' CPU and Redis commands (INFO
+commandstats) beside the model's. ``--calibrate-first`` runs
+benchmarks/plan_calibrate.py just before (writing --costs), so the machine's
+load is the same for both.
 """
 
 from __future__ import annotations
@@ -20,12 +25,24 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_lab import BUS, CLIENT_CORE, OPEN_LIMITS, ROOT, Lab, loadavg, log, proc_cpu_s
+from plan_lab import (
+    BUS,
+    CLIENT_CORE,
+    OPEN_LIMITS,
+    ROOT,
+    Lab,
+    Node,
+    commands_delta,
+    loadavg,
+    log,
+    proc_cpu_s,
+)
 
 sys.path.insert(0, str(ROOT / "src"))
 from townhall.bench.plan import Costs, Scenario, simulate
@@ -47,7 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="Do not run the storm: predict again for the run saved in --out (after a model change).",
     )
+    ap.add_argument(
+        "--calibrate-first",
+        action="store_true",
+        help="Run benchmarks/plan_calibrate.py --out COSTS first (same load as the storm).",
+    )
     args = ap.parse_args(argv)
+    calibrated_at = None
+    if args.calibrate_first and not args.model_only:
+        import plan_calibrate
+
+        log(f"calibrating first: {args.costs}")
+        calibrated_at = time.time()
+        plan_calibrate.main(["--out", args.costs])
     costs = Costs.from_json(json.loads(Path(args.costs).read_text()))
     if args.model_only:
         saved = json.loads(Path(args.out).read_text())
@@ -88,10 +117,31 @@ def main(argv: list[str] | None = None) -> int:
         log("storm: " + " ".join(cmd[3:]))
         cpu0 = [n.cpu_s() for n in nodes]
         ng0 = proc_cpu_s(nginx.pid)
-        ops0, rcpu0 = lab.redis_ops(), lab.redis_cpu_s()
-        w0 = time.monotonic()
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration_s + 120)
+        ops0, rcpu0, cmd0 = lab.redis_ops(), lab.redis_cpu_s(), lab.redis_commands()
+        w0, storm_at = time.monotonic(), time.time()
+        stop = threading.Event()
+        timeline: list[dict[str, Any]] = []
+        sampler = threading.Thread(
+            target=sample, args=(lab, nodes, w0, stop, timeline), daemon=True
+        )
+        sampler.start()
+        for attempt in range(3):
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration_s + 120)
+            if out.returncode == 0 or "/api/sessions" not in out.stderr:
+                break
+            # the host's sign-in refused (503: Redis slow to answer on a loaded
+            # machine, sign-in fails closed): the storm had not begun; again
+            log(f"the storm's sign-in was refused (attempt {attempt + 1}); again")
+            time.sleep(3)
+            w0, storm_at = time.monotonic(), time.time()
+            cpu0 = [n.cpu_s() for n in nodes]
+            ng0 = proc_cpu_s(nginx.pid)
+            ops0, rcpu0, cmd0 = lab.redis_ops(), lab.redis_cpu_s(), lab.redis_commands()
+            timeline.clear()
         wall = time.monotonic() - w0
+        stop.set()
+        sampler.join(timeout=5)
+        commands = commands_delta(lab.redis_commands(), cmd0)
         cpu = [n.cpu_s() - c for n, c in zip(nodes, cpu0, strict=True)]
         nginx_cpu = proc_cpu_s(nginx.pid) - ng0
         redis_ops = lab.redis_ops() - ops0
@@ -109,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "nginx_cpu_mean_cores": nginx_cpu / wall,
         "redis_ops_mean_per_s": redis_ops / wall,
         "redis_cpu_mean_cores": redis_cpu / wall,
+        "redis_commands": commands,
         "start_delay_s": storm.get("start_delay_s"),
         "ttfa_after_admission_p50_s": storm.get("ttfa_p50_s"),
         "ttfa_after_admission_p99_s": storm.get("ttfa_p99_s"),
@@ -121,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     out = compare(costs, args, measured)
     result: dict[str, Any] = {
         "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
+        "calibrated_minutes_before": None
+        if calibrated_at is None
+        else round((storm_at - calibrated_at) / 60, 1),
+        "costs": args.costs,
+        "timeline": timeline,
         "storm_command": " ".join(cmd[3:]).replace(url, "http://<nginx>"),
         "load_before": load_before,
         "load_after": load_after,
@@ -132,6 +188,24 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps({k: result[k] for k in ("measured", "predicted_over_measured")}, indent=2))
     return 0
+
+
+def sample(
+    lab: Lab, nodes: list[Node], w0: float, stop: threading.Event, out: list[dict[str, Any]]
+) -> None:
+    """Once a second: the nodes' CPU (cores over the second) and Redis commands."""
+    last_cpu, last_ops, last_t = [n.cpu_s() for n in nodes], lab.redis_ops(), time.monotonic()
+    while not stop.wait(1.0):
+        cpu, ops, t = [n.cpu_s() for n in nodes], lab.redis_ops(), time.monotonic()
+        span = t - last_t
+        out.append(
+            {
+                "t": round(t - w0, 2),
+                "origin_cores": round(sum(cpu) / span - sum(last_cpu) / span, 4),
+                "redis_ops_per_s": round((ops - last_ops) / span, 1),
+            }
+        )
+        last_cpu, last_ops, last_t = cpu, ops, t
 
 
 def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +237,10 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         "admitted": model.admitted,
         "gave_up": model.gave_up,
         "origin_cpu_by_kind": model.origin_cpu_by_kind,
+        "timeline": [
+            {k: round(p[k], 4) for k in ("t", "origin_cores", "redis_ops_per_s", "waiting")}
+            for p in model.timeline
+        ],
     }
     ratio: dict[str, float | None] = {}
     for key, value in measured.items():

@@ -255,3 +255,28 @@ def test_no_first_audio_before_the_room_has_parts_on_every_node() -> None:
     r = simulate(costs, base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0))
     assert r.start_delay_s == pytest.approx(4.0 + 5 * 0.001, abs=0.01)
     assert r.ttfa_from_arrival_s["max"] is not None and r.ttfa_from_arrival_s["max"] >= 6.0 - 0.2
+
+
+def test_a_called_ticket_claimed_costs_an_admitted_join() -> None:
+    # cap 100, nobody leaves: 100 admitted at once, the rest wait; a larger cap
+    # later is not modelled, so claims come only from a line that is called
+    s = base(cap=100, admit_rate_per_s=50.0, pre_s=5.0, duration_s=30.0)
+    r = simulate(COSTS, s)
+    claimed = r.admitted
+    assert claimed == pytest.approx(100, abs=1)
+    # every admission here is a claim (all arrived before go-live): the join's cost
+    assert r.origin_cpu_by_kind["claim"] * 30.0 == pytest.approx(claimed * 100e-6, rel=0.02)
+    measured = Costs.from_json({**RAW, "origin_us": {**RAW["origin_us"], "claim": 400.0}})
+    again = simulate(measured, s)
+    assert again.origin_cpu_by_kind["claim"] * 30.0 == pytest.approx(claimed * 400e-6, rel=0.02)
+
+
+def test_redis_per_part_is_the_owners_write_and_each_followers_read() -> None:
+    split = Costs.from_json({**RAW, "redis_ops": {**RAW["redis_ops"], "part_follower": 0.5}})
+    assert split.redis_ops_per_part(1) == pytest.approx(3.0)
+    assert split.redis_ops_per_part(3) == pytest.approx(3.0 + 2 * 0.5)
+    assert COSTS.redis_ops_per_part(3) == pytest.approx(3 * 3.0)  # older calibration
+    s = base(origin_nodes=3, duration_s=10.0, arrivals=1)
+    parts_s = (1 / 0.512) * (split.redis_ops_per_part(3) - COSTS.redis_ops_per_part(3))
+    gap = simulate(split, s).redis_ops_mean_per_s - simulate(COSTS, s).redis_ops_mean_per_s
+    assert gap == pytest.approx(parts_s, rel=0.02)

@@ -119,6 +119,16 @@ async def test_waiters_for_the_next_part_reach_the_origin_once(
         assert second.headers["x-cache"] == "HIT"
         assert first.content == second.content
 
+        # the init segment the playlist names (init/EPOCH.mp4) is cached too:
+        # without it every listener's start reaches the origin
+        init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', playlist)
+        assert init, playlist
+        first = await http.get(base + init.group(1))
+        second = await http.get(base + init.group(1))
+        assert first.status_code == second.status_code == 200
+        assert second.headers.get("x-cache") == "HIT", (init.group(1), second.headers)
+        assert first.content == second.content
+
         # the API is passed through, never cached
         join = await http.post(f"/api/spaces/{space_id}/join", json={})
         assert join.status_code == 200 and "x-cache" not in join.headers

@@ -257,14 +257,15 @@ def simulate(
                     came += alive
                     gave_up += people - alive
                     waiting -= people
-                    lat = origin_request_s() + costs.origin_us["ticket"] * 1e-6 + s.rtt_s
+                    lat = origin_request_s() + costs.origin_us["claim"] * 1e-6 + s.rtt_s
                     audio = max(t + lat, room_ready) + start_requests * part_lat
                     waits.append((t + lat - at, alive))
                     ttfa_arr.append((audio - at, alive))
                     ttfa_adm.append((audio - t - lat, alive))
                     first_audio_at = audio if first_audio_at is None else first_audio_at
-            work["ticket"] = work.get("ticket", 0.0) + came
-            redis_ops += came * costs.redis_ops["ticket"]
+            # a called ticket exchanged for a listener token: an admitted join's work
+            work["claim"] = work.get("claim", 0.0) + came
+            redis_ops += came * costs.redis_op("claim")
             admitted_now += came
             listeners += came
             admitted_total += came
@@ -286,7 +287,7 @@ def simulate(
         ).items():
             work[kind] = work.get(kind, 0.0) + per_s * dt
         parts = dt / costs.part_s
-        redis_ops += parts * costs.redis_ops["part"] * s.origin_nodes
+        redis_ops += parts * costs.redis_ops_per_part(s.origin_nodes)
         redis_ops += costs.redis_ops["node_s"] * s.origin_nodes * dt
         cpu = sum(costs.origin_us[k] * v for k, v in work.items()) * 1e-6
         for k, v in work.items():

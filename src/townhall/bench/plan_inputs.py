@@ -18,7 +18,9 @@ class Costs:
 
     ``origin_us``: server CPU microseconds per request at the origin, by kind:
     ``join`` (answered 200), ``join_queued`` (answered 202 with a ticket),
-    ``ticket`` (a ticket posted: renewal or exchange), ``leave``,
+    ``ticket`` (a ticket posted before its turn: renewal), ``claim`` (a
+    called ticket exchanged for a listener token: the admitted join's path;
+    the ``join`` figures where it was not measured), ``leave``,
     ``queue_doc`` (queue.json), ``part``, ``blocking_reload`` (a parked LL-HLS
     reload, woken by the part's publish), ``playlist``, ``segment``, ``state``
     (state.json). ``nginx_us``: a cache's CPU per request it answers.
@@ -27,7 +29,9 @@ class Costs:
     that runs it / on each node that follows it over the bus.
     ``redis_us``: Redis CPU per operation; ``redis_ops``: operations per
     ``join``, per ``ticket``, per ``part`` (owner's write and each follower's
-    read), per node and second at rest (``node_s``).
+    read; with ``part_follower`` measured, ``part`` is the owner's write and
+    ``part_follower`` each follower's read), per node and second at rest
+    (``node_s``).
     ``bytes``: answer sizes with headers; ``client_request_s``: one request as
     a player sees it with a few hundred players on the machine (`bench
     listeners`' first-audio p50 over its five requests; at least the idle
@@ -64,6 +68,15 @@ class Costs:
         "state",
     )
 
+    def redis_ops_per_part(self, nodes: int) -> float:
+        """Redis operations per part of one room on ``nodes`` nodes: the owner's
+        write (``part``) and each follower's read (``part_follower``); an older
+        calibration without the split counted ``part`` on every node."""
+        follower = self.redis_ops.get("part_follower")
+        if follower is None:
+            return self.redis_ops["part"] * nodes
+        return self.redis_ops["part"] + follower * (nodes - 1)
+
     def redis_op(self, kind: str) -> float:
         """Redis operations per request of ``kind`` (a ticket's when not measured)."""
         return self.redis_ops.get(kind, self.redis_ops["ticket"])
@@ -87,15 +100,22 @@ class Costs:
                 "The calibration file lacks " + ", ".join(missing) + ": run "
                 "benchmarks/plan_calibrate.py on this machine to measure them."
             )
+        origin_us = {k: float(v) for k, v in data["origin_us"].items()}
+        redis_ops = {k: float(v) for k, v in data["redis_ops"].items()}
+        sizes = {k: float(v) for k, v in data["bytes"].items()}
+        origin_us.setdefault("claim", origin_us["join"])
+        redis_ops.setdefault("claim", redis_ops["join"])
+        if "join" in sizes:
+            sizes.setdefault("claim", sizes["join"])
         return cls(
-            origin_us={k: float(v) for k, v in data["origin_us"].items()},
+            origin_us=origin_us,
             nginx_us=float(data["nginx_us"]),
             node_idle_cores=float(data["node_idle_cores"]),
             room_owner_cores=float(data["room_owner_cores"]),
             room_follower_cores=float(data["room_follower_cores"]),
             redis_us=float(data["redis_us"]),
-            redis_ops={k: float(v) for k, v in data["redis_ops"].items()},
-            bytes={k: float(v) for k, v in data["bytes"].items()},
+            redis_ops=redis_ops,
+            bytes=sizes,
             client_request_s=float(data["client_request_s"]),
             room_start_s=float(data.get("room_start_s", 0.0)),
             line_tick_cores=float(data.get("line_tick_cores", 0.0)),
