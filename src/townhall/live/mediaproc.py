@@ -158,8 +158,11 @@ class MediaServer:
     async def _write_main(self) -> None:
         while True:
             data = await self._out.get()
-            self._writer.write(data)
-            await self._writer.drain()
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, RuntimeError):  # the transport closed: the HTTP process is gone
+                return
 
     async def _status_main(self) -> None:
         interval_s = self.settings.media_status_interval_ms / 1000
