@@ -185,8 +185,8 @@ class DefenseSettings(BaseSettings):
 
     # --- issue 11: the media process ---
     media_process: bool = Field(
-        False,
-        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. One machine only: not with the Redis segment bus (yet).",
+        True,
+        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. Scaled out, the HTTP process keeps the room's lease and publishes its copy on the segment bus. Off: rooms run in the HTTP process (its requests can then delay the clock).",
     )
     media_channel_queue_frames: int = Field(
         4096,

@@ -25,6 +25,8 @@ from townhall.live.mediaproc import merge_metrics, metric_families
 from townhall.live.mediarooms import MediaRooms
 from townhall.live.registry import RoomRegistry
 from townhall.media.signals import dominant_frequency, tone
+from townhall.origin.bus import Entry, Message
+from townhall.origin.follower import FollowerState
 
 SPACE = "mediaproc00001"
 
@@ -204,6 +206,8 @@ async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
 
     rooms, resyncs = Rooms(), []
     copy = RemoteRoom(rooms, SPACE, settings)  # type: ignore[arg-type]
+    published: list[Message] = []  # what the bus publisher gets, scaled out
+    copy.program.tap = published.append
     window = program.window
     copy.program.open(WindowStart(window.epoch, window.open_msn, tuple(window.history)))
     before = REGISTRY.get_sample_value("townhall_media_resyncs_total") or 0.0
@@ -220,6 +224,15 @@ async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
     assert copy_window is not None
     assert copy_window.position == window.position  # caught up: the same last part
     assert copy_window.init_segment == window.init_segment
+    # the bus got every window call once, in order, the lost ones included:
+    # a follower node fed from it ends where the program is, with its records
+    assert published == [e.message for e in entries]
+    bus_follower = FollowerState(window_segments=settings.window_segments)
+    for seq, message in enumerate(published, 1):
+        bus_follower.apply(Entry(seq, message))
+    assert bus_follower.window is not None
+    assert bus_follower.window.position == window.position
+    assert bus_follower.statistics().gaps == 0
     await program.suspend()
 
 
