@@ -209,6 +209,12 @@ class DefenseSettings(BaseSettings):
         gt=0,
         description="Longest the HTTP process waits for the media process to answer a call (start or end a room, a WebRTC offer); it then answers 503.",
     )
+    media_process_restarts: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="One machine: times in a row the HTTP process restarts a media process that ended by itself (0.5 s, then doubling up to 8 s), each live room resuming in a new discontinuity from its recording; a media process that ran a minute resets the count. 0: rooms stay stopped until their host starts them again. Scaled out, the rooms' leases are let go instead and the next lease round resumes them (here or on another node).",
+    )
     media_process_nice: int = Field(
         -5,
         ge=-20,

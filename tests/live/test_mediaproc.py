@@ -79,7 +79,9 @@ async def test_a_blocked_http_loop_does_not_stall_the_media_process_clock(tmp_pa
 
 
 async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, media_process=True, part_ms=100, segment_parts=2)
+    settings = _settings(
+        tmp_path, media_process=True, part_ms=100, segment_parts=2, media_process_restarts=0
+    )
     rooms = MediaRooms(settings)
     await rooms.open()
     try:
@@ -106,6 +108,41 @@ async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: P
 
         manifest = RecordingStore(settings.recordings_dir, SPACE).load()
         assert manifest is not None and manifest.ended
+    finally:
+        await rooms.close()
+
+
+async def test_a_media_process_that_ended_is_restarted_and_its_rooms_resume(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, part_ms=100, segment_parts=2)
+    rooms = MediaRooms(settings)
+    await rooms.open()
+    try:
+        room = await rooms.start(SPACE)
+        async with asyncio.timeout(10):
+            while room.program.window is None or room.program.window.init_segment is None:
+                await asyncio.sleep(0.05)
+        first = room.program.window
+        assert rooms._proc is not None
+        pid = rooms._proc.pid
+        rooms._proc.kill()
+        async with asyncio.timeout(10):
+            while not rooms.problems():
+                await asyncio.sleep(0.02)
+        assert "while it restarts" in rooms.problems()[0]["problem"]
+        async with asyncio.timeout(20):  # a new media process, the room in a new epoch
+            while rooms.problems() or (again := rooms.get(SPACE)) is room:
+                await asyncio.sleep(0.05)
+            assert again is not None
+            while (window := again.program.window) is None:
+                await asyncio.sleep(0.05)
+            while window.position < (window.open_msn, 0):  # its first part reached the copy
+                await asyncio.sleep(0.05)
+        assert rooms._proc.pid != pid
+        assert first is not None and first.closed and not first.ended
+        assert window.epoch == first.epoch + 1
+        assert (await rooms.statistics(SPACE))["ticks"] > 0
     finally:
         await rooms.close()
 

@@ -161,7 +161,10 @@ class MediaServer:
             try:
                 self._writer.write(data)
                 await self._writer.drain()
-            except (ConnectionError, RuntimeError):  # the transport closed: the HTTP process is gone
+            except (
+                ConnectionError,
+                RuntimeError,
+            ):  # the transport closed: the HTTP process is gone
                 return
 
     async def _status_main(self) -> None:

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("townhall.media")
 
+RESTART_RESET_S = 60.0  # a media process that ran this long resets the restart count
+RESTART_MAX_DELAY_S = 8.0
+
 
 class RemoteStage:
     """The stage of a room in the media process: speakers as last told, calls for the rest."""
@@ -265,6 +268,8 @@ class MediaRooms:
         self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._restarts = 0  # restarts in a row (``media_process_restarts``)
+        self._started_at = 0.0
 
     # -- the registry's calls ------------------------------------------------------
 
@@ -350,7 +355,12 @@ class MediaRooms:
         """Process shutdown: the media process suspends every room, then exits
         (scaled out: the bus gets their last calls, the leases are let go)."""
         self._closing = True
-        if self._alive():
+        if self._alive() and not self._rooms and not self._calls:
+            # no room, no call under way: nothing to suspend; it need not
+            # finish starting up (seconds on a busy machine) to be told so
+            assert self._proc is not None
+            self._proc.terminate()
+        elif self._alive():
             with contextlib.suppress(Exception):
                 await self.call("close")
         if self.scaleout is not None:
@@ -412,6 +422,7 @@ class MediaRooms:
             theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read_main(reader), name="media-channel")
+        self._started_at = asyncio.get_running_loop().time()
         log.info("media process %d started", self._proc.pid)
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -480,10 +491,18 @@ class MediaRooms:
 
     def _lost(self, why: str) -> None:
         metrics.MEDIA_PROCESS_EXITS.inc()
-        log.error("the media process is gone (%s); live rooms stop until they start again", why)
-        message = (
-            "The media process stopped; the live audio is interrupted until the host starts again."
+        restart = self._restart_due()
+        log.error(
+            "the media process is gone (%s); live rooms stop until %s",
+            why,
+            "it restarts" if restart is not None else "they start again",
         )
+        message = "The media process stopped; the live audio is interrupted " + (
+            "while it restarts." if restart is not None else "until the host starts again."
+        )
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()  # an unreadable channel: no second media process beside it
         for room in self._rooms.values():
             room.program.failure = message
             window = room.program.window
@@ -494,10 +513,44 @@ class MediaRooms:
             if not future.done():
                 future.set_exception(ServiceUnavailable(message, retry_after_s=1.0))
         self._writer = None
-        if self.scaleout is not None and not self._closing:
-            task = asyncio.create_task(self._release_all(), name="media-release-leases")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self._closing:
+            return
+        if self.scaleout is not None:
+            self._spawn(self._release_all(), "media-release-leases")
+        elif restart is not None:
+            self._spawn(self._restart(restart), "media-restart")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _restart_due(self) -> float | None:
+        """Seconds until the media process restarts (backing off), or None
+        once ``media_process_restarts`` restarts in a row were used up (a
+        media process that ran a minute resets the count)."""
+        if self._closing or self.scaleout is not None:
+            return None
+        if asyncio.get_running_loop().time() - self._started_at > RESTART_RESET_S:
+            self._restarts = 0
+        if self._restarts >= self.settings.media_process_restarts:
+            return None
+        self._restarts += 1
+        return float(min(RESTART_MAX_DELAY_S, 0.25 * 2**self._restarts))
+
+    async def _restart(self, delay_s: float) -> None:
+        """One machine: a new media process resumes the rooms the last one
+        ran, each in a new discontinuity, from its recording."""
+        await asyncio.sleep(delay_s)
+        for space_id, room in list(self._rooms.items()):
+            if not room.program.failure or self._closing:
+                continue
+            try:
+                await self.start_local(space_id)
+                log.warning("room %s resumed in a new media process", space_id)
+            except Exception:  # this task's top level: the room stays failed, said in /healthz
+                log.exception("room %s could not resume in a new media process", space_id)
+                metrics.TASK_FAILURES.labels(task="media-restart").inc()
 
     async def _release_all(self) -> None:
         """Scaled out, the media process gone: let the rooms' leases go, so
