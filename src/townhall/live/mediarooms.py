@@ -45,7 +45,7 @@ from townhall.captions.track import CaptionTrack
 from townhall.captions.worker import OFF, RUNNING, STARTING
 from townhall.config import Settings
 from townhall.errors import ServiceUnavailable
-from townhall.live.mediaproc import SETTINGS_ENV, merge_metrics
+from townhall.live.mediaproc import LOCK_WAIT_S, SETTINGS_ENV, merge_metrics
 from townhall.live.mediawire import ChannelError, RoomStatus, WindowStart, frame, read_frame
 from townhall.live.program import FAILED, OK, Program, ProgramHealth
 from townhall.live.tracks import SpeakerStatus
@@ -64,6 +64,9 @@ log = logging.getLogger("townhall.media")
 
 RESTART_RESET_S = 60.0  # a media process that ran this long resets the restart count
 RESTART_MAX_DELAY_S = 8.0
+# what a call may wait on top of media_call_timeout_s while the media process
+# starts: its imports (seconds on a busy machine) and its data-directory lock
+STARTUP_ALLOWANCE_S = LOCK_WAIT_S + 30.0
 
 
 class RemoteStage:
@@ -270,6 +273,7 @@ class MediaRooms:
         self._closing = False
         self._restarts = 0  # restarts in a row (``media_process_restarts``)
         self._started_at = 0.0
+        self._ready = asyncio.Event()  # the running media process said it is serving
 
     # -- the registry's calls ------------------------------------------------------
 
@@ -423,6 +427,7 @@ class MediaRooms:
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read_main(reader), name="media-channel")
         self._started_at = asyncio.get_running_loop().time()
+        self._ready = asyncio.Event()
         log.info("media process %d started", self._proc.pid)
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -438,7 +443,9 @@ class MediaRooms:
         try:
             self._writer.write(frame(("call", call_id, method, args)))
             await self._writer.drain()
-            async with asyncio.timeout(self.settings.media_call_timeout_s):
+            # a media process still starting (imports, its lock) is not late yet
+            starting_s = 0.0 if self._ready.is_set() else STARTUP_ALLOWANCE_S
+            async with asyncio.timeout(self.settings.media_call_timeout_s + starting_s):
                 return await future
         except TimeoutError:
             raise ServiceUnavailable(
@@ -466,6 +473,8 @@ class MediaRooms:
                     room = self._rooms.get(item[1])
                     if room is not None:
                         room.program.progressive.publish(item[2])
+                elif kind == "ready":
+                    self._ready.set()
                 elif kind == "status":
                     for space_id, status in item[1].items():
                         room = self._rooms.get(space_id)
