@@ -188,6 +188,7 @@ class MediaServer:
                         room.captions.status(),
                         track.done_s,
                         lines,
+                        track.open,
                     )
             self.send(("status", statuses))
 

@@ -204,6 +204,7 @@ class RemoteCaptions:
         self._status = status.captions
         for line in status.caption_lines:
             self.track.add(line)
+        self.track.set_open(status.caption_open)
         self.track.advance(status.captions_done_s)
 
 

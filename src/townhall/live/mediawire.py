@@ -51,6 +51,7 @@ class RoomStatus:
     captions: tuple[str, str]  # (status, sentence), as LiveCaptions.status()
     captions_done_s: float
     caption_lines: tuple[Line, ...]  # new since the previous status of this room
+    caption_open: Line | None = None  # the line being built (streaming captions), shown live
 
 
 @dataclass(frozen=True, slots=True)
