@@ -185,8 +185,8 @@ class DefenseSettings(BaseSettings):
 
     # --- issue 11: the media process ---
     media_process: bool = Field(
-        False,
-        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. One machine only: not with the Redis segment bus (yet).",
+        True,
+        description="Run every room's stage, mixer clock and program in a media process of its own, so no HTTP request can delay the clock; the HTTP process keeps a copy of each live window (as a follower node does) and proxies speakers' WebRTC offers. Its speakers, health, captions and live.aac reach the HTTP process over a local channel. Scaled out, the HTTP process keeps the room's lease and publishes its copy on the segment bus. Off: rooms run in the HTTP process (its requests can then delay the clock).",
     )
     media_channel_queue_frames: int = Field(
         4096,
@@ -208,6 +208,12 @@ class DefenseSettings(BaseSettings):
         20.0,
         gt=0,
         description="Longest the HTTP process waits for the media process to answer a call (start or end a room, a WebRTC offer); it then answers 503.",
+    )
+    media_process_restarts: int = Field(
+        5,
+        ge=0,
+        le=100,
+        description="One machine: times in a row the HTTP process restarts a media process that ended by itself (0.5 s, then doubling up to 8 s), each live room resuming in a new discontinuity from its recording; a media process that ran a minute resets the count. 0: rooms stay stopped until their host starts them again. Scaled out, the rooms' leases are let go instead and the next lease round resumes them (here or on another node).",
     )
     media_process_nice: int = Field(
         -5,

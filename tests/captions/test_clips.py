@@ -51,6 +51,7 @@ async def test_clips_live_and_replay(tmp_path: Path) -> None:
         part_ms=100,
         segment_parts=10,
         clips_per_listener=4,
+        media_process=False,  # the test feeds the in-process room's program itself
         **FAST_ARGON2,  # type: ignore[arg-type]
     )
     app = create_app(settings)

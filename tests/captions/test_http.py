@@ -51,7 +51,8 @@ async def test_captions_live_then_transcript(tmp_path: Path) -> None:
     pcm, rate = espeak_clip(TEXT)
     speech = (to_float_16k(pcm, rate) * 32767).astype(np.int16).repeat(3)
     audio = np.concatenate([np.zeros(48_000, np.int16), speech, np.zeros(96_000, np.int16)])
-    app = create_app(_settings(tmp_path))
+    # the test is the mixer: it feeds the in-process room's program
+    app = create_app(_settings(tmp_path, media_process=False))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -25,6 +25,8 @@ from townhall.live.mediaproc import merge_metrics, metric_families
 from townhall.live.mediarooms import MediaRooms
 from townhall.live.registry import RoomRegistry
 from townhall.media.signals import dominant_frequency, tone
+from townhall.origin.bus import Entry, Message
+from townhall.origin.follower import FollowerState
 
 SPACE = "mediaproc00001"
 
@@ -77,7 +79,9 @@ async def test_a_blocked_http_loop_does_not_stall_the_media_process_clock(tmp_pa
 
 
 async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, media_process=True, part_ms=100, segment_parts=2)
+    settings = _settings(
+        tmp_path, media_process=True, part_ms=100, segment_parts=2, media_process_restarts=0
+    )
     rooms = MediaRooms(settings)
     await rooms.open()
     try:
@@ -104,6 +108,41 @@ async def test_the_media_process_ending_is_said_and_calls_answer_503(tmp_path: P
 
         manifest = RecordingStore(settings.recordings_dir, SPACE).load()
         assert manifest is not None and manifest.ended
+    finally:
+        await rooms.close()
+
+
+async def test_a_media_process_that_ended_is_restarted_and_its_rooms_resume(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, part_ms=100, segment_parts=2)
+    rooms = MediaRooms(settings)
+    await rooms.open()
+    try:
+        room = await rooms.start(SPACE)
+        async with asyncio.timeout(10):
+            while room.program.window is None or room.program.window.init_segment is None:
+                await asyncio.sleep(0.05)
+        first = room.program.window
+        assert rooms._proc is not None
+        pid = rooms._proc.pid
+        rooms._proc.kill()
+        async with asyncio.timeout(10):
+            while not rooms.problems():
+                await asyncio.sleep(0.02)
+        assert "while it restarts" in rooms.problems()[0]["problem"]
+        async with asyncio.timeout(20):  # a new media process, the room in a new epoch
+            while rooms.problems() or (again := rooms.get(SPACE)) is room:
+                await asyncio.sleep(0.05)
+            assert again is not None
+            while (window := again.program.window) is None:
+                await asyncio.sleep(0.05)
+            while window.position < (window.open_msn, 0):  # its first part reached the copy
+                await asyncio.sleep(0.05)
+        assert rooms._proc.pid != pid
+        assert first is not None and first.closed and not first.ended
+        assert window.epoch == first.epoch + 1
+        assert (await rooms.statistics(SPACE))["ticks"] > 0
     finally:
         await rooms.close()
 
@@ -204,6 +243,8 @@ async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
 
     rooms, resyncs = Rooms(), []
     copy = RemoteRoom(rooms, SPACE, settings)  # type: ignore[arg-type]
+    published: list[Message] = []  # what the bus publisher gets, scaled out
+    copy.program.tap = published.append
     window = program.window
     copy.program.open(WindowStart(window.epoch, window.open_msn, tuple(window.history)))
     before = REGISTRY.get_sample_value("townhall_media_resyncs_total") or 0.0
@@ -220,6 +261,15 @@ async def test_a_copy_that_missed_entries_resyncs_from_the_media_process_log(
     assert copy_window is not None
     assert copy_window.position == window.position  # caught up: the same last part
     assert copy_window.init_segment == window.init_segment
+    # the bus got every window call once, in order, the lost ones included:
+    # a follower node fed from it ends where the program is, with its records
+    assert published == [e.message for e in entries]
+    bus_follower = FollowerState(window_segments=settings.window_segments)
+    for seq, message in enumerate(published, 1):
+        bus_follower.apply(Entry(seq, message))
+    assert bus_follower.window is not None
+    assert bus_follower.window.position == window.position
+    assert bus_follower.statistics().gaps == 0
     await program.suspend()
 
 

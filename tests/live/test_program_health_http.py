@@ -38,6 +38,7 @@ async def test_failing_recording_shows_in_healthz_and_state_json(tmp_path: Path)
         part_ms=100,
         segment_parts=4,
         state_interval_ms=100,
+        media_process=False,  # the test swaps the in-process program's recording writer
         recording_backlog_bytes=1500,  # ~3 segments of silence: the outage becomes a gap
         recording_retry_ms=50,
         recording_retry_max_ms=500,

@@ -10,7 +10,7 @@ environment; it talks over the inherited socket ``FD`` (``live/mediawire.py``):
   exchange, proxied), ``set_muted``, ``disconnect``, ``set_captions``, ``snapshot`` (a room's
   log for a copy that fell behind), ``metrics`` (this process's media
   metrics as Prometheus text), ``statistics``, ``close``;
-- out: every call the program makes on its live window, as numbered entries
+- out: ``ready`` once it serves (calls made before wait longer), every call the program makes on its live window, as numbered entries
   (the HTTP process keeps a copy of the window with the follower's
   :class:`~townhall.origin.follower.FollowerState`, as a follower node does),
   every ADTS frame of its progressive stream (live.aac), and every
@@ -134,6 +134,7 @@ class MediaServer:
             metrics.MEDIA_CHANNEL_DROPPED.inc()
 
     async def run(self, reader: asyncio.StreamReader) -> None:
+        self.send(("ready",))
         self._spawn(self._write_main(), "media-write")
         self._spawn(self._status_main(), "media-status")
         try:
@@ -158,8 +159,14 @@ class MediaServer:
     async def _write_main(self) -> None:
         while True:
             data = await self._out.get()
-            self._writer.write(data)
-            await self._writer.drain()
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (
+                ConnectionError,
+                RuntimeError,
+            ):  # the transport closed: the HTTP process is gone
+                return
 
     async def _status_main(self) -> None:
         interval_s = self.settings.media_status_interval_ms / 1000
@@ -181,6 +188,7 @@ class MediaServer:
                         room.captions.status(),
                         track.done_s,
                         lines,
+                        track.open,
                     )
             self.send(("status", statuses))
 

@@ -13,6 +13,17 @@ the copy exactly as from a program running here.
 If the media process ends, every copy closes (not ended: the talk resumes in
 a new discontinuity when the room starts again), /healthz says so, pending
 calls answer 503, and the next ``start`` spawns a new media process.
+
+Scaled out (``bus_enabled``), this process keeps the node's
+:class:`~townhall.live.scaleout.Scaleout` as the in-process registry does:
+the lease, the fencing token and the bus publisher stay here, and the
+publisher is fed with the copy's window calls, in order (``program.tap``,
+called for every entry the copy applied, and for the entries a snapshot
+filled in after a gap). A media process therefore never writes to Redis: one
+left behind by a killed server cannot publish past its lease, and takeover,
+sealing and resuming are the registry's code path. If the media process
+ends, its rooms let their leases go (this node, or another, claims them in
+the next lease round and resumes them in a new discontinuity).
 """
 
 from __future__ import annotations
@@ -24,8 +35,9 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.captions.live import HOST_OFF_FILE
@@ -33,19 +45,28 @@ from townhall.captions.track import CaptionTrack
 from townhall.captions.worker import OFF, RUNNING, STARTING
 from townhall.config import Settings
 from townhall.errors import ServiceUnavailable
-from townhall.live.mediaproc import SETTINGS_ENV, merge_metrics
+from townhall.live.mediaproc import LOCK_WAIT_S, SETTINGS_ENV, merge_metrics
 from townhall.live.mediawire import ChannelError, RoomStatus, WindowStart, frame, read_frame
 from townhall.live.program import FAILED, OK, Program, ProgramHealth
 from townhall.live.tracks import SpeakerStatus
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
-from townhall.origin.bus import Entry, EpochStart
+from townhall.origin.bus import Entry, EpochStart, Message
 from townhall.origin.fanout import ProgressiveHub, Spreader
 from townhall.origin.follower import FollowerState, Gap, window_open_parts
 from townhall.origin.window import LiveWindow
 from townhall.store.recordings import RecordingStore
 
+if TYPE_CHECKING:
+    from townhall.live.scaleout import Scaleout
+
 log = logging.getLogger("townhall.media")
+
+RESTART_RESET_S = 60.0  # a media process that ran this long resets the restart count
+RESTART_MAX_DELAY_S = 8.0
+# what a call may wait on top of media_call_timeout_s while the media process
+# starts: its imports (seconds on a busy machine) and its data-directory lock
+STARTUP_ALLOWANCE_S = LOCK_WAIT_S + 30.0
 
 
 class RemoteStage:
@@ -119,6 +140,8 @@ class RemoteProgram:
         )
         self.status: RoomStatus | None = None
         self.failure = ""
+        self.tap: Callable[[Message], None] | None = None
+        """Scaled out: each window call the copy applied, in order (the bus publisher)."""
 
     @property
     def window(self) -> LiveWindow | None:
@@ -181,6 +204,7 @@ class RemoteCaptions:
         self._status = status.captions
         for line in status.caption_lines:
             self.track.add(line)
+        self.track.set_open(status.caption_open)
         self.track.advance(status.captions_done_s)
 
 
@@ -204,13 +228,24 @@ class RemoteRoom:
             log.info("media copy of %s resyncs: %s", self.space_id, exc)
             self._pending = [entry]
             resync(self)
+            return
+        self._tap((entry,))
+
+    def _tap(self, entries: Any) -> None:
+        tap = self.program.tap
+        if tap is not None:
+            for entry in entries:
+                tap(entry.message)
 
     async def restore(self, rooms: MediaRooms) -> None:
         try:
             snapshot = await rooms.call("snapshot", self.space_id)
             if snapshot is not None:
+                last_seq = self.program.state.last_seq
                 self.program.state.restore(snapshot)
                 metrics.MEDIA_RESYNCS.inc()
+                # the bus gets the calls the copy missed, as far as the log still has them
+                self._tap(e for e in snapshot.entries if e.seq > last_seq)
             pending, self._pending = self._pending or [], None
             for entry in pending:
                 if entry.seq > self.program.state.last_seq:
@@ -226,7 +261,8 @@ class MediaRooms:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.scaleout: Any = None  # the Redis bus is not combined with the media process
+        self.scaleout: Scaleout | None = None
+        """Set when ``bus_enabled``: leases decide where a room runs (as in RoomRegistry)."""
         self._rooms: dict[str, RemoteRoom] = {}
         self._lock = asyncio.Lock()
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -236,23 +272,30 @@ class MediaRooms:
         self._reader_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._restarts = 0  # restarts in a row (``media_process_restarts``)
+        self._started_at = 0.0
+        self._ready = asyncio.Event()  # the running media process said it is serving
 
     # -- the registry's calls ------------------------------------------------------
 
     def get(self, space_id: str) -> RemoteRoom | None:
         return self._rooms.get(space_id)
 
-    def listener_source(self, space_id: str) -> RemoteProgram | None:
+    def listener_source(self, space_id: str) -> Any:
+        """The copy of a room running here, else (scaled out) the followed room's copy, or None."""
         room = self._rooms.get(space_id)
-        return room.program if room is not None else None
+        if room is not None:
+            return room.program
+        if self.scaleout is not None:
+            return self.scaleout.listener_source(space_id)
+        return None
 
     def __len__(self) -> int:
         return len(self._rooms)
 
     def followed(self) -> list[dict[str, Any]]:
-        """Rooms followed on the bus (for /healthz): none, the media process
-        is not combined with the bus."""
-        return []
+        """Scaled out: the rooms this node follows on the bus (for /healthz)."""
+        return self.scaleout.followed_health() if self.scaleout is not None else []
 
     def space_ids(self) -> list[str]:
         return list(self._rooms)
@@ -264,18 +307,29 @@ class MediaRooms:
             for problem in room.program.health().problems()
         ]
 
-    async def start(self, space_id: str) -> RemoteRoom:
+    async def start(self, space_id: str) -> Any:
+        """Start the room (a second call returns the same room). Scaled out:
+        only if this node gets the room's lease (else None: it follows)."""
+        if self.scaleout is not None:
+            return await self.scaleout.claim(space_id)
+        return await self.start_local(space_id)
+
+    async def start_local(self, space_id: str) -> RemoteRoom:
         async with self._lock:
             room = self._rooms.get(space_id)
             if room is not None and not room.program.failure:
                 return room
             await self.open()
             room = RemoteRoom(self, space_id, self.settings)
+            if self.scaleout is not None:
+                self.scaleout.attach(room)  # before the call: the bus gets every entry
             self._rooms[space_id] = room  # before the call: its first entries may come first
             try:
                 room.program.open(await self.call("start", space_id))
             except BaseException:
                 self._rooms.pop(space_id, None)
+                if self.scaleout is not None:
+                    await self.scaleout.detach(space_id, release=True)
                 raise
             metrics.SPACES_LIVE.set(len(self._rooms))
             return room
@@ -299,13 +353,25 @@ class MediaRooms:
         async with self._lock:
             self._rooms.pop(space_id, None)
             metrics.SPACES_LIVE.set(len(self._rooms))
+        if self.scaleout is not None:
+            await self.scaleout.detach(space_id, release=method == "end")
 
     async def close(self) -> None:
-        """Process shutdown: the media process suspends every room, then exits."""
+        """Process shutdown: the media process suspends every room, then exits
+        (scaled out: the bus gets their last calls, the leases are let go)."""
         self._closing = True
-        if self._alive():
+        if self._alive() and not self._rooms and not self._calls:
+            # no room, no call under way: nothing to suspend; it need not
+            # finish starting up (seconds on a busy machine) to be told so
+            assert self._proc is not None
+            self._proc.terminate()
+        elif self._alive():
             with contextlib.suppress(Exception):
                 await self.call("close")
+        if self.scaleout is not None:
+            for space_id in list(self._rooms):
+                await self.scaleout.detach(space_id, release=True)
+            await self.scaleout.close()
         if self._writer is not None:
             self._writer.close()
         if self._proc is not None:
@@ -361,6 +427,8 @@ class MediaRooms:
             theirs.close()
         reader, self._writer = await asyncio.open_unix_connection(sock=ours)
         self._reader_task = asyncio.create_task(self._read_main(reader), name="media-channel")
+        self._started_at = asyncio.get_running_loop().time()
+        self._ready = asyncio.Event()
         log.info("media process %d started", self._proc.pid)
 
     async def call(self, method: str, *args: Any) -> Any:
@@ -376,7 +444,9 @@ class MediaRooms:
         try:
             self._writer.write(frame(("call", call_id, method, args)))
             await self._writer.drain()
-            async with asyncio.timeout(self.settings.media_call_timeout_s):
+            # a media process still starting (imports, its lock) is not late yet
+            starting_s = 0.0 if self._ready.is_set() else STARTUP_ALLOWANCE_S
+            async with asyncio.timeout(self.settings.media_call_timeout_s + starting_s):
                 return await future
         except TimeoutError:
             raise ServiceUnavailable(
@@ -404,6 +474,8 @@ class MediaRooms:
                     room = self._rooms.get(item[1])
                     if room is not None:
                         room.program.progressive.publish(item[2])
+                elif kind == "ready":
+                    self._ready.set()
                 elif kind == "status":
                     for space_id, status in item[1].items():
                         room = self._rooms.get(space_id)
@@ -429,10 +501,18 @@ class MediaRooms:
 
     def _lost(self, why: str) -> None:
         metrics.MEDIA_PROCESS_EXITS.inc()
-        log.error("the media process is gone (%s); live rooms stop until they start again", why)
-        message = (
-            "The media process stopped; the live audio is interrupted until the host starts again."
+        restart = self._restart_due()
+        log.error(
+            "the media process is gone (%s); live rooms stop until %s",
+            why,
+            "it restarts" if restart is not None else "they start again",
         )
+        message = "The media process stopped; the live audio is interrupted " + (
+            "while it restarts." if restart is not None else "until the host starts again."
+        )
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()  # an unreadable channel: no second media process beside it
         for room in self._rooms.values():
             room.program.failure = message
             window = room.program.window
@@ -443,3 +523,56 @@ class MediaRooms:
             if not future.done():
                 future.set_exception(ServiceUnavailable(message, retry_after_s=1.0))
         self._writer = None
+        if self._closing:
+            return
+        if self.scaleout is not None:
+            self._spawn(self._release_all(), "media-release-leases")
+        elif restart is not None:
+            self._spawn(self._restart(restart), "media-restart")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _restart_due(self) -> float | None:
+        """Seconds until the media process restarts (backing off), or None
+        once ``media_process_restarts`` restarts in a row were used up (a
+        media process that ran a minute resets the count)."""
+        if self._closing or self.scaleout is not None:
+            return None
+        if asyncio.get_running_loop().time() - self._started_at > RESTART_RESET_S:
+            self._restarts = 0
+        if self._restarts >= self.settings.media_process_restarts:
+            return None
+        self._restarts += 1
+        return float(min(RESTART_MAX_DELAY_S, 0.25 * 2**self._restarts))
+
+    async def _restart(self, delay_s: float) -> None:
+        """One machine: a new media process resumes the rooms the last one
+        ran, each in a new discontinuity, from its recording."""
+        await asyncio.sleep(delay_s)
+        for space_id, room in list(self._rooms.items()):
+            if not room.program.failure or self._closing:
+                continue
+            try:
+                await self.start_local(space_id)
+                log.warning("room %s resumed in a new media process", space_id)
+            except Exception:  # this task's top level: the room stays failed, said in /healthz
+                log.exception("room %s could not resume in a new media process", space_id)
+                metrics.TASK_FAILURES.labels(task="media-restart").inc()
+
+    async def _release_all(self) -> None:
+        """Scaled out, the media process gone: let the rooms' leases go, so
+        the next lease round (here or on another node) resumes them."""
+        scaleout = self.scaleout
+        assert scaleout is not None
+        async with self._lock:
+            rooms, self._rooms = dict(self._rooms), {}
+            metrics.SPACES_LIVE.set(0)
+        for space_id in rooms:
+            try:
+                await scaleout.detach(space_id, release=True)
+            except Exception:  # this task's top level: log, count, go on with the next room
+                log.exception("room %s: could not let its lease go", space_id)
+                metrics.TASK_FAILURES.labels(task="media-release").inc()

@@ -5,6 +5,7 @@ pickle (both ends are this same program; nothing else can write to it).
 Frames, as tuples:
 
 - ``("call", call_id, method, args)``: HTTP process -> media process;
+- ``("ready",)``: the media process serves (sent first);
 - ``("reply", call_id, ok, value)``: the answer (``value`` is the exception
   when not ``ok``; townhall's errors keep their status and sentence);
 - ``("entry", space_id, Entry)``: a room's next window call, numbered per
@@ -50,6 +51,7 @@ class RoomStatus:
     captions: tuple[str, str]  # (status, sentence), as LiveCaptions.status()
     captions_done_s: float
     caption_lines: tuple[Line, ...]  # new since the previous status of this room
+    caption_open: Line | None = None  # the line being built (streaming captions), shown live
 
 
 @dataclass(frozen=True, slots=True)

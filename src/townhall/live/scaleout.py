@@ -47,6 +47,7 @@ from townhall.store.lease import Lease, Leases
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
 
 if TYPE_CHECKING:
+    from townhall.live.mediarooms import RemoteRoom
     from townhall.live.registry import RoomRegistry
     from townhall.live.room import Room
 
@@ -257,8 +258,9 @@ class Scaleout:
 
     # -- owner side --------------------------------------------------------------------
 
-    def attach(self, room: Room) -> None:
-        """Before ``room.start``: publish its program on the bus."""
+    def attach(self, room: Room | RemoteRoom) -> None:
+        """Before ``room.start``: publish its program on the bus (a room in
+        the media process: the calls its copy applies, ``live/mediarooms.py``)."""
         space_id = room.space_id
         lease = self._pending_leases.pop(space_id, None)
         writer = BusWriter(

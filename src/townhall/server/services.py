@@ -312,10 +312,6 @@ def _rooms(settings: Settings) -> RoomRegistry:
     """Rooms in this process, or (``media_process``) in a media process of their own."""
     if not settings.media_process:
         return RoomRegistry(settings)
-    if settings.bus_enabled:
-        raise ValueError(
-            "media_process cannot be combined with the Redis segment bus yet; turn one of them off."
-        )
     from townhall.live.mediarooms import MediaRooms
 
     return cast(RoomRegistry, MediaRooms(settings))  # the same calls (live/mediarooms.py)
