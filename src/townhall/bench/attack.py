@@ -33,6 +33,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -330,6 +331,7 @@ async def run_attack(
         "legit_goodput_mean": round(sum(during) / len(during), 4) if during else None,
         "legit_stall_ratio": round(stalled / played, 6) if played else None,
         "legit_joins": sum(1 for s in stats if s.join_s is not None),
+        "legit_errors": dict(sum((s.errors for s in stats), Counter()).most_common()),
         "legit_playing_at_end": sum(1 for s in stats if s.playout.play_start_s is not None),
         "time_to_mitigate_s": time_to_mitigate(samples, attack_start_s),
         "attack_attempts": tally.attempts,
