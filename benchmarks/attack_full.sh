@@ -10,8 +10,9 @@
 # bench stops after DURATION_S, each server is stopped after its bench.
 #   benchmarks/attack_full.sh [OUT_DIR]
 # Environment: MODES="inproc media", SHAPES="control replay ...", LISTENERS,
-# RATE_X, DURATION_S, ATTACK_START_S, PORT, BENCH_LOCK (a file each run holds
-# with flock(1) while it runs, so benchmarks on a shared machine take turns).
+# RATE_X, DURATION_S, ATTACK_START_S, PORT, BENCH_LOCK (a file held with
+# flock(1) while a run goes, so benchmarks on a shared machine take turns),
+# LOCK_PER=shape (one turn per run) or mode (one turn per mode's shapes).
 # Prints the Markdown table (python -m townhall.bench.attack_table).
 set -u
 cd "$(dirname "$0")/.."
@@ -21,10 +22,11 @@ MODES=${MODES:-inproc media}
 SHAPES=${SHAPES:-control replay playlist forged ticket join state headers slowloris}
 LISTENERS=${LISTENERS:-1000}
 RATE_X=${RATE_X:-10}
-DURATION_S=${DURATION_S:-50}
-ATTACK_START_S=${ATTACK_START_S:-20}
+DURATION_S=${DURATION_S:-45}
+ATTACK_START_S=${ATTACK_START_S:-18}
 PORT=${PORT:-18960}
 BENCH_LOCK=${BENCH_LOCK:-}
+LOCK_PER=${LOCK_PER:-shape}
 mkdir -p "$OUT"
 export TOWNHALL_PROGRAM_WAITS_FOR_HOST=false  # the space publishes its program without a speaker
 
@@ -56,20 +58,19 @@ run_one() {  # MODE SHAPE
   rm -rf "$data"
 }
 
+take() { [ -n "$BENCH_LOCK" ] && exec 9> "$BENCH_LOCK" && flock 9; }
+give() { [ -n "$BENCH_LOCK" ] && flock -u 9 && exec 9>&-; }
+
 for mode in $MODES; do
+  [ "$LOCK_PER" = mode ] && take
   for shape in $SHAPES; do
+    [ "$LOCK_PER" = mode ] || take
     echo "$(date -u +%H:%M:%S) $mode $shape (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    if [ -n "$BENCH_LOCK" ]; then
-      exec 9> "$BENCH_LOCK"
-      flock 9
-      run_one "$mode" "$shape"
-      flock -u 9
-      exec 9>&-
-    else
-      run_one "$mode" "$shape"
-    fi
+    run_one "$mode" "$shape"
+    [ "$LOCK_PER" = mode ] || give
     PORT=$((PORT + 1))
   done
+  [ "$LOCK_PER" = mode ] && give
 done
 files=()
 for mode in $MODES; do for shape in $SHAPES; do files+=("$OUT/$mode-$shape.json"); done; done
