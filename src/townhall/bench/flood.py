@@ -127,14 +127,12 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
 
     def on_headers_complete(self) -> None:
+        # one callback per answer (a server that says Connection: close closes
+        # the connection itself; what was in flight is then counted unanswered)
         codes = self.flood.codes
         status = self.parser.get_status_code()
         codes[status] = codes.get(status, 0) + 1
-
-    def on_message_complete(self) -> None:
         self.in_flight -= 1
-        if not self.parser.should_keep_alive() and self.transport is not None:
-            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
