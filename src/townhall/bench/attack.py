@@ -354,6 +354,9 @@ async def run_attack(
         if probe.first_audio_s is None
         else round(probe.first_audio_s, 3),
         "client_cpu_percent": round(100 * cpu_s / wall, 1),
+        "client_cpu_us_per_request": round(
+            1e6 * cpu_s / max(1, tally.attempts + sum(s.requests for s in stats)), 1
+        ),
         "client_cpu_max_percent": client_max,
         "client_loop_lag_p99_ms": lag_p99,
         "client_saturated": (client_max or 0) >= SATURATED_CPU_PERCENT,

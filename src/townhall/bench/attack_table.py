@@ -20,6 +20,7 @@ MITIGATE_BAR_S = 5.0
 CLOCK_BAR_S = 0.020
 JOIN_BAR_S = 3.0
 RSS_BAR_MB = 100.0
+REPLAY_ALLOWANCE_PER_10S = 10  # reactions_per_token_per_10s's default
 
 COLUMNS = (
     "mode",
@@ -55,8 +56,15 @@ def bars(r: dict[str, Any]) -> list[str]:
     ttm = r.get("time_to_mitigate_s")
     if ttm is None or ttm > MITIGATE_BAR_S:
         missed.append("5 s")
-    if r["shape"] in ("forged", "replay", "ticket") and r.get("attacker_success_per_1000"):
+    accepted = (r.get("attacker_success_per_1000") or 0.0) * (r.get("attack_attempts") or 0) / 1000
+    if r["shape"] in ("forged", "ticket") and accepted > 0:
         missed.append("accepted")
+    if r["shape"] == "replay":
+        # a replayed real token is its owner's as far as the server can tell:
+        # it keeps the token's own reaction allowance (a burst, then the rate)
+        attack_s = r["duration_s"] - r["attack_start_s"]
+        if accepted > REPLAY_ALLOWANCE_PER_10S * (1 + attack_s / 10) + 0.5:
+            missed.append("accepted beyond the token's own limit")
     p99 = r.get("mixer_clock_late_p99_s")
     if p99 is None or p99 > CLOCK_BAR_S:
         missed.append("clock")
