@@ -73,7 +73,9 @@ def bars(r: dict[str, Any]) -> list[str]:
         if join is None or join > JOIN_BAR_S:
             missed.append("join 3 s")
         before, peak = r.get("server_rss_mb_before_attack"), r.get("server_rss_mb_max")
-        if before is None or peak is None or peak - before > RSS_BAR_MB:
+        if before is None or peak is None:
+            missed.append("memory (no figure)")
+        elif peak - before > RSS_BAR_MB:
             missed.append("memory")
     if r.get("client_saturated"):
         missed.append("GENERATOR SATURATED")
