@@ -16,6 +16,7 @@ import psutil
 GOODPUT_BAR = 0.95
 LAG_PROBE_S = 0.05
 MAX_LAG_SAMPLES = 20_000
+METRICS_TIMEOUT_S = 5.0  # a server starved of CPU answers /metrics late
 
 
 def metric(text: str, name: str) -> float:
@@ -30,7 +31,7 @@ def metric(text: str, name: str) -> float:
 async def server_metrics(client: httpx.AsyncClient) -> tuple[float, float, float, str] | None:
     """(CPU seconds, mixer frames skipped, RSS bytes, the whole text) or None."""
     try:
-        text = (await client.get("/metrics", timeout=2.0)).text
+        text = (await client.get("/metrics", timeout=METRICS_TIMEOUT_S)).text
     except httpx.HTTPError:
         return None
     return (
