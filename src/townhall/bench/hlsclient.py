@@ -180,9 +180,12 @@ class Client:
     """A listener's connection to the target: reconnects when the server closed
     it, counts requests and bytes, maps failures onto error kinds."""
 
-    def __init__(self, config: ListenerConfig, stats: ListenerStats) -> None:
+    def __init__(
+        self, config: ListenerConfig, stats: ListenerStats, source: str | None = None
+    ) -> None:
         self.config = config
         self.stats = stats
+        self.source = source  # a loopback address to bind to (one client per address)
         self._conn: HttpConnection | None = None
         self._host_header = f"Host: {config.host}:{config.port}\r\n".encode()
 
@@ -191,7 +194,10 @@ class Client:
             loop = asyncio.get_running_loop()
             try:
                 _, proto = await loop.create_connection(
-                    HttpConnection, self.config.host, self.config.port
+                    HttpConnection,
+                    self.config.host,
+                    self.config.port,
+                    local_addr=None if self.source is None else (self.source, 0),
                 )
             except OSError as exc:
                 raise BenchError("connect", f"Could not connect: {exc}") from None

@@ -90,8 +90,10 @@ def start_offsets_s(listeners: int, ramp_s: float) -> list[float]:
 _crashes: list[int] = []
 
 
-async def _listener(cfg: ListenerConfig, stats: ListenerStats, deadline_s: float) -> None:
-    client = Client(cfg, stats)
+async def _listener(
+    cfg: ListenerConfig, stats: ListenerStats, deadline_s: float, source: str | None = None
+) -> None:
+    client = Client(cfg, stats, source)
     path = cfg.path
     retries = 0
     try:
