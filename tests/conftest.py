@@ -36,7 +36,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", **FAST_ARGON2)  # type: ignore[arg-type]
+    # The in-process app tests reach the API through httpx's ASGI transport with
+    # rooms in this process (the --no-media-process mode): a media process per
+    # test would cost ~0.7 s of CPU each and test nothing more. Every real
+    # `townhall serve` of the suite (LiveServer, tests/scale, tests/web,
+    # tests/players, tests/live/test_mediaproc.py) runs the default, the media process.
+    return Settings(data_dir=tmp_path / "data", media_process=False, **FAST_ARGON2)  # type: ignore[arg-type]
 
 
 @pytest.fixture
