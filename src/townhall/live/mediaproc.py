@@ -35,6 +35,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -172,25 +173,28 @@ class MediaServer:
         interval_s = self.settings.media_status_interval_ms / 1000
         while True:
             await asyncio.sleep(interval_s)
-            statuses = {}
-            for space_id in self.rooms.space_ids():
-                room = self.rooms.get(space_id)
-                if room is not None:
-                    track = room.captions.track
-                    after = self._lines_sent.get(space_id, -1.0)
-                    lines = tuple(ln for ln in track.lines if ln.start_s > after)
-                    if lines:
-                        self._lines_sent[space_id] = lines[-1].start_s
-                    statuses[space_id] = RoomStatus(
-                        room.stage.speaker_status(),
-                        room.program.health(),
-                        room.program.ended,
-                        room.captions.status(),
-                        track.done_s,
-                        lines,
-                        track.open,
-                    )
-            self.send(("status", statuses))
+            self._send_status(self.rooms.space_ids())
+
+    def _send_status(self, space_ids: Iterable[str]) -> None:
+        statuses = {}
+        for space_id in space_ids:
+            room = self.rooms.get(space_id)
+            if room is not None:
+                track = room.captions.track
+                after = self._lines_sent.get(space_id, -1.0)
+                lines = tuple(ln for ln in track.lines if ln.start_s > after)
+                if lines:
+                    self._lines_sent[space_id] = lines[-1].start_s
+                statuses[space_id] = RoomStatus(
+                    room.stage.speaker_status(),
+                    room.program.health(),
+                    room.program.ended,
+                    room.captions.status(),
+                    track.done_s,
+                    lines,
+                    track.open,
+                )
+        self.send(("status", statuses))
 
     async def _call(self, call_id: int, method: str, args: tuple[Any, ...]) -> None:
         try:
@@ -209,6 +213,9 @@ class MediaServer:
             started = await self.rooms.start_local(args[0])
             window = started.program.window
             assert window is not None
+            # its first status before the reply (frames keep their order), so
+            # state.json tells e.g. a captions refusal from the start
+            self._send_status((args[0],))
             return WindowStart(window.epoch, window.open_msn, tuple(window.history))
         if method == "end":
             await self.rooms.end(args[0])
