@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -46,6 +44,8 @@ from side_by_side import (  # noqa: E402
     log,
     pinned,
     render,
+    serve_pinned,
+    sign_up_host,
     wait_http,
 )
 
@@ -66,24 +66,9 @@ def current_parts(url: str, space_id: str) -> tuple[list[str], list[bytes]]:
 def start_townhall(name: str, src: Path, tmp: Path) -> tuple[Child, str, str]:
     """``townhall serve`` from ``src`` on core 0 with one live space (the stage
     clock's silence is its program); returns the server, URL, part paths, bytes."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(src), TOWNHALL_ARGON2_TIME_COST="1",
-               TOWNHALL_ARGON2_MEMORY_KIB="1024")  # fmt: skip
-    server = Child(
-        name,
-        pinned(SERVER_CORE, [sys.executable, "-m", "townhall", "serve", "--port", str(port),
-                             "--data-dir", str(tmp / f"{name}-data"), "--log-level", "warning"]),
-        tmp / f"{name}.log",
-        env=env,
-    )  # fmt: skip
-    wait_http(url + "/healthz", lambda r: r.status_code == 200, 60, name)
-    user, password = "benchhost", secrets.token_urlsafe(12)
+    server, url = serve_pinned(name, src, tmp, {}, wait_s=60)
     with httpx.Client(base_url=url, timeout=10) as http:
-        http.post("/api/accounts", json={"username": user, "password": password}).raise_for_status()
-        token = http.post("/api/sessions", json={"username": user, "password": password}).json()[
-            "token"
-        ]
+        token = sign_up_host(http)
         space = http.post(
             "/api/spaces",
             json={"title": "rate", "visibility": "public"},

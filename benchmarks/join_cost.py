@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from presence_cost import wrk_round  # noqa: E402
-from side_by_side import SERVER_CORE, Child, free_port, log, pinned, wait_http  # noqa: E402
+from side_by_side import (  # noqa: E402
+    Child,
+    log,
+    serve_pinned,
+    sign_up_host,
+)
 
 LIMITS = {  # one loopback address stands for a whole crowd here
     "TOWNHALL_JOINS_PER_NETWORK_PER_10S": "100000000",
@@ -75,25 +79,16 @@ EXPECTED = {"queued": 202, "challenge": 429, "malformed_ticket": 400, "forged_ti
 def start(
     name: str, src: Path, tmp: Path, lean: bool
 ) -> tuple[Child, str, dict[str, str], dict[str, tuple[str, str]]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(src), TOWNHALL_ARGON2_TIME_COST="1",
-               TOWNHALL_ARGON2_MEMORY_KIB="1024", **LIMITS)  # fmt: skip
-    if not lean:
-        env["TOWNHALL_LEAN_API_ANSWERS"] = "false"
-    server = Child(
+    server, url = serve_pinned(
         name,
-        pinned(SERVER_CORE, [sys.executable, "-m", "townhall", "serve", "--port", str(port),
-                             "--data-dir", str(tmp / f"{name}-data"), "--log-level", "warning"]),
-        tmp / f"{name}.log",
-        env=env,
-    )  # fmt: skip
-    wait_http(url + "/healthz", lambda r: r.status_code == 200, 90, name)
-    user, password = "benchhost", secrets.token_urlsafe(12)
+        src,
+        tmp,
+        {**LIMITS, **({} if lean else {"TOWNHALL_LEAN_API_ANSWERS": "false"})},
+        wait_s=90,
+    )
     with httpx.Client(base_url=url, timeout=30) as http:
-        http.post("/api/accounts", json={"username": user, "password": password}).raise_for_status()
-        session = http.post("/api/sessions", json={"username": user, "password": password})
-        auth = {"Authorization": f"Bearer {session.json()['token']}"}
+        token = sign_up_host(http)
+        auth = {"Authorization": f"Bearer {token}"}
         spaces = {}
         for kind, cap in (("open", None), ("capped", 1)):
             space = http.post(

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -42,12 +41,11 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from side_by_side import (  # noqa: E402
     CLIENT_CORE,
-    SERVER_CORE,
     Child,
-    free_port,
     log,
     pinned,
-    wait_http,
+    serve_pinned,
+    sign_up_host,
 )
 
 TOKENS = 200
@@ -72,26 +70,13 @@ STATE_LUA = """request = function() return wrk.format("GET", "/spaces/%s/state.j
 
 
 def start(name: str, src: Path, tmp: Path) -> tuple[Child, str, str, list[str]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=str(src), TOWNHALL_ARGON2_TIME_COST="1",
-               TOWNHALL_ARGON2_MEMORY_KIB="1024", **LIMITS)  # fmt: skip
-    server = Child(
-        name,
-        pinned(SERVER_CORE, [sys.executable, "-m", "townhall", "serve", "--port", str(port),
-                             "--data-dir", str(tmp / f"{name}-data"), "--log-level", "warning"]),
-        tmp / f"{name}.log",
-        env=env,
-    )  # fmt: skip
-    wait_http(url + "/healthz", lambda r: r.status_code == 200, 60, name)
-    user, password = "benchhost", secrets.token_urlsafe(12)
+    server, url = serve_pinned(name, src, tmp, LIMITS, wait_s=60)
     with httpx.Client(base_url=url, timeout=10) as http:
-        http.post("/api/accounts", json={"username": user, "password": password}).raise_for_status()
-        session = http.post("/api/sessions", json={"username": user, "password": password})
+        token = sign_up_host(http)
         space = http.post(
             "/api/spaces",
             json={"title": "beats", "visibility": "public"},
-            headers={"Authorization": f"Bearer {session.json()['token']}"},
+            headers={"Authorization": f"Bearer {token}"},
         )
         space.raise_for_status()
         space_id = space.json()["id"]

@@ -140,6 +140,35 @@ def wait_http(url: str, ok: Any, timeout_s: float, what: str) -> None:
 # -- the systems ------------------------------------------------------------------
 
 
+def serve_pinned(
+    name: str, src: Path, tmp: Path, env_extra: dict[str, str], wait_s: float = 60
+) -> tuple[Child, str]:
+    """``townhall serve`` from ``src`` pinned to SERVER_CORE (cheap password
+    hashing, ``env_extra`` on top), answered /healthz; returns it and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONPATH=str(src), TOWNHALL_ARGON2_TIME_COST="1",
+               TOWNHALL_ARGON2_MEMORY_KIB="1024", **env_extra)  # fmt: skip
+    server = Child(
+        name,
+        pinned(SERVER_CORE, [sys.executable, "-m", "townhall", "serve", "--port", str(port),
+                             "--data-dir", str(tmp / f"{name}-data"), "--log-level", "warning"]),
+        tmp / f"{name}.log",
+        env=env,
+    )  # fmt: skip
+    wait_http(url + "/healthz", lambda r: r.status_code == 200, wait_s, name)
+    return server, url
+
+
+def sign_up_host(http: httpx.Client) -> str:
+    """A fresh host account on ``http``'s server; returns its bearer token."""
+    user, password = "benchhost", secrets.token_urlsafe(12)
+    http.post("/api/accounts", json={"username": user, "password": password}).raise_for_status()
+    session = http.post("/api/sessions", json={"username": user, "password": password})
+    session.raise_for_status()
+    return str(session.json()["token"])
+
+
 @dataclass
 class System:
     key: str
