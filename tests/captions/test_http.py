@@ -67,8 +67,18 @@ async def test_captions_live_then_transcript(tmp_path: Path) -> None:
                     await room.program.drained()
             await room.program.drained()
 
+            # final through the end of the speech, no line still being built
+            # (captions.json lists the open line too, with "open": true)
+            speech_end_s = (48_000 + len(speech)) / 48_000
             doc = await poll(
-                client, f"/spaces/{sid}/captions.json", lambda d: len(d["lines"]) >= 2, 120
+                client,
+                f"/spaces/{sid}/captions.json",
+                lambda d: (
+                    d["done_s"] >= speech_end_s
+                    and len(d["lines"]) >= 2
+                    and not any(line.get("open") for line in d["lines"])
+                ),
+                120,
             )
             assert doc["status"] == "running", doc
             heard = " ".join(line["text"] for line in doc["lines"])

@@ -364,16 +364,24 @@ CUES_JS = """
 """
 
 
+def sentence_starts() -> set[str]:
+    """The first two words (normalized) of each sentence of the script."""
+    return {" ".join(normalize(s)[:2]) for s in SENTENCES}
+
+
 def cue_errors(cues: list[list[Any]], heard: Bursts) -> list[tuple[str, float]]:
-    """For each cue that starts a sentence (the first, or after a cue ending
-    in . ? !), its start minus the nearest heard sentence onset, both in
-    the player's media time."""
+    """For each cue that starts a sentence (the first, one after a cue ending
+    in . ? !, or one whose first two words start a sentence of the script:
+    Whisper does not always write the full stop), its start minus the
+    nearest heard sentence onset, both in the player's media time."""
     onsets = [start for start, _ in heard.media_s]
+    starts = sentence_starts()
     out = []
     previous = ""
     for start, _end, text in sorted(cues):
         plain = re.sub(r"<[^>]+>", "", str(text)).strip()
-        if onsets and (not previous or previous[-1:] in ".?!"):
+        opens = " ".join(normalize(plain)[:2]) in starts
+        if onsets and (not previous or previous[-1:] in ".?!" or opens):
             nearest = min(onsets, key=lambda t: abs(t - float(start)))
             out.append((plain, float(start) - nearest))
         previous = plain

@@ -30,6 +30,8 @@ from typing import cast
 import httptools
 import orjson
 
+from townhall.policy.tickets import PREFIX as TICKET_PREFIX
+
 TICK_S = 0.01
 RECONNECT_S = 0.05
 RECONNECT_MAX_S = 1.0
@@ -80,12 +82,20 @@ def request_maker(shape: str, space_id: str, host: str, token: str | None) -> Re
         head, tail = _reaction(space_id, common, "\0").encode().split(b"\0")
         prefix, size = b"eyJhbGciOiJIUzI1NiJ9.", 54  # a JWT-looking header, a random rest
     elif shape == "ticket":
-        body_len = len(orjson.dumps({"ticket": "t1." + "a" * 32}))
+        # well-formed (the ticket prefix, a key id, a payload for this space,
+        # a signature), forged: a random key id and signature, so each is
+        # refused by its signature check (401), not by its shape (400)
+        payload = base64.urlsafe_b64encode(
+            orjson.dumps({"spc": space_id, "idx": 1, "iat": 0, "exp": 2**31})
+        ).rstrip(b"=")
+        forged = f"{TICKET_PREFIX}." + "a" * 8 + "." + payload.decode() + "." + "s" * 43
+        body_len = len(orjson.dumps({"ticket": forged}))
         head = (
             f"POST /api/spaces/{space_id}/join HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
-            f'Content-Length: {body_len}\r\n\r\n{{"ticket":"t1.'
+            f'Content-Length: {body_len}\r\n\r\n{{"ticket":"{TICKET_PREFIX}.'
         ).encode()
-        tail, prefix, size = b'"}', b"", 32
+        tail = ("." + payload.decode() + "." + "s" * 43 + '"}').encode()
+        prefix, size = b"", 8
     else:
         raise ValueError(f"Unknown flood shape {shape!r}.")
 
