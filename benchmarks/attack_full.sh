@@ -44,6 +44,7 @@ run_one() {  # MODE SHAPE
   data=$(mktemp -d)
   local serve_args=(--port "$PORT" --data-dir "$data/data" --log-level warning)
   [ "$mode" = media ] && serve_args+=(--media-process)
+  [ "$mode" = inproc ] && serve_args+=(--no-media-process)  # the media process is the default
   setsid timeout $((DURATION_S + 120)) taskset -c 0 "$PY" -m townhall serve "${serve_args[@]}" \
     > "$OUT/$mode-$shape.serve.log" 2>&1 &
   server=$!
