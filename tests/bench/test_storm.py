@@ -17,7 +17,7 @@ from tests.conftest import LiveServer
 from townhall.bench.hlsclient import ListenerStats
 from townhall.bench.playout import Playout
 from townhall.bench.storm import clock_late_p99
-from townhall.bench.storm_client import CookieConnection
+from townhall.bench.storm_client import CookieConnection, write_records
 from townhall.bench.storm_probe import ProbeSecond, join_latency, queue_docs_of, summarize_probe
 from townhall.bench.storm_report import Arrival, Sample, reclaim_times, spearman
 from townhall.bench.storm_wait import Lookouts, look
@@ -175,3 +175,22 @@ def test_cookie_connection_keeps_set_cookies() -> None:
     conn.on_header(b"set-cookie", b"th_exp=123; Path=/spaces/x/")
     conn.on_header(b"Content-Type", b"application/json")
     assert conn.cookies == {"th_link": "abc", "th_exp": "123"}
+
+
+def test_records_keep_the_queue_documents_read(tmp_path: Path) -> None:
+    """--records also writes each queue.json read (FILE.docs), so an ETA model
+    can be replayed against the same documents (benchmarks/storm_eta_replay.py)."""
+    a = Arrival(0, 0.0, False, None, 10.0, ListenerStats(0.0, Playout(0.0)), number=7)
+    a.shown_etas.append((100.0, 12.5))
+    path = tmp_path / "run.records"
+    docs = [(100.5, b'{"admitting_through":3}'), (101.5, b'{"admitting_through":5}')]
+    write_records(path, [a], docs)
+    (row,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert row["number"] == 7 and row["shown_etas"] == [[100.0, 12.5]]
+    read = [json.loads(line) for line in (tmp_path / "run.records.docs").read_text().splitlines()]
+    assert read == [
+        {"read_at": 100.5, "doc": {"admitting_through": 3}},
+        {"read_at": 101.5, "doc": {"admitting_through": 5}},
+    ]
+    write_records(tmp_path / "none.records", [a])
+    assert not (tmp_path / "none.records.docs").exists()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from townhall.policy.eta import (
     MAX_KNOTS,
+    SPREAD_SHARE,
     Knots,
+    batch_mean,
     called_at,
     eta_s,
     listen_sample,
-    oldest_age,
+    next_age,
     settled_rate,
     with_knot,
 )
@@ -176,29 +180,76 @@ def test_settled_rate_is_cap_over_the_mean_listening_time() -> None:
     assert settled_rate(200, 0.0, 50) is None
 
 
-def test_the_listening_time_is_at_least_the_oldest_calls_age() -> None:
-    # 20 left after 8 s on average, but the rest of their batch, called 12 s
-    # ago, is still in: listeners stay at least 12 s
-    assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=12.0) == pytest.approx(200 / 12)
-    assert settled_rate(200, 20 * 8.0, 20, oldest_age_s=5.0) == pytest.approx(200 / 8)
-    assert settled_rate(200, 19 * 8.0, 19, oldest_age_s=12.0) is None
+def _centre(share: float) -> float:
+    """Where the times matched so far sit on the batch, weighted as the sums
+    are (e^-1 per cap's worth): the mean of u e^u over 0..share."""
+    return ((share - 1) * math.exp(share) + 1) / (math.exp(share) - 1)
+
+
+def _even(lo: float, hi: float, share: float) -> tuple[float, float, float]:
+    """A batch whose listening times are spread evenly from ``lo`` to ``hi``,
+    its first ``share`` gone: (mean of the matched times, share, next age)."""
+    return lo + (hi - lo) * _centre(share), share, lo + (hi - lo) * share
+
+
+# (mean of the times matched, share of the batch gone, next call's age) -> batch mean
+BATCH_CASES = [
+    (*_even(10, 30, 0.1), 20.0),  # evenly spread 10..30 s: the mean from a tenth on
+    (*_even(10, 30, 0.3), 20.0),
+    (*_even(10, 30, 0.55), 20.0),
+    (*_even(5, 45, 0.2), 25.0),
+    (15.0, 0.2, 15.0, 15.0),  # all stay 15 s: 15 s
+    (15.0, 0.2, 14.0, 15.0),  # the next one younger than the mean (noise): no spread
+    # fewer than a tenth gone: the spread is taken at share / SPREAD_SHARE of its slope
+    (*_even(10, 30, 0.05), 10 + 20 * _centre(0.05) + 10 * (0.5 - _centre(0.05))),
+]
+
+
+@pytest.mark.parametrize(("mean", "share", "next_s", "expected"), BATCH_CASES)
+def test_batch_mean(mean: float, share: float, next_s: float, expected: float) -> None:
+    assert batch_mean(mean, share, next_s) == pytest.approx(expected)
+
+
+def test_batch_mean_beats_the_shortest_times_on_a_long_tail() -> None:
+    """Exponential listening times (mean 20 s), a fifth of the batch gone:
+    the estimate is short (the tail is not seen yet) but nearer the truth
+    than the mean of the times matched so far, or the next call's age."""
+    share = 0.2
+    grid = [share * (i + 0.5) / 1000 for i in range(1000)]
+    weights = [math.exp(u - share) for u in grid]
+    times = [-20.0 * math.log(1 - u) for u in grid]
+    mean = sum(w * x for w, x in zip(weights, times, strict=True)) / sum(weights)
+    next_s = -20.0 * math.log(1 - share)
+    got = batch_mean(mean, share, next_s)
+    assert max(mean, next_s) < got < 20.0
+    assert share >= SPREAD_SHARE  # the slope is not shrunk here
+
+
+def test_until_a_cap_has_left_the_batch_mean_is_used() -> None:
+    # 20 of 200 matched: a tenth of the batch
+    assert settled_rate(200, 20 * 8.0, 20, next_age_s=12.0, matched=20) == pytest.approx(
+        200 / batch_mean(8.0, 0.1, 12.0)
+    )
+    assert settled_rate(200, 20 * 8.0, 20, next_age_s=8.0, matched=20) == pytest.approx(200 / 8)
+    assert settled_rate(200, 20 * 8.0, 20, matched=20) == pytest.approx(200 / 8)  # no history
+    assert settled_rate(200, 20 * 8.0, 20, next_age_s=12.0) == pytest.approx(200 / 8)
+    assert settled_rate(200, 19 * 8.0, 19, next_age_s=12.0, matched=19) is None
     # a whole cap's worth has left (200 * (1 - 1/e) = 126.4): the mean covers whole batches
-    assert settled_rate(200, 127 * 10.0, 127, oldest_age_s=12.0) == pytest.approx(20.0)
-    assert settled_rate(200, 126 * 10.0, 126, oldest_age_s=12.0) == pytest.approx(200 / 12)
+    assert settled_rate(200, 127 * 10.0, 127, next_age_s=14.0, matched=199) == pytest.approx(20.0)
+    assert settled_rate(200, 126 * 10.0, 126, next_age_s=14.0, matched=199) == pytest.approx(
+        200 / batch_mean(10.0, 199 / 200, 14.0)
+    )
 
 
-# (knots, now, pointer, cap) -> age of the oldest calls still in (past a tenth of the cap)
+# (knots, now, pointer, cap) -> age of the next call to be matched (the oldest still in)
 AGE_CASES = [
-    (((0.0, 100), (11.0, 200)), 15.0, 150, 100, 15.0),  # 61 is in, called at 0
-    (((0.0, 100), (11.0, 200)), 15.0, 195, 100, 4.0),  # 96..100 are stragglers: 106 is at 11
-    (((0.0, 100), (11.0, 200)), 15.0, 200, 100, 4.0),  # 111, called at 11
+    (((0.0, 100), (11.0, 200)), 15.0, 150, 100, 15.0),  # 51 is next, called at 0
+    (((0.0, 100), (11.0, 200)), 15.0, 200, 100, 4.0),  # 101, called at 11
     (((0.0, 60),), 15.0, 60, 100, None),  # the cap is not all taken from the line
     ((), 15.0, 200, 100, None),
 ]
 
 
 @pytest.mark.parametrize(("knots", "now", "through", "cap", "expected"), AGE_CASES)
-def test_oldest_age(
-    knots: Knots, now: float, through: int, cap: int, expected: float | None
-) -> None:
-    assert oldest_age(knots, now, through=through, cap=cap) == expected
+def test_next_age(knots: Knots, now: float, through: int, cap: int, expected: float | None) -> None:
+    assert next_age(knots, now, through=through, cap=cap) == expected

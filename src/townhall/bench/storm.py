@@ -50,6 +50,7 @@ from townhall.policy.eta import eta_s
 MAX_ARRIVALS = 15000
 MAX_DURATION_S = 1800.0
 POLL_S = 1.0
+MAX_DOCS_KEPT = 4000  # queue.json copies kept for --records (one a second)
 
 
 class Storm:
@@ -62,6 +63,7 @@ class Storm:
         self.doc_at = 0.0
         self.max_doc_age_s = 0.0
         self.samples: list[Sample] = []
+        self.docs: list[tuple[float, bytes]] = []  # (when read, body): the shared copies
         self.arrivals: list[Arrival] = []
         self.live_at: float | None = None
         self.space_id = ""
@@ -115,6 +117,8 @@ class Storm:
                 answer = await client.request(url, timeout_s=5.0)
                 self.doc = orjson.loads(answer.body)
                 self.doc_at = time.time()
+                if self.o.get("records") and len(self.docs) < MAX_DOCS_KEPT:
+                    self.docs.append((self.doc_at, answer.body))
                 self.doc_age_s()  # how old the position is when a page gets it
                 self.samples.append(
                     Sample(
@@ -367,7 +371,7 @@ class Storm:
         summary["probe"] = summarize_probe(probe.seconds, t0=self.arrivals[0].arrived_at)
         summary["probe"].update(join_latency(self.join_s, self.arrivals[0].arrived_at))
         if o.get("records"):
-            write_records(Path(o["records"]), self.arrivals)
+            write_records(Path(o["records"]), self.arrivals, self.docs)
         if o["plot"]:
             storm_report.plot(self.samples, Path(o["plot"]), live_at=self.live_at)
         return summary
@@ -501,7 +505,8 @@ def clock_late_p99(before: str, after: str) -> float | None:
     "--records",
     type=click.Path(dir_okay=False),
     default=None,
-    help="Write one JSON line per arrival (numbers, times, stalls, ETAs shown) to this file.",
+    help="Write one JSON line per arrival (numbers, times, stalls, ETAs shown) to this file, "
+    "and every queue.json the shared copy read, one a line, to FILE.docs.",
 )
 @click.option("--allow-remote", is_flag=True, help="Allow a target that is not a loopback address.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")

@@ -5,6 +5,7 @@ per-arrival records file."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,13 @@ class StormClient(Client):
         return await super().request(path, extra_headers=extra_headers, **kw)
 
 
-def write_records(path: Path, arrivals: list[Arrival]) -> None:
+def write_records(
+    path: Path, arrivals: list[Arrival], docs: Sequence[tuple[float, bytes]] = ()
+) -> None:
     """One JSON line per arrival (times: time.time() seconds), for a look
-    at single listeners beyond the summary's figures."""
+    at single listeners beyond the summary's figures; and, in ``path``.docs,
+    each queue.json read (``{"read_at": ..., "doc": {...}}``), so that an ETA
+    model can be replayed against the same documents and looks."""
     with path.open("wb") as out:
         for a in arrivals:
             row = {
@@ -115,6 +120,10 @@ def write_records(path: Path, arrivals: list[Arrival]) -> None:
                 "shown_etas": [(round(t, 2), round(e, 1)) for t, e in a.shown_etas],
             }
             out.write(orjson.dumps(row) + b"\n")
+    if docs:
+        with path.with_name(path.name + ".docs").open("wb") as out:
+            for read_at, body in docs:
+                out.write(b'{"read_at":%.3f,"doc":%s}\n' % (read_at, body))
 
 
 async def scrape(http: httpx.AsyncClient) -> str:

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from townhall.policy.eta import Knots, listen_sample, oldest_age, settled_rate, with_knot
+from townhall.policy.eta import Knots, listen_sample, next_age, settled_rate, with_knot
 
 Outcome = Literal["admit", "queue", "refuse"]
 Delivery = Literal["llhls", "hls"]
@@ -101,8 +101,10 @@ class QueueState:
         full space; None before."""
         age = None
         if self.last_s is not None:
-            age = oldest_age(self.knots, self.last_s, through=self.through, cap=self.cap)
-        return settled_rate(self.cap, self.listen_sum_s, self.listen_n, age)
+            age = next_age(self.knots, self.last_s, through=self.through, cap=self.cap)
+        return settled_rate(
+            self.cap, self.listen_sum_s, self.listen_n, age, matched=self.through - self.cap
+        )
 
     @property
     def settling(self) -> bool:
