@@ -12,7 +12,8 @@ running its rooms in a media process (the default). A guest speaker (the
 - A paused (SIGSTOP, shorter than its lease): B says the room is moving and
   shows the guest not connected, muted as A last said; in step again after;
 - A killed (-9): B takes the room over with the guest still muted, and the
-  guest, reconnected to B, is connected and muted there.
+  guest, reconnected to B, is connected and muted there;
+- removing a speaker and ending the space through B reach A.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.scale.conftest import Cluster
+from tests.scale.conftest import REDIS_URL, Cluster
 from tests.scale.test_bus_nodes import BUS, Speaker, speaker_token
+from townhall.live.seats import decode_seats
 from townhall.server.api_stage import NOT_HERE
+from townhall.store.seat_board import SeatBoard
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
@@ -73,7 +76,12 @@ async def until(
     started = time.monotonic()
     doc: dict[str, Any] = {}
     while time.monotonic() < started + timeout_s:
-        doc = await state(client, space_id)
+        response = await client.get(f"/spaces/{space_id}/state.json")
+        if response.status_code == 404:  # this node has not seen the new space yet
+            await asyncio.sleep(0.02)
+            continue
+        assert response.status_code == 200, response.text
+        doc = response.json()
         seat = seat_of(doc, account_id)
         if all(seat.get(k) == v for k, v in want.items()) and (
             room is None or doc.get("room", {}).get("status") == room
@@ -186,3 +194,69 @@ async def test_followers_show_the_owners_seats(cluster: Cluster, media_process: 
         finally:
             if speaker is not None:
                 await speaker.close()
+
+
+async def test_removing_a_speaker_and_ending_through_a_follower_reach_the_owner(
+    cluster: Cluster,
+) -> None:
+    """Demote through B: passed on to A, whose stage drops the guest (its
+    published seats no longer list them); the end through B: A finishes the
+    room at its next lease round (ENDLIST on both nodes)."""
+    import redis.asyncio as aioredis
+
+    node_a = cluster.node("a", **SEATS)
+    node_b = cluster.node("b", **SEATS)
+    speaker: Speaker | None = None
+    redis = aioredis.from_url(REDIS_URL)
+    board = SeatBoard(redis, prefix=cluster.env["TOWNHALL_REDIS_PREFIX"], ttl_s=60)
+    async with (
+        httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
+        httpx.AsyncClient(base_url=node_b.url, timeout=20) as b,
+    ):
+        _, host = await Api(a).account("host")
+        guest_id, guest = await Api(a).account("guest")
+        space_id = (await Api(a).space(host, title="Remove"))["id"]
+        invited = await a.post(
+            f"/api/spaces/{space_id}/invites",
+            json={"username": "guest", "role": "speaker"},
+            headers=host,
+        )
+        assert invited.status_code == 200, invited.text
+        try:
+            speaker = Speaker(node_a.url, space_id, await speaker_token(a, space_id, guest))
+            await until(b, space_id, guest_id, 30, connected=True, room="ok")
+            assert guest_id in decode_seats((await board.read(space_id)).raw or b"").speakers
+            demoted = await b.post(
+                f"/api/spaces/{space_id}/speakers/{guest_id}/demote", headers=host
+            )
+            assert demoted.status_code == 200, demoted.text
+            assert demoted.headers["via"].startswith("1.1 "), demoted.headers  # A answered
+            # A's stage let the guest go: its seats (published at once) do not list them
+            deadline = time.monotonic() + 2  # published at once, maybe after the answer
+            while guest_id in decode_seats((await board.read(space_id)).raw or b"").speakers:
+                assert time.monotonic() < deadline, "A's stage still seats the guest"
+                await asyncio.sleep(0.02)
+            for client in (a, b):
+                doc = await state(client, space_id)
+                assert guest_id not in [s["account_id"] for s in doc["speakers"]], doc
+
+            ended = await b.post(f"/api/spaces/{space_id}/end", headers=host)
+            assert ended.status_code == 200, ended.text
+            ended_at = time.monotonic()
+            for client, node in ((a, node_a), (b, node_b)):
+                while "#EXT-X-ENDLIST" not in (
+                    text := (await client.get(f"/spaces/{space_id}/live.m3u8")).text
+                ):
+                    assert time.monotonic() < ended_at + 10, (
+                        f"no ENDLIST on {client.base_url}:\n{text[-600:]}\n{node.log()[-3000:]}"
+                    )
+                    await asyncio.sleep(0.1)
+            print(f"the end through B reached A's room in {time.monotonic() - ended_at:.2f} s")
+            while (doc_b := await state(b, space_id))["state"] != "ended":
+                assert time.monotonic() < ended_at + 10, doc_b
+                await asyncio.sleep(0.1)
+            assert "room" not in doc_b and "program" not in doc_b, doc_b
+        finally:
+            if speaker is not None:
+                await speaker.close()
+            await redis.aclose()

@@ -15,7 +15,10 @@ owner), the owner publishes the program on the bus, the others follow it.
   lease: the room stops at once and the node follows), takes over rooms
   whose lease lapsed (the room resumes here in a new discontinuity, from the
   recording this node kept while following), follows every other live room,
-  and ends rooms whose space ended (on whichever node the host ended it).
+  and ends rooms whose space ended (on whichever node the host ended it); a
+  followed room whose space ended is followed until the owner's end arrives
+  (so this node's copy of the recording is final too), or for a lease's
+  length and two rounds at most.
 
 A follower writes each finished segment to this node's own recording, in a
 worker thread, through a bounded queue; segments it missed (it fell behind,
@@ -260,6 +263,7 @@ class Scaleout:
         self.owned: dict[str, OwnedRoom] = {}
         self._pending_leases: dict[str, Lease] = {}
         self._pending_mutes: dict[str, list[str]] = {}
+        self._ended_at: dict[str, float] = {}  # followed rooms whose space ended: since
         self._supervisor: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._takeovers: dict[str, asyncio.Task[None]] = {}
@@ -510,8 +514,13 @@ class Scaleout:
             if owned.lost or owned.lease is None or not await self._renew(owned):
                 await self.rooms.suspend(space_id)
                 self.follow(space_id)
-        for space_id in list(self.followed):
-            if space_id not in live:
+        for space_id, followed in list(self.followed.items()):
+            if space_id in live:
+                self._ended_at.pop(space_id, None)
+            elif followed.ended or self._end_waited(space_id):
+                # the copy has the owner's end (its recording copy is final), or
+                # the owner never sent it: it ended the room where it ran, or died
+                self._ended_at.pop(space_id, None)
                 await self.unfollow(space_id)
         period_ms = self.settings.room_lease_renew_ms
         for space_id in live:
@@ -530,6 +539,14 @@ class Scaleout:
                 )
                 self._takeovers[space_id] = task
                 task.add_done_callback(functools.partial(self._takeover_done, space_id))
+
+    def _end_waited(self, space_id: str) -> bool:
+        """Whether a followed room whose space ended (on any node) waited long
+        enough for its owner's end: the owner ends it at its next lease round."""
+        now = time.monotonic()
+        since = self._ended_at.setdefault(space_id, now)
+        wait_s = (self.settings.room_lease_ttl_ms + 2 * self.settings.room_lease_renew_ms) / 1000
+        return now - since >= wait_s
 
     def _takeover_done(self, space_id: str, _task: asyncio.Task[None]) -> None:
         self._takeovers.pop(space_id, None)
