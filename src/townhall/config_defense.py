@@ -302,3 +302,17 @@ class DefenseSettings(BaseSettings):
         le=10_000,
         description="Connections this node keeps open at most to other nodes for passed-on requests; more wait for one (up to forward_timeout_s).",
     )
+
+    # --- issue 11: a room's seats on every node ---
+    seat_status_interval_ms: int = Field(
+        500,
+        ge=50,
+        le=10_000,
+        description="Scaled out: how often the node that runs a room publishes its seats (connected, muted, speaking, level) and program health for the other nodes' state.json; also at once after a mute, unmute, demote or block.",
+    )
+    seat_status_stale_ms: int = Field(
+        2000,
+        ge=100,
+        le=60_000,
+        description="Scaled out: published seats older than this (by Redis's clock) are stale: other nodes' state.json then shows every seat not connected and the room as moving, instead of the old values. Keep it above SEAT_STATUS_INTERVAL_MS.",
+    )

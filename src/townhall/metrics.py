@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("townhall_http_requests_total", "HTTP requests answered.", ["route", "status"])
+REQUESTS = Counter(
+    "townhall_http_requests_total",
+    "HTTP requests the HTTP/1.1 driver answered, by route class (the fast path's kinds: part, segment, init, playlist, state, progressive, api, problem; the app's: app_api, app_listener, app_page, app_static, app_ops; refused: before any route) and status; counted in memory and added at most a second later (origin/request_counts.py).",
+    ["route", "status"],
+)
 PROBLEMS = Counter(
     "townhall_problems_total", "Requests answered with a problem+json error.", ["status"]
-)
-REQUEST_SECONDS = Histogram(
-    "townhall_http_request_seconds",
-    "Time to answer an HTTP request (headers sent).",
-    ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 6, 10),
 )
 JOINS = Counter("townhall_joins_total", "Listener tokens issued (joins and renewals).", ["kind"])
 RATE_LIMITED = Counter(
@@ -338,4 +336,16 @@ FORWARDED = Counter(
     "townhall_forwarded_requests_total",
     "Requests only a room's owner can answer that this node passed on to the owner: answered (the owner's status, passed back), unreachable (no owner known, or it could not be reached: 503), timeout (504), cut (the owner's answer stopped midway).",
     ["outcome"],
+)
+
+# --- issue 11: a room's seats on every node (live/seats.py, store/seat_board.py) ---
+SEATS_PUBLISHED = Counter(
+    "townhall_seats_published_total",
+    "Seat documents (connected, muted, speaking, level, program health) this node published for the rooms it runs: written, or fenced (another node holds the room now).",
+    ["outcome"],
+)
+SEATS_SHOWN = Counter(
+    "townhall_seats_shown_total",
+    "state.json computations of a live room run on another node, by what the owner's published seats were worth: ok, starting (none yet), moving (stale, or the room changed hands), unknown (Redis unreachable).",
+    ["status"],
 )

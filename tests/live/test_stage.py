@@ -17,6 +17,7 @@ from tests.live.stage_helpers import (
     tone,
     wait_for,
 )
+from townhall.live.tracks import SpeakerStatus
 from townhall.media import signals
 
 ABSENT = 0.01  # amplitude under which a tone counts as not there (it went in at 0.3)
@@ -125,6 +126,10 @@ async def test_closed_peer_is_removed_after_the_grace(tmp_path: Path) -> None:
 async def test_muted_speaker_is_not_in_the_program(tmp_path: Path) -> None:
     async with running_stage(stage_settings(tmp_path)) as (stage, sink):
         await stage.set_muted("b", True)  # muted before connecting: remembered
+        # and shown (state.json, the seats other nodes read, a takeover's mutes)
+        assert stage.speaker_status() == {
+            "b": SpeakerStatus(connected=False, muted=True, speaking=False, level=0.0)
+        }
         async with speaker(stage, "a", tone(440.0)), speaker(stage, "b", tone(880.0)):
             await wait_for(lambda: stage.speaker_status()["a"].speaking)
             await asyncio.sleep(0.2)

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import townhall
+from tests.conftest import free_port
 from townhall.config import Settings
 from townhall.server.forward import default_forward_url, holder_node, owner_only
 from townhall.server.workers import resolve_workers, reuseport_socket, share_keys, worker_settings
@@ -75,6 +79,30 @@ def test_workers_without_the_scaled_out_mode_are_refused_with_a_sentence() -> No
     assert message.startswith("townhall serve --workers 2: more than one HTTP worker needs")
     for name in ("TOWNHALL_DATABASE_URL", "TOWNHALL_REDIS_URL", "TOWNHALL_BUS_ENABLED=true"):
         assert name in message
+
+
+@pytest.mark.parametrize("verb", ["serve", "demo"])
+def test_the_refusal_of_workers_comes_first_and_alone(verb: str, tmp_path: Path) -> None:
+    """The real command: it prints the refusal and nothing else (no
+    "serving on ..." before it), exits non-zero, and starts nothing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWNHALL_")}
+    env["PYTHONPATH"] = str(Path(townhall.__file__).parents[1])
+    port = free_port()
+    flags = ["--workers", "2", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(
+        [sys.executable, "-m", "townhall", verb, *flags],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert done.stdout == b"", done.stdout
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("townhall serve --workers 2: more than one HTTP worker needs")
+    with socket.create_server(("127.0.0.1", port)):  # nothing listens there
+        pass
 
 
 def test_a_worker_is_a_node_of_its_own(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from townhall.client.speak import PcmTrack, publish, speaker_token
 from townhall.config import Settings
 from townhall.media import signals
 from townhall.server.run import run_server
+from townhall.server.workers import resolve_workers
 
 log = logging.getLogger("townhall.demo")
 
@@ -212,6 +213,7 @@ def demo_command(**overrides: Any) -> None:
     Takes every flag of `townhall serve`. Open the printed URL to listen.
     """
     settings = build_settings(overrides)
+    resolve_workers(settings)  # a refusal comes first and alone
     click.echo(f"townhall demo on {local_url(settings)}/ (data in {settings.data_dir})")
     # one line per bot request and per ICE check is noise here
     for noisy in ("httpx", "aioice"):

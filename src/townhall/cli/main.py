@@ -16,6 +16,7 @@ import click
 from townhall import __version__
 from townhall.cli.options import build_settings, settings_options
 from townhall.server.run import run_server
+from townhall.server.workers import resolve_workers
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -45,6 +46,8 @@ def serve(**overrides: Any) -> None:
     needs no other service.
     """
     settings = build_settings(overrides)
+    # a refusal (more workers than one process may run) comes first and alone
+    resolve_workers(settings)
     click.echo(
         f"townhall {__version__} serving on http://{settings.host}:{settings.port}/ (data in {settings.data_dir})"
     )

@@ -211,6 +211,10 @@ class MediaServer:
     async def _dispatch(self, method: str, args: tuple[Any, ...]) -> Any:
         if method == "start":
             started = await self.rooms.start_local(args[0])
+            for account_id in args[1] if len(args) > 1 else ():
+                # muted as the room's last owner had them (live/scaleout.py), before
+                # any offer: set_muted does not wait, no call runs in between
+                await started.stage.set_muted(account_id, True)
             window = started.program.window
             assert window is not None
             # its first status before the reply (frames keep their order), so

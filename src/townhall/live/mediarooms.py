@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from townhall.errors import ServiceUnavailable
 from townhall.live.mediaproc import LOCK_WAIT_S, SETTINGS_ENV, merge_metrics
 from townhall.live.mediawire import ChannelError, RoomStatus, WindowStart, frame, read_frame
 from townhall.live.program import FAILED, OK, Program, ProgramHealth
+from townhall.live.seats import AWAY_MUTED, with_mute
 from townhall.live.tracks import SpeakerStatus
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
@@ -76,9 +77,17 @@ class RemoteStage:
         self._rooms = rooms
         self.space_id = space_id
         self.speakers: dict[str, SpeakerStatus] = {}
+        self.preset: tuple[str, ...] = ()
 
     def speaker_status(self) -> dict[str, SpeakerStatus]:
         return dict(self.speakers)
+
+    def preset_muted(self, account_ids: Iterable[str]) -> None:
+        """Before the start call: these speakers are muted from the start (the
+        media process applies them before it answers it), shown so at once."""
+        self.preset = tuple(account_ids)
+        for account_id in self.preset:
+            self.speakers[account_id] = AWAY_MUTED
 
     async def accept_offer(
         self, account_id: str, role: str, sdp: str, type_: str
@@ -88,6 +97,11 @@ class RemoteStage:
 
     async def set_muted(self, account_id: str, muted: bool) -> None:
         await self._rooms.call("set_muted", self.space_id, account_id, muted)
+        # as the media process's next status will say: the seats published
+        # right after a mute show it without waiting for that status
+        seat = with_mute(self.speakers.get(account_id), muted)
+        if seat is not None:
+            self.speakers[account_id] = seat
 
     async def disconnect(self, account_id: str) -> None:
         await self._rooms.call("disconnect", self.space_id, account_id)
@@ -325,7 +339,7 @@ class MediaRooms:
                 self.scaleout.attach(room)  # before the call: the bus gets every entry
             self._rooms[space_id] = room  # before the call: its first entries may come first
             try:
-                room.program.open(await self.call("start", space_id))
+                room.program.open(await self.call("start", space_id, room.stage.preset))
             except BaseException:
                 self._rooms.pop(space_id, None)
                 if self.scaleout is not None:

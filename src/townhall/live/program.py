@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -115,24 +116,29 @@ def recording_summary(manifest: Manifest | None) -> dict[str, object]:
     }
 
 
+def program_fields(program: Any) -> dict[str, Any]:
+    """The ``program`` and ``recording`` fields of state.json of a running
+    program (this process's, or the media process's copy: anything with
+    ``health()``)."""
+    health = program.health()
+    fields: dict[str, Any] = {"program": {"status": health.status, "message": health.message}}
+    if health.recording is not None:
+        rec = health.recording
+        fields["recording"] = {
+            "status": rec.status,
+            "message": rec.message,
+            "missing_s": rec.missing_s,
+        }
+    return fields
+
+
 async def state_fields(
     program: Program | None, recording: RecordingStore | None
 ) -> dict[str, object]:
     """The ``program`` and ``recording`` fields of state.json: from the running
     ``program``, else (an ended space) from ``recording``'s manifest."""
     if program is not None:
-        health = program.health()
-        fields: dict[str, object] = {
-            "program": {"status": health.status, "message": health.message}
-        }
-        if health.recording is not None:
-            rec = health.recording
-            fields["recording"] = {
-                "status": rec.status,
-                "message": rec.message,
-                "missing_s": rec.missing_s,
-            }
-        return fields
+        return program_fields(program)
     if recording is not None:
         manifest = await asyncio.to_thread(recording.load)
         return {"recording": recording_summary(manifest)}

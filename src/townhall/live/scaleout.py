@@ -15,12 +15,20 @@ owner), the owner publishes the program on the bus, the others follow it.
   lease: the room stops at once and the node follows), takes over rooms
   whose lease lapsed (the room resumes here in a new discontinuity, from the
   recording this node kept while following), follows every other live room,
-  and ends rooms whose space ended (on whichever node the host ended it).
+  and ends rooms whose space ended (on whichever node the host ended it); a
+  followed room whose space ended is followed until the owner's end arrives
+  (so this node's copy of the recording is final too), or for a lease's
+  length and two rounds at most.
 
 A follower writes each finished segment to this node's own recording, in a
 worker thread, through a bounded queue; segments it missed (it fell behind,
 or the queue was full: counted) are listed as missing, as the recorder does
 for a failing disk, so the copy can still resume the room.
+
+The seats of the rooms a node runs (connected, muted, speaking, level) go to
+Redis too (``live/seat_publisher.py``), so every node's state.json shows the
+owner's seats (``seat_view``); a node that takes a room over mutes again the
+speakers the last owner had muted (``claim``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.live.seat_publisher import SeatPublisher
+from townhall.live.seats import SeatView, follower_view, muted_ids
 from townhall.origin.bus import EpochStart, Message, SegmentEnded
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import BusReader, Follower, FollowerState
@@ -45,6 +55,7 @@ from townhall.store.bus_mux import BusMux, MuxReader
 from townhall.store.bus_redis import BusPublisher, BusWriter, connect_blocking
 from townhall.store.lease import Lease, Leases
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
+from townhall.store.seat_board import SeatBoard
 
 if TYPE_CHECKING:
     from townhall.live.mediarooms import RemoteRoom
@@ -251,10 +262,18 @@ class Scaleout:
         self.followed: dict[str, FollowedRoom] = {}
         self.owned: dict[str, OwnedRoom] = {}
         self._pending_leases: dict[str, Lease] = {}
+        self._pending_mutes: dict[str, list[str]] = {}
+        self._ended_at: dict[str, float] = {}  # followed rooms whose space ended: since
         self._supervisor: asyncio.Task[None] | None = None
         self._claiming: set[str] = set()
         self._takeovers: dict[str, asyncio.Task[None]] = {}
         self._sealed: dict[str, SegmentEnded] = {}
+        self.seats = SeatPublisher(
+            SeatBoard(redis, prefix=settings.redis_prefix, ttl_s=settings.bus_ttl_s),
+            self._owned_rooms,
+            interval_s=settings.seat_status_interval_ms / 1000,
+        )
+        self._seats_down_until = 0.0
 
     # -- owner side --------------------------------------------------------------------
 
@@ -263,6 +282,9 @@ class Scaleout:
         the media process: the calls its copy applies, ``live/mediarooms.py``)."""
         space_id = room.space_id
         lease = self._pending_leases.pop(space_id, None)
+        muted = self._pending_mutes.pop(space_id, [])
+        if muted:
+            room.stage.preset_muted(muted)
         writer = BusWriter(
             self.redis,
             prefix=self.settings.redis_prefix,
@@ -318,7 +340,48 @@ class Scaleout:
             owned.lost = True
         log.warning("room %s: another node holds its lease; stopping it here", space_id)
 
+    def _owned_rooms(self) -> list[tuple[str, str, Any]]:
+        """(space id, lease token, room) of the rooms running here, for the seats."""
+        out = []
+        for space_id, owned in list(self.owned.items()):
+            room = self.rooms.get(space_id) if self.rooms is not None else None
+            if room is not None and owned.lease is not None and not owned.lost:
+                out.append((space_id, owned.lease.token, room))
+        return out
+
+    def seats_changed(self) -> None:
+        """A seat of a room running here changed (mute, unmute, demote,
+        block): publish the seats now."""
+        self.seats.changed()
+
+    async def _last_mutes(self, space_id: str) -> list[str]:
+        """Whom the room's last owner had muted (its published seats outlive
+        it, ``bus_ttl_s``): a room starting here mutes them from the start
+        (``attach``), so a takeover unmutes nobody. Redis away: none (logged)."""
+        try:
+            return muted_ids((await self.seats.board.read(space_id)).raw)
+        except Exception as exc:  # the client's errors: Redis away or slow
+            metrics.BUS_FAILURES.labels(op="seats-restore").inc()
+            log.warning("room %s: cannot read who was muted (%s); nobody is", space_id, exc)
+            return []
+
     # -- follower side --------------------------------------------------------------------
+
+    async def seat_view(self, space_id: str) -> SeatView:
+        """What state.json shows of the seats of a live room run elsewhere
+        (``live/seats.py``); after a failed read, Redis is not asked again for
+        ``redis_backoff_ms`` (the view says it cannot tell meanwhile)."""
+        now = time.monotonic()
+        read = None
+        if now >= self._seats_down_until:
+            try:
+                read = await self.seats.board.read(space_id)
+            except Exception:  # the client's errors: Redis away or slow
+                metrics.BUS_FAILURES.labels(op="seats-read").inc()
+                self._seats_down_until = now + self.settings.redis_backoff_ms / 1000
+        view = follower_view(read, self.settings.seat_status_stale_ms)
+        metrics.SEATS_SHOWN.labels(status=view.status).inc()
+        return view
 
     def listener_source(self, space_id: str) -> FollowedRoom | None:
         """The followed room for a listener request (started on first ask)."""
@@ -388,14 +451,17 @@ class Scaleout:
                     space_id,
                 )
             self._pending_leases[space_id] = lease
+            self._pending_mutes[space_id] = await self._last_mutes(space_id)
             try:
                 room = await self.rooms.start_local(space_id)
             except Exception:
                 self._pending_leases.pop(space_id, None)
+                self._pending_mutes.pop(space_id, None)
                 self._sealed.pop(space_id, None)
                 with contextlib.suppress(Exception):
                     await self.leases.release(lease)
                 raise
+            self.seats.changed()
             if followed is not None:
                 metrics.ROOM_TAKEOVERS.inc()
                 log.warning(
@@ -422,6 +488,7 @@ class Scaleout:
     def start_supervisor(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="townhall-room-leases")
+        self.seats.start()
 
     async def _supervise(self) -> None:
         period_s = self.settings.room_lease_renew_ms / 1000
@@ -447,8 +514,13 @@ class Scaleout:
             if owned.lost or owned.lease is None or not await self._renew(owned):
                 await self.rooms.suspend(space_id)
                 self.follow(space_id)
-        for space_id in list(self.followed):
-            if space_id not in live:
+        for space_id, followed in list(self.followed.items()):
+            if space_id in live:
+                self._ended_at.pop(space_id, None)
+            elif followed.ended or self._end_waited(space_id):
+                # the copy has the owner's end (its recording copy is final), or
+                # the owner never sent it: it ended the room where it ran, or died
+                self._ended_at.pop(space_id, None)
                 await self.unfollow(space_id)
         period_ms = self.settings.room_lease_renew_ms
         for space_id in live:
@@ -467,6 +539,14 @@ class Scaleout:
                 )
                 self._takeovers[space_id] = task
                 task.add_done_callback(functools.partial(self._takeover_done, space_id))
+
+    def _end_waited(self, space_id: str) -> bool:
+        """Whether a followed room whose space ended (on any node) waited long
+        enough for its owner's end: the owner ends it at its next lease round."""
+        now = time.monotonic()
+        since = self._ended_at.setdefault(space_id, now)
+        wait_s = (self.settings.room_lease_ttl_ms + 2 * self.settings.room_lease_renew_ms) / 1000
+        return now - since >= wait_s
 
     def _takeover_done(self, space_id: str, _task: asyncio.Task[None]) -> None:
         self._takeovers.pop(space_id, None)
@@ -505,6 +585,7 @@ class Scaleout:
     async def close(self) -> None:
         for task in list(self._takeovers.values()):
             task.cancel()
+        await self.seats.stop()
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):

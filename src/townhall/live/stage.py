@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +210,14 @@ class Stage:
                 speaking=connected and not muted and self.mixer.speaking(account_id),
                 level=0.0 if muted else round(self.mixer.level(account_id), 4),
             )
+        for account_id in self._muted.difference(out):  # muted before they connect
+            out[account_id] = SpeakerStatus(connected=False, muted=True, speaking=False, level=0.0)
         return out
+
+    def preset_muted(self, account_ids: Iterable[str]) -> None:
+        """Before ``start``: these speakers are muted when they connect (a
+        room taken over keeps its last owner's mutes, ``live/scaleout.py``)."""
+        self._muted.update(account_ids)
 
     async def set_muted(self, account_id: str, muted: bool) -> None:
         """Mute or unmute; remembered for a speaker who connects later."""

@@ -53,16 +53,19 @@ PROGRESSIVE_HEADERS = {
 class Rendered:
     """A whole response but the server's own lines (status line, Date): the
     app's header lines ``head`` (each ending CRLF) and ``body``; ``tail`` is
-    ``head + CRLF + body``, what follows the server's lines on keep-alive."""
+    ``head + CRLF + body``, what follows the server's lines on keep-alive;
+    ``count_key`` is how ``origin/request_counts.py`` counts it (made once)."""
 
     status: int
     head: bytes
     body: bytes
     kind: str
     tail: bytes = field(init=False)
+    count_key: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tail", self.head + b"\r\n" + self.body)
+        object.__setattr__(self, "count_key", f"{self.kind} {self.status}")
 
     @classmethod
     def of(cls, response: Response, kind: str) -> Rendered:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import httptools
 
 from townhall import metrics
+from townhall.origin.request_counts import COUNTS
 from townhall.origin.wire import CHUNKED, CLOSE, CONTINUE, CRLF, STATUS_LINE, problem_document
 from townhall.origin.wire import problem_bytes as _problem_bytes
 
@@ -206,6 +207,7 @@ class AppCycle:
         """Answer with a problem (before the app started a response) and close."""
         self.response_started = self.response_complete = True
         self.request.keep_alive = False
+        COUNTS.app(self.scope["path"], int(document["status"]))
         self.host.transport.write(
             _problem_bytes(document, self.host.default_headers(), retry_after_s=retry_after_s)
         )
@@ -259,6 +261,7 @@ class AppCycle:
         self.response_started = True
         self.waiting_continue = False
         status = int(message["status"])
+        COUNTS.app(self.scope["path"], status)
         request = self.request
         content = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status]
         content.extend(name + b": " + value + CRLF for name, value in self.host.default_headers())

@@ -19,45 +19,11 @@ from townhall import metrics
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.lean_api import LeanCall
+from townhall.origin.request_counts import COUNTS as COUNTS
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait
 from townhall.origin.wire import CHUNKED, CLOSE, CRLF, STATUS_LINE, server_lines
 
 _HEAD = b"HEAD"
-_KINDS = ("part", "segment", "init", "playlist", "problem", "progressive", "state", "api")
-_BYTES = {kind: metrics.LISTENER_BYTES.labels(kind=kind) for kind in _KINDS[:4]}
-_ANSWERED = {kind: metrics.FASTPATH_RESPONSES.labels(kind=kind) for kind in _KINDS}
-
-
-class _Counts:
-    """Answers and bytes counted as plain ints on the hot path and added to the
-    Prometheus counters at most a second later (a locked ``inc`` per request
-    costs more than the rest of the bookkeeping)."""
-
-    def __init__(self) -> None:
-        self.answered = dict.fromkeys(_KINDS, 0)
-        self.bytes = dict.fromkeys(_KINDS, 0)
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, kind: str, size: int, loop: asyncio.AbstractEventLoop) -> None:
-        self.answered[kind] += 1
-        self.bytes[kind] += size
-        if self._timer is None:
-            self._timer = loop.call_later(1.0, self.flush)
-
-    def flush(self) -> None:
-        """Add what was counted to the Prometheus counters (tests call it too)."""
-        self._timer = None
-        for kind, n in self.answered.items():
-            if n:
-                _ANSWERED[kind].inc(n)
-                self.answered[kind] = 0
-        for kind, size in self.bytes.items():
-            if size and kind in _BYTES:
-                _BYTES[kind].inc(size)
-            self.bytes[kind] = 0
-
-
-COUNTS = _Counts()
 
 
 class FastAnswers:
@@ -150,7 +116,7 @@ class FastAnswers:
                 )
             )
         self.transport.write(data)
-        COUNTS.add(rendered.kind, len(rendered.body), self.loop)
+        COUNTS.add(rendered.count_key, rendered.kind, len(rendered.body), self.loop)
         self.finish(req)
 
     def _stream(self, req: Request, stream: Stream) -> None:
@@ -161,7 +127,7 @@ class FastAnswers:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, stream.hub.max_lag_bytes // 2)
-        COUNTS.add("progressive", 0, self.loop)
+        COUNTS.add("progressive 200", "progressive", 0, self.loop)
         req.sink = stream.hub.attach(self.transport, partial(self._stream_ended, req))
         if req.sink is None:  # the space ended meanwhile
             self.transport.write(LAST_CHUNK)

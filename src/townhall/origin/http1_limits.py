@@ -16,6 +16,7 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.conn_limits import ConnLimits, CutAnswers, fd_soft_limit, total_cap
+from townhall.origin.request_counts import COUNTS
 from townhall.origin.wire import problem_bytes, problem_document
 
 _REASONS = (
@@ -145,6 +146,7 @@ class LimitsMixin:
         self, req: Request, status: int, slug: str, title: str, detail: str, reason: str
     ) -> None:
         CLOSED[reason].inc()
+        COUNTS.refused(status, self.loop)
         req.keep_alive = False
         path = req.url.partition(b"?")[0].decode("latin-1")
         document = problem_document(status, slug, title, detail, path)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from townhall import metrics
 from townhall.origin.answers import Rendered
 from townhall.origin.asgi_cycle import Request
+from townhall.origin.request_counts import COUNTS
 from townhall.origin.wire import CONTINUE, problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")
@@ -204,6 +205,7 @@ class LeanAnswers:
 
     def _internal(self, req: Request) -> None:
         metrics.HTTP_APP_ERRORS.inc()
+        COUNTS.add("api 500", "api", 0, self.loop)
         req.keep_alive = False
         self.transport.write(problem_bytes(_INTERNAL, self.server_state.default_headers))
         self.finish(req)

@@ -26,6 +26,7 @@ from townhall.captions import track as render
 from townhall.captions.live import TRANSCRIPT_FILE, LiveCaptions, load_lines
 from townhall.captions.track import CaptionTrack, Line
 from townhall.errors import Forbidden, NotFound
+from townhall.server.api_stage import running_room
 from townhall.server.auth import PROBLEM_RESPONSES, Session, services_of
 from townhall.server.services import Services
 from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
@@ -269,7 +270,7 @@ async def set_captions(
     role = await services.spaces.current_role(space_id, claims.subject)
     if role not in ("host", "cohost"):
         raise Forbidden("Only the host or a co-host can turn captions on or off.")
-    room = services.rooms.get(space_id)
+    room = running_room(services, space_id)  # live elsewhere, not passed on: 503
     if room is None:
         raise NotFound("Captions can be switched while the space is live.")
     await room.captions.set_enabled(body.enabled)

@@ -1,17 +1,24 @@
 """The stage of a space: requests to speak, invites, mute, move to the
 audience, block. Rules are ``policy.roles``; seats are ``store.spaces``; the
 live stage (``room.stage``) is told about mutes and removals when the room runs.
+
+Scaled out, mute, unmute, demote and block of a live room run on another
+node reach that node (``server/forward.py`` passes them on); one that lands
+here anyway (no owner known, passing on turned off, or the room moved away
+since it was passed on) is refused with 503 before anything changes, never
+applied to this node's copy. After a change the room's seats are published
+at once, so every node's state.json shows it (``live/seats.py``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from townhall.errors import NotFound
+from townhall.errors import NotFound, NotRunningHere
 from townhall.policy import roles
 from townhall.server.auth import PROBLEM_RESPONSES, Session, iso, services_of
 from townhall.server.services import Services
@@ -142,15 +149,38 @@ async def invite(
     return StageChangeOut(account_id=account.id, role=body.role)
 
 
+NOT_HERE = (
+    "This space's audio runs on another server, and this one could not pass your request on "
+    "to it (the room may be moving between servers); nothing was changed. Try again in a few "
+    "seconds."
+)
+
+
+def running_room(services: Services, space_id: str) -> Any:
+    """The room of the space if it runs here, None if it runs nowhere (not
+    live); raises NotRunningHere when it is live on another node."""
+    room = services.rooms.get(space_id)
+    scaleout = services.rooms.scaleout
+    if room is None and scaleout is not None and scaleout.is_live(space_id):
+        raise NotRunningHere(NOT_HERE, retry_after_s=2.0)
+    return room
+
+
+def _seats_changed(services: Services) -> None:
+    if services.rooms.scaleout is not None:
+        services.rooms.scaleout.seats_changed()
+
+
 async def _set_muted(
     space_id: str, account_id: str, muted: bool, claims_subject: str, services: Services
 ) -> StageChangeOut:
     target = await _authorize(
         services, space_id, claims_subject, "mute" if muted else "unmute", account_id
     )
-    room = services.rooms.get(space_id)
+    room = running_room(services, space_id)
     if room is not None:
         await room.stage.set_muted(account_id, muted)
+        _seats_changed(services)
     return StageChangeOut(account_id=account_id, role=target, muted=muted)
 
 
@@ -176,10 +206,11 @@ async def demote(
 ) -> StageChangeOut:
     services = services_of(request)
     await _authorize(services, space_id, claims.subject, "demote", account_id)
+    room = running_room(services, space_id)
     await services.spaces.revoke(space_id, account_id)
-    room = services.rooms.get(space_id)
     if room is not None:
         await room.stage.disconnect(account_id)
+        _seats_changed(services)
     return StageChangeOut(account_id=account_id, role="listener")
 
 
@@ -189,9 +220,10 @@ async def block(
 ) -> StageChangeOut:
     services = services_of(request)
     await _authorize(services, space_id, claims.subject, "block", body.account_id)
+    room = running_room(services, space_id)
     await services.spaces.block(space_id, body.account_id, claims.subject)
-    room = services.rooms.get(space_id)
     if room is not None:
         await room.stage.disconnect(body.account_id)
+        _seats_changed(services)
     log.info("space %s: %s blocked %s", space_id, claims.subject, body.account_id)
     return StageChangeOut(account_id=body.account_id, role=None, blocked=True)

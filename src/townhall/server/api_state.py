@@ -18,10 +18,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from townhall import metrics
-from townhall.captions.live import LiveCaptions
 from townhall.errors import DatabaseUnavailable, NotFound, TooManyRequests
 from townhall.live.program import state_fields
 from townhall.live.roomstate import ListenerCounter, ReactionTotals
+from townhall.live.seats import ROOM_OK, room_fields
+from townhall.live.tracks import SpeakerStatus
 from townhall.server.auth import PROBLEM_SCHEMA, client_host
 from townhall.server.state_fast import STATE_REFUSED, not_modified, state_response
 from townhall.store.recordings import RecordingStore
@@ -54,22 +55,22 @@ async def compute_state(services: Services, space_id: str) -> bytes:
     space = await services.spaces.get(space_id)
     members = await services.spaces.stage(space_id) if space.state != "ended" else []
     room = services.rooms.get(space_id)
-    status = room.stage.speaker_status() if room is not None else {}
-    speakers = []
-    for member in members:
-        st = status.get(member.account.id)
-        speakers.append(
-            {
-                "account_id": member.account.id,
-                "username": member.account.username,
-                "display_name": member.account.display_name,
-                "role": member.role,
-                "muted": bool(st.muted) if st else False,
-                "speaking": bool(st.speaking) if st else False,
-                "level": round(float(st.level), 3) if st else 0.0,
-                "connected": bool(st.connected) if st else False,
-            }
-        )
+    scaleout = services.rooms.scaleout
+    status: dict[str, SpeakerStatus] = {}
+    fields: dict[str, Any]
+    if room is not None:
+        status = room.stage.speaker_status()
+        fields = room_fields(room)
+        if scaleout is not None:
+            fields["room"] = dict(ROOM_OK)
+    elif scaleout is not None and space.state == "live":
+        # run on another node: its owner's seats, or why they cannot be told
+        view = await scaleout.seat_view(space_id)
+        status, fields = view.speakers, view.fields
+    else:
+        recording = RecordingStore(services.settings.recordings_dir, space.id)
+        fields = await state_fields(None, recording if space.state == "ended" else None)
+    speakers = [speaker_entry(member, status.get(member.account.id)) for member in members]
     presence = services.presence
     key = presence.count_key(space_id) if presence is not None else space_id
     if services.shared is not None:
@@ -93,21 +94,26 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         "presence_sample": presence.sampler.beat_below(space_id) if presence is not None else 1.0,
         "reactions": reactions,
         "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        # issue 13: whether this space is captioned, with a sentence when not
-        **({"captions": _captions_field(room.captions)} if room is not None else {}),
-        **await state_fields(
-            room.program if room is not None else None,
-            RecordingStore(services.settings.recordings_dir, space.id)
-            if space.state == "ended"
-            else None,
-        ),
+        # captions (issue 13), program, recording; scaled out, room (issue 11)
+        **fields,
     }
     return orjson.dumps(doc)
 
 
-def _captions_field(live: LiveCaptions) -> dict[str, str]:
-    status, message = live.status()
-    return {"status": status, "message": message}
+def speaker_entry(member: Any, st: SpeakerStatus | None) -> dict[str, Any]:
+    """One seat of state.json: the member's account and role, and its status
+    in the room (none known: not connected, not muted); the one rule of the
+    owner's and the followers' documents."""
+    return {
+        "account_id": member.account.id,
+        "username": member.account.username,
+        "display_name": member.account.display_name,
+        "role": member.role,
+        "muted": bool(st.muted) if st else False,
+        "speaking": bool(st.speaking) if st else False,
+        "level": round(float(st.level), 3) if st else 0.0,
+        "connected": bool(st.connected) if st else False,
+    }
 
 
 def _local_tallies(services: Services, space_id: str, key: str) -> tuple[int, dict[str, int]]:
@@ -170,9 +176,17 @@ STATE_SCHEMA: dict[str, Any] = {
             "description": "Present (true) when the database cannot be reached and this is the last document computed.",
         },
         "stale_age_s": {"type": "number", "description": "How old a stale document is."},
+        "room": {
+            "type": "object",
+            "description": "Scaled out, while live: what the speakers' status is worth on this node. ok: the status of the node that runs the room (this one, or published by it at most SEAT_STATUS_STALE_MS ago); starting: none published yet; moving: the room's node stopped answering or the room changed hands (every seat shows connected false, muted as last known; no program field); unknown: this node cannot reach Redis. With a sentence.",
+            "properties": {
+                "status": {"type": "string", "enum": ["ok", "starting", "moving", "unknown"]},
+                "message": {"type": "string"},
+            },
+        },
         "program": {
             "type": "object",
-            "description": "The live program on this node: status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
+            "description": "The live program (scaled out: of the node that runs the room, as it last published): status ok, recovering (restarting after an encoder failure) or failed, with a sentence.",
             "properties": {"status": {"type": "string"}, "message": {"type": "string"}},
         },
         "captions": {

@@ -392,9 +392,10 @@ function showReactions(state) {
 }
 
 // state.json says when the program or the recording fails ("Recording is
-// failing: the disk is full. ..."): the host sees it while it lasts.
+// failing: the disk is full. ..."), or (scaled out) when the room's server
+// stopped answering and the seats cannot be told: the host sees it while it lasts.
 function renderHealth(state) {
-  const notes = [state.program, state.recording].filter((p) => p && p.status !== "ok" && p.message);
+  const notes = [state.room, state.program, state.recording].filter((p) => p && p.status !== "ok" && p.message);
   $("health-alert").textContent = notes.map((p) => p.message).join(" ");
   $("health-alert").hidden = !notes.length;
 }
