@@ -120,7 +120,12 @@ def line_runs(
         http.post(f"/api/spaces/{sid}/start", headers=host).raise_for_status()
         first = http.post(f"/api/spaces/{sid}/join", json={})
         first.raise_for_status()
-        cookie = {"Cookie": f"th_listener={first.json()['token']}"}
+        # (as an LL-HLS player: a client not known to play LL-HLS is held
+        # until the first whole segment, origin/client_kind.py)
+        cookie = {
+            "Cookie": f"th_listener={first.json()['token']}",
+            "User-Agent": "townhall-bench-plan",
+        }
         seen: dict[str, float] = {}
         while len(seen) < len(nodes) and time.monotonic() < t_start + 60:
             for node in nodes:
@@ -175,11 +180,12 @@ def line_runs(
             "command": run["command"].replace("-c32", f"-c{conns}"),
         }
         log(f"ticket after the draw, -c{conns}: {cpu_us:.0f} us, {ops:.2f} Redis ops")
-    # Redis: the storm's posts come one at a time (a page each), each with
-    # its own read; 32 at once share one read (``Admission._fresh``)
+    # Redis: posts one at a time (a storm's pages) each read the line; 32 at
+    # once share one read (``Admission._fresh``)
     origin_us["ticket_drawn"] = notes["ticket_drawn_c32"]["origin_us"]
     sparse_us["ticket_drawn"] = notes["ticket_drawn_c1"]["origin_us"]
-    redis_ops["ticket_drawn"] = notes["ticket_drawn_c1"]["redis_ops"]
+    redis_ops["ticket_drawn"] = notes["ticket_drawn_c32"]["redis_ops"]
+    notes["redis_sparse_ops"] = {"ticket_drawn": notes["ticket_drawn_c1"]["redis_ops"]}
 
     # -- claims while the line moves --------------------------------------------------
     log(f"{len(tokens)} leave; claims for {claim_s:g} s as the line moves")

@@ -415,3 +415,20 @@ def test_first_audio_has_the_calibrations_tail() -> None:
     assert simulate(COSTS, base(duration_s=20.0)).ttfa_after_admission_s["p99"] == pytest.approx(
         5 * 0.001
     )
+
+
+def test_every_call_is_claimed_when_the_notice_delays_span_several_ticks() -> None:
+    # a line that outlives the arrivals (100/s in, 60/s let in) and pages that
+    # see their call 2-5 s late: the shares of one call come after those of
+    # the next, and none may be lost
+    s = base(pre_s=5.0, cap=100_000, admit_rate_per_s=60.0, doc_lag_s=2.0, duration_s=60.0)
+    r = simulate(COSTS, s)
+    assert r.admitted == pytest.approx(1000, abs=1)
+    assert r.waiting_at_end == pytest.approx(0, abs=1)
+
+
+@pytest.mark.parametrize(("busy", "ops"), [(0.0, 6.0), (0.5, 5.0), (1.0, 4.0)])
+def test_posts_in_flight_at_once_share_a_read_of_the_line(busy: float, ops: float) -> None:
+    costs = Costs.from_json({**RAW, "redis_sparse_ops": {"ticket_drawn": 6.0}})
+    assert costs.redis_op("ticket_drawn", busy) == pytest.approx(ops)  # 32 at once: the ticket's 4
+    assert costs.redis_op("leave", busy) == pytest.approx(1.0)

@@ -193,13 +193,16 @@ def simulate(
         t = i * dt
         work: dict[str, float] = {}
         ops: dict[str, float] = {}  # Redis operations of this step, by kind
+        # a request that finds its node's loop idle pays its own wake-ups and
+        # its own reads (measured one at a time); a busy loop shares them
+        busy_now = busy if busy is not None else min(1.0, last_cpu / (loops * dt))
         if not live and t >= live_at:
             live = True
         posts = draw_posts.pop(i, 0.0)
         if posts > 0:
             # a numbered ticket posted after the draw, its turn not come yet
             work["ticket_drawn"] = work.get("ticket_drawn", 0.0) + posts
-            _add(ops, "ticket_drawn", posts * costs.redis_op("ticket_drawn"))
+            _add(ops, "ticket_drawn", posts * costs.redis_op("ticket_drawn", busy_now))
         # 1. arrivals of this step reach the origin's queue
         n = rate * dt if t < s.over_s else 0.0
         if t < s.over_s and t + dt > s.over_s:
@@ -234,7 +237,7 @@ def simulate(
             if rest > 0:
                 work["join_queued"] = work.get("join_queued", 0.0) + rest
                 work["join"] = work.get("join", 0.0) - rest
-                _add(ops, "join_queued", rest * costs.redis_op("join_queued"))
+                _add(ops, "join_queued", rest * costs.redis_op("join_queued", busy_now))
                 lo = line.issued
                 hi = lo + max(1, round(rest))
                 line = replace(line, issued=hi)
@@ -280,11 +283,17 @@ def simulate(
                     if hi > lo:
                         claims.setdefault(i + max(1, round(after / dt)), []).append((hi - lo, lo))
         # 4. called tickets come (those still waiting), the rest stay away
-        for called, lo in claims.pop(i, []):
+        due_now = claims.pop(i, [])
+        if due_now:
+            # cohorts below every call still to come are done with (the
+            # calls' shares come out of order when the delays span more
+            # than an interval)
+            low = min(b for due in (due_now, *claims.values()) for _, b in due)
+            while cohorts and cohorts[0].hi <= low:
+                cohorts.pop(0)
+        for called, lo in due_now:
             hi = lo + called
             came = 0.0
-            while cohorts and cohorts[0].hi <= lo:
-                cohorts.pop(0)
             for c in cohorts:
                 if c.lo >= hi:
                     break
@@ -306,7 +315,7 @@ def simulate(
             # ticket's use, the admission, the claim count, and a read of the
             # line where the node's view was older than the call)
             work["claim"] = work.get("claim", 0.0) + came
-            _add(ops, "claim", came * costs.redis_op("claim"))
+            _add(ops, "claim", came * costs.redis_op("claim", busy_now))
             admitted_now += came
             listeners += came
             admitted_total += came
@@ -320,7 +329,7 @@ def simulate(
             listeners -= gone
             admitted_now = max(0.0, admitted_now - gone)
             work["leave"] = work.get("leave", 0.0) + gone
-            _add(ops, "leave", gone * costs.redis_op("leave"))
+            _add(ops, "leave", gone * costs.redis_op("leave", busy_now))
         # 6. what listening and waiting cost the origin, in this step
         waiting = max(0.0, waiting)
         rates = origin_rates(costs, s, listeners=listeners, waiting=waiting, caches=s.cache_nodes)
@@ -333,13 +342,10 @@ def simulate(
         for kind, per_s in rates.items():
             work[kind] = work.get(kind, 0.0) + per_s * dt
             if kind in ("ticket", "ticket_drawn"):
-                _add(ops, kind, per_s * dt * costs.redis_op(kind))
+                _add(ops, kind, per_s * dt * costs.redis_op(kind, busy_now))
         parts = dt / costs.part_s
         _add(ops, "part", parts * costs.redis_ops_per_part(s.origin_nodes))
         _add(ops, "node", costs.redis_ops["node_s"] * s.origin_nodes * dt)
-        # a request that finds its node's loop idle pays its own wake-ups
-        # (measured one at a time); a busy loop shares them (32 at once)
-        busy_now = busy if busy is not None else min(1.0, last_cpu / (loops * dt))
         cpu = 0.0
         for k, v in work.items():
             us = costs.request_us(k, busy_now)

@@ -29,7 +29,8 @@ class Costs:
     (state.json), measured 32 at once (a busy node); ``origin_sparse_us``:
     the same one at a time (a request that finds the node's loop idle pays
     its own wake-ups, and those of each Redis reply), where measured (see
-    :meth:`request_us`). ``nginx_us``: a cache's CPU per request it answers.
+    :meth:`request_us`); ``redis_sparse_ops`` likewise for Redis (posts in
+    flight at once share one read of the line, :meth:`redis_op`). ``nginx_us``: a cache's CPU per request it answers.
     ``node_idle_cores``: one node's background CPU with no live room;
     ``room_owner_cores`` / ``room_follower_cores``: one live room on the node
     that runs it / on each node that follows it over the bus.
@@ -63,6 +64,7 @@ class Costs:
     segment_s: float = 4.096
     meta: Mapping[str, Any] = field(default_factory=dict)
     origin_sparse_us: Mapping[str, float] = field(default_factory=dict)
+    redis_sparse_ops: Mapping[str, float] = field(default_factory=dict)
 
     ORIGIN_KINDS = (
         "join",
@@ -94,9 +96,13 @@ class Costs:
         sparse = self.origin_sparse_us.get(kind, saturated)
         return saturated + (sparse - saturated) * (1.0 - min(1.0, max(0.0, busy)))
 
-    def redis_op(self, kind: str) -> float:
-        """Redis operations per request of ``kind`` (a ticket's when not measured)."""
-        return self.redis_ops.get(kind, self.redis_ops["ticket"])
+    def redis_op(self, kind: str, busy: float = 1.0) -> float:
+        """Redis operations per request of ``kind`` (a ticket's when not
+        measured) on a node busy ``busy`` of the time: posts in flight at
+        once share one read of the line (``redis_sparse_ops``: one at a time)."""
+        saturated = self.redis_ops.get(kind, self.redis_ops["ticket"])
+        sparse = self.redis_sparse_ops.get(kind, saturated)
+        return saturated + (sparse - saturated) * (1.0 - min(1.0, max(0.0, busy)))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Costs:
@@ -117,6 +123,7 @@ class Costs:
             "line_tick_cores",
             "origin_sparse_us",
             "first_audio_p99_s",
+            "redis_sparse_ops",
         }
         names = {f.name for f in fields(cls)} - optional
         missing += [n for n in sorted(names) if n not in data]
@@ -157,6 +164,7 @@ class Costs:
             segment_s=float(data.get("segment_s", 4.096)),
             meta=dict(data.get("meta", {})),
             origin_sparse_us=sparse,
+            redis_sparse_ops={k: float(v) for k, v in data.get("redis_sparse_ops", {}).items()},
         )
 
 
