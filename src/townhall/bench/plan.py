@@ -155,6 +155,7 @@ def simulate(
     redis_by_kind: dict[str, float] = {}
     timeline: list[dict[str, float]] = []
     cpu_window: list[float] = []
+    redis_window: list[float] = []  # the last second's steps, as cpu_window
     cpu_peak = redis_peak = egress_peak = origin_bytes_peak = join_lat_peak = 0.0
     cpu_total = redis_total = 0.0
     first_audio_at: float | None = None
@@ -375,7 +376,11 @@ def simulate(
             cpu_window.pop(0)
         cpu_peak = max(cpu_peak, sum(cpu_window) / (len(cpu_window) * dt))
         redis_total += redis_ops
-        redis_peak = max(redis_peak, redis_ops / dt)
+        # (over one second, as the CPU's: a share of a call lands in one step)
+        redis_window.append(redis_ops)
+        if len(redis_window) > window:
+            redis_window.pop(0)
+        redis_peak = max(redis_peak, sum(redis_window) / (len(redis_window) * dt))
         egress = (listeners * per_listener_bps + waiting * costs.bytes["queue_doc"]) * 8
         egress_peak = max(egress_peak, egress)
         askers = min(s.cache_nodes, math.ceil(listeners)) if s.cache_nodes else listeners
