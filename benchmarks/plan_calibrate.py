@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plan_line
 from plan_lab import (
     BUS,
     CLIENT_CORE,
@@ -113,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wrk-s", type=float, default=5.0)
     ap.add_argument("--idle-s", type=float, default=10.0)
     ap.add_argument("--listeners", type=int, default=300)
+    ap.add_argument("--line-cap", type=int, default=1600, help="The claim run's space cap.")
+    ap.add_argument(
+        "--line-tickets", type=int, default=2000, help="Tickets in the claim run's line."
+    )
+    ap.add_argument("--claim-s", type=float, default=7.0, help="How long the claim run lasts.")
     args = ap.parse_args(argv)
     started = time.time()
     load_before = loadavg()
@@ -159,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             for n in nodes:
                 if n.name not in seen:
                     text = httpx.get(
-                        f"{n.url}/spaces/{live}/live.m3u8", headers={"Cookie": cookie}
+                        f"{n.url}/spaces/{live}/live.m3u8",
+                        headers={"Cookie": cookie, "User-Agent": "townhall-bench-plan"},
                     ).text
                     if "#EXT-X-PART:" in text:
                         seen[n.name] = time.monotonic() - went_live
@@ -262,6 +269,22 @@ def main(argv: list[str] | None = None) -> int:
             if method == "GET" and run["non_2xx"] > 0.01 * n:
                 raise RuntimeError(f"{kind}: {run['non_2xx']} of {n} answers were not 2xx")
         result["redis_us"] = round(redis_cpu / max(1.0, redis_ops) * 1e6, 2)
+        # the same requests one at a time (wrk -c1): what one costs when it
+        # finds the node's loop idle, as a storm's spread-out posts do (the
+        # wake-ups of the request and of each Redis reply are its own)
+        result["origin_sparse_us"] = {}
+        for kind, paths, method, body, _ in kinds:
+            if method != "POST" and kind != "queue_doc":
+                continue
+            c0, w0 = owner.cpu_s(), time.monotonic()
+            run = wrk(lab, owner.url, paths, max(1, round(args.wrk_s / 2)), method=method,
+                      body=body, cookie=cookie, connections=1)  # fmt: skip
+            if run["requests"] < 100:
+                raise RuntimeError(f"{kind} one at a time: {run['requests']} answers ({run})")
+            cpu = owner.cpu_s() - c0 - rest * (time.monotonic() - w0)
+            result["origin_sparse_us"][kind] = round(cpu / max(1, run["requests"]) * 1e6, 1)
+            notes[kind]["sparse_requests"] = run["requests"]
+            log(f"{kind}, one at a time: {result['origin_sparse_us'][kind]} us")
         # a moving line: the scheduled space's tickets (the join_queued and
         # ticket runs above) are called at admit_rate_per_s once it goes live;
         # nobody claims, so every node ticks a line for the whole window
@@ -285,6 +308,31 @@ def main(argv: list[str] | None = None) -> int:
             "by_node_cores": moving,
         }
         log(f"moving line: {result['line_tick_cores']} cores per node, {notes['line']}")
+        # the line's own requests: a ticket posted after the draw (its turn not
+        # come) and a called ticket claimed while the line moves (plan_line.py)
+        line_us, line_sparse, line_ops, notes["line_runs"] = plan_line.line_runs(
+            lab, nodes, owner, host, cap=args.line_cap, tickets=args.line_tickets,
+            wrk_s=args.wrk_s, claim_s=args.claim_s, idle_s=args.idle_s,
+        )  # fmt: skip
+        result["origin_us"].update(line_us)
+        result["origin_sparse_us"].update(line_sparse)
+        # claims come at the line's pace (one at a time): 32 at once is not
+        # measured; estimated by the join's ratio of the two
+        join_ratio = result["origin_us"]["join"] / max(1.0, result["origin_sparse_us"]["join"])
+        result["origin_us"]["claim"] = round(line_sparse["claim"] * join_ratio, 1)
+        notes["line_runs"]["claim_saturated_estimate"] = (
+            f"claim one at a time x join 32 at once / join one at a time ({join_ratio:.3f})"
+        )
+        result["redis_ops"].update(line_ops)
+        result["redis_sparse_ops"] = notes["line_runs"]["redis_sparse_ops"]
+        result["bytes"]["ticket_drawn"] = result["bytes"]["ticket"]
+        # the room's start as the storm (and a host) has it: a scheduled space
+        # started by its host (a space created live starts slower)
+        started_in = notes["line_runs"]["room_start_from_start_s"]
+        if len(started_in) == len(nodes):
+            notes["room_start_created_live_s"] = result["room_start_s"]
+            result["room_start_s"] = max(started_in.values())
+        result["bytes"]["claim"] = result["bytes"]["join"]
         # blocking reloads: real LL-HLS listeners (part + reload per part)
         # (on a third node without a cap, following the room: `bench listeners`
         # carries no listener token; a follower answers from the same window)
@@ -351,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(cmd[3:]).replace(nginx_url, "http://<nginx>"),
         }
         result["client_request_s"] = max(idle_rtt, loaded)
+        result["first_audio_p99_s"] = float(through["ttfa_p99_s"])
         result["meta"] = {
             "measured_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
             "command": "python benchmarks/plan_calibrate.py " + " ".join(argv or sys.argv[1:]),

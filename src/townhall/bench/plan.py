@@ -37,6 +37,8 @@ from townhall.bench.plan_inputs import (
     cache_nodes_needed,
     listener_bytes_per_s,
     listener_request_rate,
+    near_call_share,
+    notice_delays,
     origin_rates,
     still_waiting,
     weighted_percentile,
@@ -50,6 +52,8 @@ __all__ = [
     "cache_nodes_needed",
     "listener_bytes_per_s",
     "listener_request_rate",
+    "near_call_share",
+    "notice_delays",
     "origin_rates",
     "plan",
     "simulate",
@@ -61,7 +65,6 @@ __all__ = [
 # segments) from PART-HOLD-BACK (3 parts) behind the edge, one after another
 START_REQUESTS = 5
 CLAIM_SLICES = 10
-DRAW_SPREAD_S = 2.0  # pages post their ticket within ~2 s of the draw (queue.json jitter)
 
 # -- the simulation -------------------------------------------------------------------
 
@@ -85,6 +88,8 @@ class Result:
     origin_cpu_by_kind: dict[str, float]
     redis_ops_peak_per_s: float
     redis_ops_mean_per_s: float
+    redis_ops_by_kind: dict[str, float]
+    first_audio_by_admission: dict[str, dict[str, float]]
     redis_cores_peak: float
     redis_shards: int
     start_delay_s: float | None
@@ -114,9 +119,14 @@ def simulate(
     s: Scenario,
     *,
     progress: Callable[[float], None] | None = None,
+    busy: float | None = None,
 ) -> Result:
     """Run the night in steps of ``s.step_s``; ``origin_cores`` and
-    ``cache_nodes`` must be set (see :func:`plan` to size them)."""
+    ``cache_nodes`` must be set (see :func:`plan` to size them). ``busy``:
+    the share of time the origin's event loops are busy, fixed (None: from
+    the origin's CPU in the step before, over one loop per core and at
+    least one per node); it sets what a request costs
+    (:meth:`Costs.request_us`)."""
     s.check()
     if s.origin_cores is None or s.cache_nodes is None:
         raise ValueError("simulate needs origin_cores and cache_nodes; plan() sizes them.")
@@ -131,20 +141,28 @@ def simulate(
     departures: dict[int, float] = {}
     admitted_now = 0.0
     listeners = waiting = arrived = gave_up = admitted_total = 0.0
-    backlog = draw_left = draw_total = 0.0  # origin CPU-seconds queued; tickets still to post
+    backlog = 0.0  # origin CPU-seconds queued
+    last_cpu = 0.0  # the origin's CPU-seconds in the step before
+    loops = max(float(s.origin_nodes), s.origin_cores)  # one event loop per core (a node at least)
+    draw_posts: dict[int, float] = {}  # step -> tickets posted after the draw
+    delays = notice_delays(s, CLAIM_SLICES)
     capacity = s.origin_cores * dt
     waits: list[tuple[float, float]] = []
     ttfa_arr: list[tuple[float, float]] = []
     ttfa_adm: list[tuple[float, float]] = []
+    early: list[tuple[float, float, float]] = []  # (admitted after go-live, first audio, n)
     by_kind: dict[str, float] = {}
+    redis_by_kind: dict[str, float] = {}
     timeline: list[dict[str, float]] = []
     cpu_window: list[float] = []
+    redis_window: list[float] = []  # the last second's steps, as cpu_window
     cpu_peak = redis_peak = egress_peak = origin_bytes_peak = join_lat_peak = 0.0
     cpu_total = redis_total = 0.0
     first_audio_at: float | None = None
     live_at = s.pre_s
     live = s.pre_s <= 0
-    next_tick = 0.0
+    # the nodes tick on a grid of their own: half an interval off the start
+    next_tick = s.queue_interval_s / 2 if s.pre_s > 0 else 0.0
     start_requests = START_REQUESTS
     room_ready = live_at + costs.room_start_s
     part_lat = costs.client_request_s + s.rtt_s
@@ -154,18 +172,38 @@ def simulate(
     def origin_request_s() -> float:
         return backlog / s.origin_cores if s.origin_cores else 0.0
 
+    # a player's first audio once the room has parts: START_REQUESTS requests
+    # one after another, at the calibration's p50 (98 %) and its tail (2 %)
+    tail = [(start_requests * part_lat, 1.0)]
+    if costs.first_audio_p99_s > start_requests * costs.client_request_s:
+        p99 = costs.first_audio_p99_s + start_requests * s.rtt_s
+        tail = [(start_requests * part_lat, 0.98), (p99, 0.02)]
+
+    def heard(admit_t: float, at: float, n: float) -> float:
+        """Record the first audio of ``n`` admitted at ``admit_t`` who
+        arrived at ``at``; the earliest of it."""
+        base = max(admit_t, room_ready)
+        for extra, share in tail:
+            audio = base + extra
+            ttfa_adm.append((audio - admit_t, n * share))
+            ttfa_arr.append((audio - at, n * share))
+            early.append((admit_t - live_at, audio - admit_t, n * share))
+        return base + tail[0][0]
+
     for i in range(steps):
         t = i * dt
         work: dict[str, float] = {}
-        redis_ops = 0.0
+        ops: dict[str, float] = {}  # Redis operations of this step, by kind
+        # a request that finds its node's loop idle pays its own wake-ups and
+        # its own reads (measured one at a time); a busy loop shares them
+        busy_now = busy if busy is not None else min(1.0, last_cpu / (loops * dt))
         if not live and t >= live_at:
             live = True
-            draw_left = draw_total = waiting  # every ticket is posted once after the draw
-        if draw_left > 0:
-            posts = min(draw_left, draw_total * dt / DRAW_SPREAD_S)
-            draw_left -= posts
-            work["ticket"] = work.get("ticket", 0.0) + posts
-            redis_ops += posts * costs.redis_ops["ticket"]
+        posts = draw_posts.pop(i, 0.0)
+        if posts > 0:
+            # a numbered ticket posted after the draw, its turn not come yet
+            work["ticket_drawn"] = work.get("ticket_drawn", 0.0) + posts
+            _add(ops, "ticket_drawn", posts * costs.redis_op("ticket_drawn", busy_now))
         # 1. arrivals of this step reach the origin's queue
         n = rate * dt if t < s.over_s else 0.0
         if t < s.over_s and t + dt > s.over_s:
@@ -188,21 +226,19 @@ def simulate(
             else:
                 take = 0.0
             if take > 0:
-                redis_ops += take * costs.redis_ops["join"]
+                _add(ops, "join", take * costs.redis_ops["join"])
                 admitted_now += take
                 listeners += take
                 admitted_total += take
                 waits.append((0.0, take))
-                audio = max(t, room_ready) + start_requests * part_lat
-                ttfa_adm.append((audio - t, take))
-                ttfa_arr.append((audio - at, take))
+                audio = heard(t, at, take)
                 first_audio_at = audio if first_audio_at is None else first_audio_at
                 _depart(departures, s, i, take)
             rest = count - take
             if rest > 0:
                 work["join_queued"] = work.get("join_queued", 0.0) + rest
                 work["join"] = work.get("join", 0.0) - rest
-                redis_ops += rest * costs.redis_op("join_queued")
+                _add(ops, "join_queued", rest * costs.redis_op("join_queued", busy_now))
                 lo = line.issued
                 hi = lo + max(1, round(rest))
                 line = replace(line, issued=hi)
@@ -216,9 +252,13 @@ def simulate(
                 else:
                     cohorts.append(_Cohort(lo, hi, [(at, rest)]))
         # 3. the line moves once per queue interval
-        if live and t + 1e-9 >= next_tick:
-            next_tick = t + s.queue_interval_s
+        # (before go-live too: each tick sets the time the next allowance
+        # counts from; the go-live tick itself seldom gets the tick lock, so
+        # the draw is the first tick after go-live, on the nodes' grid)
+        if s.cap > 0 and t + 1e-9 >= next_tick:
+            next_tick += s.queue_interval_s
             before = line.through
+            drawn = line.lottery is not None
             line = advance(
                 line,
                 t,
@@ -226,24 +266,35 @@ def simulate(
                 admitted=round(admitted_now),
                 rate_per_s=s.admit_rate_per_s,
                 claim_s=s.claim_s,
-                live=True,
+                live=live,
             )
+            if live and not drawn:
+                # every ticket is posted once after the draw, when its page sees it
+                for after in delays:
+                    due = i + max(1, round(after / dt))
+                    draw_posts[due] = draw_posts.get(due, 0.0) + waiting / CLAIM_SLICES
             if line.through > before:
-                # pages see their turn at their next look at queue.json: the
-                # posts come over 0.5-1.5 x claim_delay_s (CLAIM_SLICES slices)
+                # pages see their turn in queue.json: the posts come after the
+                # delays of notice_delays (CLAIM_SLICES equal shares)
                 called = line.through - before
-                for j in range(CLAIM_SLICES):
-                    lo = before + called * j // CLAIM_SLICES
-                    hi = before + called * (j + 1) // CLAIM_SLICES
-                    after = s.claim_delay_s * (0.5 + (j + 0.5) / CLAIM_SLICES)
+                for j, after in enumerate(delays):
+                    # (rounded to the nearest: a lone place gets the median delay)
+                    lo = before + (called * j + CLAIM_SLICES // 2) // CLAIM_SLICES
+                    hi = before + (called * (j + 1) + CLAIM_SLICES // 2) // CLAIM_SLICES
                     if hi > lo:
                         claims.setdefault(i + max(1, round(after / dt)), []).append((hi - lo, lo))
         # 4. called tickets come (those still waiting), the rest stay away
-        for called, lo in claims.pop(i, []):
+        due_now = claims.pop(i, [])
+        if due_now:
+            # cohorts below every call still to come are done with (the
+            # calls' shares come out of order when the delays span more
+            # than an interval)
+            low = min(b for due in (due_now, *claims.values()) for _, b in due)
+            while cohorts and cohorts[0].hi <= low:
+                cohorts.pop(0)
+        for called, lo in due_now:
             hi = lo + called
             came = 0.0
-            while cohorts and cohorts[0].hi <= lo:
-                cohorts.pop(0)
             for c in cohorts:
                 if c.lo >= hi:
                     break
@@ -258,14 +309,14 @@ def simulate(
                     gave_up += people - alive
                     waiting -= people
                     lat = origin_request_s() + costs.origin_us["claim"] * 1e-6 + s.rtt_s
-                    audio = max(t + lat, room_ready) + start_requests * part_lat
                     waits.append((t + lat - at, alive))
-                    ttfa_arr.append((audio - at, alive))
-                    ttfa_adm.append((audio - t - lat, alive))
+                    audio = heard(t + lat, at, alive)
                     first_audio_at = audio if first_audio_at is None else first_audio_at
-            # a called ticket exchanged for a listener token: an admitted join's work
+            # a called ticket exchanged for a listener token (measured: the
+            # ticket's use, the admission, the claim count, and a read of the
+            # line where the node's view was older than the call)
             work["claim"] = work.get("claim", 0.0) + came
-            redis_ops += came * costs.redis_op("claim")
+            _add(ops, "claim", came * costs.redis_op("claim", busy_now))
             admitted_now += came
             listeners += came
             admitted_total += came
@@ -279,19 +330,28 @@ def simulate(
             listeners -= gone
             admitted_now = max(0.0, admitted_now - gone)
             work["leave"] = work.get("leave", 0.0) + gone
-            redis_ops += gone * costs.redis_op("leave")
+            _add(ops, "leave", gone * costs.redis_op("leave", busy_now))
         # 6. what listening and waiting cost the origin, in this step
         waiting = max(0.0, waiting)
-        for kind, per_s in origin_rates(
-            costs, s, listeners=listeners, waiting=waiting, caches=s.cache_nodes
-        ).items():
+        rates = origin_rates(costs, s, listeners=listeners, waiting=waiting, caches=s.cache_nodes)
+        if live and rates.get("ticket"):
+            # renewals after the draw: those near enough to the call make the
+            # node read the line again (as the draw's posts do)
+            near = near_call_share(s, line.issued - line.through)
+            rates["ticket_drawn"] = rates["ticket"] * near
+            rates["ticket"] *= 1.0 - near
+        for kind, per_s in rates.items():
             work[kind] = work.get(kind, 0.0) + per_s * dt
+            if kind in ("ticket", "ticket_drawn"):
+                _add(ops, kind, per_s * dt * costs.redis_op(kind, busy_now))
         parts = dt / costs.part_s
-        redis_ops += parts * costs.redis_ops_per_part(s.origin_nodes)
-        redis_ops += costs.redis_ops["node_s"] * s.origin_nodes * dt
-        cpu = sum(costs.origin_us[k] * v for k, v in work.items()) * 1e-6
+        _add(ops, "part", parts * costs.redis_ops_per_part(s.origin_nodes))
+        _add(ops, "node", costs.redis_ops["node_s"] * s.origin_nodes * dt)
+        cpu = 0.0
         for k, v in work.items():
-            by_kind[k] = by_kind.get(k, 0.0) + costs.origin_us[k] * v * 1e-6
+            us = costs.request_us(k, busy_now)
+            cpu += us * v * 1e-6
+            by_kind[k] = by_kind.get(k, 0.0) + us * v * 1e-6
         background = (
             s.origin_nodes * costs.node_idle_cores
             + costs.room_owner_cores
@@ -302,9 +362,13 @@ def simulate(
             tick = s.origin_nodes * costs.line_tick_cores * dt
             by_kind["line"] = by_kind.get("line", 0.0) + tick
             background += tick
-            redis_ops += s.origin_nodes * costs.redis_ops.get("line_s", 0.0) * dt
+            _add(ops, "line", s.origin_nodes * costs.redis_ops.get("line_s", 0.0) * dt)
         cpu += background
+        last_cpu = cpu
         cpu_total += cpu
+        redis_ops = sum(ops.values())
+        for k, v in ops.items():
+            redis_by_kind[k] = redis_by_kind.get(k, 0.0) + v
         backlog = max(0.0, backlog + cpu - capacity)
         cpu_window.append(cpu)
         window = max(1, round(1.0 / dt))
@@ -312,7 +376,11 @@ def simulate(
             cpu_window.pop(0)
         cpu_peak = max(cpu_peak, sum(cpu_window) / (len(cpu_window) * dt))
         redis_total += redis_ops
-        redis_peak = max(redis_peak, redis_ops / dt)
+        # (over one second, as the CPU's: a share of a call lands in one step)
+        redis_window.append(redis_ops)
+        if len(redis_window) > window:
+            redis_window.pop(0)
+        redis_peak = max(redis_peak, sum(redis_window) / (len(redis_window) * dt))
         egress = (listeners * per_listener_bps + waiting * costs.bytes["queue_doc"]) * 8
         egress_peak = max(egress_peak, egress)
         askers = min(s.cache_nodes, math.ceil(listeners)) if s.cache_nodes else listeners
@@ -351,6 +419,8 @@ def simulate(
         origin_cpu_by_kind={k: v / duration for k, v in sorted(by_kind.items())},
         redis_ops_peak_per_s=redis_peak,
         redis_ops_mean_per_s=redis_total / duration,
+        redis_ops_by_kind={k: v / duration for k, v in sorted(redis_by_kind.items())},
+        first_audio_by_admission=_by_second(early),
         redis_cores_peak=redis_peak * costs.redis_us * 1e-6,
         redis_shards=max(1, math.ceil(redis_peak * costs.redis_us * 1e-6 / s.utilization)),
         start_delay_s=None if first_audio_at is None else max(0.0, first_audio_at - live_at),
@@ -368,6 +438,27 @@ def simulate(
         origin_egress_peak_mbps=origin_bytes_peak / 1e6,
         timeline=timeline,
     )
+
+
+def _by_second(early: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """Per second of admission after go-live (the first 20): how many were
+    admitted and their first audio's p50 and max."""
+    buckets: dict[int, list[tuple[float, float]]] = {}
+    for at, ttfa, n in early:
+        if 0 <= at < 20 and n > 0:
+            buckets.setdefault(int(at // 1), []).append((ttfa, n))
+    out: dict[str, dict[str, float]] = {}
+    for k, samples in sorted(buckets.items()):
+        out[str(k)] = {
+            "admitted": round(sum(n for _, n in samples), 1),
+            "ttfa_p50_s": round(weighted_percentile(samples, 50) or 0.0, 3),
+            "ttfa_max_s": round(max(v for v, _ in samples), 3),
+        }
+    return out
+
+
+def _add(ops: dict[str, float], kind: str, count: float) -> None:
+    ops[kind] = ops.get(kind, 0.0) + count
 
 
 def _depart(departures: dict[int, float], s: Scenario, step: int, count: float) -> None:
@@ -416,7 +507,8 @@ def plan(
     if progress is not None:
         done = progress
         half = lambda f: done(f / 2)  # noqa: E731
-    sized = simulate(costs, first, progress=half)
+    # unbounded cores are never busy: size for the utilization aimed at
+    sized = simulate(costs, first, progress=half, busy=s.utilization)
     cache_nodes = (
         s.cache_nodes
         if s.cache_nodes is not None

@@ -18,12 +18,19 @@ class Costs:
 
     ``origin_us``: server CPU microseconds per request at the origin, by kind:
     ``join`` (answered 200), ``join_queued`` (answered 202 with a ticket),
-    ``ticket`` (a ticket posted before its turn: renewal), ``claim`` (a
-    called ticket exchanged for a listener token: the admitted join's path;
-    the ``join`` figures where it was not measured), ``leave``,
+    ``ticket`` (a ticket posted before the draw, or far from its turn: a
+    renewal), ``ticket_drawn`` (a numbered ticket posted after the draw near
+    enough to its turn that the node reads the line again first: the
+    ``ticket`` figures where it was not measured), ``claim`` (a called
+    ticket exchanged for a listener token while the line moves; the ``join``
+    figures where it was not measured), ``leave``,
     ``queue_doc`` (queue.json), ``part``, ``blocking_reload`` (a parked LL-HLS
     reload, woken by the part's publish), ``playlist``, ``segment``, ``state``
-    (state.json). ``nginx_us``: a cache's CPU per request it answers.
+    (state.json), measured 32 at once (a busy node); ``origin_sparse_us``:
+    the same one at a time (a request that finds the node's loop idle pays
+    its own wake-ups, and those of each Redis reply), where measured (see
+    :meth:`request_us`); ``redis_sparse_ops`` likewise for Redis (posts in
+    flight at once share one read of the line, :meth:`redis_op`). ``nginx_us``: a cache's CPU per request it answers.
     ``node_idle_cores``: one node's background CPU with no live room;
     ``room_owner_cores`` / ``room_follower_cores``: one live room on the node
     that runs it / on each node that follows it over the bus.
@@ -35,8 +42,9 @@ class Costs:
     ``bytes``: answer sizes with headers; ``client_request_s``: one request as
     a player sees it with a few hundred players on the machine (`bench
     listeners`' first-audio p50 over its five requests; at least the idle
-    round trip); ``room_start_s``:
-    from go-live until the room's first part is on every node;
+    round trip); ``first_audio_p99_s``: that run's first-audio p99 (the
+    tail); ``room_start_s``: from the host's start until the room's first
+    part is on every node;
     ``line_tick_cores`` (and ``redis_ops["line_s"]``): what each node spends
     per second on a space whose line is moving (the admission tick, queue.json)."""
 
@@ -50,10 +58,13 @@ class Costs:
     bytes: Mapping[str, float]
     client_request_s: float
     room_start_s: float = 0.0
+    first_audio_p99_s: float = 0.0
     line_tick_cores: float = 0.0
     part_s: float = 0.512
     segment_s: float = 4.096
     meta: Mapping[str, Any] = field(default_factory=dict)
+    origin_sparse_us: Mapping[str, float] = field(default_factory=dict)
+    redis_sparse_ops: Mapping[str, float] = field(default_factory=dict)
 
     ORIGIN_KINDS = (
         "join",
@@ -77,9 +88,21 @@ class Costs:
             return self.redis_ops["part"] * nodes
         return self.redis_ops["part"] + follower * (nodes - 1)
 
-    def redis_op(self, kind: str) -> float:
-        """Redis operations per request of ``kind`` (a ticket's when not measured)."""
-        return self.redis_ops.get(kind, self.redis_ops["ticket"])
+    def request_us(self, kind: str, busy: float) -> float:
+        """CPU microseconds of one request of ``kind`` on a node whose loop is
+        busy ``busy`` (0-1) of the time: an arrival finds it idle with
+        probability 1 - busy and then costs the one-at-a-time figure."""
+        saturated = self.origin_us[kind]
+        sparse = self.origin_sparse_us.get(kind, saturated)
+        return saturated + (sparse - saturated) * (1.0 - min(1.0, max(0.0, busy)))
+
+    def redis_op(self, kind: str, busy: float = 1.0) -> float:
+        """Redis operations per request of ``kind`` (a ticket's when not
+        measured) on a node busy ``busy`` of the time: posts in flight at
+        once share one read of the line (``redis_sparse_ops``: one at a time)."""
+        saturated = self.redis_ops.get(kind, self.redis_ops["ticket"])
+        sparse = self.redis_sparse_ops.get(kind, saturated)
+        return saturated + (sparse - saturated) * (1.0 - min(1.0, max(0.0, busy)))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Costs:
@@ -92,7 +115,16 @@ class Costs:
         for key in ("join", "ticket", "part", "node_s"):
             if key not in data.get("redis_ops", {}):
                 missing.append(f"redis_ops.{key}")
-        optional = {"meta", "part_s", "segment_s", "room_start_s", "line_tick_cores"}
+        optional = {
+            "meta",
+            "part_s",
+            "segment_s",
+            "room_start_s",
+            "line_tick_cores",
+            "origin_sparse_us",
+            "first_audio_p99_s",
+            "redis_sparse_ops",
+        }
         names = {f.name for f in fields(cls)} - optional
         missing += [n for n in sorted(names) if n not in data]
         if missing:
@@ -105,8 +137,16 @@ class Costs:
         sizes = {k: float(v) for k, v in data["bytes"].items()}
         origin_us.setdefault("claim", origin_us["join"])
         redis_ops.setdefault("claim", redis_ops["join"])
+        origin_us.setdefault("ticket_drawn", origin_us["ticket"])
+        sparse = {k: float(v) for k, v in data.get("origin_sparse_us", {}).items()}
+        for kind, like in (("claim", "join"), ("ticket_drawn", "ticket")):
+            if kind not in sparse and like in sparse and kind not in data["origin_us"]:
+                sparse[kind] = sparse[like]
+        redis_ops.setdefault("ticket_drawn", redis_ops["ticket"])
         if "join" in sizes:
             sizes.setdefault("claim", sizes["join"])
+        if "ticket" in sizes:
+            sizes.setdefault("ticket_drawn", sizes["ticket"])
         return cls(
             origin_us=origin_us,
             nginx_us=float(data["nginx_us"]),
@@ -118,10 +158,13 @@ class Costs:
             bytes=sizes,
             client_request_s=float(data["client_request_s"]),
             room_start_s=float(data.get("room_start_s", 0.0)),
+            first_audio_p99_s=float(data.get("first_audio_p99_s", 0.0)),
             line_tick_cores=float(data.get("line_tick_cores", 0.0)),
             part_s=float(data.get("part_s", 0.512)),
             segment_s=float(data.get("segment_s", 4.096)),
             meta=dict(data.get("meta", {})),
+            origin_sparse_us=sparse,
+            redis_sparse_ops={k: float(v) for k, v in data.get("redis_sparse_ops", {}).items()},
         )
 
 
@@ -131,7 +174,9 @@ class Scenario:
     the model sizes them (:func:`plan`). ``pre_s``: the host goes live this
     long after the first arrival (arrivals before are drawn in a random
     order). ``listen_s`` 0: admitted listeners stay to the end.
-    ``cache_nodes`` 0: listeners read the origin itself."""
+    ``cache_nodes`` 0: listeners read the origin itself. A page learns of
+    its call (and of the draw) from queue.json: see :func:`notice_delays`
+    (``queue_poll_s``, ``doc_max_age_s``, ``doc_lag_s``, ``claim_delay_s``)."""
 
     arrivals: int
     over_s: float
@@ -152,6 +197,8 @@ class Scenario:
     queue_interval_s: float = 1.0
     queue_poll_s: float = 1.0
     claim_delay_s: float = 1.0
+    doc_max_age_s: float = 1.0
+    doc_lag_s: float = 0.0
     ticket_renew_s: float = 40.0
     state_poll_s: float = 5.0
     state_max_age_s: float = 2.0
@@ -213,6 +260,54 @@ def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> flo
         if run >= need - 1e-9 * total:
             return value
     return ordered[-1][0]
+
+
+def notice_delays(s: Scenario, slices: int = 10) -> list[float]:
+    """Seconds from a call (or the draw) until the page posts its ticket, as
+    ``slices`` equal shares (the mean delay of each, shortest first). The sum
+    of four waits, each uniform from 0: the node that answers queue.json
+    reads the line at its own tick (up to an interval behind the node that
+    moved it: ``queue_interval_s`` x (nodes - 1) / nodes), the cache's copy
+    (``doc_max_age_s``), the page's next poll (``queue_poll_s``) and the
+    page's next look at what it read (``claim_delay_s``; `bench storm`'s
+    waiters look at a shared copy every 0.5-1.5 s); plus ``doc_lag_s``, a
+    fixed lag (`bench storm`'s one shared poller reads nginx's
+    stale-while-updating copy, which is always one poll old)."""
+    spans = (
+        s.queue_interval_s * (s.origin_nodes - 1) / s.origin_nodes,
+        s.doc_max_age_s,
+        s.queue_poll_s,
+        s.claim_delay_s,
+    )
+    points = 6
+    sums = [0.0]
+    for span in spans:
+        sums = [a + span * (k + 0.5) / points for a in sums for k in range(points)]
+    sums.sort()
+    return [s.doc_lag_s + d for d in _slice_means(sums, slices)]
+
+
+def _slice_means(sums: Sequence[float], slices: int) -> list[float]:
+    per = len(sums) / slices
+    return [
+        sum(sums[round(j * per) : round((j + 1) * per)])
+        / max(1, round((j + 1) * per) - round(j * per))
+        for j in range(slices)
+    ]
+
+
+def near_call_share(s: Scenario, line_length: float) -> float:
+    """Share of a line of ``line_length`` places whose ticket, posted now,
+    makes the node read the line again before it answers: those within the
+    reach of ``policy.admission.may_have_called`` (two seconds of the admit
+    rate, plus the rate over the view's mean age, half an interval, and the
+    slack the server allows, 1 s + two intervals)."""
+    if line_length <= 0:
+        return 1.0
+    rate = s.admit_rate_per_s
+    interval = s.queue_interval_s
+    reach = max(1.0, 2.0 * rate) + rate * (interval / 2 + 1.0 + 2 * interval) + 1.0
+    return min(1.0, reach / line_length)
 
 
 def origin_rates(
