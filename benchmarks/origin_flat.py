@@ -298,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         lab.close()
     cores = [r["origin_cores"] for r in rows]
     lo, hi = min(cores), max(cores)
+    # the same listener count measured more than once (interleaved steps,
+    # e.g. --steps 500,4000,1000,2000,500,4000,1000,2000): its mean, so the
+    # nodes' background drifting over minutes is told apart from listeners
+    by_count: dict[int, list[float]] = {}
+    for r in rows:
+        by_count.setdefault(r["listeners"], []).append(r["origin_cores"])
+    means = {n: sum(v) / len(v) for n, v in sorted(by_count.items())}
+    mlo, mhi = min(means.values()), max(means.values())
     result = {
         "command": "python benchmarks/origin_flat.py " + " ".join(argv or sys.argv[1:]),
         "nodes": args.nodes,
@@ -309,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         "steps": rows,
         "answer_times_at_the_cache": waits,
         "spread": round((hi - lo) / lo, 4) if lo > 0 else None,
-        "bar": f"origin CPU max/min - 1 <= {BAR:.0%}",
+        "mean_cores_by_listeners": {str(n): round(m, 4) for n, m in means.items()},
+        "spread_of_means": round((mhi - mlo) / mlo, 4) if mlo > 0 else None,
+        "bar": f"origin CPU max/min - 1 <= {BAR:.0%} (each step; and over each count's mean)",
         "met": lo > 0 and (hi - lo) / lo <= BAR,
+        "met_on_means": mlo > 0 and (mhi - mlo) / mlo <= BAR,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
