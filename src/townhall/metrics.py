@@ -339,3 +339,9 @@ FORWARDED = Counter(
     "Requests only a room's owner can answer that this node passed on to the owner: answered (the owner's status, passed back), unreachable (no owner known, or it could not be reached: 503), timeout (504), cut (the owner's answer stopped midway).",
     ["outcome"],
 )
+
+# --- issue 10 at full size (h4): connections that ignore Retry-After (origin/retry_penalty.py) ---
+HTTP_REFUSED_PAUSES = Counter(
+    "townhall_http_refused_pauses_total",
+    "Times the HTTP driver stopped reading a connection because its request was refused (429) while an earlier 429's Retry-After was still running (http_refused_pause_max_s).",
+)

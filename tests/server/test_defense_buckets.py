@@ -189,3 +189,31 @@ def test_cached_state_json_comes_from_the_driver_with_the_apps_bytes(tmp_path: P
         assert found is not None and float(found.group(1)) >= 1
     finally:
         fast.stop()
+
+
+def test_state_json_is_limited_per_connection_in_the_driver(tmp_path: Path) -> None:
+    """A connection that asks state.json faster than a page polls it gets 429
+    from the HTTP/1.1 driver (counted as per-connection), while a new
+    connection from the same address (another page behind the same NAT) is
+    answered: the network's own bucket is far from spent."""
+    env = {"TOWNHALL_STATE_PER_CONNECTION_PER_10S": "5"}
+    server = LiveServer(tmp_path / "data", env).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+        url = f"/spaces/{space_id}/state.json"
+        with client_from(server.url, "127.0.9.1") as page:
+            codes = [page.get(url).status_code for _ in range(5)]
+            # the app computes the first, the driver answers while cached:
+            # every one counts once the driver answers state.json
+            exhaust(page, url)
+            refused = page.get(url)
+            assert_429(refused)
+            assert "on one connection" in refused.json()["detail"]
+        assert codes.count(200) >= 4, codes
+        with client_from(server.url, "127.0.9.1") as other_page:
+            assert other_page.get(url).status_code == 200
+        with client_from(server.url, "127.0.0.1") as watcher:
+            assert limited(watcher.get("/metrics").text, "per-connection") >= 2
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ whose client went away drops what the app still sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -46,6 +47,7 @@ class Request:
         "keep_alive",
         "method",
         "more_body",
+        "retry_after_s",
         "sink",
         "started_s",
         "too_large",
@@ -80,6 +82,7 @@ class Request:
         self.cycle: AppCycle | None = None
         self.waiter: Any = None
         self.sink: Any = None
+        self.retry_after_s = 0.0  # a 429's Retry-After (origin/retry_penalty.py)
 
 
 class Host(Protocol):
@@ -274,6 +277,9 @@ class AppCycle:
             elif name == b"transfer-encoding" and value.lower() == b"chunked":
                 self.expected_length = 0
                 self.chunked = True
+            elif name == b"retry-after" and status == 429:
+                with contextlib.suppress(ValueError):
+                    request.retry_after_s = max(0.0, float(value))
             elif name == b"connection" and b"close" in (
                 token.strip().lower() for token in value.split(b",")
             ):

@@ -151,6 +151,7 @@ class FastAnswers:
             )
         self.transport.write(data)
         COUNTS.add(rendered.kind, len(rendered.body), self.loop)
+        req.retry_after_s = rendered.retry_after_s
         self.finish(req)
 
     def _stream(self, req: Request, stream: Stream) -> None:
