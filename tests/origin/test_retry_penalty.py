@@ -48,7 +48,12 @@ def test_a_client_that_waits_is_never_paused() -> None:
     assert p.strikes == 0
     assert p.refused(started_s=now + 0.5, now_s=now + 0.5, retry_after_s=2.0) == 0.0
     assert p.refused(started_s=now + 1.0, now_s=now + 1.0, retry_after_s=2.0) > 0  # it did not
-    p.answered(started_s=now + 10.0)  # then it waited: the count starts over
+    # it waits, is refused again (not paused), ignores that one too: the pause doubled
+    assert p.refused(started_s=now + 10.0, now_s=now + 10.0, retry_after_s=2.0) == 0.0
+    assert p.refused(started_s=now + 10.1, now_s=now + 10.1, retry_after_s=2.0) == pytest.approx(
+        4.0
+    )
+    p.answered(started_s=now + 20.0)  # then it waited and succeeded: the count starts over
     assert p.strikes == 0
 
 

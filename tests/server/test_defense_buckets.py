@@ -39,6 +39,9 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
     env = {
         "TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S": str(PLAYLISTS),
         "TOWNHALL_STATE_PER_NETWORK_PER_10S": str(STATES),
+        # the buckets alone: a hammer that ignores Retry-After is otherwise not
+        # read until its wait is over (tests/origin/test_retry_penalty.py)
+        "TOWNHALL_HTTP_REFUSED_PAUSE_MAX_S": "0",
     }
     args = [] if request.param else ["--no-fast-path"]
     live = LiveServer(tmp_path / "data", env, args).start()

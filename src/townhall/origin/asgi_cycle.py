@@ -50,6 +50,7 @@ class Request:
         "retry_after_s",
         "sink",
         "started_s",
+        "status",
         "too_large",
         "upgrade",
         "url",
@@ -83,6 +84,7 @@ class Request:
         self.waiter: Any = None
         self.sink: Any = None
         self.retry_after_s = 0.0  # a 429's Retry-After (origin/retry_penalty.py)
+        self.status = 0  # the answer's, once it started
 
 
 class Host(Protocol):
@@ -263,6 +265,7 @@ class AppCycle:
         self.waiting_continue = False
         status = int(message["status"])
         request = self.request
+        request.status = status
         content = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status]
         content.extend(name + b": " + value + CRLF for name, value in self.host.default_headers())
         has_close = False

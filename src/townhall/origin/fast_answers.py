@@ -152,6 +152,7 @@ class FastAnswers:
         self.transport.write(data)
         COUNTS.add(rendered.kind, len(rendered.body), self.loop)
         req.retry_after_s = rendered.retry_after_s
+        req.status = rendered.status
         self.finish(req)
 
     def _stream(self, req: Request, stream: Stream) -> None:

@@ -117,7 +117,7 @@ class LimitsMixin:
         requests already read wait, and the pause's end goes on with them)."""
         penalty = self._penalty
         if not req.retry_after_s:
-            if penalty is not None:
+            if penalty is not None and req.status < 400:
                 penalty.answered(req.started_s)
             return False
         max_s = self.limits.refused_pause_max_s

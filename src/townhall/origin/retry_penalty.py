@@ -13,8 +13,9 @@ stays full and it sends nothing more on that connection: a refused connection
 costs the server a timer instead of a 429 per request.
 
 A client that waits as told (its next request starts after the wait) is
-never paused and its count starts over. Pure: the driver passes the clock
-and does the pausing (``origin/http1.py``).
+never paused; its count starts over once such a request succeeds (a status
+below 400: a flood that only gets 401s and 429s keeps doubling). Pure: the
+driver passes the clock and does the pausing (``origin/http1.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,10 @@ class RetryPenalty:
             pause_s = min(self.max_s, max(retry_after_s, 0.0) * 2.0 ** (self.strikes - 1))
             self.until_s = max(self.until_s, now_s + pause_s)
             return max(0.0, self.until_s - now_s)
-        self.strikes = 0
         self.until_s = max(self.until_s, now_s + retry_after_s)
         return 0.0
 
     def answered(self, started_s: float) -> None:
-        """A request that started at ``started_s`` was answered without a refusal."""
+        """A request that started at ``started_s`` succeeded (status below 400)."""
         if started_s >= self.until_s:
             self.strikes = 0
