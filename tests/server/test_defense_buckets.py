@@ -11,10 +11,12 @@ server sees many real client networks."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httptools
 import httpx
 import pytest
 
@@ -220,3 +222,57 @@ def test_state_json_is_limited_per_connection_in_the_driver(tmp_path: Path) -> N
             assert limited(watcher.get("/metrics").text, "per-connection") >= 2
     finally:
         server.stop()
+
+
+def test_a_hammer_pipelining_past_its_429s_is_not_read_until_its_wait_is_over(
+    tmp_path: Path,
+) -> None:
+    """Playlists pipelined on one connection past the network's bucket: the
+    fast path answers 429 (Retry-After 1 s) and, from the second refusal of a
+    request sent during that wait, the driver stops reading the connection
+    (counted); the rest are answered only after the wait."""
+    env = {"TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S": "3"}
+    server = LiveServer(tmp_path / "data", env).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+            listen(host, space_id)  # the program is out: playlists are answered at once
+        one = f"GET /spaces/{space_id}/live.m3u8 HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        with socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.11.1", 0)
+        ) as sock:
+            sock.settimeout(15)
+            started = time.monotonic()
+            sock.sendall(one * 6)
+            parser = _Answers()
+            while len(parser.statuses) < 6:
+                parser.feed(sock.recv(65536), time.monotonic() - started)
+        statuses, times = parser.statuses, parser.times
+        assert statuses[:3] == [200] * 3 and statuses[3:5] == [429, 429], statuses
+        assert times[4] < 0.8 and times[5] >= 0.9, times  # paused 1 s after the second 429
+        with client_from(server.url, "127.0.0.1") as watcher:
+            found = re.search(
+                r"^townhall_http_refused_pauses_total (\S+)$", watcher.get("/metrics").text, re.M
+            )
+        assert found is not None and float(found.group(1)) >= 1
+    finally:
+        server.stop()
+
+
+class _Answers:
+    """HTTP/1.1 answers parsed from a byte stream: their statuses, and when each came."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.times: list[float] = []
+        self._now = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+
+    def feed(self, data: bytes, now: float) -> None:
+        assert data, "the server closed the connection"
+        self._now = now
+        self._parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.statuses.append(self._parser.get_status_code())
+        self.times.append(self._now)

@@ -23,7 +23,10 @@ in progress wait in a queue, reading paused. The first layer of issue 10's
 defense lives here: caps on the request head and body, header, body and
 idle timeouts, requests per connection, and open connections per client
 network and in all (origin/conn_limits.py); each refusal or cut is counted
-(the limits and the connection's timer: origin/http1_limits.py).
+(the limits and the connection's timer: origin/http1_limits.py). A
+connection refused (429) while an earlier Retry-After still runs is not read,
+nor its queued requests answered, until that wait is over
+(origin/retry_penalty.py): a flood pipelined past its 429s costs a timer.
 """
 
 from __future__ import annotations
