@@ -317,7 +317,7 @@ class DefenseSettings(BaseSettings):
         30.0,
         ge=0,
         le=600,
-        description="A connection whose request is refused (429) while an earlier 429's Retry-After is still running is not read until that wait is over, each such refusal in a row doubling the wait up to this many seconds (a flood that pipelines past its 429s then costs a timer, not a 429 per request); a client that waits as told is never paused. 0: never paused.",
+        description="A connection whose request is refused (429, or 401: a wait of 1 s) while an earlier refusal's Retry-After is still running is not read until that wait is over, each such refusal in a row doubling the wait (stretched by up to half at random) up to this many seconds: a flood that pipelines past its refusals then costs a timer, not an answer per request; a client that waits as told is never paused. 0: never paused.",
     )
     state_per_connection_per_10s: int = Field(
         30,

@@ -343,5 +343,5 @@ FORWARDED = Counter(
 # --- issue 10 at full size (h4): connections that ignore Retry-After (origin/retry_penalty.py) ---
 HTTP_REFUSED_PAUSES = Counter(
     "townhall_http_refused_pauses_total",
-    "Times the HTTP driver stopped reading a connection because its request was refused (429) while an earlier 429's Retry-After was still running (http_refused_pause_max_s).",
+    "Times the HTTP driver stopped reading a connection because its request was refused (429, 401) while an earlier refusal's Retry-After was still running (http_refused_pause_max_s).",
 )

@@ -57,6 +57,19 @@ def test_a_client_that_waits_is_never_paused() -> None:
     assert p.strikes == 0
 
 
+def test_a_pause_is_stretched_by_up_to_half_at_random() -> None:
+    p = RetryPenalty(max_s=30.0)
+    p.refused(0.0, 0.0, 2.0)
+    assert p.refused(0.1, 0.1, 2.0, spread=0.0) == pytest.approx(2.0)
+    q = RetryPenalty(max_s=30.0)
+    q.refused(0.0, 0.0, 2.0)
+    assert q.refused(0.1, 0.1, 2.0, spread=0.99) == pytest.approx(2.99)
+    r = RetryPenalty(max_s=3.0)
+    r.refused(0.0, 0.0, 2.0)
+    r.refused(0.1, 0.1, 2.0)
+    assert r.refused(0.1, 2.1, 2.0, spread=0.99) == pytest.approx(3.0)  # never past max_s
+
+
 def test_max_zero_never_pauses() -> None:
     p = RetryPenalty(max_s=0.0)
     assert [p.refused(0.0, 0.0, 1.0) for _ in range(4)] == [0.0] * 4
@@ -76,7 +89,7 @@ def test_rendered_429_carries_its_retry_after() -> None:
 
 
 class Busy:
-    """/busy: 429 with Retry-After: 1; anything else: 200."""
+    """/busy: 429 with Retry-After: 1; /denied: 401; anything else: 200."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -88,25 +101,24 @@ class Busy:
             return
         self.calls += 1
         busy = scope["path"] == "/busy"
+        status = 429 if busy else 401 if scope["path"] == "/denied" else 200
         body = b"busy\n" if busy else b"ok\n"
         headers = [(b"content-length", str(len(body)).encode())]
         if busy:
             headers.append((b"retry-after", b"1"))
-        await send(
-            {"type": "http.response.start", "status": 429 if busy else 200, "headers": headers}
-        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
-async def _pipelined(port: int, n: int) -> list[float]:
-    """Send ``n`` /busy requests at once; the seconds until each answer."""
+async def _pipelined(port: int, n: int, path: str = "/busy") -> list[float]:
+    """Send ``n`` requests for ``path`` at once; the seconds until each answer."""
     conn = await Conn.open(port)
     started = time.monotonic()
-    conn.send(*[request("/busy")] * n)
+    conn.send(*[request(path)] * n)
     times = []
     for _ in range(n):
         reply = await asyncio.wait_for(conn.reply(), 10)
-        assert reply.status == 429
+        assert reply.status == (429 if path == "/busy" else 401)
         times.append(time.monotonic() - started)
     await conn.close()
     return times
@@ -120,6 +132,17 @@ async def test_pipelined_past_a_429_is_not_read_until_the_wait_is_over(tmp_path:
         times = await _pipelined(port_of(s), 3)
     # the first two at once (the second was sent during the first's wait: pause 1 s),
     # the third after the pause
+    assert times[1] < 0.5 and times[2] >= 0.9, times
+    assert pauses() >= before + 1
+
+
+async def test_a_flood_of_bad_credentials_is_paused_too(tmp_path: Path) -> None:
+    """A 401 is a refusal with a wait of 1 s: the next request sent with bad
+    credentials within it pauses the connection."""
+    before = pauses()
+    s = driver(Busy(), Settings(data_dir=tmp_path))
+    async with running(s):
+        times = await _pipelined(port_of(s), 3, "/denied")
     assert times[1] < 0.5 and times[2] >= 0.9, times
     assert pauses() >= before + 1
 

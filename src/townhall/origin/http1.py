@@ -386,7 +386,9 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             return
         if transport.is_closing():
             return
-        if (req.retry_after_s or self._penalty is not None) and self._paused_for_refusals(req):
+        if (
+            req.retry_after_s or req.status == 401 or self._penalty is not None
+        ) and self._paused_for_refusals(req):
             return  # it ignores Retry-After: not read until the wait is over
         if self._queue or self._dispatching:
             self._next()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.conn_limits import ConnLimits, CutAnswers, fd_soft_limit, total_cap
-from townhall.origin.retry_penalty import RetryPenalty
+from townhall.origin.retry_penalty import UNAUTHORIZED_WAIT_S, RetryPenalty
 from townhall.origin.wire import problem_bytes, problem_document
 
 _REASONS = (
@@ -113,10 +114,11 @@ class LimitsMixin:
 
     def _paused_for_refusals(self, req: Request) -> bool:
         """After ``req``'s answer: stop reading the connection if ``req`` was
-        refused while an earlier Retry-After was running (True: paused; the
-        requests already read wait, and the pause's end goes on with them)."""
+        refused (429, 401) while an earlier refusal's wait was running (True:
+        paused; the requests already read wait, the pause's end goes on with them)."""
         penalty = self._penalty
-        if not req.retry_after_s:
+        wait_s = req.retry_after_s or (UNAUTHORIZED_WAIT_S if req.status == 401 else 0.0)
+        if not wait_s:
             if penalty is not None and req.status < 400:
                 penalty.answered(req.started_s)
             return False
@@ -125,7 +127,7 @@ class LimitsMixin:
             return False
         if penalty is None:
             penalty = self._penalty = RetryPenalty(max_s)
-        pause_s = penalty.refused(req.started_s, self.loop.time(), req.retry_after_s)
+        pause_s = penalty.refused(req.started_s, self.loop.time(), wait_s, random.random())
         if pause_s <= 0:
             return False
         REFUSED_PAUSES.inc()

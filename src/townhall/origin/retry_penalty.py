@@ -12,6 +12,13 @@ during a wait doubles the wait, up to ``max_s``. The flood's pipeline then
 stays full and it sends nothing more on that connection: a refused connection
 costs the server a timer instead of a 429 per request.
 
+A 401 counts as a refusal with a wait of ``UNAUTHORIZED_WAIT_S``: a client
+told its credentials are refused must get new ones (a join, a sign-in)
+before it sends them again; a flood of forged tokens does not. Each pause is
+stretched by up to half (``spread``, a random number the driver draws), so
+that a thousand connections refused at the same moment do not all come back
+at the same moment either.
+
 A client that waits as told (its next request starts after the wait) is
 never paused; its count starts over once such a request succeeds (a status
 below 400: a flood that only gets 401s and 429s keeps doubling). Pure: the
@@ -19,6 +26,9 @@ driver passes the clock and does the pausing (``origin/http1.py``).
 """
 
 from __future__ import annotations
+
+UNAUTHORIZED_WAIT_S = 1.0
+SPREAD_SHARE = 0.5  # a pause is stretched by up to this share of itself
 
 
 class RetryPenalty:
@@ -31,12 +41,16 @@ class RetryPenalty:
         self.until_s = 0.0  # the latest wait this connection was told of ends here
         self.strikes = 0  # refusals in a row of requests sent during a wait
 
-    def refused(self, started_s: float, now_s: float, retry_after_s: float) -> float:
+    def refused(
+        self, started_s: float, now_s: float, retry_after_s: float, spread: float = 0.0
+    ) -> float:
         """A request that started at ``started_s`` was refused with ``retry_after_s``:
-        the seconds to stop reading the connection from ``now_s`` (0.0: go on)."""
+        the seconds to stop reading the connection from ``now_s`` (0.0: go on).
+        ``spread`` in [0, 1): how much of the stretch to add."""
         if started_s < self.until_s and self.max_s > 0:
             self.strikes += 1
-            pause_s = min(self.max_s, max(retry_after_s, 0.0) * 2.0 ** (self.strikes - 1))
+            pause_s = max(retry_after_s, 0.0) * 2.0 ** min(self.strikes - 1, 30)
+            pause_s = min(self.max_s, pause_s * (1.0 + SPREAD_SHARE * spread))
             self.until_s = max(self.until_s, now_s + pause_s)
             return max(0.0, self.until_s - now_s)
         self.until_s = max(self.until_s, now_s + retry_after_s)
