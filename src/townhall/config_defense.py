@@ -98,13 +98,14 @@ class DefenseSettings(BaseSettings):
     # the listener page) asks once without directives when it starts (or after an
     # error), then only blocking reloads, never limited here; a plain HLS player
     # (plain.m3u8, radio apps, VLC) reloads once per target duration (4 s at the
-    # defaults). 100 per 10 s: 100 players of one /24 starting in the same second,
-    # or 40 plain HLS players reloading; more get Retry-After 1 s and retry. A
-    # network with more (a campus behind one NAT) is served by a cache in front.
-    # A flood from 1,000 networks gets at most 10 per second each (issue 10 at
-    # full size: docs/BENCHMARKS.md).
+    # defaults). 50 per 10 s: 50 players of one /24 starting in the same second
+    # (5 more each second after), or 20 plain HLS players reloading; more get
+    # Retry-After 1 s and retry. A network with more (a campus behind one NAT)
+    # is served by a cache in front. A flood from 1,000 networks then gets 5 a
+    # second each: at 100 per 10 s the flood's first burst alone took the
+    # listeners' goodput to 0.96 (issue 10 at full size: docs/BENCHMARKS.md).
     playlists_per_network_per_10s: int = Field(
-        100,
+        50,
         ge=1,
         description="Playlist requests without delivery directives (and plain.m3u8 reloads) one client network may make per 10 s (burst as many): an LL-HLS player asks once when it starts, a plain HLS player once per target duration; more get 429 with Retry-After.",
     )
