@@ -222,6 +222,8 @@ def start_townhall(lab: Lab) -> tuple[System | None, str, str]:
     env.update({"TOWNHALL_ARGON2_TIME_COST": "1", "TOWNHALL_ARGON2_MEMORY_KIB": "1024"})
     # every simulated listener comes from 127.0.0.1: one client network
     env["TOWNHALL_HTTP_MAX_CONNECTIONS_PER_NETWORK"] = "0"
+    # ... whose plain HLS reloads are far over one network's playlist bucket
+    env["TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S"] = "100000000"
     server = lab.start(
         "townhall",
         pinned(SERVER_CORE, [sys.executable, "-m", "townhall", "serve", "--port", str(port),

@@ -94,10 +94,20 @@ class DefenseSettings(BaseSettings):
         ge=1,
         description="state.json requests one client network may make per 10 s (a cache in front absorbs the rest).",
     )
+    # Sized for what a network of players sends: an LL-HLS player (hls.js, Safari,
+    # the listener page) asks once without directives when it starts (or after an
+    # error), then only blocking reloads, never limited here; a plain HLS player
+    # (plain.m3u8, radio apps, VLC) reloads once per target duration (4 s at the
+    # defaults). 50 per 10 s: 50 players of one /24 starting in the same second
+    # (5 more each second after), or 20 plain HLS players reloading; more get
+    # Retry-After 1 s and retry. A network with more (a campus behind one NAT)
+    # is served by a cache in front. A flood from 1,000 networks then gets 5 a
+    # second each: at 100 per 10 s the flood's first burst alone took the
+    # listeners' goodput to 0.96 (issue 10 at full size: docs/BENCHMARKS.md).
     playlists_per_network_per_10s: int = Field(
-        4000,
+        50,
         ge=1,
-        description="Playlist requests without delivery directives one client network may make per 10 s.",
+        description="Playlist requests without delivery directives (and plain.m3u8 reloads) one client network may make per 10 s (burst as many): an LL-HLS player asks once when it starts, a plain HLS player once per target duration; more get 429 with Retry-After.",
     )
     challenge_joins_per_s: float = Field(
         200.0,
@@ -315,4 +325,16 @@ class DefenseSettings(BaseSettings):
         ge=100,
         le=60_000,
         description="Scaled out: published seats older than this (by Redis's clock) are stale: other nodes' state.json then shows every seat not connected and the room as moving, instead of the old values. Keep it above SEAT_STATUS_INTERVAL_MS.",
+    )
+    # --- issue 10 at full size (h4): a connection that ignores Retry-After (origin/retry_penalty.py) ---
+    http_refused_pause_max_s: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description="A connection whose request is refused (429, or 401: a wait of 1 s) while an earlier refusal's Retry-After is still running is not read until that wait is over, each such refusal in a row doubling the wait (stretched by up to half at random) up to this many seconds: a flood that pipelines past its refusals then costs a timer, not an answer per request; a client that waits as told is never paused. 0: never paused.",
+    )
+    state_per_connection_per_10s: int = Field(
+        30,
+        ge=0,
+        description="state.json requests one connection may make per 10 s (burst as many) when the HTTP/1.1 driver answers them: the listener page asks once per max-age (1-2 s), a few tabs may share a connection; a flood that pipelines it on one connection gets 429 (and then is not read, http_refused_pause_max_s). Peers behind one NAT each have their own connections; a cache in front needs none. 0: no per-connection limit (the per-network bucket still applies).",
     )

@@ -349,3 +349,8 @@ SEATS_SHOWN = Counter(
     "state.json computations of a live room run on another node, by what the owner's published seats were worth: ok, starting (none yet), moving (stale, or the room changed hands), unknown (Redis unreachable).",
     ["status"],
 )
+# --- issue 10 at full size (h4): connections that ignore Retry-After (origin/retry_penalty.py) ---
+HTTP_REFUSED_PAUSES = Counter(
+    "townhall_http_refused_pauses_total",
+    "Times the HTTP driver stopped reading a connection because its request was refused (429, 401) while an earlier refusal's Retry-After was still running (http_refused_pause_max_s).",
+)

@@ -11,10 +11,12 @@ server sees many real client networks."""
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httptools
 import httpx
 import pytest
 
@@ -39,6 +41,9 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServe
     env = {
         "TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S": str(PLAYLISTS),
         "TOWNHALL_STATE_PER_NETWORK_PER_10S": str(STATES),
+        # the buckets alone: a hammer that ignores Retry-After is otherwise not
+        # read until its wait is over (tests/origin/test_retry_penalty.py)
+        "TOWNHALL_HTTP_REFUSED_PAUSE_MAX_S": "0",
     }
     args = [] if request.param else ["--no-fast-path"]
     live = LiveServer(tmp_path / "data", env, args).start()
@@ -189,3 +194,85 @@ def test_cached_state_json_comes_from_the_driver_with_the_apps_bytes(tmp_path: P
         assert found is not None and float(found.group(1)) >= 1
     finally:
         fast.stop()
+
+
+def test_state_json_is_limited_per_connection_in_the_driver(tmp_path: Path) -> None:
+    """A connection that asks state.json faster than a page polls it gets 429
+    from the HTTP/1.1 driver (counted as per-connection), while a new
+    connection from the same address (another page behind the same NAT) is
+    answered: the network's own bucket is far from spent."""
+    env = {"TOWNHALL_STATE_PER_CONNECTION_PER_10S": "5"}
+    server = LiveServer(tmp_path / "data", env).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+        url = f"/spaces/{space_id}/state.json"
+        with client_from(server.url, "127.0.9.1") as page:
+            codes = [page.get(url).status_code for _ in range(5)]
+            # the app computes the first, the driver answers while cached:
+            # every one counts once the driver answers state.json
+            exhaust(page, url)
+            refused = page.get(url)
+            assert_429(refused)
+            assert "on one connection" in refused.json()["detail"]
+        assert codes.count(200) >= 4, codes
+        with client_from(server.url, "127.0.9.1") as other_page:
+            assert other_page.get(url).status_code == 200
+        with client_from(server.url, "127.0.0.1") as watcher:
+            assert limited(watcher.get("/metrics").text, "per-connection") >= 2
+    finally:
+        server.stop()
+
+
+def test_a_hammer_pipelining_past_its_429s_is_not_read_until_its_wait_is_over(
+    tmp_path: Path,
+) -> None:
+    """Playlists pipelined on one connection past the network's bucket: the
+    fast path answers 429 (Retry-After 1 s) and, from the second refusal of a
+    request sent during that wait, the driver stops reading the connection
+    (counted); the rest are answered only after the wait."""
+    env = {"TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S": "3"}
+    server = LiveServer(tmp_path / "data", env).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+            listen(host, space_id)  # the program is out: playlists are answered at once
+        one = f"GET /spaces/{space_id}/live.m3u8 HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        with socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.11.1", 0)
+        ) as sock:
+            sock.settimeout(15)
+            started = time.monotonic()
+            sock.sendall(one * 6)
+            parser = _Answers()
+            while len(parser.statuses) < 6:
+                parser.feed(sock.recv(65536), time.monotonic() - started)
+        statuses, times = parser.statuses, parser.times
+        assert statuses[:3] == [200] * 3 and statuses[3:5] == [429, 429], statuses
+        assert times[4] < 0.8 and times[5] >= 0.9, times  # paused 1 s after the second 429
+        with client_from(server.url, "127.0.0.1") as watcher:
+            found = re.search(
+                r"^townhall_http_refused_pauses_total (\S+)$", watcher.get("/metrics").text, re.M
+            )
+        assert found is not None and float(found.group(1)) >= 1
+    finally:
+        server.stop()
+
+
+class _Answers:
+    """HTTP/1.1 answers parsed from a byte stream: their statuses, and when each came."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.times: list[float] = []
+        self._now = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+
+    def feed(self, data: bytes, now: float) -> None:
+        assert data, "the server closed the connection"
+        self._now = now
+        self._parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self.statuses.append(self._parser.get_status_code())
+        self.times.append(self._now)

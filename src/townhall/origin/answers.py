@@ -54,7 +54,9 @@ class Rendered:
     """A whole response but the server's own lines (status line, Date): the
     app's header lines ``head`` (each ending CRLF) and ``body``; ``tail`` is
     ``head + CRLF + body``, what follows the server's lines on keep-alive;
-    ``count_key`` is how ``origin/request_counts.py`` counts it (made once)."""
+    ``count_key`` is how ``origin/request_counts.py`` counts it (made once);
+    ``retry_after_s`` a 429's Retry-After (0.0 otherwise: the driver pauses a
+    connection that does not wait it out, origin/retry_penalty.py)."""
 
     status: int
     head: bytes
@@ -62,10 +64,14 @@ class Rendered:
     kind: str
     tail: bytes = field(init=False)
     count_key: str = field(init=False)
+    retry_after_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tail", self.head + b"\r\n" + self.body)
         object.__setattr__(self, "count_key", f"{self.kind} {self.status}")
+        object.__setattr__(
+            self, "retry_after_s", retry_after_of(self.head) if self.status == 429 else 0.0
+        )
 
     @classmethod
     def of(cls, response: Response, kind: str) -> Rendered:
@@ -165,6 +171,22 @@ Answer = Rendered | Wait | Stream | Problem | FromDisk | None
 
 
 # -- helpers shared by the drivers ------------------------------------------------------
+
+
+def retry_after_of(head: bytes) -> float:
+    """The seconds of a ``retry-after`` line in ``head`` (lower-case names, as
+    :func:`header_lines` writes them); 0.0 when absent or not a number."""
+    at = head.find(b"retry-after: ")
+    if at > 0 and head[at - 1] != 0x0A:  # inside another name: look for a line start
+        at = head.find(b"\nretry-after: ")
+        at = at + 1 if at >= 0 else -1
+    if at < 0:
+        return 0.0
+    value = head[at + 13 : head.find(b"\r\n", at)]
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return 0.0
 
 
 def header_lines(raw_headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -11,6 +11,7 @@ whose client went away drops what the app still sends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -47,8 +48,10 @@ class Request:
         "keep_alive",
         "method",
         "more_body",
+        "retry_after_s",
         "sink",
         "started_s",
+        "status",
         "too_large",
         "upgrade",
         "url",
@@ -81,6 +84,8 @@ class Request:
         self.cycle: AppCycle | None = None
         self.waiter: Any = None
         self.sink: Any = None
+        self.retry_after_s = 0.0  # a 429's Retry-After (origin/retry_penalty.py)
+        self.status = 0  # the answer's, once it started
 
 
 class Host(Protocol):
@@ -263,6 +268,7 @@ class AppCycle:
         status = int(message["status"])
         COUNTS.app(self.scope["path"], status)
         request = self.request
+        request.status = status
         content = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status]
         content.extend(name + b": " + value + CRLF for name, value in self.host.default_headers())
         has_close = False
@@ -277,6 +283,9 @@ class AppCycle:
             elif name == b"transfer-encoding" and value.lower() == b"chunked":
                 self.expected_length = 0
                 self.chunked = True
+            elif name == b"retry-after" and status == 429:
+                with contextlib.suppress(ValueError):
+                    request.retry_after_s = max(0.0, float(value))
             elif name == b"connection" and b"close" in (
                 token.strip().lower() for token in value.split(b",")
             ):

@@ -117,6 +117,8 @@ class FastAnswers:
             )
         self.transport.write(data)
         COUNTS.add(rendered.count_key, rendered.kind, len(rendered.body), self.loop)
+        req.retry_after_s = rendered.retry_after_s
+        req.status = rendered.status
         self.finish(req)
 
     def _stream(self, req: Request, stream: Stream) -> None:

@@ -23,7 +23,10 @@ in progress wait in a queue, reading paused. The first layer of issue 10's
 defense lives here: caps on the request head and body, header, body and
 idle timeouts, requests per connection, and open connections per client
 network and in all (origin/conn_limits.py); each refusal or cut is counted
-(the limits and the connection's timer: origin/http1_limits.py).
+(the limits and the connection's timer: origin/http1_limits.py). A
+connection refused (429) while an earlier Retry-After still runs is not read,
+nor its queued requests answered, until that wait is over
+(origin/retry_penalty.py): a flood pipelined past its 429s costs a timer.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
 from townhall.origin.http1_limits import CLOSED, REFUSAL, REFUSED, DriverLimits, LimitsMixin
 from townhall.origin.lean_api import LeanAnswers, LeanApi, LeanCall
+from townhall.origin.retry_penalty import RetryPenalty
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
 
 log = logging.getLogger("townhall.http")
@@ -101,6 +105,9 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self._body_since: float | None = None
         self._idle_since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._penalty: RetryPenalty | None = None  # made at the first 429
+        self._pause_timer: asyncio.TimerHandle | None = None  # not read until it fires
+        self._budgets = None  # per-connection budgets of lean routes (origin/lean_api.py)
 
     # -- connection events ----------------------------------------------------------
 
@@ -142,6 +149,9 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+            self._pause_timer = None
         for req in (self._current, self._parsing):
             if req is not None:
                 self._abandon(req)
@@ -227,7 +237,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused:
+        if self._reading_paused and self._pause_timer is None:
             self._reading_paused = False
             self.transport.resume_reading()
 
@@ -286,7 +296,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self._head_bytes = 0
         self._body_since = started_s
         self._parsing = req
-        if self._current is None and not self._queue:
+        if self._current is None and not self._queue and self._pause_timer is None:
             self._start(req)
         else:
             self._queue.append(req)
@@ -376,6 +386,10 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             return
         if transport.is_closing():
             return
+        if (
+            req.retry_after_s or req.status == 401 or self._penalty is not None
+        ) and self._paused_for_refusals(req):
+            return  # it ignores Retry-After: not read until the wait is over
         if self._queue or self._dispatching:
             self._next()
             return
@@ -391,11 +405,16 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             return  # a fast answer inside the loop below: it goes on
         self._dispatching = True
         try:
-            while self._current is None and self._queue and not self.transport.is_closing():
+            while (
+                self._current is None
+                and self._queue
+                and self._pause_timer is None
+                and not self.transport.is_closing()
+            ):
                 self._start(self._queue.popleft())
         finally:
             self._dispatching = False
-        if self._current is None and not self.transport.is_closing():
+        if self._current is None and self._pause_timer is None and not self.transport.is_closing():
             self._resume_reading()
             self._idle_since = self.loop.time()
             if self._timer is None:

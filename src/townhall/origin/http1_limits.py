@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from townhall.config import Settings
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.conn_limits import ConnLimits, CutAnswers, fd_soft_limit, total_cap
 from townhall.origin.request_counts import COUNTS
+from townhall.origin.retry_penalty import UNAUTHORIZED_WAIT_S, RetryPenalty
 from townhall.origin.wire import problem_bytes, problem_document
 
 _REASONS = (
@@ -36,6 +38,7 @@ REFUSED = {
     for reason in ("network", "total")
 }
 RETRY_AFTER_S = 5.0
+REFUSED_PAUSES = metrics.HTTP_REFUSED_PAUSES
 CUTS = CutAnswers()  # the answers of a cut connection, rendered once per Date line
 # over a connection cap: no Date line, rendered once (the refusal must be cheap)
 REFUSAL = problem_bytes(
@@ -63,6 +66,7 @@ class DriverLimits:
     idle_s: float
     max_requests: int
     conns: ConnLimits
+    refused_pause_max_s: float = 0.0
 
     @classmethod
     def of(cls, settings: Settings) -> DriverLimits:
@@ -78,6 +82,7 @@ class DriverLimits:
                 total_cap(settings.http_max_connections, fd_soft_limit()),
                 settings.trusted_proxies,
             ),
+            refused_pause_max_s=settings.http_refused_pause_max_s,
         )
 
 
@@ -94,9 +99,57 @@ class LimitsMixin:
     _idle_since: float | None
     _current: Request | None
     _parsing: Request | None
+    _penalty: RetryPenalty | None
+    _pause_timer: asyncio.TimerHandle | None
 
     def finish(self, req: Request) -> None:
         raise NotImplementedError
+
+    def _next(self) -> None:
+        raise NotImplementedError
+
+    def _pause_reading(self) -> None:
+        raise NotImplementedError
+
+    # -- a connection that ignores Retry-After (origin/retry_penalty.py) -------------
+
+    def _paused_for_refusals(self, req: Request) -> bool:
+        """After ``req``'s answer: stop reading the connection if ``req`` was
+        refused (429, 401) while an earlier refusal's wait was running (True:
+        paused; the requests already read wait, the pause's end goes on with them)."""
+        penalty = self._penalty
+        wait_s = req.retry_after_s or (UNAUTHORIZED_WAIT_S if req.status == 401 else 0.0)
+        if not wait_s:
+            if penalty is not None and req.status < 400:
+                penalty.answered(req.started_s)
+            return False
+        max_s = self.limits.refused_pause_max_s
+        if max_s <= 0:
+            return False
+        if penalty is None:
+            penalty = self._penalty = RetryPenalty(max_s)
+        pause_s = penalty.refused(req.started_s, self.loop.time(), wait_s, random.random())
+        if pause_s <= 0:
+            return False
+        REFUSED_PAUSES.inc()
+        self._pause_reading()
+        if self._pause_timer is not None:
+            self._pause_timer.cancel()
+        self._pause_timer = self.loop.call_later(pause_s, self._unpause)
+        return True
+
+    def _unpause(self) -> None:
+        self._pause_timer = None
+        if self.transport.is_closing():
+            return
+        # the connection's deadlines start over: it was not read meanwhile
+        now = self.loop.time()
+        if self._head_since is not None:
+            self._head_since = now
+        if self._body_since is not None:
+            self._body_since = now
+        if self._current is None:
+            self._next()
 
     def _head_detail(self) -> str:
         return f"The request line and headers are over {self.limits.max_head_bytes} bytes; send fewer or shorter headers."
@@ -110,6 +163,9 @@ class LimitsMixin:
         if self.transport.is_closing():
             return
         now = self.loop.time()
+        if self._pause_timer is not None:  # not read meanwhile: no deadline runs
+            self._arm(max(0.0, self._pause_timer.when() - now) + 0.01)
+            return
         limits = self.limits
         left_s = math.inf
         if self._head_since is not None:

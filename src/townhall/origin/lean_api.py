@@ -9,7 +9,10 @@ A :class:`LeanApi` holds, registered once (``server/lean.py`` builds the app's):
   (a space id), each answered by a handler ``(peer, request, key)`` that
   returns a :class:`Rendered` answer, ``None`` (the app answers after all) or
   an awaitable of either (run as a task of the server). A route with
-  ``body=True`` is called once the request body is in.
+  ``body=True`` is called once the request body is in. A route with a
+  :class:`ConnBudget` answers at most its rate per connection (a polled
+  document: a page asks it once per max-age; a flood pipelines it on one
+  connection): over it, the budget's 429, before the handler.
 
 Everything here is driver-side and knows nothing of the app: the handlers are
 the app's, found through it lazily. The documented FastAPI routes stay and
@@ -29,6 +32,7 @@ from townhall.origin.answers import Rendered
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.request_counts import COUNTS
 from townhall.origin.wire import CONTINUE, problem_bytes, problem_document
+from townhall.policy.netbuckets import NetBuckets
 
 log = logging.getLogger("townhall.http")
 
@@ -36,6 +40,19 @@ LeanResult = Rendered | None | Awaitable[Rendered | None]
 Handler = Callable[[str | None, Request, str], LeanResult]
 Front = Callable[[str | None, Request], Rendered | None]
 LEAN_MAX_BODY_BYTES = 16 * 1024  # a longer body goes on to the app as it comes
+BUDGET_REFUSED = metrics.RATE_LIMITED.labels(limit="per-connection")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ConnBudget:
+    """At most ``count`` requests of a route per ``period_s`` on one connection
+    (burst ``count``); ``refuse(wait_s, path)`` renders the answer to one over it;
+    ``exempt(peer)``: a peer whose connections carry many clients (a trusted proxy)."""
+
+    count: int
+    period_s: float
+    refuse: Callable[[float, str], Rendered]
+    exempt: Callable[[str | None], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +62,7 @@ class LeanRoute:
     suffix: bytes
     handler: Handler
     body: bool
+    budget: ConnBudget | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +92,13 @@ class LeanApi:
         handler: Handler,
         *,
         body: bool,
+        budget: ConnBudget | None = None,
     ) -> None:
-        """Answer ``{prefix}{key}{suffix}`` (``key`` one segment, no escapes) by ``handler``."""
+        """Answer ``{prefix}{key}{suffix}`` (``key`` one segment, no escapes) by
+        ``handler``, within ``budget`` per connection if given."""
         for method in methods:
             self._routes.setdefault(method, []).append(
-                LeanRoute(method, prefix, suffix, handler, body)
+                LeanRoute(method, prefix, suffix, handler, body, budget)
             )
 
     def decide(self, peer: str | None, req: Request) -> Rendered | LeanCall | None:
@@ -122,6 +142,7 @@ class LeanAnswers:
     loop: asyncio.AbstractEventLoop
     server_state: Any
     _peer: str | None
+    _budgets: dict[ConnBudget, NetBuckets | None] | None  # this connection's (None: exempt)
 
     if TYPE_CHECKING:  # the protocol's own, and FastAnswers' (origin/fast_answers.py)
 
@@ -143,6 +164,8 @@ class LeanAnswers:
         decision = lean.decide(self._peer, req)
         if decision is None:
             return False
+        if isinstance(decision, LeanCall) and decision.route.budget is not None:
+            decision = self._within(decision.route.budget, req) or decision
         if isinstance(decision, LeanCall) and not decision.route.body and not req.more_body:
             return self._call(req, decision)
         req.decision = decision
@@ -152,6 +175,27 @@ class LeanAnswers:
             req.expect_continue = False
             self.transport.write(CONTINUE)
         return True
+
+    def _within(self, budget: ConnBudget, req: Request) -> Rendered | None:
+        """None when ``req`` is within this connection's ``budget`` (counted),
+        else the budget's refusal."""
+        budgets = self._budgets
+        if budgets is None:
+            budgets = self._budgets = {}
+        if budget in budgets:
+            buckets = budgets[budget]
+        else:
+            exempt = budget.exempt is not None and budget.exempt(self._peer)
+            buckets = budgets[budget] = (
+                None if exempt else NetBuckets(budget.count, budget.period_s, max_keys=1)
+            )
+        if buckets is None:
+            return None
+        wait_s = buckets.hit("", self.loop.time())
+        if not wait_s:
+            return None
+        BUDGET_REFUSED.inc()
+        return budget.refuse(wait_s, req.url.partition(b"?")[0].decode("latin-1"))
 
     def _lean_body(self, req: Request, body: bytes) -> None:
         """A body chunk of a claimed request: kept, or the app takes over."""

@@ -138,6 +138,12 @@ def _trusted(address: Address, trusted: Networks) -> bool:
     return any(address.version == net.version and address in net for net in trusted)
 
 
+def is_trusted(trusted: Networks, peer: str | None) -> bool:
+    """Whether the TCP peer ``peer`` is one of the ``trusted`` proxies."""
+    address = _address(peer) if peer else None
+    return address is not None and _trusted(address, trusted)
+
+
 def forwarded_client(
     peer: str | None, forwarded_for: Iterable[str], trusted: Networks
 ) -> str | None:

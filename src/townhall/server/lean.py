@@ -5,7 +5,9 @@ and counting of the route it stands in for:
 - every ``/api/`` request: a network, or a bearer token, whose requests keep
   being refused gets its cached 429 (``server/refusals.py``), before any work;
   a bearer token whose signature or expiry fails gets the auth shield's 401;
-- ``GET /spaces/{id}/state.json`` while cached (``server/state_fast.py``);
+- ``GET /spaces/{id}/state.json`` while cached (``server/state_fast.py``),
+  at most ``state_per_connection_per_10s`` per connection (a page polls it
+  once per max-age; a flood pipelines it on one connection);
 - ``POST /api/spaces/{id}/presence``: the beat (``api_queue.presence_beat``,
   the core of ``PresenceFront`` and of the documented route);
 - ``POST /api/spaces/{id}/join``: the join gate and the join itself
@@ -27,17 +29,18 @@ import logging
 import re
 import time
 from collections.abc import Awaitable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from townhall import metrics, problems
 from townhall.errors import TooManyRequests, TownhallError, Unauthorized
-from townhall.origin.answers import Rendered, header_lines
+from townhall.origin.answers import Problem, Rendered, header_lines
 from townhall.origin.asgi_cycle import Request
-from townhall.origin.lean_api import LeanApi
+from townhall.origin.lean_api import ConnBudget, LeanApi
 from townhall.policy.netbuckets import network_of
 from townhall.problems import _internal_problem  # the 500 of problems.KeepAlive
 from townhall.server.api_queue import _bearer, _body_token, presence_beat
-from townhall.server.auth import base_url, forwarded_client
+from townhall.server.auth import base_url, forwarded_client, is_trusted, parse_networks
 from townhall.server.join import JoinFront, answer_head, join_front, join_rest, parse_join_body
 from townhall.server.refusals import REFUSED, bearer_key
 
@@ -60,12 +63,51 @@ def _count_problem(status: int) -> None:
     counter.inc()
 
 
+STATE_OVER_BUDGET = (
+    "Too many state.json requests on one connection: the page asks it once per max-age "
+    "(Cache-Control); wait the seconds Retry-After says."
+)
+
+
+class _OverBudget:
+    """The 429 of a request over its connection's budget, rendered once per
+    (path, Retry-After seconds): a flood refused thousands of times a second
+    pays a dict lookup each. Bounded."""
+
+    MAX_ENTRIES = 512
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        self._rendered: dict[tuple[str, int], Rendered] = {}
+
+    def __call__(self, wait_s: float, path: str) -> Rendered:
+        seconds = max(1, int(-(-wait_s // 1)))
+        found = self._rendered.get((path, seconds))
+        if found is None:
+            if len(self._rendered) >= self.MAX_ENTRIES:
+                self._rendered.clear()
+            found = Problem(TooManyRequests(self.detail, retry_after_s=seconds)).render(path)
+            self._rendered[(path, seconds)] = found
+        return found
+
+
 def lean_api_of(app: Any) -> LeanApi:
     """The lean answers of an app made by ``create_app`` (kept on ``app.state.lean_api``)."""
     lean = Lean(app)
     api = LeanApi()
     api.front(b"/api/", lean.refused)
-    api.route((b"GET", b"HEAD"), b"/spaces/", b"/state.json", lean.state, body=False)
+    settings = app.state.settings
+    per_10s = settings.state_per_connection_per_10s
+    budget = None
+    if per_10s:
+        trusted = parse_networks(settings.trusted_proxies)
+        budget = ConnBudget(
+            per_10s,
+            10.0,
+            _OverBudget(STATE_OVER_BUDGET),
+            exempt=partial(is_trusted, trusted) if trusted else None,
+        )
+    api.route((b"GET", b"HEAD"), b"/spaces/", b"/state.json", lean.state, body=False, budget=budget)
     api.route((b"POST",), b"/api/spaces/", b"/presence", lean.presence, body=True)
     api.route((b"POST",), b"/api/spaces/", b"/join", lean.join, body=True)
     return api
