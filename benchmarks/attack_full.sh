@@ -9,7 +9,8 @@
 # waits behind the other or behind this shell). Loopback only, bounded: each
 # bench stops after DURATION_S, each server is stopped after its bench.
 #   benchmarks/attack_full.sh [OUT_DIR]
-# Environment: MODES="inproc media", SHAPES="control replay ...", LISTENERS,
+# Environment: MODES="inproc media", SHAPES="control replay ...", LISTENERS, CHURN_S (floods
+# drop a connection the server stopped answering after this many seconds and reconnect),
 # RATE_X, DURATION_S, ATTACK_START_S, PORT, BENCH_LOCK (a file held with
 # flock(1) while a run goes, so benchmarks on a shared machine take turns),
 # LOCK_PER=shape (one turn per run) or mode (one turn per mode's shapes).
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-attack-full}
 PY=${PYTHON:-.venv/bin/python}
 MODES=${MODES:-inproc media}
-SHAPES=${SHAPES:-control replay playlist forged ticket join state headers slowloris}
+SHAPES=${SHAPES:-control replay playlist forged ticket join state page reload signin headers slowloris}
 LISTENERS=${LISTENERS:-1000}
 RATE_X=${RATE_X:-10}
 DURATION_S=${DURATION_S:-45}
@@ -35,7 +36,7 @@ shape_args() {
     control) echo "--shape join --rate 1 --connections 1" ;;
     slowloris) echo "--shape slowloris --slow-connections 10000" ;;
     headers) echo "--shape headers --slow-connections 200 --header-rate 4000000" ;;
-    *) echo "--shape $1 --rate-x $RATE_X" ;;
+    *) echo "--shape $1 --rate-x $RATE_X${CHURN_S:+ --churn-s $CHURN_S}" ;;
   esac
 }
 

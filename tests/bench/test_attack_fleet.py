@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from tests.conftest import LiveServer
 from townhall.bench.attack import attack_command, listener_address, source_address
 from townhall.bench.attack_table import table
-from townhall.bench.flood import request_maker
+from townhall.bench.flood import FLOOD_SHAPES, request_maker
 
 
 def test_listener_addresses_are_their_own_and_apart_from_the_attack() -> None:
@@ -48,9 +48,12 @@ def _parse(data: bytes) -> _Count:
 
 
 def test_flood_requests_are_well_formed_and_forged_ones_all_differ() -> None:
-    for shape in ("join", "ticket", "playlist", "state", "forged", "replay"):
+    for shape in FLOOD_SHAPES:
         make = request_maker(shape, "sp1", "127.0.0.1:9", "tok.en.sig")
         assert _parse(make(7)).messages == 7, shape
+    signins = _parse(request_maker("signin", "sp1", "127.0.0.1:9", None)(20))
+    names = {orjson.loads(b)["username"] for b in signins.bodies}
+    assert len(names) == 20 and all(0 < len(n) <= 64 for n in names)
     forged = _parse(request_maker("forged", "sp1", "127.0.0.1:9", None)(50))
     assert len(set(forged.auth)) == 50
     tickets = _parse(request_maker("ticket", "sp1", "127.0.0.1:9", None)(20))
@@ -95,3 +98,46 @@ def test_listeners_from_their_own_networks_and_a_forged_flood(tmp_path: Path) ->
     path.write_bytes(orjson.dumps(report))
     rows = table([path, tmp_path / "inproc-missing.json"]).splitlines()
     assert len(rows) == 4 and "| inproc | forged |" in rows[2] and "no result" in rows[3]
+
+
+async def test_a_churning_flood_drops_the_connections_a_server_stopped_answering() -> None:
+    # a real loopback server that reads nothing and answers nothing (a
+    # connection the origin paused): the flood drops each full, unanswered
+    # connection after churn_s and opens a new one; without churn it keeps it
+    import asyncio
+    import time
+
+    from townhall.bench.flood import Flood, Tally
+
+    accepted = 0
+
+    def on_connect(_r: asyncio.StreamReader, _w: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        results = {}
+        for churn in (None, 0.1):
+            before = accepted
+            flood = Flood(
+                port=port,
+                sources=["127.0.0.1"],
+                connections=1,
+                make=request_maker("playlist", "sp1", f"127.0.0.1:{port}", None),
+                rate_per_s=200.0,
+                pipeline=4,
+                deadline_s=time.monotonic() + 0.8,
+                tally=Tally(),
+                success_status=None,
+                churn_s=churn,
+            )
+            await flood.run()
+            results[churn] = (flood.churned, accepted - before)
+        assert results[None] == (0, 1), results
+        churned, opened = results[0.1]
+        assert churned >= 3 and opened >= churned, results
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -4,7 +4,9 @@ population, from many loopback source addresses, bounded in count and time.
 Shapes: ``join`` (join flood), ``ticket`` (forged queue tickets), ``playlist``
 (playlists without delivery directives), ``state`` (state.json), ``forged``
 (forged listener tokens on reactions and stall reports), ``replay`` (one real
-listener token replayed from every source), ``slowloris`` (connections that
+listener token replayed from every source), ``page`` (the listener page's
+HTML), ``reload`` (blocking reloads for a part years away: 400), ``signin``
+(sign-ins to made-up accounts, each its own name), ``slowloris`` (connections that
 send their headers a byte at a time and hold), ``headers`` (connections
 sending one endless header value, ``attack_conn.py``). The request shapes are
 pipelined floods paced open-loop (``flood.py``), cheap enough that one core
@@ -60,7 +62,19 @@ from townhall.bench.listeners import _listener, is_loopback
 from townhall.bench.playout import Playout
 from townhall.bench.storm import clock_late_p99
 
-SHAPES = ("join", "ticket", "playlist", "state", "forged", "replay", "slowloris", "headers")
+SHAPES = (
+    "join",
+    "ticket",
+    "playlist",
+    "state",
+    "forged",
+    "replay",
+    "page",
+    "reload",
+    "signin",
+    "slowloris",
+    "headers",
+)
 MAX_SOURCES = 60_000
 MAX_RATE_PER_S = 50_000
 MAX_DURATION_S = 600.0
@@ -136,6 +150,7 @@ def _start_attack(
     slow_connections: int,
     header_rate: float,
     deadline_s: float,
+    churn_s: float | None = None,
     tally: Tally,
 ) -> tuple[asyncio.Task[Any], Flood | None]:
     if shape == "slowloris":
@@ -156,6 +171,7 @@ def _start_attack(
         deadline_s=deadline_s,
         tally=tally,
         success_status=SUCCESS.get(shape),
+        churn_s=churn_s,
     )
     return asyncio.create_task(flood.run()), flood
 
@@ -181,6 +197,7 @@ async def run_attack(
     ramp_s: float | None = None,
     rate_x: float | None = None,
     pipeline: int = 32,
+    churn_s: float | None = None,
 ) -> dict[str, Any]:
     """One attack shape beside ``listeners`` legitimate LL-HLS listeners, each
     bound to its own loopback address (``listener_address``); bounded by
@@ -254,6 +271,7 @@ async def run_attack(
                     slow_connections=slow_connections,
                     header_rate=header_rate,
                     deadline_s=deadline,
+                    churn_s=churn_s,
                     tally=tally,
                 )
                 tasks.append(task)
@@ -322,6 +340,7 @@ async def run_attack(
         "networks": networks,
         "rate_per_s": round(rate_per_s, 1),
         "rate_x": rate_x,
+        "churn_s": churn_s,
         "listeners": listeners,
         "listener_networks": min(listeners, listener_networks),
         "duration_s": duration_s,
@@ -396,6 +415,14 @@ def _answered(tally: Tally) -> int:  # answers with a status (not errors)
     show_default=True,
     help="Requests in flight per flood connection (written up to half of it at a time).",
 )
+@click.option(
+    "--churn-s",
+    default=None,
+    type=float,
+    help="A flood connection whose pipeline is full and that got no answer for this long is "
+    "dropped and opened again (an attacker that reconnects when the server stops reading it); "
+    "default: keep it.",
+)
 @click.option("--slow-connections", default=500, show_default=True, help="Slowloris connections.")
 @click.option("--listeners", default=50, show_default=True, help="Legitimate LL-HLS listeners.")
 @click.option(
@@ -434,6 +461,7 @@ def attack_command(
     rate_x: float | None,
     connections: int,
     pipeline: int,
+    churn_s: float | None,
     slow_connections: int,
     listeners: int,
     listener_networks: int,
@@ -500,6 +528,7 @@ def attack_command(
             ramp_s=ramp_s,
             rate_x=rate_x,
             pipeline=pipeline,
+            churn_s=churn_s,
         )
     )
     if result["client_saturated"] or result["client_starved"]:

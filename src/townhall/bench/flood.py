@@ -37,8 +37,20 @@ RECONNECT_S = 0.05
 RECONNECT_MAX_S = 1.0
 CONNECT_RAMP_PER_S = 2000.0  # connections opened per second at the start (finite backlog)
 
-SUCCESS = {"join": 200, "ticket": 200, "forged": 202, "replay": 202}
-FLOOD_SHAPES = ("join", "ticket", "playlist", "state", "forged", "replay")
+SUCCESS = {"join": 200, "ticket": 200, "forged": 202, "replay": 202, "signin": 200}
+FLOOD_SHAPES = (
+    "join",
+    "ticket",
+    "playlist",
+    "state",
+    "forged",
+    "replay",
+    "page",
+    "reload",
+    "signin",
+)
+# a blocking reload for a part that will not exist for years: 400 at once
+FAR_MSN = 99_999_999
 
 
 class Tally:
@@ -57,8 +69,15 @@ RequestMaker = Callable[[int], bytes]
 def request_maker(shape: str, space_id: str, host: str, token: str | None) -> RequestMaker:
     """A function n -> the bytes of n requests of ``shape``, ready to write."""
     common = f"Host: {host}\r\nUser-Agent: townhall-bench-attack\r\n"
-    if shape in ("join", "playlist", "state", "replay"):
-        if shape == "join":
+    if shape in ("join", "playlist", "state", "replay", "page", "reload"):
+        if shape == "page":  # the listener page, HTML
+            one = f"GET /spaces/{space_id} HTTP/1.1\r\n{common}Accept: text/html\r\n\r\n"
+        elif shape == "reload":
+            one = (
+                f"GET /spaces/{space_id}/live.m3u8?_HLS_msn={FAR_MSN}&_HLS_part=0 HTTP/1.1\r\n"
+                f"{common}\r\n"
+            )
+        elif shape == "join":
             one = f"POST /api/spaces/{space_id}/join HTTP/1.1\r\n{common}Content-Length: 0\r\n\r\n"
         elif shape == "playlist":
             one = f"GET /spaces/{space_id}/live.m3u8 HTTP/1.1\r\n{common}\r\n"
@@ -81,6 +100,16 @@ def request_maker(shape: str, space_id: str, host: str, token: str | None) -> Re
     if shape == "forged":
         head, tail = _reaction(space_id, common, "\0").encode().split(b"\0")
         prefix, size = b"eyJhbGciOiJIUzI1NiJ9.", 54  # a JWT-looking header, a random rest
+    elif shape == "signin":
+        # sign-ins to made-up accounts, each its own name (a credential
+        # stuffing run): the per-network and per-account limits, then the
+        # bounded password-hashing pool, must hold them off
+        body_len = len(orjson.dumps({"username": "u" * 17, "password": "correct horse battery"}))
+        head = (
+            f"POST /api/sessions HTTP/1.1\r\n{common}Content-Type: application/json\r\n"
+            f'Content-Length: {body_len}\r\n\r\n{{"username":"u'
+        ).encode()
+        tail, prefix, size = b'","password":"correct horse battery"}', b"", 16
     elif shape == "ticket":
         # well-formed (the ticket prefix, a key id, a payload for this space,
         # a signature), forged: a random key id and signature, so each is
@@ -124,6 +153,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.in_flight = 0
+        self.answered_at = time.monotonic()  # the last answer (or the connect)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -143,6 +173,7 @@ class _Conn(asyncio.Protocol):
         status = self.parser.get_status_code()
         codes[status] = codes.get(status, 0) + 1
         self.in_flight -= 1
+        self.answered_at = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -170,6 +201,7 @@ class Flood:
         deadline_s: float,
         tally: Tally,
         success_status: int | None,
+        churn_s: float | None = None,
     ) -> None:
         self.port = port
         self.sources = sources
@@ -181,6 +213,8 @@ class Flood:
         self.deadline_s = deadline_s
         self.tally = tally
         self.success_status = success_status
+        self.churn_s = churn_s  # drop a full, unanswered connection after this long
+        self.churned = 0
         self.live: list[_Conn] = []
         self.not_sent = 0  # requests due while every pipeline was full (the server lagged)
         self.peak_live = 0
@@ -218,6 +252,19 @@ class Flood:
         task = asyncio.get_running_loop().create_task(self._open(source, delay_s))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _churn(self, now: float) -> None:
+        """Drop the connections the server stopped answering and open new ones
+        (what an attacker does when its connections are paused)."""
+        assert self.churn_s is not None
+        for conn in [c for c in self.live if c.in_flight >= self.pipeline]:
+            if now - conn.answered_at >= self.churn_s and conn.transport is not None:
+                self.live.remove(conn)
+                self.churned += 1
+                self.tally.statuses["dropped_by_client"] += 1
+                conn.in_flight = 0
+                conn.transport.abort()
+                self._spawn(conn.source, 0.0)
 
     def lost(self, conn: _Conn) -> None:
         if self._stopping:  # the flood's own close at the deadline
@@ -263,6 +310,8 @@ class Flood:
                 if due > 0:  # nothing could take them now: drop them from the schedule
                     sent += due
                     self.not_sent += due
+                if self.churn_s is not None:
+                    self._churn(now)
                 await asyncio.sleep(TICK_S)
         finally:
             for code, count in self.codes.items():
