@@ -338,3 +338,9 @@ class DefenseSettings(BaseSettings):
         ge=0,
         description="state.json requests one connection may make per 10 s (burst as many) when the HTTP/1.1 driver answers them: the listener page asks once per max-age (1-2 s), a few tabs may share a connection; a flood that pipelines it on one connection gets 429 (and then is not read, http_refused_pause_max_s). Peers behind one NAT each have their own connections; a cache in front needs none. 0: no per-connection limit (the per-network bucket still applies).",
     )
+    # --- issue 10: the listener page's HTML flooded on one connection ---
+    pages_per_connection_per_10s: int = Field(
+        10,
+        ge=0,
+        description="Listener page (GET /spaces/{id}, HTML) requests one connection may make per 10 s (burst as many) when the HTTP/1.1 driver reads them: a browser loads the page once and reloads it by hand; a flood that pipelines it on one connection gets 429 (and then is not read, http_refused_pause_max_s). Peers behind one NAT each have their own connections; trusted proxies are exempt. 0: no limit.",
+    )

@@ -224,6 +224,34 @@ def test_state_json_is_limited_per_connection_in_the_driver(tmp_path: Path) -> N
         server.stop()
 
 
+def test_the_listener_page_is_limited_per_connection_in_the_driver(tmp_path: Path) -> None:
+    """A connection that loads the listener page over and over (a page flood
+    pipelined on one connection) gets 429 from the driver; the app rendered
+    the ones within the budget; another connection from the same address
+    loads it; the space's other paths on a connection do not count."""
+    env = {"TOWNHALL_PAGES_PER_CONNECTION_PER_10S": "3"}
+    server = LiveServer(tmp_path / "data", env).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+        page_url = f"/spaces/{space_id}"
+        with client_from(server.url, "127.0.9.2") as flood:
+            first = [flood.get(page_url) for _ in range(3)]
+            assert all(r.status_code == 200 for r in first), [r.status_code for r in first]
+            assert all("text/html" in r.headers["content-type"] for r in first)
+            refused = flood.get(page_url)
+            assert_429(refused)
+            assert "page loads on one connection" in refused.json()["detail"]
+        with client_from(server.url, "127.0.9.2") as browser:
+            for _ in range(5):  # the page's own documents are not page loads
+                assert browser.get(f"/spaces/{space_id}/state.json").status_code == 200
+            assert browser.get(page_url).status_code == 200
+        with client_from(server.url, "127.0.0.1") as watcher:
+            assert limited(watcher.get("/metrics").text, "per-connection") >= 1
+    finally:
+        server.stop()
+
+
 def test_a_hammer_pipelining_past_its_429s_is_not_read_until_its_wait_is_over(
     tmp_path: Path,
 ) -> None:
@@ -276,3 +304,34 @@ class _Answers:
     def on_message_complete(self) -> None:
         self.statuses.append(self._parser.get_status_code())
         self.times.append(self._now)
+
+
+def test_far_future_reloads_pipelined_on_one_connection_are_paused(tmp_path: Path) -> None:
+    """A blocking reload for a part years away is 400 with Retry-After 1 s (a
+    player reloads without it); a connection that pipelines more of them is
+    not read from the second refusal until its wait is over."""
+    server = LiveServer(tmp_path / "data", {}).start()
+    try:
+        with client_from(server.url, "127.0.0.1") as host:
+            space_id = live_space(host)
+            listen(host, space_id)
+            far = host.get(f"/spaces/{space_id}/live.m3u8?_HLS_msn=99999999&_HLS_part=0")
+            assert far.status_code == 400 and far.headers["retry-after"] == "1", far.headers
+        one = (
+            f"GET /spaces/{space_id}/live.m3u8?_HLS_msn=99999999&_HLS_part=0 HTTP/1.1\r\n"
+            "Host: t\r\n\r\n"
+        ).encode()
+        with socket.create_connection(
+            ("127.0.0.1", server.port), source_address=("127.0.11.2", 0)
+        ) as sock:
+            sock.settimeout(15)
+            started = time.monotonic()
+            sock.sendall(one * 3)
+            parser = _Answers()
+            while len(parser.statuses) < 3:
+                parser.feed(sock.recv(65536), time.monotonic() - started)
+        assert parser.statuses == [400, 400, 400], parser.statuses
+        times = parser.times
+        assert times[1] < 0.8 and times[2] >= 0.9, times  # paused after the second 400
+    finally:
+        server.stop()

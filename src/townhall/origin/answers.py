@@ -55,7 +55,7 @@ class Rendered:
     app's header lines ``head`` (each ending CRLF) and ``body``; ``tail`` is
     ``head + CRLF + body``, what follows the server's lines on keep-alive;
     ``count_key`` is how ``origin/request_counts.py`` counts it (made once);
-    ``retry_after_s`` a 429's Retry-After (0.0 otherwise: the driver pauses a
+    ``retry_after_s`` a 429's (or a 400's) Retry-After (0.0 otherwise: the driver pauses a
     connection that does not wait it out, origin/retry_penalty.py)."""
 
     status: int
@@ -70,7 +70,7 @@ class Rendered:
         object.__setattr__(self, "tail", self.head + b"\r\n" + self.body)
         object.__setattr__(self, "count_key", f"{self.kind} {self.status}")
         object.__setattr__(
-            self, "retry_after_s", retry_after_of(self.head) if self.status == 429 else 0.0
+            self, "retry_after_s", retry_after_of(self.head) if self.status in (400, 429) else 0.0
         )
 
     @classmethod

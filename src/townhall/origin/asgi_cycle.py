@@ -283,7 +283,7 @@ class AppCycle:
             elif name == b"transfer-encoding" and value.lower() == b"chunked":
                 self.expected_length = 0
                 self.chunked = True
-            elif name == b"retry-after" and status == 429:
+            elif name == b"retry-after" and status in (400, 429):  # a refusal with a wait
                 with contextlib.suppress(ValueError):
                     request.retry_after_s = max(0.0, float(value))
             elif name == b"connection" and b"close" in (

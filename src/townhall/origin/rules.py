@@ -325,10 +325,14 @@ class FastPath:
         kind = "plain" if plain else ("ll-skip" if skip else "ll")
         if msn is not None and not window.closed:
             if window.is_far_future(msn):
+                # with a wait: a player reloads without it at once; one that
+                # asks it again on the same connection within the wait is a
+                # flood, and the driver stops reading it (origin/retry_penalty.py)
                 return Problem(
                     BadRequest(
                         f"_HLS_msn={msn} is more than two segments past the live edge "
-                        f"(segment {window.open_msn}); reload the playlist without it."
+                        f"(segment {window.open_msn}); reload the playlist without it.",
+                        retry_after_s=1.0,
                     )
                 )
             position = window.normalize(msn, part)

@@ -69,6 +69,12 @@ STATE_OVER_BUDGET = (
 )
 
 
+PAGE_OVER_BUDGET = (
+    "Too many page loads on one connection: wait the seconds Retry-After says, "
+    "then load the page again."
+)
+
+
 class _OverBudget:
     """The 429 of a request over its connection's budget, rendered once per
     (path, Retry-After seconds): a flood refused thousands of times a second
@@ -110,7 +116,24 @@ def lean_api_of(app: Any) -> LeanApi:
     api.route((b"GET", b"HEAD"), b"/spaces/", b"/state.json", lean.state, body=False, budget=budget)
     api.route((b"POST",), b"/api/spaces/", b"/presence", lean.presence, body=True)
     api.route((b"POST",), b"/api/spaces/", b"/join", lean.join, body=True)
+    if settings.pages_per_connection_per_10s:
+        trusted = parse_networks(settings.trusted_proxies)
+        pages = ConnBudget(
+            settings.pages_per_connection_per_10s,
+            10.0,
+            _OverBudget(PAGE_OVER_BUDGET),
+            exempt=partial(is_trusted, trusted) if trusted else None,
+        )
+        # the listener page itself (one segment after /spaces/): within the
+        # budget the app renders it as before; registered last, so the
+        # routes above keep their paths
+        api.route((b"GET", b"HEAD"), b"/spaces/", b"", _app_answers, body=False, budget=pages)
     return api
+
+
+def _app_answers(_peer: str | None, _req: Request, _key: str) -> None:
+    """A route that only counts against its budget: the app answers."""
+    return None
 
 
 def _path(req: Request) -> str:
