@@ -40,6 +40,9 @@ SEATS = {
     "TOWNHALL_ROOM_LEASE_TTL_MS": "6000",  # no takeover while A is paused (about 2 s)
     "TOWNHALL_SEAT_STATUS_INTERVAL_MS": "500",
     "TOWNHALL_SEAT_STATUS_STALE_MS": "1000",
+    # the test watches state.json every few tens of ms on one connection,
+    # faster than a page polls it (the per-connection budget's own tests)
+    "TOWNHALL_STATE_PER_CONNECTION_PER_10S": "0",
 }
 # B's state interval (the cluster's 200 ms) after A publishes at once on the
 # mute (a round trip to Redis), with 0.8 s for a loaded two-core machine;

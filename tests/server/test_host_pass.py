@@ -85,6 +85,10 @@ def test_host_starts_through_the_http_driver(tmp_path: Path) -> None:
     """The same through `townhall serve`'s driver, whose early refusal answers
     before any ASGI work: the host's /start passes it."""
     env = {f"TOWNHALL_{k.upper()}": str(v) for k, v in LIMITS.items()}
+    # the early refusal alone: the crowd here ignores Retry-After on one
+    # connection, which the driver would pause until the refusals expire
+    # (origin/retry_penalty.py, its own tests)
+    env["TOWNHALL_HTTP_REFUSED_PAUSE_MAX_S"] = "0"
     server = LiveServer(tmp_path / "data", extra_env=env).start()
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:

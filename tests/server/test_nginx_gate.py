@@ -20,13 +20,16 @@ from tests.server.test_nginx_cache import live_space, run_nginx
 pytestmark = [pytest.mark.slow]
 
 SECRET = "edge-secret-for-tests"
+# nginx is the origin's trusted proxy, as docs/DEPLOYMENT.md has it (its
+# kept-alive upstream connections carry every client: never paused)
+PROXY = {"TOWNHALL_TRUSTED_PROXIES": "127.0.0.1"}
 
 
 @pytest.fixture
 def capped_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = LiveServer(
         tmp_path / "data",
-        extra_env={"TOWNHALL_MAX_LISTENERS": "50", "TOWNHALL_EDGE_LINK_SECRET": SECRET},
+        extra_env={"TOWNHALL_MAX_LISTENERS": "50", "TOWNHALL_EDGE_LINK_SECRET": SECRET, **PROXY},
     ).start()
     try:
         yield server
@@ -101,7 +104,9 @@ async def test_queue_json_is_answered_by_the_cache(gated: str, capped_server: Li
 
 @pytest.fixture
 def uncapped_server(tmp_path: Path) -> Iterator[LiveServer]:
-    server = LiveServer(tmp_path / "data", extra_env={"TOWNHALL_EDGE_LINK_SECRET": SECRET}).start()
+    server = LiveServer(
+        tmp_path / "data", extra_env={"TOWNHALL_EDGE_LINK_SECRET": SECRET, **PROXY}
+    ).start()
     try:
         yield server
     finally:

@@ -94,7 +94,8 @@ class ConnLimits:
             if item.strip()
         ]
 
-    def _trusted_peer(self, host: str) -> bool:
+    def trusted_peer(self, host: str) -> bool:
+        """``host`` is one of ``trusted_proxies``."""
         if not self._trusted:
             return False
         try:
@@ -109,7 +110,7 @@ class ConnLimits:
         if self.open >= self.total:
             return "total", ""
         key = ""
-        if host is not None and self.per_network > 0 and not self._trusted_peer(host):
+        if host is not None and self.per_network > 0 and not self.trusted_peer(host):
             key = network_of(host)
             held = self._by_network.get(key, 0)
             if held >= self.per_network:

@@ -98,6 +98,7 @@ class LimitsMixin:
     _body_since: float | None
     _idle_since: float | None
     _current: Request | None
+    _peer: str | None
     _parsing: Request | None
     _penalty: RetryPenalty | None
     _pause_timer: asyncio.TimerHandle | None
@@ -127,7 +128,11 @@ class LimitsMixin:
         if max_s <= 0:
             return False
         if penalty is None:
-            penalty = self._penalty = RetryPenalty(max_s)
+            # a trusted proxy's connection carries many clients: never paused
+            # (its clients' own networks are limited by the buckets)
+            peer = self._peer
+            trusted = peer is not None and self.limits.conns.trusted_peer(peer)
+            penalty = self._penalty = RetryPenalty(0.0 if trusted else max_s)
         pause_s = penalty.refused(req.started_s, self.loop.time(), wait_s, random.random())
         if pause_s <= 0:
             return False
