@@ -55,26 +55,14 @@ from townhall.bench.attack_watch import (
     server_metrics,
     windows,
 )
-from townhall.bench.flood import SUCCESS, Flood, Tally, request_maker
+from townhall.bench.flood import FLOOD_SHAPES, SUCCESS, Flood, Tally, request_maker
 from townhall.bench.hlsclient import ListenerConfig, ListenerStats
 from townhall.bench.join import prepare_space
 from townhall.bench.listeners import _listener, is_loopback
 from townhall.bench.playout import Playout
 from townhall.bench.storm import clock_late_p99
 
-SHAPES = (
-    "join",
-    "ticket",
-    "playlist",
-    "state",
-    "forged",
-    "replay",
-    "page",
-    "reload",
-    "signin",
-    "slowloris",
-    "headers",
-)
+SHAPES = (*FLOOD_SHAPES, "slowloris", "headers")
 MAX_SOURCES = 60_000
 MAX_RATE_PER_S = 50_000
 MAX_DURATION_S = 600.0
