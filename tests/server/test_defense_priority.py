@@ -8,6 +8,7 @@ store; the join path through the real app."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -75,6 +76,13 @@ async def capped(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
+        # the line moves only when the test ticks it: a background tick between
+        # the window's arrivals (0.05 s apart) would call the first ticket and
+        # admit a later arrival at once, which is right but not what is tested
+        admitter = app.state.services._admitter
+        admitter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await admitter
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
