@@ -562,6 +562,13 @@ class Settings(DefenseSettings, _CoreSettings):
     def recordings_dir(self) -> Path:
         return self.data_dir / "recordings"
 
+    @property
+    def recording_copy_dirs(self) -> tuple[Path, ...]:
+        """``recording_copies`` as folders (this node's own not among them)."""
+        return tuple(
+            Path(part.strip()) for part in self.recording_copies.split(",") if part.strip()
+        )
+
     # --- issue 13: streaming captions, recognizers per node ---
     captions_mode: str = Field(
         "stream",

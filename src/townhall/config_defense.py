@@ -275,10 +275,14 @@ class DefenseSettings(BaseSettings):
 
     # --- issue 11: HTTP workers sharing the port (server/workers.py, server/forward.py) ---
     http_workers: int = Field(
-        1,
+        0,
         ge=0,
         le=256,
-        description="HTTP worker processes on the one port (SO_REUSEPORT: the kernel spreads connections), each a node of the scaled-out deployment named <node_id>-w<k> with its own data directory DATA_DIR/workers/w<k>; the parent restarts a worker that dies and stops them all on SIGTERM. Default 1 (one process); 0: one per core when scaled out (BUS_ENABLED with DATABASE_URL and REDIS_URL), else 1. More than 1 needs the scaled-out mode. Opt-in for now: each worker keeps its own data directory, so recordings already in DATA_DIR/recordings are not served by workers, and a worker restarted mid-room has only what the bus still holds. Also --workers.",
+        description="HTTP worker processes on the one port (SO_REUSEPORT: the kernel spreads connections), each a node of the scaled-out deployment named <node_id>-w<k> with its own data directory DATA_DIR/workers/w<k> (a recording its own copy lacks is served from the most complete copy on this machine, recording_copies); the parent restarts a worker that dies and stops them all on SIGTERM. Default 0: one per core when scaled out (BUS_ENABLED with DATABASE_URL and REDIS_URL), else one process. More than 1 needs the scaled-out mode: without it admission lines, rate buckets and presence live in the one process. Also --workers.",
+    )
+    recording_copies: str = Field(
+        "",
+        description="Other recording folders on this machine that hold copies of the same spaces' recordings, comma-separated (HTTP workers: set by the supervisor to DATA_DIR/recordings and the other workers' folders). A recording this node's own copy lacks or has only in part (it started after the space, or restarted mid-room) is served from the most complete copy. Empty: only this node's own.",
     )
     worker_restart_backoff_ms: int = Field(
         500,

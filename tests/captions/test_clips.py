@@ -131,3 +131,39 @@ async def test_clips_live_and_replay(tmp_path: Path) -> None:
                 for k in range(0, 2048, 64)
             )
             assert best > 0.99
+
+
+async def test_a_clip_another_worker_made_is_found_in_its_folder(tmp_path: Path) -> None:
+    """HTTP workers: the worker that made a clip keeps it in its own folder;
+    another worker (whose ``recording_copies`` names that folder, as the
+    supervisor sets it) serves it, and the host can delete it from there."""
+    from townhall.store import clips as clip_store
+
+    other = tmp_path / "w2" / "recordings"
+    settings = Settings(
+        data_dir=tmp_path / "w1",
+        recording_copies=str(other),
+        media_process=False,
+        **FAST_ARGON2,  # type: ignore[arg-type]
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            api = Api(client)
+            _, host = await api.account("ada")
+            sid = (await api.space(host))["id"]
+            folder = clip_store.clips_dir(other / sid)
+            folder.mkdir(parents=True)
+            clip_id = clip_store.new_clip_id()
+            clip_store.save_info(folder, clip_store.ClipInfo(clip_id, sid, 1.0, 2.0, time.time()))
+            (folder / f"{clip_id}.m4a").write_bytes(b"made by the other worker")
+            url = f"/api/spaces/{sid}/clips/{clip_id}"
+            found = await client.get(url)
+            assert found.status_code == 200, found.text
+            assert found.json()["duration_s"] == 2.0
+            audio = await client.get(f"/spaces/{sid}/clips/{clip_id}.m4a")
+            assert audio.status_code == 200 and audio.content == b"made by the other worker"
+            assert (await client.delete(url, headers=host)).status_code == 204
+            assert not (folder / f"{clip_id}.json").exists()
+            assert (await client.get(url)).status_code == 404

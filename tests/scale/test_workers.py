@@ -55,6 +55,31 @@ async def worker_nodes(prefix: str, count: int, timeout_s: float = 20) -> dict[s
         await client.aclose()
 
 
+async def restarted_node(
+    prefix: str, node_id: str, old_pid: int, timeout_s: float
+) -> dict[str, Any]:
+    """The address a restarted worker published (its pid no longer ``old_pid``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = (await worker_nodes(prefix, 2, 1)).get(node_id)
+        if found is not None and int(found["pid"]) != int(old_pid):
+            return dict(found)
+        assert time.monotonic() < deadline, f"{node_id} did not come back"
+        await asyncio.sleep(0.3)
+
+
+async def ended_recording(client: httpx.AsyncClient, space_id: str, timeout_s: float) -> Any:
+    """state.json's ``recording`` once the space is ended there."""
+    deadline = time.monotonic() + timeout_s
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        doc = (await client.get(f"/spaces/{space_id}/state.json")).json()
+        if doc.get("state") == "ended" and "recording" in doc:
+            return doc["recording"]
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"not ended in {timeout_s} s: {doc}")
+
+
 async def progressive_via(url: str, space_id: str) -> str | None:
     """live.aac on a new connection: it decodes to the tone; the node it was
     passed on to (its Via), None when the worker that answered runs the room."""
@@ -147,6 +172,25 @@ async def test_two_workers_share_the_port_and_survive_the_owner(
                 await asyncio.sleep(0.3)
             assert f"{owner} (pid {pid}) exited with -9" in server.log()
             assert int(pids[-1]) != pid
+            # the talk ends; every worker, the restarted one (which missed what
+            # came while it was down) included, serves the whole recording: its
+            # own copy, or the most complete one on the machine
+            urls = {k: v["url"] for k, v in nodes.items() if k != owner}
+            urls[owner] = (await restarted_node(redis_prefix, owner, pid, 60))["url"]
+            ended = await http.post(f"/api/spaces/{space_id}/end", headers=headers)
+            assert ended.status_code == 200, ended.text
+            lengths = {}
+            for node_id, url in urls.items():
+                async with httpx.AsyncClient(base_url=url, timeout=30) as direct:
+                    summary = await ended_recording(direct, space_id, 30)
+                    assert summary["missing_s"] <= 4.1, (node_id, summary)
+                    audio = await direct.get(f"/spaces/{space_id}/recording.m4a")
+                    assert audio.status_code == 200, (node_id, audio.text[:300])
+                    pcm = decode(audio.content)
+                    lengths[node_id] = len(pcm) / 48000
+                    assert abs(dominant_frequency(pcm[-96000:], 48000) - TONE_HZ) < 30, node_id
+            print(f"recording length per worker: {lengths}")
+            assert max(lengths.values()) - min(lengths.values()) <= 4.1, lengths
         finally:
             if bot is not None:
                 bot.stop()

@@ -66,7 +66,9 @@ def test_default_forward_url() -> None:
 
 def test_how_many_workers() -> None:
     assert resolve_workers(Settings()) == 1
-    assert resolve_workers(Settings(**SCALED)) == 1  # type: ignore[arg-type]  # opt-in: the default is one process
+    # scaled out, one per core by default; else one process
+    assert resolve_workers(Settings(**SCALED)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
+    assert resolve_workers(Settings(redis_url="redis://x", database_url="postgresql://x")) == 1
     assert resolve_workers(Settings(http_workers=0, **SCALED)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
     assert resolve_workers(Settings(http_workers=3, **SCALED)) == 3  # type: ignore[arg-type]
     assert resolve_workers(Settings(http_workers=1)) == 1

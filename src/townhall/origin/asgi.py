@@ -62,7 +62,7 @@ from townhall.origin.rules import (
     programs_of,
 )
 from townhall.store.m4a import build_fragmented
-from townhall.store.recordings import Manifest, RecordingStore
+from townhall.store.recordings import Manifest, RecordingStore, served_copy
 
 router = APIRouter(include_in_schema=False)
 
@@ -175,13 +175,14 @@ _manifests = _ManifestCache()
 async def _read(
     settings: Settings, want: FromDisk, programs: Callable[[str], ListenerSource | None]
 ) -> Answer:
-    store = RecordingStore(settings.recordings_dir, want.space_id)
     program = programs(want.space_id)
     recorder = program.recorder if isinstance(program, Program) else None
     if recorder is not None and want.what in ("segment", "init"):
         held = recorder.held(want.what, want.number)  # not on disk yet: from memory
         if held is not None:
             return disk_media(want, held)
+    # this node's copy, or a more complete one on this machine (HTTP workers)
+    store = await served_copy(settings.recordings_dir, settings.recording_copy_dirs, want.space_id)
     if want.what == "playlist":
         return disk_playlist(settings, want, await _manifests.get(store))
     if want.what == "segment":
@@ -250,7 +251,7 @@ _build_locks: dict[str, asyncio.Lock] = {}
 
 
 async def _recording(settings: Settings, space_id: str) -> Response:
-    store = RecordingStore(settings.recordings_dir, space_id)
+    store = await served_copy(settings.recordings_dir, settings.recording_copy_dirs, space_id)
     lock = _build_locks.setdefault(space_id, asyncio.Lock())
     try:
         async with lock:

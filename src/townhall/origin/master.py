@@ -21,6 +21,7 @@ from townhall.captions.track import subtitles_media_tag
 from townhall.config import Settings
 from townhall.errors import NotFound
 from townhall.origin.answers import CORS_HEADERS
+from townhall.store.recordings import served_copy
 
 router = APIRouter(include_in_schema=False)
 
@@ -61,7 +62,9 @@ async def master_playlist(space_id: str, request: Request) -> Response:
     settings: Settings = request.app.state.settings
     room = getattr(getattr(services, "rooms", None), "get", lambda _sid: None)(space_id)
     live_captions = getattr(room, "captions", None)
-    directory = settings.recordings_dir / space_id
+    directory = (
+        await served_copy(settings.recordings_dir, settings.recording_copy_dirs, space_id)
+    ).dir
     return Response(
         render_master(
             bitrate_bps=settings.program_bitrate_bps,

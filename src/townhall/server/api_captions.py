@@ -29,7 +29,7 @@ from townhall.errors import Forbidden, NotFound
 from townhall.server.api_stage import running_room
 from townhall.server.auth import PROBLEM_RESPONSES, Session, services_of
 from townhall.server.services import Services
-from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord
+from townhall.store.recordings import Manifest, RecordingStore, SegmentRecord, served_copy
 
 router = APIRouter(tags=["captions"], responses=PROBLEM_RESPONSES)
 
@@ -118,7 +118,8 @@ async def _source(
     if room is not None and room.program.window is not None:
         window = room.program.window
         return room.captions.track, window.history, window.ended, room.captions
-    store = RecordingStore(services.settings.recordings_dir, space_id)
+    settings = services.settings
+    store = await served_copy(settings.recordings_dir, settings.recording_copy_dirs, space_id)
     track, manifest = await asyncio.to_thread(_ended.get, store.dir, store)
     if manifest is None:
         return track, (), False, None

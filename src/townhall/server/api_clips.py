@@ -147,16 +147,29 @@ async def create_clip(space_id: str, body: ClipIn, request: Request) -> ClipOut:
     return _out(info)
 
 
-def _clip_dir(request: Request, space_id: str) -> Path:
+def _clip_dir(request: Request, space_id: str, clip_id: str | None = None) -> Path:
+    """The clips folder of ``space_id`` on this node; with ``clip_id``, the
+    one on this machine that holds that clip (HTTP workers: the worker that
+    made it, ``recording_copies``), else this node's."""
     services = services_of(request)
     if services.spaces.index.get(space_id) is None:
         raise NotFound(f"There is no space '{space_id}'; check the link.")
-    return clips.clips_dir(RecordingStore(services.settings.recordings_dir, space_id).dir)
+    settings = services.settings
+    own = clips.clips_dir(RecordingStore(settings.recordings_dir, space_id).dir)
+    if clip_id is None or not settings.recording_copy_dirs:
+        return own
+    name = f"{clips.check_clip_id(clip_id)}.json"
+    for folder in (settings.recordings_dir, *settings.recording_copy_dirs):
+        directory = clips.clips_dir(folder / space_id)
+        if (directory / name).is_file():
+            return directory
+    return own
 
 
 @router.get("/api/spaces/{space_id}/clips/{clip_id}", response_model=ClipOut, summary="A clip")
 async def get_clip(space_id: str, clip_id: str, request: Request) -> ClipOut:
-    info = await asyncio.to_thread(clips.load_info, _clip_dir(request, space_id), clip_id)
+    directory = await asyncio.to_thread(_clip_dir, request, space_id, clip_id)
+    info = await asyncio.to_thread(clips.load_info, directory, clip_id)
     if info is None:
         raise NotFound("There is no clip with this id (it may have been deleted).")
     return _out(info)
@@ -169,7 +182,7 @@ async def get_clip(space_id: str, clip_id: str, request: Request) -> ClipOut:
 )
 async def delete_clip(space_id: str, clip_id: str, claims: Session, request: Request) -> Response:
     services = services_of(request)
-    directory = _clip_dir(request, space_id)
+    directory = await asyncio.to_thread(_clip_dir, request, space_id, clip_id)
     role = await services.spaces.current_role(space_id, claims.subject)
     if role not in ("host", "cohost"):
         raise Forbidden("Only the host or a co-host can delete clips of this space.")
@@ -182,7 +195,8 @@ async def delete_clip(space_id: str, clip_id: str, claims: Session, request: Req
     "/spaces/{space_id}/clips/{clip_id}.m4a", summary="A clip's audio", response_class=Response
 )
 async def clip_audio(space_id: str, clip_id: str, request: Request) -> Response:
-    path = _clip_dir(request, space_id) / f"{clips.check_clip_id(clip_id)}.m4a"
+    directory = await asyncio.to_thread(_clip_dir, request, space_id, clip_id)
+    path = directory / f"{clips.check_clip_id(clip_id)}.m4a"
     if not await asyncio.to_thread(path.is_file):
         raise NotFound("There is no clip with this id (it may have been deleted).")
     return FileResponse(

@@ -25,7 +25,7 @@ from townhall.live.seats import ROOM_OK, room_fields
 from townhall.live.tracks import SpeakerStatus
 from townhall.server.auth import PROBLEM_SCHEMA, client_host
 from townhall.server.state_fast import STATE_REFUSED, not_modified, state_response
-from townhall.store.recordings import RecordingStore
+from townhall.store.recordings import served_copy
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
@@ -68,7 +68,10 @@ async def compute_state(services: Services, space_id: str) -> bytes:
         view = await scaleout.seat_view(space_id)
         status, fields = view.speakers, view.fields
     else:
-        recording = RecordingStore(services.settings.recordings_dir, space.id)
+        settings = services.settings
+        recording = await served_copy(
+            settings.recordings_dir, settings.recording_copy_dirs, space.id
+        )
         fields = await state_fields(None, recording if space.state == "ended" else None)
     speakers = [speaker_entry(member, status.get(member.account.id)) for member in members]
     presence = services.presence

@@ -20,8 +20,16 @@ and a margin), killing those that do not. A worker learns its settings from
 its stdin (JSON), not its environment, and dies with the supervisor
 (PR_SET_PDEATHSIG).
 
-Without the scaled-out mode (SQLite, no Redis) admission lines, rate buckets
-and presence live in the process, so more than one worker is refused.
+A worker's own folder holds what it recorded or followed; a recording it
+lacks, or has only in part (it started after the space, or was restarted
+mid-room), is served from the most complete copy on this machine: the
+supervisor's ``DATA_DIR/recordings`` (made before workers) and the other
+workers' folders (``recording_copies``, ``store/recordings.best_copy``).
+
+Scaled out, ``http_workers`` 0 (the default) is one worker per core. Without
+the scaled-out mode (SQLite, no Redis) admission lines, rate buckets and
+presence live in the process, so the default is one process and more than
+one worker is refused.
 """
 
 from __future__ import annotations
@@ -56,8 +64,8 @@ def scaled_out(settings: Settings) -> bool:
 
 
 def resolve_workers(settings: Settings) -> int:
-    """How many workers ``settings`` asks for (0: one per core scaled out,
-    else 1). Raises SystemExit with a sentence when more than one is asked
+    """How many workers ``settings`` asks for (0, the default: one per core
+    scaled out, else 1). Raises SystemExit with a sentence when more than one is asked
     for without the scaled-out mode."""
     wanted = settings.http_workers
     if wanted == 0:
@@ -86,14 +94,22 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_settings(settings: Settings, index: int, port: int) -> Settings:
-    """The settings of worker ``index`` (from 1) of a supervisor on ``port``."""
+def worker_settings(settings: Settings, index: int, port: int, count: int = 1) -> Settings:
+    """The settings of worker ``index`` (from 1 to ``count``) of a supervisor on ``port``."""
     from townhall.live.scaleout import node_name
 
     base = settings.node_id or node_name(settings.model_copy(update={"port": port}))
     # the other workers pass requests on from loopback with X-Forwarded-For:
     # the client's network, not 127.0.0.1, is what limits and caps count
     proxies = ",".join(p for p in (settings.trusted_proxies, "127.0.0.1/32") if p.strip())
+    # every other recording folder on this machine: the supervisor's (what was
+    # recorded before workers) and the other workers' copies (store/recordings.py)
+    copies = [settings.recordings_dir] + [
+        settings.data_dir / "workers" / f"w{k}" / "recordings"
+        for k in range(1, count + 1)
+        if k != index
+    ]
+    copies += list(settings.recording_copy_dirs)
     return settings.model_copy(
         update={
             "port": port,
@@ -101,6 +117,7 @@ def worker_settings(settings: Settings, index: int, port: int) -> Settings:
             "trusted_proxies": proxies,
             "node_id": f"{base}-w{index}",
             "data_dir": settings.data_dir / "workers" / f"w{index}",
+            "recording_copies": ",".join(str(c) for c in copies),
         }
     )
 
@@ -155,7 +172,7 @@ class Supervisor:
         port = int(holder.getsockname()[1])
         first_s = self.settings.worker_restart_backoff_ms / 1000
         workers = [
-            _Worker(k, worker_settings(self.settings, k, port), backoff_s=first_s)
+            _Worker(k, worker_settings(self.settings, k, port, self.count), backoff_s=first_s)
             for k in range(1, self.count + 1)
         ]
         for worker in workers:

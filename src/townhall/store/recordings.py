@@ -30,6 +30,7 @@ Blocking file I/O: call these methods from a worker thread
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -467,3 +468,63 @@ def _mux_silence(
         pkt.duration = min(AAC_FRAME_SAMPLES, stop - at)
         dst.mux(pkt)
         at += AAC_FRAME_SAMPLES
+
+
+# -- copies of one recording on this machine (HTTP workers) ----------------------
+
+_COPY_RANKS: dict[Path, tuple[int, tuple[int, int, int]]] = {}  # manifest -> (mtime_ns, rank)
+_MAX_COPY_RANKS = 4096
+
+
+def _copy_rank(store: RecordingStore) -> tuple[int, int, int] | None:
+    """How complete ``store``'s copy is: (ended, segments, -missing); None without one."""
+    path = store.dir / MANIFEST
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    hit = _COPY_RANKS.get(path)
+    if hit is not None and hit[0] == mtime_ns:
+        return hit[1]
+    try:
+        manifest = store.load()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # half-written or foreign: not a copy to serve
+    if manifest is None:
+        return None
+    rank = (int(manifest.ended), len(manifest.segments), -len(manifest.missing))
+    if len(_COPY_RANKS) >= _MAX_COPY_RANKS:
+        _COPY_RANKS.clear()
+    _COPY_RANKS[path] = (mtime_ns, rank)
+    return rank
+
+
+def best_copy(own: Path, copies: tuple[Path, ...], space_id: str) -> RecordingStore:
+    """The recording of ``space_id`` to serve: this node's own (under ``own``)
+    when it is final and whole, else the most complete of it and the copies
+    under ``copies`` (other recording folders on this machine, e.g. the other
+    HTTP workers'), ended before live, then most segments, then fewest
+    missing; a tie keeps this node's own. Blocks (stat, and a manifest read
+    when one changed): run it in a thread off the event loop."""
+    mine = RecordingStore(own, space_id)
+    if not copies:
+        return mine
+    rank = _copy_rank(mine)
+    if rank is not None and rank[0] and rank[2] == 0:
+        return mine
+    best, best_rank = mine, rank
+    for directory in copies:
+        if directory == own:
+            continue
+        other = RecordingStore(directory, space_id)
+        other_rank = _copy_rank(other)
+        if other_rank is not None and (best_rank is None or other_rank > best_rank):
+            best, best_rank = other, other_rank
+    return best
+
+
+async def served_copy(own: Path, copies: tuple[Path, ...], space_id: str) -> RecordingStore:
+    """:func:`best_copy` off the event loop (at once when there are no copies)."""
+    if not copies:
+        return RecordingStore(own, space_id)
+    return await asyncio.to_thread(best_copy, own, copies, space_id)
