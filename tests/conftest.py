@@ -66,6 +66,11 @@ class LiveServer:
         self.log_path = data_dir.parent / f"server-{self.port}.log"
         env = dict(os.environ)
         env.update({"TOWNHALL_ARGON2_TIME_COST": "1", "TOWNHALL_ARGON2_MEMORY_KIB": "1024"})
+        # one process (serve runs one HTTP worker per core by default): these
+        # tests read, pause and kill the server's one process; the tests of
+        # workers (tests/server/test_local_workers.py, tests/scale/test_workers.py,
+        # tests/players/test_wheel.py: the default as installed) ask for them
+        env.setdefault("TOWNHALL_HTTP_WORKERS", "1")
         env.update(extra_env or {})
         self.env = env
         self.args = args or []

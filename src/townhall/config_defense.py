@@ -278,11 +278,32 @@ class DefenseSettings(BaseSettings):
         0,
         ge=0,
         le=256,
-        description="HTTP worker processes on the one port (SO_REUSEPORT: the kernel spreads connections), each a node of the scaled-out deployment named <node_id>-w<k> with its own data directory DATA_DIR/workers/w<k> (a recording its own copy lacks is served from the most complete copy on this machine, recording_copies); the parent restarts a worker that dies and stops them all on SIGTERM. Default 0: one per core when scaled out (BUS_ENABLED with DATABASE_URL and REDIS_URL), else one process. More than 1 needs the scaled-out mode: without it admission lines, rate buckets and presence live in the one process. Also --workers.",
+        description="HTTP worker processes on the one port (SO_REUSEPORT: the kernel spreads connections); 0 (the default): one per core this process may use (taskset, a container's CPU set). Scaled out (BUS_ENABLED with DATABASE_URL and REDIS_URL) each worker is a node named <node_id>-w<k> with its own data directory DATA_DIR/workers/w<k> (a recording its copy lacks is served from the most complete copy on this machine). Embedded (no Redis), worker 1 is the primary (the control plane, the media process, DATA_DIR) and the others answer the listener plane from copies of its rooms and pass everything else on to it. With media_process off: one process. The parent restarts a worker that dies and stops them all on SIGTERM. 1: one process. Also --workers.",
     )
     recording_copies: str = Field(
         "",
         description="Other recording folders on this machine that hold copies of the same spaces' recordings, comma-separated (HTTP workers: set by the supervisor to DATA_DIR/recordings and the other workers' folders). A recording this node's own copy lacks or has only in part (it started after the space, or restarted mid-room) is served from the most complete copy. Empty: only this node's own.",
+    )
+    worker_role: str = Field(
+        "",
+        pattern="^(|primary|listener)$",
+        description="Set by the supervisor of HTTP workers without the scaled-out mode (server/local_bus.py): 'primary' is the whole server (control plane, media process, DATA_DIR); 'listener' answers the listener plane from copies of the primary's rooms and passes every other request on to it. Empty: a server of its own (or a scaled-out worker).",
+    )
+    local_bus_secret: str = Field(
+        "",
+        description="Set by the supervisor: the secret a listener worker shows the primary to read its rooms' window calls. Empty: the primary's local bus answers nobody.",
+    )
+    local_bus_entries: int = Field(
+        256,
+        ge=16,
+        le=100_000,
+        description="Window calls of each room the primary keeps for the listener workers (about 2 per part); a worker further behind restores its copy from a snapshot (counted as a resync).",
+    )
+    listener_worker_max_rooms: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Live rooms a listener worker keeps copies of at most; requests for more go to the primary.",
     )
     worker_restart_backoff_ms: int = Field(
         500,

@@ -65,21 +65,29 @@ def test_default_forward_url() -> None:
 
 
 def test_how_many_workers() -> None:
-    assert resolve_workers(Settings()) == 1
-    # scaled out, one per core by default; else one process
-    assert resolve_workers(Settings(**SCALED)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
-    assert resolve_workers(Settings(redis_url="redis://x", database_url="postgresql://x")) == 1
-    assert resolve_workers(Settings(http_workers=0, **SCALED)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use (taskset)
+    # one per core by default, scaled out or not (a primary and listener workers)
+    assert resolve_workers(Settings()) == cores
+    assert resolve_workers(Settings(**SCALED)) == cores  # type: ignore[arg-type]
+    assert resolve_workers(Settings(http_workers=0, **SCALED)) == cores  # type: ignore[arg-type]
+    # rooms in the HTTP process (no media process): one process
+    assert resolve_workers(Settings(media_process=False)) == 1
     assert resolve_workers(Settings(http_workers=3, **SCALED)) == 3  # type: ignore[arg-type]
     assert resolve_workers(Settings(http_workers=1)) == 1
 
 
-def test_workers_without_the_scaled_out_mode_are_refused_with_a_sentence() -> None:
+def test_workers_without_a_media_process_or_redis_are_refused_with_a_sentence() -> None:
+    assert resolve_workers(Settings(http_workers=2, redis_url="redis://x")) == 2  # a primary
     with pytest.raises(SystemExit) as refused:
-        resolve_workers(Settings(http_workers=2, redis_url="redis://x"))
+        resolve_workers(Settings(http_workers=2, media_process=False))
     message = str(refused.value)
     assert message.startswith("townhall serve --workers 2: more than one HTTP worker needs")
-    for name in ("TOWNHALL_DATABASE_URL", "TOWNHALL_REDIS_URL", "TOWNHALL_BUS_ENABLED=true"):
+    for name in (
+        "TOWNHALL_MEDIA_PROCESS=true",
+        "TOWNHALL_DATABASE_URL",
+        "TOWNHALL_REDIS_URL",
+        "TOWNHALL_BUS_ENABLED=true",
+    ):
         assert name in message
 
 
@@ -90,7 +98,8 @@ def test_the_refusal_of_workers_comes_first_and_alone(verb: str, tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOWNHALL_")}
     env["PYTHONPATH"] = str(Path(townhall.__file__).parents[1])
     port = free_port()
-    flags = ["--workers", "2", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    flags = ["--workers", "2", "--no-media-process", "--port", str(port)]
+    flags += ["--data-dir", str(tmp_path / "data")]
     done = subprocess.run(
         [sys.executable, "-m", "townhall", verb, *flags],
         env=env,
@@ -117,6 +126,17 @@ def test_a_worker_is_a_node_of_its_own(tmp_path: Path) -> None:
     assert behind.trusted_proxies == "10.0.0.0/8,127.0.0.1/32"
     unnamed = worker_settings(Settings(data_dir=tmp_path), 1, 8123)
     assert unnamed.node_id.endswith(f":8123:{os.getpid()}-w1")
+
+
+def test_without_redis_one_primary_and_listener_workers(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, node_id="edge1")
+    first, second = (worker_settings(settings, k, 8123, 2, "s3cret") for k in (1, 2))
+    assert (first.worker_role, second.worker_role) == ("primary", "listener")
+    assert first.data_dir == second.data_dir == tmp_path  # one control plane, one DATA_DIR
+    assert first.local_bus_secret == second.local_bus_secret == "s3cret"
+    assert (first.node_id, second.node_id) == ("edge1-w1", "edge1-w2")
+    assert first.trusted_proxies == "127.0.0.1/32"  # the listener workers pass requests on
+    assert first.recording_copies == ""
 
 
 def test_workers_share_the_signing_keys(tmp_path: Path) -> None:

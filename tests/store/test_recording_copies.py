@@ -101,7 +101,12 @@ async def test_served_copy_off_the_loop(tmp_path: Path) -> None:
 
 
 def test_each_worker_names_the_other_copies_on_its_machine(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, recording_copies="/mnt/old")
+    scaled = {
+        "database_url": "postgresql+asyncpg://db/x",
+        "redis_url": "redis://x",
+        "bus_enabled": True,
+    }
+    settings = Settings(data_dir=tmp_path, recording_copies="/mnt/old", **scaled)  # type: ignore[arg-type]
     second = worker_settings(settings, 2, 8123, 3)
     assert second.recordings_dir == tmp_path / "workers" / "w2" / "recordings"
     assert second.recording_copy_dirs == (

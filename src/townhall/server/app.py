@@ -87,6 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await Services.open(settings)
         app.state.services = services
+        if settings.worker_role == "primary":  # HTTP workers without Redis
+            from townhall.server.local_bus import EntryLog, publish_primary
+
+            if hasattr(services.rooms, "local_log"):
+                services.rooms.local_log = EntryLog(settings.local_bus_entries)
+            publish_primary(settings)
         # what start-up built lives for the whole process: keep it out of the
         # collector's full passes, which otherwise stall the mixer clock
         gc.collect()

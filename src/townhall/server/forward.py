@@ -271,15 +271,21 @@ class OwnerForward:
         return True
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
-        client = scope.get("client")
-        if client:
-            seen = [v for k, v in headers if k == b"x-forwarded-for"]
-            headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
-            hops = b", ".join([*seen, client[0].encode("latin-1")])
-            headers.append((b"x-forwarded-for", hops))
-        headers.append((FORWARDED_HEADER, self._node_id.encode("latin-1", "replace")))
-        return headers
+        return passed_on_headers(scope, self._node_id)
+
+
+def passed_on_headers(scope: Scope, node_id: str) -> list[tuple[bytes, bytes]]:
+    """The request's headers for the node it is passed on to: hop-by-hop
+    ones left out, the client added to X-Forwarded-For, marked passed on."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+    client = scope.get("client")
+    if client:
+        seen = [v for k, v in headers if k == b"x-forwarded-for"]
+        headers = [(k, v) for k, v in headers if k != b"x-forwarded-for"]
+        hops = b", ".join([*seen, client[0].encode("latin-1")])
+        headers.append((b"x-forwarded-for", hops))
+    headers.append((FORWARDED_HEADER, node_id.encode("latin-1", "replace")))
+    return headers
 
 
 def _was_forwarded(scope: Scope) -> bool:

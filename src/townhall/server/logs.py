@@ -45,3 +45,5 @@ def configure(level: str = "info", *, json: bool = False) -> None:
     root.setLevel(level.upper())
     # uvicorn's access log is replaced by townhall.access
     logging.getLogger("uvicorn.access").disabled = True
+    # one line per passed-on request (HTTP workers, owner-only requests) is noise
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))

@@ -21,6 +21,7 @@ ROUTER_MODULES = (
     "townhall.server.api_captions",
     "townhall.server.api_clips",
     "townhall.origin.asgi",
+    "townhall.server.local_bus",
     "townhall.server.pages",
 )
 

@@ -87,7 +87,13 @@ def run_server(
         logging.getLogger("townhall.access").warning("%s", warning)
     raise_fd_limit()
     log.info("cyclic collector thresholds: %s", space_full_gc_passes(settings.gc_full_pass_every))
-    app = create_app(settings)
+    app: Any
+    if settings.worker_role == "listener":  # HTTP workers without Redis (server/local_bus.py)
+        from townhall.server.local_bus import ListenerApp
+
+        app = ListenerApp(settings)
+    else:
+        app = create_app(settings)
     if on_startup is not None:
         app.state.on_startup = on_startup
     loop = settings.workers_loop
@@ -104,7 +110,7 @@ def run_server(
         )
         http = "h11"
     served: Any = app
-    if settings.bus_enabled and settings.forward_owner_only:
+    if settings.bus_enabled and settings.forward_owner_only and not settings.worker_role:
         from townhall.server.forward import OwnerForward
 
         served = OwnerForward(app, settings)  # owner-only requests go to the room's owner

@@ -1,15 +1,31 @@
 """HTTP workers: several processes serving one port (issue 11).
 
-``townhall serve --workers N`` (``http_workers``) makes the process a small
-supervisor of N workers. Each worker binds the port itself with SO_REUSEPORT
-(the kernel spreads new connections over them) and is a node of the
-scaled-out deployment: node id ``<node_id>-w<k>``, its own data directory
-``DATA_DIR/workers/w<k>`` (a follower keeps its own copy of each recording),
-the signing keys of ``DATA_DIR`` (copied in once, so a token from one worker
-is good on all), and a loopback port of its own where the others pass it the
-requests only a room's owner can answer (server/forward.py); loopback is
-added to its ``trusted_proxies`` so a passed-on request counts against the
-client's network (X-Forwarded-For), not 127.0.0.1's.
+``townhall serve`` runs one HTTP worker per core by default (``http_workers``
+0; the cores this process may use, so a server pinned to one core runs one;
+``--workers N`` for N). Each worker binds the port itself with SO_REUSEPORT
+(the kernel spreads new connections over them). What a worker is depends on
+the deployment:
+
+- **Scaled out** (PostgreSQL, Redis, the segment bus): each worker is a node
+  of the deployment: node id ``<node_id>-w<k>``, its own data directory
+  ``DATA_DIR/workers/w<k>`` (a follower keeps its own copy of each
+  recording; a recording its copy lacks is served from the most complete
+  copy on this machine, ``recording_copies``: the supervisor's
+  ``DATA_DIR/recordings`` and the other workers'), and a loopback port of its
+  own where the others pass it the requests only a room's owner can answer
+  (server/forward.py).
+- **Embedded** (SQLite, no Redis): the control plane's state (admission
+  lines, rate buckets, presence) lives in one process, so worker 1 is the
+  **primary**, the whole server on ``DATA_DIR`` with its media process, and
+  the others are **listener workers**: they answer the listener plane from
+  copies of the primary's rooms and pass every other request on to it
+  (server/local_bus.py). Rooms in the HTTP process (``media_process`` off)
+  allow one process only.
+
+Loopback is added to each worker's ``trusted_proxies``, so a passed-on
+request counts against the client's network (X-Forwarded-For), not
+127.0.0.1's. All workers share the signing keys of ``DATA_DIR`` (copied in
+once, so a token from one worker is good on all).
 
 The supervisor holds the port (a bound socket, never listening, so the port
 stays ours while a worker restarts), restarts a worker that dies after
@@ -19,17 +35,6 @@ passes the signal on and waits for every worker to drain (``shutdown_drain_s``
 and a margin), killing those that do not. A worker learns its settings from
 its stdin (JSON), not its environment, and dies with the supervisor
 (PR_SET_PDEATHSIG).
-
-A worker's own folder holds what it recorded or followed; a recording it
-lacks, or has only in part (it started after the space, or was restarted
-mid-room), is served from the most complete copy on this machine: the
-supervisor's ``DATA_DIR/recordings`` (made before workers) and the other
-workers' folders (``recording_copies``, ``store/recordings.best_copy``).
-
-Scaled out, ``http_workers`` 0 (the default) is one worker per core. Without
-the scaled-out mode (SQLite, no Redis) admission lines, rate buckets and
-presence live in the process, so the default is one process and more than
-one worker is refused.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -64,19 +70,32 @@ def scaled_out(settings: Settings) -> bool:
 
 
 def resolve_workers(settings: Settings) -> int:
-    """How many workers ``settings`` asks for (0, the default: one per core
-    scaled out, else 1). Raises SystemExit with a sentence when more than one is asked
-    for without the scaled-out mode."""
+    """How many workers ``settings`` asks for (0, the default: one per core).
+    Without the scaled-out mode that is one primary and listener workers
+    (server/local_bus.py), which need the media process; with it off, one
+    process."""
     wanted = settings.http_workers
+    if not scaled_out(settings) and not settings.media_process:
+        if wanted > 1:
+            raise SystemExit(
+                f"townhall serve --workers {wanted}: more than one HTTP worker needs the media "
+                "process (TOWNHALL_MEDIA_PROCESS=true) or the scaled-out mode "
+                "(TOWNHALL_DATABASE_URL to PostgreSQL, TOWNHALL_REDIS_URL and "
+                "TOWNHALL_BUS_ENABLED=true), or run one worker."
+            )
+        return 1
     if wanted == 0:
-        return (os.cpu_count() or 1) if scaled_out(settings) else 1
-    if wanted > 1 and not scaled_out(settings):
-        raise SystemExit(
-            f"townhall serve --workers {wanted}: more than one HTTP worker needs the scaled-out "
-            "mode's shared state (set TOWNHALL_DATABASE_URL to PostgreSQL, TOWNHALL_REDIS_URL "
-            "and TOWNHALL_BUS_ENABLED=true), or run one worker."
-        )
+        return usable_cores()
     return wanted
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (taskset, a container's CPU set),
+    which is what "one worker per core" counts."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -94,14 +113,26 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def worker_settings(settings: Settings, index: int, port: int, count: int = 1) -> Settings:
-    """The settings of worker ``index`` (from 1 to ``count``) of a supervisor on ``port``."""
+def worker_settings(
+    settings: Settings, index: int, port: int, count: int = 1, secret: str = ""
+) -> Settings:
+    """The settings of worker ``index`` (from 1 to ``count``) of a supervisor
+    on ``port``. Scaled out, each is a node with a data directory of its own;
+    without Redis, worker 1 is the primary (``DATA_DIR``) and the others are
+    listener workers reaching it with ``secret`` (server/local_bus.py)."""
     from townhall.live.scaleout import node_name
 
     base = settings.node_id or node_name(settings.model_copy(update={"port": port}))
     # the other workers pass requests on from loopback with X-Forwarded-For:
     # the client's network, not 127.0.0.1, is what limits and caps count
     proxies = ",".join(p for p in (settings.trusted_proxies, "127.0.0.1/32") if p.strip())
+    common = {"port": port, "http_workers": 1, "trusted_proxies": proxies}
+    common["node_id"] = f"{base}-w{index}"
+    if not scaled_out(settings):
+        role = "primary" if index == 1 else "listener"
+        return settings.model_copy(
+            update={**common, "worker_role": role, "local_bus_secret": secret}
+        )
     # every other recording folder on this machine: the supervisor's (what was
     # recorded before workers) and the other workers' copies (store/recordings.py)
     copies = [settings.recordings_dir] + [
@@ -112,10 +143,7 @@ def worker_settings(settings: Settings, index: int, port: int, count: int = 1) -
     copies += list(settings.recording_copy_dirs)
     return settings.model_copy(
         update={
-            "port": port,
-            "http_workers": 1,
-            "trusted_proxies": proxies,
-            "node_id": f"{base}-w{index}",
+            **common,
             "data_dir": settings.data_dir / "workers" / f"w{index}",
             "recording_copies": ",".join(str(c) for c in copies),
         }
@@ -171,8 +199,11 @@ class Supervisor:
             ) from None
         port = int(holder.getsockname()[1])
         first_s = self.settings.worker_restart_backoff_ms / 1000
+        secret = secrets.token_urlsafe(32)  # the listener workers' key to the primary
         workers = [
-            _Worker(k, worker_settings(self.settings, k, port, self.count), backoff_s=first_s)
+            _Worker(
+                k, worker_settings(self.settings, k, port, self.count, secret), backoff_s=first_s
+            )
             for k in range(1, self.count + 1)
         ]
         for worker in workers:
@@ -261,6 +292,9 @@ def worker_main() -> None:
 
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
     public = reuseport_socket(settings.host, settings.port)
+    if settings.worker_role == "listener":  # its requests go to the primary's port
+        run_server(settings, sockets=[public])
+        return
     internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     internal.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{internal.getsockname()[1]}"
