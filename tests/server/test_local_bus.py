@@ -96,3 +96,24 @@ async def test_the_local_bus_answers_only_with_the_secret(tmp_path: Path, role: 
             snapshot = "/_townhall/local/s1/snapshot"
             assert (await client.get(snapshot, headers=known)).status_code == 404
             assert "/_townhall/" not in (await client.get("/api/openapi.json")).text
+
+
+def test_a_listener_worker_waits_for_the_primary(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    from townhall.server.local_bus import wait_for_primary
+
+    assert wait_for_primary(tmp_path, 0.3) is False  # nothing published
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / PRIMARY_FILE).parent.mkdir(parents=True)
+        gone = {"url": "http://127.0.0.1:1", "pid": 1}  # published, but nobody answers
+        (tmp_path / PRIMARY_FILE).write_text(json.dumps(gone))
+        assert wait_for_primary(tmp_path, 0.3) is False
+        there = {"url": f"http://127.0.0.1:{server.server_address[1]}", "pid": 2}
+        (tmp_path / PRIMARY_FILE).write_text(json.dumps(there))
+        assert wait_for_primary(tmp_path, 5.0) is True  # it answers (501 is an answer)
+    finally:
+        server.shutdown()

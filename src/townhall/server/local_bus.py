@@ -193,6 +193,24 @@ def primary_url(data_dir: Path) -> str | None:
     return url if isinstance(url, str) and url.startswith("http://127.") else None
 
 
+def wait_for_primary(data_dir: Path, timeout_s: float) -> bool:
+    """Block until the primary published its address and answers on it (any
+    status), at most ``timeout_s``: a listener worker joins the port only
+    then, so that nothing it would pass on meets a primary still starting.
+    False when it gave up waiting (it serves anyway, answering 503 for what
+    it would pass on until the primary is there)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = primary_url(data_dir)
+        if url is not None:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(url + "/healthz", timeout=2.0, trust_env=False)
+                return True
+        time.sleep(0.1)
+    log.warning("the primary worker did not answer in %.0f s; serving without it", timeout_s)
+    return False
+
+
 # -- a listener worker: copies of the primary's rooms ------------------------------
 
 

@@ -58,6 +58,7 @@ from townhall.config import Settings
 
 log = logging.getLogger("townhall.http")
 
+PRIMARY_START_WAIT_S = 180.0  # a listener worker waits this long at most for the primary
 _QUICK_DEATH_S = 10.0  # a worker that dies sooner after its start backs off longer
 _STOP_MARGIN_S = 10.0  # past shutdown_drain_s: the lifespan's close (recordings)
 _POLL_S = 0.1
@@ -208,6 +209,10 @@ class Supervisor:
         ]
         for worker in workers:
             share_keys(self.settings, worker.settings.data_dir)
+        from townhall.server.local_bus import PRIMARY_FILE
+
+        # a primary of an earlier run published an address that is gone
+        (self.settings.data_dir / PRIMARY_FILE).unlink(missing_ok=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         log.info("%d HTTP workers on %s:%d", self.count, self.settings.host, port)
@@ -293,7 +298,11 @@ def worker_main() -> None:
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
     public = reuseport_socket(settings.host, settings.port)
     if settings.worker_role == "listener":  # its requests go to the primary's port
-        run_server(settings, sockets=[public])
+        from townhall.server.local_bus import wait_for_primary
+
+        public.close()  # not on the port until the primary serves: nothing to pass on to
+        wait_for_primary(settings.data_dir, PRIMARY_START_WAIT_S)
+        run_server(settings, sockets=[reuseport_socket(settings.host, settings.port)])
         return
     internal = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     internal.bind(("127.0.0.1", 0))
