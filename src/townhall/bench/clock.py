@@ -12,6 +12,18 @@ from two scrapes of the server's /metrics (``townhall_mixer_clock_late_seconds``
 and ``townhall_mixer_skipped_frames_total``) around the go-live: percentiles
 are interpolated within the histogram's buckets and the max is the upper bound
 of the highest bucket used, so read them with the bucket bounds in mind.
+
+``--workers N`` (N > 1, or ``--scaled-out``) runs ``serve --workers N``
+scaled out: a fresh PostgreSQL database and Redis key prefix of its own
+(``--postgres-url`` / ``--redis-url``, from TOWNHALL_TEST_POSTGRES_URL /
+TOWNHALL_TEST_REDIS_URL, the machine's defaults otherwise), removed at the
+end, and the bus on. Each worker is a node with its own media process; the
+figures then come from the /metrics of each room's owner: the room's lease
+in Redis (``<prefix>lease:<space>``) names the node, and the node's entry
+(``<prefix>node:<node>``, server/forward.py) its loopback address, where the
+bench scrapes every worker (a scrape through the shared port would land on
+whichever worker the kernel picks). The server is then not pinned unless
+``--server-core`` says so (the workers are there to use more cores).
 """
 
 from __future__ import annotations
@@ -27,19 +39,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import psutil
 
 from townhall.bench.latency import _check, _post
 from townhall.client.peer import PcmTrack, SpeakerClient
 from townhall.client.speak import http_offer
+from townhall.server.forward import holder_node, node_key
+from townhall.store.lease import lease_key
 
 LATE = "townhall_mixer_clock_late_seconds"
 SKIPPED = "townhall_mixer_skipped_frames_total"
+POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
+MEDIA_MODULE = "townhall.live.mediaproc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +129,241 @@ def clock_figures(before: str, after: str) -> ClockFigures:
     )
 
 
+# -- scaled out: a database and key prefix of our own; each room's owner ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScaledOut:
+    """Where a scaled-out run keeps its state (made fresh, removed after)."""
+
+    admin_url: str  # the database CREATE/DROP DATABASE run in
+    database: str
+    database_url: str  # the fresh database, for TOWNHALL_DATABASE_URL
+    redis_url: str
+    prefix: str
+
+
+def scaled_out_plan(postgres_url: str, redis_url: str, tag: str) -> ScaledOut:
+    """A fresh database and key prefix named after ``tag`` (pure)."""
+    from sqlalchemy.engine import make_url
+
+    name = f"townhall_bench_clock_{tag}"
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    return ScaledOut(postgres_url, name, url, redis_url, f"townhall-bench-clock:{tag}:")
+
+
+def scaled_out_env(plan: ScaledOut) -> dict[str, str]:
+    """The scaled-out mode's environment for ``townhall serve`` (pure)."""
+    return {
+        "TOWNHALL_DATABASE_URL": plan.database_url,
+        "TOWNHALL_REDIS_URL": plan.redis_url,
+        "TOWNHALL_REDIS_PREFIX": plan.prefix,
+        "TOWNHALL_BUS_ENABLED": "true",
+    }
+
+
+def is_scaled_out(args: argparse.Namespace) -> bool:
+    return bool(args.workers > 1 or args.scaled_out)
+
+
+def server_core(args: argparse.Namespace) -> int | None:
+    """``--server-core``: a core, ``none``, or ``auto`` (core 0 for one
+    worker, not pinned for several: they are there to use more cores)."""
+    value = str(args.server_core)
+    if value == "auto":
+        return 0 if args.workers == 1 else None
+    return None if value == "none" else int(value)
+
+
+async def _pg(admin_url: str, sql: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy.engine import make_url
+
+    url = make_url(admin_url)
+    conn = await asyncpg.connect(
+        host=url.host,
+        port=url.port or 5432,
+        user=url.username,
+        password=url.password,
+        database=url.database,
+        timeout=5,
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _drop_keys(redis: Any, prefix: str) -> int:
+    keys = [k async for k in redis.scan_iter(match=prefix + "*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+    return len(keys)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def node_entry(raw: Any) -> tuple[str, int | None] | None:
+    """(url, pid) of a node's entry in Redis (server/forward.py), or None (pure)."""
+    try:
+        entry = json.loads(_text(raw))
+    except ValueError:
+        return None
+    url, pid = entry.get("url"), entry.get("pid")
+    if not isinstance(url, str) or not url:
+        return None
+    return url, pid if isinstance(pid, int) else None
+
+
+class Nodes:
+    """The server's nodes and who owns which room: one node (the server) when
+    not scaled out; else the workers' entries and the rooms' leases in Redis."""
+
+    def __init__(self, target: str, redis: Any = None, prefix: str = "") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.urls: dict[str, str] = {"server": target}
+        self.pids: dict[str, int | None] = {"server": None}
+
+    async def refresh(self) -> int:
+        if self.redis is None:
+            return 1
+        urls: dict[str, str] = {}
+        pids: dict[str, int | None] = {}
+        async for key in self.redis.scan_iter(match=node_key(self.prefix, "*"), count=1000):
+            raw = await self.redis.get(key)
+            entry = node_entry(raw) if raw is not None else None
+            if entry is not None:
+                node = _text(key)[len(node_key(self.prefix, "")) :]
+                urls[node], pids[node] = entry
+        self.urls, self.pids = urls, pids
+        return len(urls)
+
+    async def owner(self, space_id: str, deadline_s: float) -> str:
+        """The node running ``space_id`` (waits for its lease and entry)."""
+        if self.redis is None:
+            return "server"
+        while True:
+            token = await self.redis.get(lease_key(self.prefix, space_id))
+            if token is not None:
+                node = holder_node(_text(token))
+                if node not in self.urls:
+                    await self.refresh()
+                if node in self.urls:
+                    return node
+            if time.monotonic() > deadline_s:
+                raise RuntimeError(f"no owner of room {space_id} in Redis in time")
+            await asyncio.sleep(0.1)
+
+    async def scrape(self, http: httpx.AsyncClient) -> dict[str, str]:
+        """Every node's /metrics (each from its own address)."""
+        out: dict[str, str] = {}
+        for node, url in self.urls.items():
+            out[node] = (await http.get(url.rstrip("/") + "/metrics")).text
+        return out
+
+
+def owners_figures(
+    before: dict[str, str], after: dict[str, str], owners: list[str]
+) -> ClockFigures:
+    """The clock figures of the owners' media processes together (pure): the
+    scrapes of several nodes added up, bucket by bucket."""
+    nodes = sorted(set(owners))
+    return clock_figures(
+        "".join(before.get(n, "") for n in nodes), "".join(after.get(n, "") for n in nodes)
+    )
+
+
+# -- CPU and scheduling of the server's processes ----------------------------------------
+
+
+def _role(proc: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        line = " ".join(proc.cmdline())
+        if MEDIA_MODULE in line:
+            return "media"
+        if "townhall.server.workers" in line:
+            return "worker"
+        return "server"
+    return "gone"
+
+
+def _schedstat(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns waiting in a run queue) of the process's main thread."""
+    try:
+        run_ns, wait_ns, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(run_ns), int(wait_ns)
+
+
+def _policy(pid: int) -> str:
+    names = {os.SCHED_OTHER: "other", os.SCHED_RR: "rr", os.SCHED_FIFO: "fifo"}
+    try:
+        policy = os.sched_getscheduler(pid) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
+        prio = os.sched_getparam(pid).sched_priority
+    except OSError:
+        return "gone"
+    return f"{names.get(policy, str(policy))}:{prio}" if prio else names.get(policy, str(policy))
+
+
+def sample_tree(root: psutil.Process | None) -> dict[int, dict[str, Any]]:
+    """Each process of the server's tree now: role, parent, CPU seconds,
+    scheduling policy, cores allowed, the core it last ran on, schedstat."""
+    if root is None:
+        return {}
+    out: dict[int, dict[str, Any]] = {}
+    with contextlib.suppress(psutil.Error):
+        procs = [root, *root.children(recursive=True)]
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                out[proc.pid] = {
+                    "role": _role(proc),
+                    "ppid": proc.ppid(),
+                    "cpu_s": times.user + times.system,
+                    "policy": _policy(proc.pid),
+                    "affinity": sorted(os.sched_getaffinity(proc.pid)),
+                    "last_core": proc.cpu_num(),
+                    "schedstat": _schedstat(proc.pid),
+                }
+    return out
+
+
+def tree_usage(
+    first: dict[int, dict[str, Any]], last: dict[int, dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """Cores used between two samples, in all and per role; per process (pure)."""
+    per: list[dict[str, Any]] = []
+    roles: dict[str, float] = {}
+    for pid, now in sorted(last.items()):
+        then = first.get(pid, {"cpu_s": 0.0, "schedstat": None})
+        cores = (now["cpu_s"] - then["cpu_s"]) / wall_s if wall_s > 0 else 0.0
+        roles[now["role"]] = roles.get(now["role"], 0.0) + cores
+        row = {k: now[k] for k in ("role", "ppid", "policy", "affinity", "last_core")}
+        row |= {"pid": pid, "cores": round(cores, 3)}
+        if now["schedstat"] and then["schedstat"]:
+            row["run_s"] = round((now["schedstat"][0] - then["schedstat"][0]) / 1e9, 3)
+            row["runqueue_wait_s"] = round((now["schedstat"][1] - then["schedstat"][1]) / 1e9, 3)
+        per.append(row)
+    return {
+        "cores": round(sum(roles.values()), 3),
+        "cores_by_role": {k: round(v, 3) for k, v in sorted(roles.items())},
+        "processes": per,
+    }
+
+
+def _cpu_s(proc: subprocess.Popen[bytes] | None) -> float | None:
+    if proc is None:
+        return None
+    with contextlib.suppress(psutil.Error):
+        times = psutil.Process(proc.pid).cpu_times()
+        return float(times.user + times.system)
+    return None
+
+
 # -- the run ----------------------------------------------------------------------------
 
 
@@ -162,12 +417,18 @@ async def _speaker(
     return client
 
 
-def _spawn_server(args: argparse.Namespace, tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
+def _spawn_server(
+    args: argparse.Namespace, tmp: Path, scaled: ScaledOut | None
+) -> tuple[str, subprocess.Popen[bytes]]:
     port = _free_port()
     argv = [sys.executable, "-m", "townhall", "serve", "--port", str(port)]
     argv += ["--data-dir", str(tmp / "data"), "--log-level", "warning", *args.serve_arg]
+    env = None
+    if scaled is not None:
+        argv += ["--workers", str(args.workers)]
+        env = dict(os.environ, **scaled_out_env(scaled))
     with open(args.server_log or tmp / "server.log", "wb") as log:
-        server = subprocess.Popen(_pinned(args.server_core, argv), stdout=log, stderr=log)
+        server = subprocess.Popen(_pinned(server_core(args), argv), stdout=log, stderr=log, env=env)
     return f"http://127.0.0.1:{port}", server
 
 
@@ -210,20 +471,60 @@ def _wrk(args: argparse.Namespace, target: str, space_id: str, tmp: Path) -> lis
     )
 
 
+@contextlib.asynccontextmanager
+async def _state(args: argparse.Namespace) -> AsyncIterator[ScaledOut | None]:
+    """Scaled out: a fresh database and key prefix, removed at the end."""
+    if not is_scaled_out(args):
+        yield None
+        return
+    import redis.asyncio as aioredis
+
+    plan = scaled_out_plan(args.postgres_url, args.redis_url, secrets.token_hex(4))
+    await _pg(plan.admin_url, f'CREATE DATABASE "{plan.database}"')
+    try:
+        yield plan
+    finally:
+        client = aioredis.from_url(plan.redis_url)
+        try:
+            await _drop_keys(client, plan.prefix)
+        finally:
+            await client.aclose()
+        await _pg(plan.admin_url, f'DROP DATABASE IF EXISTS "{plan.database}" WITH (FORCE)')
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    async with _state(args) as scaled:
+        return await _run(args, scaled)
+
+
+async def _run(args: argparse.Namespace, scaled: ScaledOut | None) -> dict[str, object]:
     server: subprocess.Popen[bytes] | None = None
     tmp = tempfile.TemporaryDirectory(prefix="townhall-bench-clock-")
     target = args.target
     if target is None:
-        target, server = _spawn_server(args, Path(tmp.name))
+        target, server = _spawn_server(args, Path(tmp.name), scaled)
     crowd: subprocess.Popen[bytes] | None = None
     hammer: subprocess.Popen[bytes] | None = None
     speakers: list[SpeakerClient] = []
+    redis: Any = None
+    if scaled is not None:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.from_url(scaled.redis_url)
+    nodes = Nodes(target, redis, scaled.prefix if scaled else "")
+    root = psutil.Process(server.pid) if server is not None else None
+    owners: dict[str, str] = {}
     try:
         async with httpx.AsyncClient(base_url=target, timeout=30) as http:
-            await _wait_healthy(http, time.monotonic() + 60)
+            deadline = time.monotonic() + 120
+            await _wait_healthy(http, deadline)
+            while await nodes.refresh() < (args.workers if scaled else 1):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("not every worker said where it listens in time")
+                await asyncio.sleep(0.25)
             room_a, host_a = await _host(http, scheduled=False)
             speakers.append(await _speaker(http, room_a, host_a))
+            owners["A"] = await nodes.owner(room_a, time.monotonic() + 20)
             room_b, host_b = await _host(http, scheduled=True)
             waiting = args.crowd == "waiting"
             crowd_s = (args.lead_s if waiting else args.settle_s + args.after_s) + args.after_s + 10
@@ -239,17 +540,24 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 argv = _wrk(args, target, room_a, Path(tmp.name))
                 hammer = _popen(argv, subprocess.PIPE)
                 await asyncio.sleep(1.0)
-            steady0 = (await http.get("/metrics")).text
+            steady0 = await nodes.scrape(http)
+            tree0, wall0, wrk0 = sample_tree(root), time.monotonic(), _cpu_s(hammer)
+            self0 = time.process_time()
             await asyncio.sleep(args.after_s - (args.lead_s if waiting else 0))
             if args.listeners and waiting:
                 crowd = start_crowd()  # waits for room B (404s, retried each second)
                 await asyncio.sleep(args.lead_s)
-            before = (await http.get("/metrics")).text
+            before = await nodes.scrape(http)
+            tree1, wall1 = sample_tree(root), time.monotonic()
             load = os.getloadavg()
             _check(await http.post(f"/api/spaces/{room_b}/start", headers=host_b), "going live")
             speakers.append(await _speaker(http, room_b, host_b))
+            owners["B"] = await nodes.owner(room_b, time.monotonic() + 20)
             await asyncio.sleep(args.after_s)
-            after = (await http.get("/metrics")).text
+            after = await nodes.scrape(http)
+            tree2, wall2, wrk2 = sample_tree(root), time.monotonic(), _cpu_s(hammer)
+            self2 = time.process_time()
+            load_end = os.getloadavg()
             for space_id, headers in ((room_a, host_a), (room_b, host_b)):
                 await http.post(f"/api/spaces/{space_id}/end", headers=headers)
     finally:
@@ -263,11 +571,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(20)
+                    proc.wait(40 if scaled else 20)
                 if proc.poll() is None:
                     proc.kill()
+        if redis is not None:
+            await redis.aclose()
         tmp.cleanup()
-    return {
+    wrk = wrk_summary(wrk_out)
+    result: dict[str, object] = {
         "target": target,
         "listeners": args.listeners,
         "mode": args.mode,
@@ -275,17 +586,58 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "serve_args": args.serve_arg,
         "load_average_1m_at_go_live": round(load[0], 2),
         "wrk_connections": args.wrk_connections,
-        "wrk_requests_per_s": _wrk_rate(wrk_out),
-        "steady_before": asdict(clock_figures(steady0, before)),
-        "across_go_live": asdict(clock_figures(before, after)),
+        "wrk_requests_per_s": wrk["requests_per_s"],
+        "steady_before": asdict(owners_figures(steady0, before, [owners["A"]])),
+        "across_go_live": asdict(owners_figures(before, after, list(owners.values()))),
     }
+    wall = wall2 - wall0
+    result |= {
+        "workers": args.workers,
+        "scaled_out": scaled is not None,
+        "server_core": server_core(args),
+        "owners": owners,
+        "wrk": wrk,
+        "load_average_at_go_live": [round(x, 2) for x in load],
+        "load_average_at_end": [round(x, 2) for x in load_end],
+        "sched_autogroup_enabled": _autogroup(),
+        "window_s": round(wall, 2),
+        "wrk_cores": round((wrk2 - wrk0) / wall, 3) if wrk0 is not None and wrk2 else None,
+        "bench_process_cores": round((self2 - self0) / wall, 3),
+        "server_steady": tree_usage(tree0, tree1, wall1 - wall0),
+        "server_across_go_live": tree_usage(tree1, tree2, wall2 - wall1),
+        "per_node": {
+            node: {
+                "pid": nodes.pids.get(node),
+                "rooms": sorted(room for room, owner in owners.items() if owner == node),
+                "steady_before": asdict(owners_figures(steady0, before, [node])),
+                "across_go_live": asdict(owners_figures(before, after, [node])),
+            }
+            for node in sorted(after)
+        },
+    }
+    return result
 
 
-def _wrk_rate(out: bytes) -> float | None:
-    for line in out.decode(errors="replace").splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split(":", 1)[1])
+def _autogroup() -> str | None:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
     return None
+
+
+def wrk_summary(out: bytes) -> dict[str, Any]:
+    """Requests/s, non-2xx/3xx answers and socket errors from wrk's output (pure)."""
+    rate: float | None = None
+    non_2xx = 0
+    errors = ""
+    for line in out.decode(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            rate = float(line.split(":", 1)[1])
+        elif line.startswith("Non-2xx or 3xx responses:"):
+            non_2xx = int(line.split(":", 1)[1])
+        elif line.startswith("Socket errors:"):
+            errors = line.split(":", 1)[1].strip()
+    return {"requests_per_s": rate, "non_2xx": non_2xx, "socket_errors": errors}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,7 +655,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-s", type=float, default=10.0, help="live crowd: ramp + settle")
     parser.add_argument("--after-s", type=float, default=10.0, help="window on each side")
     parser.add_argument("--target", default=None, help="a running server instead of our own")
-    parser.add_argument("--server-core", type=int, default=0)
+    parser.add_argument(
+        "--server-core",
+        default="auto",
+        help="core to pin the server to, or none; auto: 0 with one worker, none with several",
+    )
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
     parser.add_argument(
@@ -313,12 +669,37 @@ def main(argv: list[str] | None = None) -> None:
         help="also hammer room A's playlist and state.json with wrk (this many connections)",
     )
     parser.add_argument("--server-log", default=None, help="keep our server's log here")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve --workers N; more than 1 runs scaled out (a fresh database and key prefix)",
+    )
+    parser.add_argument("--scaled-out", action="store_true", help="scaled out even with one worker")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("TOWNHALL_TEST_POSTGRES_URL", POSTGRES),
+        help="scaled out: the PostgreSQL to make a fresh database in",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("TOWNHALL_TEST_REDIS_URL", REDIS),
+        help="scaled out: the Redis to use (a fresh key prefix)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if not 0 <= args.listeners <= 10_000 or not 1 <= args.after_s <= 120:
         parser.error("--listeners 0..10000 and --after-s 1..120")
     if not 0 <= args.lead_s < args.after_s:
         parser.error("--lead-s must be at least 0 and shorter than --after-s")
+    if not 1 <= args.workers <= 16:
+        parser.error("--workers 1..16")
+    if args.target is not None and is_scaled_out(args):
+        parser.error("--workers/--scaled-out start a server of their own (no --target)")
+    try:
+        server_core(args)
+    except ValueError:
+        parser.error("--server-core: a core number, none or auto")
     result = asyncio.run(run(args))
     if args.json:
         print(json.dumps(result, indent=2))
@@ -337,6 +718,23 @@ def main(argv: list[str] | None = None) -> None:
             f"p99 {figures['late_p99_ms']:7.2f} ms  max <= {figures['late_max_ms']:6.0f} ms  "
             f"within 20 ms {figures['share_within_20ms']:.2%}  skipped {figures['skipped_frames']}"
         )
+    if is_scaled_out(args):
+        print(_workers_line(result))
+
+
+def _workers_line(result: dict[str, object]) -> str:
+    wrk, cpu = result["wrk"], result["server_across_go_live"]
+    assert isinstance(wrk, dict) and isinstance(cpu, dict)
+    media = [
+        f"{p['pid']} {p['policy']} cores {p['affinity']} on {p['last_core']}"
+        for p in cpu["processes"]
+        if p["role"] == "media"
+    ]
+    return (
+        f"workers {result['workers']} owners {result['owners']}  wrk non-2xx {wrk['non_2xx']}  "
+        f"server {cpu['cores']} cores {cpu['cores_by_role']}  wrk {result['wrk_cores']} cores  "
+        f"media processes: {'; '.join(media)}"
+    )
 
 
 if __name__ == "__main__":
