@@ -16,7 +16,7 @@ import pytest
 import townhall
 from tests.conftest import free_port
 from townhall.config import Settings
-from townhall.server.forward import default_forward_url, holder_node, owner_only
+from townhall.server.forward import default_forward_url, holder_node, owner_only, window_request
 from townhall.server.workers import resolve_workers, reuseport_socket, share_keys, worker_settings
 
 SCALED = {
@@ -51,6 +51,27 @@ SCALED = {
 )
 def test_owner_only_requests(method: str, path: str, space_id: str | None) -> None:
     assert owner_only(method, path) == space_id
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "space_id"),
+    [
+        ("GET", "/spaces/abc/live.m3u8", "abc"),
+        ("HEAD", "/spaces/abc/plain.m3u8", "abc"),
+        ("GET", "/spaces/abc/part/12.3.m4s", "abc"),
+        ("GET", "/spaces/abc/init.mp4", "abc"),
+        ("GET", "/spaces/abc/init/7.mp4", "abc"),
+        # a copy does not answer these (or every node does)
+        ("POST", "/spaces/abc/live.m3u8", None),
+        ("GET", "/spaces/abc/state.json", None),
+        ("GET", "/spaces/abc/recording.m4a", None),
+        ("GET", "/spaces/abc/12.m4s", None),  # a finished segment: on disk everywhere
+        ("GET", "/spaces/abc/live.aac", None),
+        ("GET", "/spaces/a/b/live.m3u8", None),
+    ],
+)
+def test_window_requests(method: str, path: str, space_id: str | None) -> None:
+    assert window_request(method, path) == space_id
 
 
 def test_the_lease_names_its_node() -> None:

@@ -66,6 +66,22 @@ _REGISTER_TTL_MS = 10_000
 _NOT_RELAYED = _HOP - {b"content-length"} | {b"date", b"server"}  # this server sets its own
 
 
+_WINDOW = re.compile(
+    r"^/spaces/(?P<space>[^/]+)/(?:live\.m3u8|plain\.m3u8|init\.mp4|init/[^/]+\.mp4|part/[^/]+\.m4s)$"
+)
+
+
+def window_request(method: str, path: str) -> str | None:
+    """The space id of a request a copy of the live window answers (a
+    playlist, a part, an init segment), else None: a node without a copy of
+    that room yet (it went live a moment ago) passes it on to the owner
+    instead of saying "not live"."""
+    if method not in ("GET", "HEAD"):
+        return None
+    found = _WINDOW.match(path)
+    return found["space"] if found is not None else None
+
+
 def owner_only(method: str, path: str) -> str | None:
     """The space id of a request only the room's owner can answer, else None."""
     found = _OWNER_ONLY.match(path)
@@ -154,14 +170,22 @@ class OwnerForward:
         if scope["type"] == "lifespan":
             await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
             return
-        if scope["type"] == "http" and self._directory is not None:
-            space_id = owner_only(scope["method"], scope["path"])
-            if space_id is not None and not _was_forwarded(scope):
-                rooms = self.app.state.services.rooms
-                if rooms.get(space_id) is None and await self._forward(
-                    space_id, scope, receive, send
-                ):
-                    return
+        if scope["type"] == "http" and self._directory is not None and not _was_forwarded(scope):
+            method, path = scope["method"], scope["path"]
+            rooms = self.app.state.services.rooms
+            space_id = owner_only(method, path)
+            if space_id is None:
+                # the room's window, on a node whose copy is not there yet
+                # (it follows from this request on): the owner has it now
+                space_id = window_request(method, path)
+                if space_id is not None and rooms.listener_source(space_id) is not None:
+                    space_id = None
+            if (
+                space_id is not None
+                and rooms.get(space_id) is None
+                and await self._forward(space_id, scope, receive, send)
+            ):
+                return
         await self.app(scope, receive, send)
 
     # -- lifespan: publish this node's address while the app runs ------------------
