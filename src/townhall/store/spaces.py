@@ -128,6 +128,9 @@ def _entry_of(space: Space) -> tuple[str, str, str, datetime | None, int | None]
     return space.id, space.state, space.visibility, space.scheduled_for, space.max_listeners
 
 
+_STATE_ORDER = {state: rank for rank, state in enumerate(STATES)}
+
+
 class SpaceIndex:
     """Known spaces (id -> state, visibility) and blocks, in memory.
 
@@ -154,6 +157,12 @@ class SpaceIndex:
         scheduled_for: datetime | None = None,
         max_listeners: int | None = None,
     ) -> None:
+        known = self._spaces.get(space_id)
+        if known is not None and _STATE_ORDER.get(known.state, 0) > _STATE_ORDER.get(state, 0):
+            # a space only moves forward (scheduled, live, ended): this is a read
+            # made before a write this process has already applied (a refresh
+            # racing the host's start), so it is older than what is here
+            return
         when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
         self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
 
