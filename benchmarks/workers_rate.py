@@ -4,6 +4,7 @@
 (a fresh database and a key prefix of its own, removed at the end).
 
     .venv/bin/python benchmarks/workers_rate.py --rounds 3 --wrk-s 5
+    .venv/bin/python benchmarks/workers_rate.py --rounds 3 --wrk-s 5 --embedded   # no Redis
 
 Both servers run at once, each with one live space (its program makes
 silence: the stage does not wait for a host), not pinned: the kernel places
@@ -68,8 +69,11 @@ async def _drop_keys(prefix: str) -> None:
         await client.aclose()
 
 
-def start(workers: int, tmp: Path, database_url: str, prefix: str) -> tuple[Child, str, str]:
-    """``serve --workers N`` with one live space; (server, URL, space id)."""
+def start(
+    workers: int, tmp: Path, database_url: str, prefix: str, embedded: bool = False
+) -> tuple[Child, str, str]:
+    """``serve --workers N`` with one live space; (server, URL, space id).
+    ``embedded``: SQLite and files, no Redis (a primary and listener workers)."""
     from sqlalchemy.engine import make_url
 
     port = free_port()
@@ -87,6 +91,8 @@ def start(workers: int, tmp: Path, database_url: str, prefix: str) -> tuple[Chil
         TOWNHALL_PROGRAM_WAITS_FOR_HOST="false",
         TOWNHALL_HTTP_WORKERS=str(workers),
     )
+    if embedded:
+        env.update(TOWNHALL_DATABASE_URL="", TOWNHALL_REDIS_URL="", TOWNHALL_BUS_ENABLED="false")
     cmd = [sys.executable, "-m", "townhall", "serve", "--port", str(port),
            "--data-dir", str(tmp / f"w{workers}-data"), "--log-level", "warning"]  # fmt: skip
     server = Child(f"workers={workers}", cmd, tmp / f"w{workers}.log", env=env)
@@ -141,6 +147,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--wrk-s", type=float, default=5.0)
+    parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="SQLite and files, no Redis: a primary and listener workers (server/local_bus.py)",
+    )
     args = parser.parse_args()
     name = "townhall_bench_workers_" + secrets.token_hex(4)
     prefix = f"townhall-bench-workers:{secrets.token_hex(4)}:"
@@ -151,7 +162,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="townhall-workers-") as tmp_name:
             tmp = Path(tmp_name)
             for workers in (1, 2):
-                servers[workers] = start(workers, tmp, name, prefix + f"w{workers}:")
+                servers[workers] = start(
+                    workers, tmp, name, prefix + f"w{workers}:", embedded=args.embedded
+                )
                 log(f"workers={workers} ready on {servers[workers][1]}")
             for r in range(args.rounds):
                 order = (1, 2) if r % 2 == 0 else (2, 1)
@@ -180,8 +193,15 @@ def main() -> None:
         for key, rows in results.items()
     }
     load = os.getloadavg()
-    out = {"load_average": load, "cpu_count": os.cpu_count(), "summary": summary, "rounds": results}
-    path = ROOT / "benchmarks" / "results" / "workers_rate.json"
+    out = {
+        "embedded": args.embedded,
+        "load_average": load,
+        "cpu_count": os.cpu_count(),
+        "summary": summary,
+        "rounds": results,
+    }
+    name_out = "workers_rate_embedded.json" if args.embedded else "workers_rate.json"
+    path = ROOT / "benchmarks" / "results" / name_out
     path.write_text(json.dumps(out, indent=2) + "\n")
     for key, row in summary.items():
         print(f"{key:22} {row['requests_per_s']:>9.0f} req/s  server {row['server_cores']:.2f} cores  "
