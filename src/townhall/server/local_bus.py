@@ -474,9 +474,21 @@ class ListenerApp:
                     "The server did not answer in time; try again shortly.", retry_after_s=2.0,
                 )  # fmt: skip
                 return
-            except httpx.TransportError as exc:
+            except httpx.ConnectError as exc:  # nothing was sent: safe to try again
                 log.info("the primary worker at %s cannot be reached (%s)", url, exc)
                 continue  # its address may have changed (restarted): read it again, once
+            except httpx.TransportError as exc:
+                if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+                    continue  # e.g. a pooled connection it had just closed: ask again
+                # a POST it may have acted on is not sent twice
+                metrics.FORWARDED.labels(outcome="cut").inc()
+                log.info("the primary worker at %s went away mid-request (%s)", url, exc)
+                await forward._problem(
+                    scope, send, 502, "primary-gone", "The server went away",
+                    "This server's main process went away while answering; check the result "
+                    "and try again if it is not there.", retry_after_s=2.0,
+                )  # fmt: skip
+                return
             metrics.FORWARDED.labels(outcome="answered").inc()
             await forward._relay(response, "primary", receive, send)
             return
