@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,9 +31,15 @@ def nginx_in_front(live_server: LiveServer, tmp_path: Path) -> Iterator[str]:
 
 
 def run_nginx(
-    live_server: LiveServer, tmp_path: Path, *, gate: str = "off", secret: str = "unused"
+    live_server: LiveServer,
+    tmp_path: Path,
+    *,
+    gate: str = "off",
+    secret: str = "unused",
+    template: str = "nginx-cache.conf",
 ) -> Iterator[str]:
-    """nginx with deploy/nginx-cache.conf in front of ``live_server``."""
+    """nginx with deploy/``template`` in front of ``live_server`` (as each of
+    nginx-nodes.conf's three nodes)."""
     if shutil.which("nginx") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is not installed (scripts/setup.sh --test installs nginx-light)")
@@ -40,10 +47,11 @@ def run_nginx(
     port = free_port()
     prefix = tmp_path / "nginx"
     (prefix / "cache").mkdir(parents=True)
-    conf = (ROOT / "deploy" / "nginx-cache.conf").read_text()
+    conf = (ROOT / "deploy" / template).read_text()
+    for node in ("@ORIGIN@", "@NODE1@", "@NODE2@", "@NODE3@"):
+        conf = conf.replace(node, f"127.0.0.1:{live_server.port}")
     conf = (
-        conf.replace("@ORIGIN@", f"127.0.0.1:{live_server.port}")
-        .replace("@LISTEN@", f"127.0.0.1:{port}")
+        conf.replace("@LISTEN@", f"127.0.0.1:{port}")
         .replace("@CACHE_DIR@", str(prefix / "cache"))
         .replace("@MEDIA_GATE@", gate)
         .replace("@LINK_SECRET@", secret)
@@ -132,3 +140,56 @@ async def test_waiters_for_the_next_part_reach_the_origin_once(
         # the API is passed through, never cached
         join = await http.post(f"/api/spaces/{space_id}/join", json={})
         assert join.status_code == 200 and "x-cache" not in join.headers
+
+
+async def _get(port: int, target: str) -> tuple[int, str | None, bytes]:
+    """One GET on a connection of its own: (status, X-Cache, body). Raw asyncio
+    streams, so that 1,200 of them start within a second on a busy machine."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        data = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split(" ")[1]), fields.get("X-Cache"), body
+
+
+@pytest.mark.parametrize("template", ["nginx-cache.conf", "nginx-nodes.conf"])
+async def test_more_than_1024_waiters_for_a_part_reach_the_origin_once(
+    template: str, live_server: LiveServer, tmp_path: Path
+) -> None:
+    """Every LL-HLS listener asks for the preload-hinted part before it exists,
+    so with N listeners on a cache N requests wait on its lock. nginx counts an
+    entry's requests in 10 bits: with the default proxy_cache_min_uses 1 the
+    1,024th waiter passed the lock to the origin, uncached (one more origin
+    request per part per 1,024 listeners: the origin's load grew with
+    listeners). 1,200 waiters for a part one segment ahead must make ONE."""
+    with contextmanager(run_nginx)(live_server, tmp_path, template=template) as url:
+        port = int(url.rsplit(":", 1)[1])
+        async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+            space_id = await live_space(http)
+            base = f"/spaces/{space_id}/"
+            for _ in range(100):
+                playlist = (await http.get(base + "live.m3u8")).text
+                if "#EXT-X-PRELOAD-HINT" in playlist:
+                    break
+                await asyncio.sleep(0.1)
+        hint = re.search(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="part/(\d+)\.(\d+)\.m4s"', playlist)
+        assert hint, playlist
+        msn, index = (int(x) for x in hint.groups())
+        # the same part of the next segment: ~4 s away (8 parts of 0.5 s),
+        # which the origin holds (it waits for parts up to the next segment)
+        target = f"{base}part/{msn + 1}.{index}.m4s"
+        started = time.monotonic()
+        answers = await asyncio.gather(*(_get(port, target) for _ in range(1200)))
+        assert time.monotonic() - started > 1.0  # they waited for the part to be made
+        assert {status for status, _, _ in answers} == {200}, answers[:3]
+        assert len({body for _, _, body in answers}) == 1
+        cache = [x for _, x, _ in answers]
+        assert cache.count("MISS") == 1, {x: cache.count(x) for x in set(cache)}
