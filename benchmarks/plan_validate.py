@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.nginx_log:
             extra = (
                 "log_format timing '$msec $request_time $upstream_cache_status $status "
-                '$upstream_response_time $connection $connection_requests "$request_uri"\'; '
+                '$upstream_response_time $connection $connection_requests "$request_uri" $upstream_addr\'; '
                 f"access_log {Path(args.nginx_log).resolve()} timing;"
             )
         nginx, url = lab.nginx("nginx-nodes.conf", fields, http_extra=extra)
@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
         "rtt_ms": args.rtt_ms,
+        "nodes": {n.name: n.port for n in nodes},
         "calibrated_minutes_before": None
         if calibrated_at is None
         else round((storm_at - calibrated_at) / 60, 1),
