@@ -34,6 +34,7 @@ OPEN_LIMITS = {
     "TOWNHALL_CHALLENGE_JOINS_PER_S": "1000000000",
     "TOWNHALL_JOINS_PER_NETWORK_PER_10S": "1000000000",
     "TOWNHALL_STATE_PER_NETWORK_PER_10S": "1000000000",
+    "TOWNHALL_STATE_PER_CONNECTION_PER_10S": "0",  # wrk sends many on one connection
     "TOWNHALL_PLAYLISTS_PER_NETWORK_PER_10S": "1000000000",
     "TOWNHALL_LISTENERS_COUNTED_PER_NETWORK": "1000000000",
     "TOWNHALL_HTTP_MAX_CONNECTIONS_PER_NETWORK": "0",
@@ -191,6 +192,22 @@ class Lab:
             "nginx",
             ["taskset", "-c", SERVER_CORE, "nginx", "-p", str(prefix), "-c",
              str(prefix / "nginx.conf"), "-g", directives],
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/healthz", 15, proc)
+        return proc, url
+
+    def delay_proxy(self, target: str, rtt_ms: float) -> tuple[Any, str]:
+        """A round trip of ``rtt_ms`` between the clients and ``target``
+        (townhall.bench.delay_proxy, on the clients' core): this kernel has no
+        sch_netem, so a veth pair in a namespace of our own could not delay."""
+        port = free_port()
+        host = target.removeprefix("http://")
+        proc = self.spawn(
+            "delay-proxy",
+            ["taskset", "-c", CLIENT_CORE, sys.executable, "-m", "townhall.bench.delay_proxy",
+             "--listen", f"127.0.0.1:{port}", "--to", host, "--rtt-ms", f"{rtt_ms:g}"],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/healthz", 15, proc)

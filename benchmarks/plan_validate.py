@@ -4,6 +4,7 @@ deployment at small scale.
 
     python benchmarks/plan_validate.py    # reads src/townhall/bench/plan_costs.json
     python benchmarks/plan_validate.py --calibrate-first   # calibrates minutes before, same load
+    python benchmarks/plan_validate.py --rtt-ms 50   # the storm's clients 50 ms away
 
 Three `townhall serve` nodes with the segment bus (the machine's PostgreSQL,
 a database of their own; a redis-server of their own), nginx in front
@@ -14,7 +15,10 @@ the two are written side by side (benchmarks/results/plan_validate.json),
 with a per-second timeline of the nodes' CPU and Redis commands (INFO
 commandstats) beside the model's. ``--calibrate-first`` runs
 benchmarks/plan_calibrate.py just before (writing --costs), so the machine's
-load is the same for both.
+load is the same for both. ``--rtt-ms`` puts a round trip between the storm
+and nginx (townhall.bench.delay_proxy on the storm's core: this kernel has
+no sch_netem for a veth pair in a namespace) and gives the model the same
+``rtt_s``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from townhall.bench.plan import Costs, Scenario, simulate, weighted_percentile
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--costs", default=str(ROOT / "src/townhall/bench/plan_costs.json"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/plan_validate.json"))
+    ap.add_argument("--out", help="default benchmarks/results/plan_validate[_rttN].json")
     ap.add_argument("--arrivals", type=int, default=2000)
     ap.add_argument("--over-s", type=float, default=10.0)
     ap.add_argument("--pre-s", type=float, default=3.0)
@@ -59,6 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen-s", type=float, default=10.0)
     ap.add_argument("--give-up", type=float, default=0.05)
     ap.add_argument("--duration-s", type=float, default=150.0)
+    ap.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=0.0,
+        help="A round trip between the storm's clients and nginx (a delaying forwarder).",
+    )
+    ap.add_argument(
+        "--nginx-log",
+        help="Also write nginx's access log (time, request time, cache status) to this file.",
+    )
     ap.add_argument(
         "--model-only",
         action="store_true",
@@ -70,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Run benchmarks/plan_calibrate.py --out COSTS first (same load as the storm).",
     )
     args = ap.parse_args(argv)
+    if args.out is None:
+        tail = f"_rtt{args.rtt_ms:g}" if args.rtt_ms else ""
+        args.out = str(ROOT / f"benchmarks/results/plan_validate{tail}.json")
     calibrated_at = None
     if args.calibrate_first and not args.model_only:
         import plan_calibrate
@@ -80,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     costs = Costs.from_json(json.loads(Path(args.costs).read_text()))
     if args.model_only:
         saved = json.loads(Path(args.out).read_text())
+        args.rtt_ms = float(saved.get("rtt_ms", args.rtt_ms))
         saved.update(compare(costs, args, saved["measured"]))
         Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
         print(json.dumps(saved["predicted_over_measured"], indent=2))
@@ -101,7 +119,17 @@ def main(argv: list[str] | None = None) -> int:
         nodes = [lab.node("node-a", env)]
         nodes += [lab.node(name, env) for name in ("node-b", "node-c")]
         fields = {f"@NODE{i}@": f"127.0.0.1:{n.port}" for i, n in enumerate(nodes, 1)}
-        nginx, url = lab.nginx("nginx-nodes.conf", fields)
+        extra = ""
+        if args.nginx_log:
+            extra = (
+                "log_format timing '$msec $request_time $upstream_cache_status $status "
+                '$upstream_response_time $connection $connection_requests "$request_uri" $upstream_addr\'; '
+                f"access_log {Path(args.nginx_log).resolve()} timing;"
+            )
+        nginx, url = lab.nginx("nginx-nodes.conf", fields, http_extra=extra)
+        proxy = None
+        if args.rtt_ms > 0:
+            proxy, url = lab.delay_proxy(url, args.rtt_ms)
         time.sleep(2)
         idle0 = [n.cpu_s() for n in nodes]
         time.sleep(10)
@@ -117,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         log("storm: " + " ".join(cmd[3:]))
         cpu0 = [n.cpu_s() for n in nodes]
         ng0 = proc_cpu_s(nginx.pid)
+        px0 = proc_cpu_s(proxy.pid) if proxy else 0.0
         ops0, rcpu0, cmd0 = lab.redis_ops(), lab.redis_cpu_s(), lab.redis_commands()
         w0, storm_at = time.monotonic(), time.time()
         stop = threading.Event()
@@ -136,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             w0, storm_at = time.monotonic(), time.time()
             cpu0 = [n.cpu_s() for n in nodes]
             ng0 = proc_cpu_s(nginx.pid)
+            px0 = proc_cpu_s(proxy.pid) if proxy else 0.0
             ops0, rcpu0, cmd0 = lab.redis_ops(), lab.redis_cpu_s(), lab.redis_commands()
             timeline.clear()
         wall = time.monotonic() - w0
@@ -144,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = commands_delta(lab.redis_commands(), cmd0)
         cpu = [n.cpu_s() - c for n, c in zip(nodes, cpu0, strict=True)]
         nginx_cpu = proc_cpu_s(nginx.pid) - ng0
+        proxy_cpu = proc_cpu_s(proxy.pid) - px0 if proxy else 0.0
         redis_ops = lab.redis_ops() - ops0
         redis_cpu = lab.redis_cpu_s() - rcpu0
         if out.returncode != 0:
@@ -151,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         storm = json.loads(out.stdout.strip().splitlines()[-1])
         load_after = loadavg()
         early = first_audio_by_admission(root / "records.jsonl", args.pre_s)
+        if args.nginx_log:
+            early["start_requests"] = start_requests(Path(args.nginx_log))
     finally:
         lab.close()
     measured = {
@@ -158,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "origin_cpu_by_node_cores": [c / wall for c in cpu],
         "idle_before_by_node_cores": idle,
         "nginx_cpu_mean_cores": nginx_cpu / wall,
+        "delay_proxy_cpu_mean_cores": proxy_cpu / wall,
         "redis_ops_mean_per_s": redis_ops / wall,
         "redis_cpu_mean_cores": redis_cpu / wall,
         "redis_commands": commands,
@@ -176,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     out = compare(costs, args, measured)
     result: dict[str, Any] = {
         "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
+        "rtt_ms": args.rtt_ms,
+        "nodes": {n.name: n.port for n in nodes},
         "calibrated_minutes_before": None
         if calibrated_at is None
         else round((storm_at - calibrated_at) / 60, 1),
@@ -231,6 +267,49 @@ def first_audio_by_admission(path: Path, pre_s: float) -> dict[str, Any]:
     }
 
 
+def start_requests(log: Path, slow_s: float = 0.1) -> dict[str, Any]:
+    """From nginx's access log (--nginx-log): each admitted page's requests
+    after its join's 200 on the same connection, up to its first audio
+    (START_REQUESTS of them): how many, and those that took nginx
+    ``slow_s`` or more, by what was asked, cache status and time (a wait
+    on proxy_cache_lock is a multiple of 0.5 s)."""
+    from townhall.bench.plan import START_REQUESTS
+
+    by_conn: dict[str, list[tuple[float, float, str, str, str]]] = {}
+    with log.open() as lines:
+        for line in lines:
+            f = line.split()
+            if len(f) < 8:
+                continue
+            uri = f[7].strip('"')
+            by_conn.setdefault(f[5], []).append((float(f[0]), float(f[1]), f[2], f[3], uri))
+    pages = 0
+    spans: list[tuple[float, float]] = []
+    slow: dict[str, int] = {}
+    for rows in by_conn.values():
+        for i, (t, _, _, status, uri) in enumerate(rows):
+            if not (uri.endswith("/join") and status == "200"):
+                continue
+            seq = rows[i + 1 : i + 1 + START_REQUESTS]
+            if len(seq) < START_REQUESTS:
+                break
+            pages += 1
+            spans.append((seq[-1][0] - t, 1.0))
+            for _, took, cache, _, asked in seq:
+                if took >= slow_s:
+                    name = asked.rsplit("/", 1)[-1].split("?")[0]
+                    kind = "playlist" if name.endswith(".m3u8") else name.split(".")[-1]
+                    key = f"{kind} {cache} {round(took * 2) / 2:g}s"
+                    slow[key] = slow.get(key, 0) + 1
+            break
+    return {
+        "pages": pages,
+        "span_p50_s": weighted_percentile(spans, 50) if spans else None,
+        "span_p99_s": weighted_percentile(spans, 99) if spans else None,
+        "slow_requests": dict(sorted(slow.items(), key=lambda kv: -kv[1])),
+    }
+
+
 def sample(
     lab: Lab, nodes: list[Node], w0: float, stop: threading.Event, out: list[dict[str, Any]]
 ) -> None:
@@ -262,7 +341,7 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         origin_nodes=3,
         origin_cores=1.0,
         cache_nodes=1,
-        rtt_s=0.0,
+        rtt_s=args.rtt_ms / 1000,
         duration_s=wall,
         # how the storm's pages learn of a call: one shared poller reads
         # queue.json through nginx once a second, and nginx serves it its

@@ -18,6 +18,7 @@ from townhall.bench.plan import (
     notice_delays,
     origin_rates,
     plan,
+    room_wait_s,
     simulate,
     still_waiting,
     weighted_percentile,
@@ -259,10 +260,49 @@ def test_a_moving_line_costs_every_node_while_anyone_waits() -> None:
 
 
 def test_no_first_audio_before_the_room_has_parts_on_every_node() -> None:
+    # no cache: the origin answers a held request the moment it can
     costs = Costs.from_json({**RAW, "room_start_s": 4.0})
-    r = simulate(costs, base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0))
+    s = base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0, cache_nodes=0)
+    r = simulate(costs, s)
     assert r.start_delay_s == pytest.approx(4.0 + 5 * 0.001, abs=0.01)
     assert r.ttfa_from_arrival_s["max"] is not None and r.ttfa_from_arrival_s["max"] >= 6.0 - 0.2
+
+
+@pytest.mark.parametrize(
+    ("admitted", "ready", "poll", "wait"),
+    [
+        (5.0, 4.0, 0.5, 0.0),  # the room is ready: no wait
+        (4.0, 4.0, 0.5, 0.0),
+        (3.9, 4.0, 0.5, 0.5),  # 0.1 s early: the lock's first wake, 0.5 s on
+        (3.5, 4.0, 0.5, 0.5),  # on the wake itself
+        (3.4, 4.0, 0.5, 1.0),
+        (1.0, 4.0, 0.5, 3.0),
+        (1.1, 4.0, 0.5, 3.0),
+        (3.9, 4.0, 0.0, 0.1),  # no cache: at once
+        (3.0, 4.0, 0.3, 1.2),
+    ],
+)
+def test_room_wait_s(admitted: float, ready: float, poll: float, wait: float) -> None:
+    assert room_wait_s(admitted, ready, poll) == pytest.approx(wait)
+
+
+def test_pages_before_the_room_is_ready_hear_it_on_the_cache_locks_wake() -> None:
+    # measured (nginx's log, 2026-12-02): the first request for the room's
+    # playlist was held 3.1 s at the origin; the pages that asked meanwhile got
+    # it 0.5, 1.0, ... 3.5 s after they asked (proxy_cache_lock's timer)
+    costs = Costs.from_json({**RAW, "room_start_s": 4.0})
+    s = base(pre_s=2.0, cap=10_000, admit_rate_per_s=1000.0, duration_s=20.0)
+    r = simulate(costs, s)
+    held = simulate(costs, replace(s, cache_nodes=0))
+    assert r.start_delay_s is not None and held.start_delay_s is not None
+    assert held.start_delay_s <= r.start_delay_s < held.start_delay_s + 0.5
+    # each cohort waits a whole number of wakes, then the five requests
+    early = [v for k, v in r.first_audio_by_admission.items() if int(k) < 3]  # before 3 s
+    assert early
+    for second in early:
+        wakes = (second["ttfa_p50_s"] - 5 * 0.001) / 0.5
+        assert wakes == pytest.approx(round(wakes), abs=0.02) and round(wakes) >= 1
+    assert r.ttfa_after_admission_s["p99"] > held.ttfa_after_admission_s["p99"]
 
 
 def test_a_called_ticket_claimed_costs_an_admitted_join() -> None:

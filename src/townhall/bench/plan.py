@@ -40,6 +40,7 @@ from townhall.bench.plan_inputs import (
     near_call_share,
     notice_delays,
     origin_rates,
+    room_wait_s,
     still_waiting,
     weighted_percentile,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "notice_delays",
     "origin_rates",
     "plan",
+    "room_wait_s",
     "simulate",
     "still_waiting",
     "weighted_percentile",
@@ -179,10 +181,14 @@ def simulate(
         p99 = costs.first_audio_p99_s + start_requests * s.rtt_s
         tail = [(start_requests * part_lat, 0.98), (p99, 0.02)]
 
+    # a page before the room is ready waits on the cache's lock (woken every
+    # cache_lock_poll_s); without a cache the origin answers it at once
+    lock_poll_s = s.cache_lock_poll_s if s.cache_nodes else 0.0
+
     def heard(admit_t: float, at: float, n: float) -> float:
         """Record the first audio of ``n`` admitted at ``admit_t`` who
         arrived at ``at``; the earliest of it."""
-        base = max(admit_t, room_ready)
+        base = admit_t + room_wait_s(admit_t, room_ready, lock_poll_s)
         for extra, share in tail:
             audio = base + extra
             ttfa_adm.append((audio - admit_t, n * share))

@@ -193,6 +193,9 @@ class Scenario:
     cache_node_gbps: float = 10.0
     utilization: float = 0.7
     rtt_s: float = 0.05
+    # nginx's proxy_cache_lock: a request waiting on another's fill of the
+    # same URI is woken every 0.5 s (fixed in nginx), not when the fill is done
+    cache_lock_poll_s: float = 0.5
     claim_s: float = 6.0
     queue_interval_s: float = 1.0
     queue_poll_s: float = 1.0
@@ -221,6 +224,8 @@ class Scenario:
             raise ValueError("step_s must be between 1 ms and queue_interval_s.")
         if self.origin_cores is not None and self.origin_cores <= 0:
             raise ValueError("origin_cores must be above 0 (or left out to size it).")
+        if not 0 <= self.cache_lock_poll_s <= 60:
+            raise ValueError("cache_lock_poll_s must be between 0 and 60 s (nginx's is 0.5).")
         if self.cap < 0 or self.origin_nodes < 1 or self.admit_rate_per_s <= 0:
             raise ValueError("cap >= 0, origin_nodes >= 1 and admit_rate_per_s > 0, please.")
 
@@ -245,6 +250,23 @@ def still_waiting(age_s: float, give_up: float, lo_s: float = 3.0, hi_s: float =
     if give_up <= 0 or age_s <= lo_s:
         return 1.0
     return 1.0 - give_up * min(1.0, (age_s - lo_s) / (hi_s - lo_s))
+
+
+def room_wait_s(admitted_s: float, ready_s: float, lock_poll_s: float) -> float:
+    """How long a page admitted at ``admitted_s`` waits for a room that a
+    cache can serve from ``ready_s``. Its first request meets the cache's
+    fill of that URI in flight (the first page's miss, held by the origin
+    until the room has parts), and nginx's proxy_cache_lock wakes a waiting
+    request on a timer, every ``lock_poll_s`` from when that request began
+    to wait: it gets the answer at the first wake at or after ``ready_s``.
+    0 when the room is ready (or without a cache: ``lock_poll_s`` 0, the
+    origin answers the held request the moment it can)."""
+    wait = ready_s - admitted_s
+    if wait <= 0:
+        return 0.0
+    if lock_poll_s <= 0:
+        return wait
+    return math.ceil(wait / lock_poll_s - 1e-9) * lock_poll_s
 
 
 def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> float | None:
