@@ -31,6 +31,8 @@ ENV = {
     "TOWNHALL_JOINS_PER_NETWORK_PER_10S": "4",
     "TOWNHALL_REFUSALS_PER_NETWORK_PER_10S": "3",
     "TOWNHALL_PROGRAM_WAITS_FOR_HOST": "false",
+    # a proxy in front (an HTTP worker passing joins on to the primary, nginx)
+    "TOWNHALL_TRUSTED_PROXIES": "127.0.80.1/32",
 }
 
 
@@ -82,9 +84,10 @@ class Server:
         )
 
 
-def join(body: bytes = b"", space: str = "{CAPPED}") -> bytes:
+def join(body: bytes = b"", space: str = "{CAPPED}", forwarded_for: str = "") -> bytes:
+    extra = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
     head = (
-        f"POST /api/spaces/{space}/join HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"POST /api/spaces/{space}/join HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -237,3 +240,23 @@ def test_presence_beats_from_the_driver(pair: tuple[Server, Server]) -> None:
         assert reply.status == 204 and reply.head[1:] == [b"cache-control: no-store"]
     time.sleep(1.2)  # fast answers reach Prometheus within a second
     assert fast_answers(lean) > before
+
+
+def test_joins_through_a_trusted_proxy_key_on_the_forwarded_network(
+    pair: tuple[Server, Server],
+) -> None:
+    """Joins a trusted proxy passes on (X-Forwarded-For) are answered in the
+    driver too, as the route answers them, and each client network behind
+    the proxy has its own bucket (4 per 10 s): the fifth join of one is 429,
+    the first of another is not; a client's own X-Forwarded-For from an
+    untrusted peer is ignored (its peer's network is the key)."""
+    lean, app = pair
+    before = fast_answers(lean)
+    for server in (lean, app):
+        one = server.send("127.0.80.1", join(forwarded_for="10.9.9.9") * 5)
+        assert [r.status == 429 for r in one] == [False] * 4 + [True], server
+        other = server.send("127.0.80.1", join(forwarded_for="10.8.8.8"))
+        assert [r.status for r in other] != [429]
+        forged = server.send("127.0.81.1", join(forwarded_for="10.7.7.7") * 5)
+        assert forged[-1].status == 429  # keyed on 127.0.81.0/24, not 10.7.7.0/24
+    assert fast_answers(lean) - before >= 11  # the driver answered them

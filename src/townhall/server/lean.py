@@ -49,7 +49,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("townhall.access")
 
-_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
+# a proxy's headers the lean answers leave to the app (X-Forwarded-For they
+# read themselves: behind trusted_proxies, the client it names is the key)
+_FORWARDED = (b"x-forwarded-proto",)
 _PRESENCE = re.compile(r"/api/spaces/[^/]+/presence")  # PresenceFront's, before the shield
 _NO_CONTENT = Rendered(204, b"cache-control: no-store\r\n", b"", "api")
 _REFUSED_METRIC = metrics.RATE_LIMITED.labels(limit="refusals")
@@ -225,9 +227,12 @@ class Lean:
         if services is None:
             return None
         token: str | None = None
+        hops: list[str] = []
         for name, value in req.headers:
             if name == b"authorization":
                 token = _bearer(value.decode("latin-1"))
+            elif name == b"x-forwarded-for":
+                hops.append(value.decode("latin-1"))
             elif name in _FORWARDED:
                 return None
         if token is None:
@@ -235,7 +240,7 @@ class Lean:
         path = _path(req)
         try:
             presence_beat(
-                services, space_id, token, forwarded_client(peer, (), services.trusted_proxies)
+                services, space_id, token, forwarded_client(peer, hops, services.trusted_proxies)
             )
         except TownhallError as exc:  # as PresenceFront renders it
             _count_problem(exc.status)
@@ -252,6 +257,7 @@ class Lean:
         if services is None or services.defense is None:
             return None
         host = pow_answer = seen_mark = None
+        hops: list[str] = []
         for name, value in req.headers:
             if name == b"host":
                 host = value.decode("latin-1")
@@ -259,8 +265,10 @@ class Lean:
                 pow_answer = value.decode("latin-1")
             elif name == b"x-townhall-seen":
                 seen_mark = value.decode("latin-1")
+            elif name == b"x-forwarded-for":
+                hops.append(value.decode("latin-1"))  # read below only from a trusted proxy
             elif name == b"authorization" or name in _FORWARDED:
-                return None  # the shield and the proxy headers: the app's path
+                return None  # the shield and the scheme a proxy names: the app's path
         path = _path(req)
         refusals = services.defense.refusals
         network = network_of(refusals.client(peer, req.headers))
@@ -279,7 +287,7 @@ class Lean:
                 None,
                 token,
                 ticket,
-                forwarded_client(peer, (), services.trusted_proxies),
+                forwarded_client(peer, hops, services.trusted_proxies),
                 pow_answer,
                 seen_mark,
             )
