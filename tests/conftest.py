@@ -77,6 +77,11 @@ class LiveServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, verb: str = "serve", timeout_s: float = 30.0) -> LiveServer:
+        return self.launch(verb).wait_ready(timeout_s)
+
+    def launch(self, verb: str = "serve") -> LiveServer:
+        """Start the process without waiting for it (``wait_ready`` waits):
+        several servers then start at once."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -96,6 +101,12 @@ class LiveServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        return self
+
+    def wait_ready(self, timeout_s: float = 30.0) -> LiveServer:
+        """Wait until the launched process answers /healthz (stopped and
+        raising if it exits or does not answer in ``timeout_s``)."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

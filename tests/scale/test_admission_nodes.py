@@ -18,7 +18,7 @@ CAP = 5
 
 async def test_cap_and_tickets_across_nodes(cluster: Cluster) -> None:
     env = {"TOWNHALL_MAX_LISTENERS": str(CAP), "TOWNHALL_QUEUE_INTERVAL_MS": "200"}
-    node_a, node_b = cluster.node("a", **env), cluster.node("b", **env)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **env)
     async with (
         httpx.AsyncClient(base_url=node_a.url, timeout=10) as a,
         httpx.AsyncClient(base_url=node_b.url, timeout=10) as b,

@@ -120,8 +120,7 @@ async def until_tone(
 
 
 async def test_follower_serves_the_owners_bytes_and_takes_over(cluster: Cluster) -> None:
-    node_a = cluster.node("a", **BUS)
-    node_b = cluster.node("b", **BUS)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **BUS)
     speaker: Speaker | None = None
     async with (
         httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
@@ -216,8 +215,7 @@ async def test_a_paused_owner_is_fenced_and_follows(cluster: Cluster) -> None:
     """Two nodes that both believe they own the room: the owner is paused
     (SIGSTOP) past its lease, the other takes the room; when the first wakes
     up its bus writes are refused, it stops its room and follows."""
-    node_a = cluster.node("a", **BUS)
-    node_b = cluster.node("b", **BUS)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **BUS)
     async with (
         httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
         httpx.AsyncClient(base_url=node_b.url, timeout=20) as b,

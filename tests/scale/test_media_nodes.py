@@ -40,8 +40,7 @@ def media_pid(node: LiveServer) -> int:
 
 
 async def test_the_owners_media_process_killed_the_room_runs_again(cluster: Cluster) -> None:
-    node_a = cluster.node("a", **MEDIA)
-    node_b = cluster.node("b", **MEDIA)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **MEDIA)
     async with (
         httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
         httpx.AsyncClient(base_url=node_b.url, timeout=20) as b,

@@ -96,8 +96,9 @@ async def until(
 
 @pytest.mark.parametrize("media_process", ["true", "false"])
 async def test_followers_show_the_owners_seats(cluster: Cluster, media_process: str) -> None:
-    node_a = cluster.node("a", **SEATS, TOWNHALL_MEDIA_PROCESS=media_process)
-    node_b = cluster.node("b", **SEATS, TOWNHALL_MEDIA_PROCESS=media_process)
+    node_a, node_b = cluster.nodes_at_once(
+        ("a", "b"), **SEATS, TOWNHALL_MEDIA_PROCESS=media_process
+    )
     speaker: Speaker | None = None
     async with (
         httpx.AsyncClient(base_url=node_a.url, timeout=20) as a,
@@ -207,8 +208,7 @@ async def test_removing_a_speaker_and_ending_through_a_follower_reach_the_owner(
     room at its next lease round (ENDLIST on both nodes)."""
     import redis.asyncio as aioredis
 
-    node_a = cluster.node("a", **SEATS)
-    node_b = cluster.node("b", **SEATS)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **SEATS)
     speaker: Speaker | None = None
     redis = aioredis.from_url(REDIS_URL)
     board = SeatBoard(redis, prefix=cluster.env["TOWNHALL_REDIS_PREFIX"], ttl_s=60)

@@ -42,7 +42,7 @@ async def sign_in(client: httpx.AsyncClient, username: str) -> dict[str, str]:
 
 async def test_sign_out_reaches_the_other_node(cluster: Cluster) -> None:
     env = {"TOWNHALL_REVOCATION_SYNC_MS": str(SYNC_MS)}
-    node_a, node_b = cluster.node("a", **env), cluster.node("b", **env)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **env)
     async with (
         httpx.AsyncClient(base_url=node_a.url) as a,
         httpx.AsyncClient(base_url=node_b.url) as b,

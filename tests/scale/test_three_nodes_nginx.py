@@ -87,7 +87,7 @@ def start_nginx(nodes: list[LiveServer], prefix: Path) -> tuple[subprocess.Popen
 
 @pytest.fixture
 def three_nodes(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[list[LiveServer], str]]:
-    nodes = [cluster.node(name, **BUS) for name in ("a", "b", "c")]
+    nodes = cluster.nodes_at_once(("a", "b", "c"), **BUS)
     proc, url = start_nginx(nodes, tmp_path / "nginx")
     try:
         yield nodes, url

@@ -74,7 +74,7 @@ async def react(client: httpx.AsyncClient, space_id: str, token: str, emoji: str
 
 
 async def test_space_and_tokens_cross_nodes(cluster: Cluster) -> None:
-    node_a, node_b = cluster.node("a"), cluster.node("b")
+    node_a, node_b = cluster.nodes_at_once(("a", "b"))
     async with (
         httpx.AsyncClient(base_url=node_a.url) as a,
         httpx.AsyncClient(base_url=node_b.url) as b,
@@ -98,7 +98,7 @@ async def test_space_and_tokens_cross_nodes(cluster: Cluster) -> None:
 
 
 async def test_listener_count_and_reactions_are_shared(cluster: Cluster) -> None:
-    node_a, node_b = cluster.node("a"), cluster.node("b")
+    node_a, node_b = cluster.nodes_at_once(("a", "b"))
     async with (
         httpx.AsyncClient(base_url=node_a.url) as a,
         httpx.AsyncClient(base_url=node_b.url) as b,
@@ -152,7 +152,7 @@ async def test_limits_hold_across_nodes(cluster: Cluster) -> None:
         # (origin/retry_penalty.py, its own tests)
         "TOWNHALL_HTTP_REFUSED_PAUSE_MAX_S": "0",
     }
-    node_a, node_b = cluster.node("a", **limits), cluster.node("b", **limits)
+    node_a, node_b = cluster.nodes_at_once(("a", "b"), **limits)
     async with (
         httpx.AsyncClient(base_url=node_a.url) as a,
         httpx.AsyncClient(base_url=node_b.url) as b,

@@ -141,6 +141,12 @@ def spectrum(page: Any, selector: str, ms: int = 1500) -> Spectrum:
     return Spectrum(result["bin_hz"], result["power"])
 
 
+async def spectrum_async(page: Any, selector: str, ms: int = 1500) -> Spectrum:
+    """``spectrum`` for a page of Playwright's async API."""
+    result = await page.evaluate(_SPECTRUM_JS, {"selector": selector, "ms": ms, "max_hz": 4000})
+    return Spectrum(result["bin_hz"], result["power"])
+
+
 def openapi_paths(base_url: str) -> set[str]:
     response = httpx.get(base_url + "/api/openapi.json", timeout=10)
     response.raise_for_status()

@@ -18,8 +18,50 @@ from townhall.cli.options import build_settings, settings_options
 from townhall.server.run import run_server
 from townhall.server.workers import resolve_workers
 
+# Verbs that live beside the code they drive: verb -> (module, attribute: a
+# click command). Imported when the verb runs or help lists it, not at every
+# start: `serve` then skips the speaker client, the bench and the evidence CLI.
+ATTACHED = {
+    "speak": ("townhall.client.speak", "speak_command"),
+    "demo": ("townhall.cli.demo", "demo_command"),
+    "bench": ("townhall.bench.cli", "bench_group"),
+    "evidence": ("townhall.evidence.cli", "evidence_group"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+
+class _Verbs(click.Group):
+    """The group with the ATTACHED verbs loaded on first use (click's lazy
+    subcommands); a verb whose module is not installed is left out."""
+
+    def _load(self, name: str) -> click.Command | None:
+        module_name, attribute = ATTACHED[name]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+        command: click.Command = getattr(module, attribute)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        have = set(super().list_commands(ctx))
+        loaded = {name for name in ATTACHED if name not in have and self.get_command(ctx, name)}
+        return sorted(have | loaded)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in ATTACHED:
+            command = self._load(cmd_name)
+            if command is not None:
+                self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(
+    cls=_Verbs,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.version_option(__version__, prog_name="townhall")
 def main() -> None:
     """townhall: live audio spaces. A few people talk over WebRTC; any number
@@ -53,27 +95,5 @@ def serve(**overrides: Any) -> None:
     )
     run_server(settings)
 
-
-# Verbs that live beside the code they drive: module -> attribute (a click command).
-ATTACHED = (
-    ("townhall.client.speak", "speak_command"),
-    ("townhall.cli.demo", "demo_command"),
-    ("townhall.bench.cli", "bench_group"),
-    ("townhall.evidence.cli", "evidence_group"),
-)
-
-
-def _attach() -> None:
-    for module_name, attribute in ATTACHED:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        main.add_command(getattr(module, attribute))
-
-
-_attach()
 
 __all__ = ["build_settings", "main", "run_server", "settings_options"]
