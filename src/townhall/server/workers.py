@@ -298,8 +298,13 @@ def worker_main() -> None:
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
     public = reuseport_socket(settings.host, settings.port)
     if settings.worker_role == "listener":  # its requests go to the primary's port
-        from townhall.server.local_bus import wait_for_primary
+        import uvicorn  # noqa: F401  # imported before the wait: on the port right after it
 
+        from townhall.origin import http1  # noqa: F401
+        from townhall.server import app, logs  # noqa: F401  # run_server imports them
+        from townhall.server.local_bus import ListenerApp, wait_for_primary
+
+        ListenerApp(settings)
         public.close()  # not on the port until the primary serves: nothing to pass on to
         wait_for_primary(settings.data_dir, PRIMARY_START_WAIT_S)
         run_server(settings, sockets=[reuseport_socket(settings.host, settings.port)])
