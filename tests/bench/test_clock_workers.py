@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 
 from tests.bench.test_clock import scrape
-from townhall.bench.clock import (
+from townhall.bench.clock import wrk_summary
+from townhall.bench.clock_nodes import (
     is_scaled_out,
     node_entry,
     owners_figures,
@@ -15,7 +16,6 @@ from townhall.bench.clock import (
     scaled_out_plan,
     server_core,
     tree_usage,
-    wrk_summary,
 )
 
 WRK_OUT = b"""Running 28s test @ http://127.0.0.1:40001

@@ -30,7 +30,11 @@ class StandIn:
 
     def __init__(self, redis: Any, local: set[str]) -> None:
         scaleout = SimpleNamespace(redis=redis, node_id="me")
-        rooms = SimpleNamespace(scaleout=scaleout, get=lambda space_id: space_id in local or None)
+        rooms = SimpleNamespace(
+            scaleout=scaleout,
+            get=lambda space_id: space_id in local or None,
+            listener_source=lambda space_id: space_id in local or None,  # a copy where it runs
+        )
         self.state = SimpleNamespace(services=SimpleNamespace(rooms=rooms))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -13,8 +13,9 @@ import pytest
 from tests.conftest import FAST_ARGON2
 from townhall.config import Settings
 from townhall.origin.bus import Closed, Entry
+from townhall.origin.entry_log import EntryLog
 from townhall.server.app import create_app
-from townhall.server.local_bus import PRIMARY_FILE, SECRET_HEADER, EntryLog, primary_url
+from townhall.server.local_bus import PRIMARY_FILE, SECRET_HEADER, primary_url
 
 
 def entry(seq: int) -> Entry:
@@ -84,7 +85,7 @@ async def test_the_local_bus_answers_only_with_the_secret(tmp_path: Path, role: 
     async with app.router.lifespan_context(app):
         if role:
             assert json.loads((tmp_path / PRIMARY_FILE).read_text())["pid"] > 0
-            assert app.state.services.rooms.local_log is not None
+            assert type(app.state.services.rooms.local_log) is EntryLog
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             path = "/_townhall/local/s1/entries?after=0"

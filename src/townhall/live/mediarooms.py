@@ -53,6 +53,7 @@ from townhall.live.tracks import SpeakerStatus
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
 from townhall.origin.bus import Entry, EpochStart, Message
+from townhall.origin.entry_log import EntryLog, NoLog
 from townhall.origin.fanout import ProgressiveHub, Spreader
 from townhall.origin.follower import FollowerState, Gap, window_open_parts
 from townhall.origin.window import LiveWindow
@@ -60,11 +61,9 @@ from townhall.store.recordings import RecordingStore
 
 if TYPE_CHECKING:
     from townhall.live.scaleout import Scaleout
-    from townhall.server.local_bus import EntryLog
 
 log = logging.getLogger("townhall.media")
 
-LOCAL_LOG_LINGER_S = 3.0  # an ended room's calls stay readable by the listener workers
 RESTART_RESET_S = 60.0  # a media process that ran this long resets the restart count
 RESTART_MAX_DELAY_S = 8.0
 # what a call may wait on top of media_call_timeout_s while the media process
@@ -291,8 +290,7 @@ class MediaRooms:
         self._restarts = 0  # restarts in a row (``media_process_restarts``)
         self._started_at = 0.0
         self._ready = asyncio.Event()  # the running media process said it is serving
-        self.local_log: EntryLog | None = None
-        """HTTP workers without Redis: the window calls for the listener workers (server/local_bus.py)."""
+        self.local_log: EntryLog = NoLog(1)  # HTTP workers without Redis (server/local_bus.py)
 
     # -- the registry's calls ------------------------------------------------------
 
@@ -338,8 +336,7 @@ class MediaRooms:
             if room is not None and not room.program.failure:
                 return room
             await self.open()
-            if self.local_log is not None:
-                self.local_log.drop(space_id)  # a new room numbers its calls from 1 again
+            self.local_log.drop(space_id)  # a new room numbers its calls from 1 again
             room = RemoteRoom(self, space_id, self.settings)
             if self.scaleout is not None:
                 self.scaleout.attach(room)  # before the call: the bus gets every entry
@@ -373,10 +370,8 @@ class MediaRooms:
         async with self._lock:
             self._rooms.pop(space_id, None)
             metrics.SPACES_LIVE.set(len(self._rooms))
-        if self.local_log is not None:  # the copies read the room's last calls first
-            asyncio.get_running_loop().call_later(
-                LOCAL_LOG_LINGER_S, self.local_log.drop_if_idle, space_id, self._rooms
-            )
+        loop = asyncio.get_running_loop()  # the copies read the room's last calls first
+        loop.call_later(3.0, self.local_log.drop_if_idle, space_id, self._rooms)
         if self.scaleout is not None:
             await self.scaleout.detach(space_id, release=method == "end")
 
@@ -494,8 +489,7 @@ class MediaRooms:
                     room = self._rooms.get(item[1])
                     if room is not None:
                         room.apply(item[2], self.resync)
-                        if self.local_log is not None:
-                            self.local_log.add(item[1], item[2])
+                        self.local_log.add(item[1], item[2])
                 elif kind == "aac":
                     room = self._rooms.get(item[1])
                     if room is not None:

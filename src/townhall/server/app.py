@@ -88,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await Services.open(settings)
         app.state.services = services
         if settings.worker_role == "primary":  # HTTP workers without Redis
-            from townhall.server.local_bus import EntryLog, publish_primary
+            from townhall.origin.entry_log import EntryLog
+            from townhall.server.local_bus import publish_primary
 
             if hasattr(services.rooms, "local_log"):
                 services.rooms.local_log = EntryLog(settings.local_bus_entries)

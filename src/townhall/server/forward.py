@@ -173,17 +173,18 @@ class OwnerForward:
         if scope["type"] == "http" and self._directory is not None and not _was_forwarded(scope):
             method, path = scope["method"], scope["path"]
             rooms = self.app.state.services.rooms
-            space_id = owner_only(method, path)
+            space_id, window = owner_only(method, path), False
             if space_id is None:
                 # the room's window, on a node whose copy is not there yet
-                # (it follows from this request on): the owner has it now
-                space_id = window_request(method, path)
+                # (it follows from this request on): the owner has it now;
+                # owner unreachable: this node answers as it can
+                space_id, window = window_request(method, path), True
                 if space_id is not None and rooms.listener_source(space_id) is not None:
                     space_id = None
             if (
                 space_id is not None
                 and rooms.get(space_id) is None
-                and await self._forward(space_id, scope, receive, send)
+                and await self._forward(space_id, scope, receive, send, fallback=window)
             ):
                 return
         await self.app(scope, receive, send)
@@ -242,9 +243,13 @@ class OwnerForward:
 
     # -- passing a request on -------------------------------------------------------
 
-    async def _forward(self, space_id: str, scope: Scope, receive: Receive, send: Send) -> bool:
+    async def _forward(
+        self, space_id: str, scope: Scope, receive: Receive, send: Send, *, fallback: bool = False
+    ) -> bool:
         """Relay the request to the room's owner; False when no owner is known
-        or it is this node (the app answers, nothing read yet)."""
+        or it is this node (the app answers, nothing read yet). ``fallback``
+        (a GET or HEAD of the window): also False when the owner cannot be
+        reached, nothing read or sent."""
         assert self._directory is not None and self._client is not None
         try:
             found = await self._directory.owner_url(space_id)
@@ -255,7 +260,7 @@ class OwnerForward:
         if found is None or found[0] == self._node_id or found[1] == self.url:
             return False
         node_id, url = found
-        body = await _read_body(receive, self.settings.max_body_bytes)
+        body = b"" if fallback else await _read_body(receive, self.settings.max_body_bytes)
         if body is None:
             await _problem(
                 scope, send, 413, "body-too-large", "Request body too large",
@@ -270,7 +275,21 @@ class OwnerForward:
         )
         try:
             response = await self._client.send(request, stream=True)
-        except httpx.TimeoutException:
+        except httpx.HTTPError as exc:
+            if not fallback:
+                return await self._failed(exc, space_id, node_id, url, scope, send)
+            metrics.FORWARDED.labels(outcome="unreachable").inc()
+            log.info("room %s: owner %s unreachable (%s); answered here", space_id, node_id, exc)
+            return False
+        metrics.FORWARDED.labels(outcome="answered").inc()
+        await _relay(response, node_id, receive, send)
+        return True
+
+    async def _failed(
+        self, exc: httpx.HTTPError, space_id: str, node_id: str, url: str, scope: Scope, send: Send
+    ) -> bool:
+        """The answer when the owner could not be asked: 504 or 503."""
+        if isinstance(exc, httpx.TimeoutException):
             metrics.FORWARDED.labels(outcome="timeout").inc()
             await _problem(
                 scope, send, 504, "owner-timeout", "The room's server did not answer",
@@ -278,20 +297,14 @@ class OwnerForward:
                 retry_after_s=2.0,
             )  # fmt: skip
             return True
-        except httpx.HTTPError as exc:
-            metrics.FORWARDED.labels(outcome="unreachable").inc()
-            log.warning(
-                "room %s: its owner %s at %s is unreachable (%s)", space_id, node_id, url, exc
-            )
-            await _problem(
-                scope, send, 503, "owner-unreachable", "The room's server cannot be reached",
-                "The server that runs this space's audio cannot be reached right now (it may be "
-                "moving to another server); try again in a few seconds.",
-                retry_after_s=2.0,
-            )  # fmt: skip
-            return True
-        metrics.FORWARDED.labels(outcome="answered").inc()
-        await _relay(response, node_id, receive, send)
+        metrics.FORWARDED.labels(outcome="unreachable").inc()
+        log.warning("room %s: its owner %s at %s is unreachable (%s)", space_id, node_id, url, exc)
+        await _problem(
+            scope, send, 503, "owner-unreachable", "The room's server cannot be reached",
+            "The server that runs this space's audio cannot be reached right now (it may be "
+            "moving to another server); try again in a few seconds.",
+            retry_after_s=2.0,
+        )  # fmt: skip
         return True
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:

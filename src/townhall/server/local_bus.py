@@ -39,7 +39,6 @@ import logging
 import os
 import pickle
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from starlette.types import Message, Receive, Scope, Send
 from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.bus import Entry, Snapshot
+from townhall.origin.entry_log import EntryLog
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import Follower, FollowerState
 from townhall.server import forward
@@ -66,66 +66,7 @@ _ABSENT_S = 1.0  # a space the primary does not run is asked about again after t
 _MAX_BLOCK_MS = 5_000
 
 
-# -- the primary: the window calls of its rooms, for the listener workers ----------
-
-
-class _RoomLog:
-    __slots__ = ("arrived", "entries")
-
-    def __init__(self, max_entries: int) -> None:
-        self.entries: deque[Entry] = deque(maxlen=max_entries)
-        self.arrived = asyncio.Event()
-
-
-class EntryLog:
-    """The newest ``max_entries`` window calls of each room running on the
-    primary, as its media process numbered them; a reader that asks for what
-    follows a number older than the log holds sees a gap in the numbers (its
-    follower restores from a snapshot)."""
-
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._rooms: dict[str, _RoomLog] = {}
-
-    def add(self, space_id: str, entry: Entry) -> None:
-        room = self._rooms.get(space_id)
-        if room is None:
-            room = self._rooms[space_id] = _RoomLog(self.max_entries)
-        room.entries.append(entry)
-        room.arrived.set()
-        room.arrived = asyncio.Event()
-
-    def drop(self, space_id: str) -> None:
-        """The room is gone from the primary: its readers are woken (and told so)."""
-        room = self._rooms.pop(space_id, None)
-        if room is not None:
-            room.arrived.set()
-
-    def drop_if_idle(self, space_id: str, running: Any) -> None:
-        """:meth:`drop`, unless the room runs again (in ``running``)."""
-        if space_id not in running:
-            self.drop(space_id)
-
-    def after(self, space_id: str, seq: int) -> list[Entry] | None:
-        """The entries after ``seq`` (None: no such room here)."""
-        room = self._rooms.get(space_id)
-        if room is None:
-            return None
-        return [e for e in room.entries if e.seq > seq]
-
-    async def wait_after(self, space_id: str, seq: int, block_s: float) -> list[Entry] | None:
-        """:meth:`after`, waiting up to ``block_s`` while there is nothing new."""
-        deadline = time.monotonic() + block_s
-        while True:
-            found = self.after(space_id, seq)
-            if found is None or found:
-                return found
-            left = deadline - time.monotonic()
-            room = self._rooms.get(space_id)
-            if left <= 0 or room is None:
-                return found
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(room.arrived.wait(), left)
+# -- the primary: its rooms' window calls (origin/entry_log.py), for the listener workers
 
 
 def _authorized(request: Request) -> bool:

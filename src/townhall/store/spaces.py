@@ -128,16 +128,11 @@ def _entry_of(space: Space) -> tuple[str, str, str, datetime | None, int | None]
     return space.id, space.state, space.visibility, space.scheduled_for, space.max_listeners
 
 
-_STATE_ORDER = {state: rank for rank, state in enumerate(STATES)}
-
-
 class SpaceIndex:
-    """Known spaces (id -> state, visibility) and blocks, in memory.
-
-    Filled from the database at start-up, updated on every write this process
-    makes, and refreshed from the database by the caller (other nodes' writes).
-    Memory grows with the number of spaces (about 200 bytes each).
-    """
+    """Known spaces (id -> state, visibility) and blocks, in memory: filled at
+    start-up, updated on every write this process makes, refreshed by the caller
+    (other nodes' writes); about 200 bytes per space. A space never moves back:
+    a read older than a write applied here (a refresh racing a start) is ignored."""
 
     def __init__(self) -> None:
         self._spaces: dict[str, IndexEntry] = {}
@@ -158,10 +153,7 @@ class SpaceIndex:
         max_listeners: int | None = None,
     ) -> None:
         known = self._spaces.get(space_id)
-        if known is not None and _STATE_ORDER.get(known.state, 0) > _STATE_ORDER.get(state, 0):
-            # a space only moves forward (scheduled, live, ended): this is a read
-            # made before a write this process has already applied (a refresh
-            # racing the host's start), so it is older than what is here
+        if known is not None and STATES.index(known.state) > STATES.index(state):
             return
         when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
         self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
