@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import LiveServer
+from townhall.bench.clock_nodes import admin_sql
 
 POSTGRES_URL = os.environ.get(
     "TOWNHALL_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -37,21 +38,7 @@ def unreachable(what: str, url: str, exc: BaseException, variable: str) -> None:
 
 
 async def _pg_admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    url = make_url(POSTGRES_URL)
-    conn = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database,
-        timeout=5,
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+    await admin_sql(POSTGRES_URL, sql)  # the bench's own helper: one way to run admin SQL
 
 
 @pytest.fixture

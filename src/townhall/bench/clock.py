@@ -54,7 +54,7 @@ from townhall.bench.clock_nodes import (
     ScaledOut,
     _cpu_s,
     _drop_keys,
-    _pg,
+    admin_sql,
     is_scaled_out,
     owners_figures,
     sample_tree,
@@ -256,7 +256,7 @@ async def _state(args: argparse.Namespace) -> AsyncIterator[ScaledOut | None]:
     import redis.asyncio as aioredis
 
     plan = scaled_out_plan(args.postgres_url, args.redis_url, secrets.token_hex(4))
-    await _pg(plan.admin_url, f'CREATE DATABASE "{plan.database}"')
+    await admin_sql(plan.admin_url, f'CREATE DATABASE "{plan.database}"')
     try:
         yield plan
     finally:
@@ -265,7 +265,7 @@ async def _state(args: argparse.Namespace) -> AsyncIterator[ScaledOut | None]:
             await _drop_keys(client, plan.prefix)
         finally:
             await client.aclose()
-        await _pg(plan.admin_url, f'DROP DATABASE IF EXISTS "{plan.database}" WITH (FORCE)')
+        await admin_sql(plan.admin_url, f'DROP DATABASE IF EXISTS "{plan.database}" WITH (FORCE)')
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

@@ -72,7 +72,7 @@ def server_core(args: argparse.Namespace) -> int | None:
     return None if value == "none" else int(value)
 
 
-async def _pg(admin_url: str, sql: str) -> None:
+async def admin_sql(admin_url: str, sql: str) -> None:
     import asyncpg  # type: ignore[import-untyped]
     from sqlalchemy.engine import make_url
 
