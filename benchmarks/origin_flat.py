@@ -16,6 +16,13 @@ generator's CPU come from /proc, and the requests that reached the origin
 from nginx's access log (a log of our own, written only for requests nginx
 passed upstream, subrequests included). Writes
 benchmarks/results/origin_flat.json and docs/plots/origin_flat.png.
+
+A control (``--control``, on with three nodes): a fourth node of the same
+deployment on the same core, following the same room, that nginx never sends
+to. It does a follower's work and no listener's, so its CPU over a step is
+what the machine charges for the same work at that minute (other tenants, the
+crowd on the sibling core sharing caches). The origin's CPU per control CPU
+is reported beside the raw figure, with its own spread.
 """
 
 from __future__ import annotations
@@ -116,7 +123,15 @@ def origin_requests(path: Path, t0: float, t1: float) -> dict[str, Any]:
 
 
 def step(
-    lab: Lab, nodes: list[Node], nginx: Any, url: str, live: str, n: int, args: Any, log_path: Path
+    lab: Lab,
+    nodes: list[Node],
+    nginx: Any,
+    url: str,
+    live: str,
+    n: int,
+    args: Any,
+    log_path: Path,
+    control: Node | None = None,
 ) -> dict[str, Any]:
     """One step: ``n`` listeners in crowds of at most ``--per-process``, each
     crowd a process in a session of its own (the kernel's autogroup then
@@ -158,10 +173,12 @@ def step(
         return sum(proc_cpu_s(p.pid) for p in procs)
 
     c0 = [nd.cpu_s() for nd in nodes]
+    q0 = control.cpu_s() if control is not None else 0.0
     g0, k0, w0, wall0 = proc_cpu_s(nginx.pid), client_cpu(), time.monotonic(), time.time()
     l0 = loadavg()
     time.sleep(window)
     c1 = [nd.cpu_s() for nd in nodes]
+    q1 = control.cpu_s() if control is not None else 0.0
     g1, k1, w1, wall1 = proc_cpu_s(nginx.pid), client_cpu(), time.monotonic(), time.time()
     for t in threads:
         t.join(timeout=args.step_s + 100)
@@ -191,6 +208,10 @@ def step(
         "window_s": round(span, 2),
         "origin_cores": round(sum(by_node), 4),
         "origin_by_node_cores": [round(c, 4) for c in by_node],
+        "control_cores": round((q1 - q0) / span, 4) if control is not None else None,
+        "origin_per_control": round(sum(by_node) / ((q1 - q0) / span), 3)
+        if control is not None and q1 > q0
+        else None,
         "nginx_cores": round((g1 - g0) / span, 4),
         "client_cores": round((k1 - k0) / span, 4),
         "origin_requests": origin_requests(log_path, wall0, wall1),
@@ -199,7 +220,7 @@ def step(
     }
     log(
         f"{n}: origin {row['origin_cores']} cores, nginx {row['nginx_cores']}, client "
-        f"{row['client_cores']}, origin requests {row['origin_requests']['per_s']}/s, "
+        f"{row['client_cores']}, control {row['control_cores']}, origin requests {row['origin_requests']['per_s']}/s, "
         f"held {row['held']}, stalls {row['stall_ratio']}"
     )
     return row
@@ -219,6 +240,8 @@ def plot(rows: list[dict[str, Any]], idle: float, path: Path, title: str) -> Non
         ("client_cores", "load generator"),
     ):
         ax.plot(xs, [r[key] for r in rows], "o", label=label)
+    if all(r.get("control_cores") is not None for r in rows):
+        ax.plot(xs, [r["control_cores"] for r in rows], "x", label="control node (no listeners)")
     ax.axhline(idle, color="grey", ls=":", label="origin, room live, no listeners")
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(set(xs)), [str(x) for x in sorted(set(xs))])
@@ -240,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-s", type=float, default=15.0)
     ap.add_argument("--client-cores", default=CLIENT_CORE, help="taskset -c for the crowd")
     ap.add_argument("--per-process", type=int, default=1000, help="listeners per crowd process")
+    ap.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a fourth node, same deployment and room, no listeners (default: on with 3 nodes)",
+    )
     ap.add_argument("--log-all", action="store_true", help="diagnosis: log every request too")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/origin_flat.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs/plots/origin_flat.png"))
@@ -266,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
                 "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
             }
         nodes = [lab.node(f"node-{c}", env) for c in "abc"[: args.nodes]]
+        use_control = args.control if args.control is not None else args.nodes == 3
+        if use_control and args.nodes != 3:
+            raise SystemExit("--control needs the three-node deployment (it follows the bus)")
+        control = lab.node("node-control", env) if use_control else None
         if args.nodes == 3:
             template = "nginx-nodes.conf"
             fields = {f"@NODE{i}@": f"127.0.0.1:{n.port}" for i, n in enumerate(nodes, 1)}
@@ -281,17 +314,20 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 raise RuntimeError("the room did not go live within 60 s")
             time.sleep(0.2)
-        for nd in nodes:  # every node follows the room before we measure
+        for nd in [*nodes, *([control] if control else [])]:  # all follow before we measure
             httpx.get(f"{nd.url}/spaces/{live}/live.m3u8")
         time.sleep(5)
         c0, t0 = [nd.cpu_s() for nd in nodes], time.monotonic()
+        q0 = control.cpu_s() if control else 0.0
         time.sleep(args.idle_s)
-        idle_by_node = [
-            (nd.cpu_s() - c) / (time.monotonic() - t0) for nd, c in zip(nodes, c0, strict=True)
-        ]
+        span0 = time.monotonic() - t0
+        idle_by_node = [(nd.cpu_s() - c) / span0 for nd, c in zip(nodes, c0, strict=True)]
         idle = sum(idle_by_node)
-        log(f"room live, no listeners: origin {idle:.4f} cores {idle_by_node}")
-        rows = [step(lab, nodes, nginx, url, live, n, args, log_path) for n in steps]
+        idle_control = (control.cpu_s() - q0) / span0 if control else None
+        log(
+            f"room live, no listeners: origin {idle:.4f} cores {idle_by_node}, control {idle_control}"
+        )
+        rows = [step(lab, nodes, nginx, url, live, n, args, log_path, control) for n in steps]
         time.sleep(1.5)
         waits = wait_profile(every) if every is not None else None
     finally:
@@ -306,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         by_count.setdefault(r["listeners"], []).append(r["origin_cores"])
     means = {n: sum(v) / len(v) for n, v in sorted(by_count.items())}
     mlo, mhi = min(means.values()), max(means.values())
+    rel: dict[int, list[float]] = {}
+    for r in rows:
+        if r.get("origin_per_control"):
+            rel.setdefault(r["listeners"], []).append(r["origin_per_control"])
+    rel_means = {n: sum(v) / len(v) for n, v in sorted(rel.items())}
+    rlo, rhi = (min(rel_means.values()), max(rel_means.values())) if rel_means else (0.0, 0.0)
     result = {
         "command": "python benchmarks/origin_flat.py " + " ".join(argv or sys.argv[1:]),
         "nodes": args.nodes,
@@ -319,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         "spread": round((hi - lo) / lo, 4) if lo > 0 else None,
         "mean_cores_by_listeners": {str(n): round(m, 4) for n, m in means.items()},
         "spread_of_means": round((mhi - mlo) / mlo, 4) if mlo > 0 else None,
+        "idle_control_cores": round(idle_control, 4) if idle_control is not None else None,
+        "mean_origin_per_control_by_listeners": {str(n): round(m, 3) for n, m in rel_means.items()},
+        "spread_of_means_per_control": round((rhi - rlo) / rlo, 4) if rlo > 0 else None,
         "bar": f"origin CPU max/min - 1 <= {BAR:.0%} (each step; and over each count's mean)",
         "met": lo > 0 and (hi - lo) / lo <= BAR,
         "met_on_means": mlo > 0 and (mhi - mlo) / mlo <= BAR,
@@ -331,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(
             f"{r['listeners']:>5} held {r['held']} stall {r['stall_ratio']} origin "
-            f"{r['origin_cores']:.4f} nginx {r['nginx_cores']:.4f} client {r['client_cores']:.4f} "
+            f"{r['origin_cores']:.4f} control {r['control_cores']} nginx {r['nginx_cores']:.4f} client {r['client_cores']:.4f} "
             f"upstream {r['origin_requests']['per_s']}/s {r['origin_requests']['by_kind_per_s']}"
         )
     return 0
