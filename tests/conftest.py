@@ -178,6 +178,7 @@ SERIAL = {
     "tests/players/test_dead_air.py": "at most 2 s of dead air",
     "tests/players/test_gstreamer.py": "GStreamer plays the live tone",
     "tests/players/test_listener_count.py": "a silent listener leaves within its presence time",
+    "tests/players/test_presence_scale.py": "40 pages beat within a 2 s presence window",
     "tests/players/test_recording_m4a.py": "an hour's recording.m4a within 1 s",
     "tests/players/test_wheel.py": "plays in Chromium",
     "tests/scale/test_pages_takeover.py": "the tone back in Chromium after a takeover",
