@@ -25,8 +25,17 @@ lint:
 typecheck:
 	$(VENV)/mypy
 
+# Two phases: the tests that can share the machine, TEST_WORKERS at a time
+# (pytest-xdist; a file's tests stay on one worker, so a module's server starts
+# once), then the ones that hold real time to a bound, alone (tests/conftest.py
+# SERIAL). The second runs even when the first failed; `make` fails if either did.
+TEST_WORKERS ?= 2
 pytest:
-	$(VENV)/pytest -q -p no:cacheprovider
+	@$(VENV)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS); \
+	shared=$$?; \
+	$(VENV)/pytest -q -p no:cacheprovider -m serial $(PYTEST_ARGS); \
+	alone=$$?; \
+	[ $$shared -eq 0 ] && [ $$alone -eq 0 ]
 
 clean:
 	rm -rf .venv node_modules townhall-data src/townhall/web/static/vendor

@@ -152,6 +152,54 @@ def pytest_report_header(config: Any) -> str:
     return f"townhall tests; CI={os.environ.get('CI', '')}"
 
 
+# The files whose tests hold real time to a bound (a media clock, audio with no
+# gap, a browser that must not stall, a deadline in seconds) or read the
+# machine's CPU: `make test` runs them alone, after the rest has run two at a
+# time (pytest-xdist), so another test's server starting on the same two cores
+# cannot make them late. Every test is still run; plain `pytest` runs them all
+# one at a time, as before.
+SERIAL = {
+    "tests/bench/test_attack.py": "a slow connection cut at its deadline while a listener plays",
+    "tests/bench/test_attack_fleet.py": "the generator's own CPU",
+    "tests/bench/test_clock.py": "the mixer clock late by at most a bound",
+    "tests/bench/test_real_run.py": "simulated listeners' stalls",
+    "tests/bench/test_storm.py": "a real storm: the line moves in time",
+    "tests/captions/test_clips.py": "a 30 s clip within 2 s",
+    "tests/captions/test_player_captions.py": "cues line up with the audio within 1 s in Chromium",
+    "tests/captions/test_worker.py": "feeding returns within 1 s",
+    "tests/client/test_latency.py": "mouth-to-ear latency, measured",
+    "tests/client/test_speak_reconnect.py": "what the server acknowledged, in seconds of talk",
+    "tests/live/test_mediaproc.py": "the media process's clock ticks while the HTTP loop is blocked",
+    "tests/live/test_program_health_http.py": "an outage seen within 5 s",
+    "tests/live/test_program_resilience.py": "resumes within 5 s, loses no more than the outage",
+    "tests/live/test_stage_clock.py": "the 20 ms clock",
+    "tests/origin/test_http1_limits.py": "408 between 0.25 s and 1.5 s",
+    "tests/players/test_browser_players.py": "20 s without a stall in Chromium",
+    "tests/players/test_dead_air.py": "at most 2 s of dead air",
+    "tests/players/test_gstreamer.py": "GStreamer plays the live tone",
+    "tests/players/test_listener_count.py": "a silent listener leaves within its presence time",
+    "tests/players/test_presence_scale.py": "40 pages beat within a 2 s presence window",
+    "tests/players/test_recording_m4a.py": "an hour's recording.m4a within 1 s",
+    "tests/players/test_wheel.py": "plays in Chromium",
+    "tests/scale/test_pages_takeover.py": "the tone back in Chromium after a takeover",
+    "tests/scale/test_seat_board.py": "a seat board's age within a window",
+    "tests/scale/test_seats_nodes.py": "a mute reaches the owner within a bound",
+    "tests/web/test_first_use.py": "a scheduled space starts by itself, audio back in Chromium",
+    "tests/web/test_listener_count_pages.py": "listener pages counted through a restart",
+    "tests/web/test_live_space.py": "listeners hear the host live in Chromium",
+    "tests/web/test_mic_reconnect.py": "the host page comes back by itself",
+    "tests/web/test_waiting_room.py": "admitted within 10 s",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config: Any, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for item in items:
+        if item.path.resolve().relative_to(root).as_posix() in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
+
 # ---------------------------------------------------------------------------
 # Control plane (added by the control-plane engineer): API helpers for tests
 # that go through the real HTTP interface.

@@ -8,7 +8,6 @@ import ast
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import townhall
@@ -99,27 +98,59 @@ def test_the_uvicorn_check_can_fail(tmp_path: Path) -> None:
     ]
 
 
-def import_alone(name: str) -> str | None:
-    env = {**os.environ, "PYTHONPATH": str(SRC.parent)}
+CHECKER = Path(__file__).with_name("layout_imports.py")
+
+
+def imports_alone(package: str, names: list[str], path: Path) -> list[str]:
+    """Each of ``names`` imported first, with no module of ``package`` loaded
+    (tests/layout_imports.py: one interpreter, the libraries imported once, a
+    forked child per module): ``name: error`` for each that failed."""
+    env = {**os.environ, "PYTHONPATH": str(path), "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", f"import {name}"],
+        [sys.executable, str(CHECKER), package, *names],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
         env=env,
     )
-    if done.returncode == 0:
-        return None
-    lines = done.stderr.strip().splitlines() or ["(no output)"]
-    return f"{name}: {lines[-1]}"
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout.splitlines()
 
 
 def test_every_module_imports_on_its_own() -> None:
-    """One fresh interpreter per module (a partially initialised module, an
-    import cycle, shows up only when that module is imported first)."""
+    """Every module imported first (a partially initialised module, an import
+    cycle, shows up only when that module is imported first)."""
     names = modules()
     assert "townhall.origin.rules" in names and "townhall.cli.demo" in names
-    with ThreadPoolExecutor(max_workers=2) as pool:  # two cores, shared
-        failed = [f for f in pool.map(import_alone, names) if f is not None]
-    assert failed == []
+    assert imports_alone("townhall", names, SRC.parent) == []
+
+
+def test_the_import_check_can_fail(tmp_path: Path) -> None:
+    """Modules that import only after another of the package was imported: one
+    that finds its partner in a cycle half made (``second`` imported before
+    ``first``), one that reaches an attribute of the package only another
+    module's import sets. Both import when their partner comes first (``ok``
+    imports them all, in that order), so only importing each first catches them."""
+    pkg = tmp_path / "sample"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "first.py").write_text("from sample.second import late\n\nearly = 1\n")
+    (pkg / "second.py").write_text("import sample.first\n\nlate = 2\n")
+    (pkg / "helper.py").write_text("VALUE = 3\n")
+    (pkg / "leans.py").write_text("import sample\n\nVALUE = sample.helper.VALUE\n")
+    (pkg / "ok.py").write_text(
+        "import sample.first\nimport sample.helper\nimport sample.leans\nimport sample.second\n"
+    )
+    names = [
+        "sample",
+        "sample.first",
+        "sample.helper",
+        "sample.leans",
+        "sample.ok",
+        "sample.second",
+    ]
+    failed = imports_alone("sample", names, tmp_path)
+    assert [line.split(":")[0] for line in failed] == ["sample.leans", "sample.second"]
+    assert "has no attribute 'helper'" in failed[0]
+    assert "partially initialized" in failed[1]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.live.room import Room
 
 if TYPE_CHECKING:
+    from townhall.live.room import Room
     from townhall.live.scaleout import Scaleout
 
 
@@ -73,6 +73,10 @@ class RoomRegistry:
         async with self._lock:
             room = self._rooms.get(space_id)
             if room is None:
+                # here, not at the top: a server whose rooms run in the media
+                # process (the default) never loads the speaker plane (aiortc, av)
+                from townhall.live.room import Room
+
                 room = Room(space_id, self.settings)
                 if self.on_room is not None:
                     self.on_room(room)
