@@ -54,11 +54,12 @@ from townhall.origin.bus import Entry, Snapshot
 from townhall.origin.entry_log import EntryLog
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import Follower, FollowerState
+from townhall.origin.handoff import SECRET_HEADER as LOCAL_SECRET
 from townhall.server import forward
 
 log = logging.getLogger("townhall.http")
 
-SECRET_HEADER = "x-townhall-local"
+SECRET_HEADER = LOCAL_SECRET.decode()
 PRIMARY_FILE = Path("run") / "primary.json"
 PREFIX = "/_townhall/local/"
 _PICKLE = "application/x-townhall-pickle"
@@ -398,7 +399,11 @@ class ListenerApp:
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if query := scope.get("query_string", b""):
             path += "?" + query.decode("latin-1")
-        headers = forward.passed_on_headers(scope, self.node_id)
+        # the secret vouches for the X-Forwarded-For line (a client's own is dropped)
+        headers = [
+            (k, v) for k, v in forward.passed_on_headers(scope, self.node_id) if k != LOCAL_SECRET
+        ]
+        headers.append((LOCAL_SECRET, self.settings.local_bus_secret.encode()))
         for attempt in (0, 1):
             url = primary.url(fresh=attempt > 0)
             if url is None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import secrets
@@ -131,8 +132,19 @@ def worker_settings(
     common["node_id"] = f"{base}-w{index}"
     if not scaled_out(settings):
         role = "primary" if index == 1 else "listener"
+        # loopback's X-Forwarded-For only with the secret (a listener worker's
+        # pass), unless the operator trusts it (nginx on this machine)
+        loopback = ipaddress.ip_address("127.0.0.1")
+        own = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+        trusted = any(loopback in ipaddress.ip_network(p, strict=False) for p in own)
+        vouched = "" if trusted else "127.0.0.1/32"
         return settings.model_copy(
-            update={**common, "worker_role": role, "local_bus_secret": secret}
+            update={
+                **common,
+                "worker_role": role,
+                "local_bus_secret": secret,
+                "secret_proxies": vouched,
+            }
         )
     # every other recording folder on this machine: the supervisor's (what was
     # recorded before workers) and the other workers' copies (store/recordings.py)
