@@ -380,8 +380,12 @@ class ListenerApp:
             message: Message = await receive()
             if message["type"] == "lifespan.startup":
                 self.state.services = _ListenerServices(self.settings)
+                from townhall.server.worker_metrics import keep_writing
+
+                writer = asyncio.create_task(keep_writing(self.settings), name="worker-metrics")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                writer.cancel()
                 services = getattr(self.state, "services", None)
                 if services is not None:
                     await services.rooms.close()

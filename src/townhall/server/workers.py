@@ -225,6 +225,10 @@ class Supervisor:
 
         # a primary of an earlier run published an address that is gone
         (self.settings.data_dir / PRIMARY_FILE).unlink(missing_ok=True)
+        from townhall.server.worker_metrics import METRICS_DIR
+
+        # and listener workers of an earlier run wrote their metrics
+        shutil.rmtree(self.settings.data_dir / METRICS_DIR, ignore_errors=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         log.info("%d HTTP workers on %s:%d", self.count, self.settings.host, port)
