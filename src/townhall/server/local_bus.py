@@ -17,11 +17,18 @@ process would be (its media process, its data directory ``DATA_DIR``), and
   answered from the primary's media channel (:class:`EntryLog`, bounded) and
   only with the supervisor's secret (``X-Townhall-Local``; anything else is
   404, as a missing page);
-- every other request (the API, pages, state.json, queue.json, live.aac, a
-  request the copy cannot answer, a refused token: the primary says why) is
-  passed on to the primary's loopback port, body bounded, answer streamed
-  back, with X-Forwarded-For (the primary trusts loopback), so the one
-  process that holds the control plane's state answers it.
+- a connection whose first request is anything else (the API, pages,
+  state.json, queue.json, live.aac) is handed to the primary whole
+  (origin/handoff.py, server/handoff.py: its file descriptor over a Unix
+  socket), which serves it from then on and sees the client's address;
+- a later request of that kind on a connection that began with the listener
+  plane's (and any while the handoff socket is not there: the primary
+  restarting, ``http_handoff`` off), a request the copy cannot answer, a
+  refused token (the primary says why) is passed on to the primary's
+  loopback port, body bounded, answer streamed back, with X-Forwarded-For
+  and the supervisor's secret (the primary believes loopback's
+  X-Forwarded-For only with it: ``secret_proxies``), so the one process that
+  holds the control plane's state answers it.
 
 The primary publishes its loopback address in ``DATA_DIR/run/primary.json``
 (``PRIMARY_FILE``); a listener worker reads it again when the primary does

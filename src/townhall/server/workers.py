@@ -24,7 +24,9 @@ the deployment:
 
 Loopback is added to each worker's ``trusted_proxies``, so a passed-on
 request counts against the client's network (X-Forwarded-For), not
-127.0.0.1's. All workers share the signing keys of ``DATA_DIR`` (copied in
+127.0.0.1's; without Redis only a request that also carries the
+supervisor's secret (a listener worker's pass) is believed so
+(``secret_proxies``), unless the operator trusts loopback itself. All workers share the signing keys of ``DATA_DIR`` (copied in
 once, so a token from one worker is good on all).
 
 The supervisor holds the port (a bound socket, never listening, so the port
