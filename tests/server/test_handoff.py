@@ -112,7 +112,7 @@ async def test_a_listener_worker_hands_connections_to_the_primary(tmp_path: Path
             await asyncio.sleep(1.0)
             part = f"/spaces/{space_id}/" + PART_URI.findall(await playlist(http, space_id))[-3]
             expected_part = (await http.get(part)).content
-        state = f"/api/spaces/{space_id}/state.json"
+        state = f"/spaces/{space_id}/state.json"
 
         async def keep_alive() -> None:
             # an API call first, then the fast path and the API again on that connection
