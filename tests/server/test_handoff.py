@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -258,4 +260,56 @@ async def test_without_handoffs_the_pass_over_http_keys_the_client_and_forgeries
         again = await signups(server.url, 2, {"X-Forwarded-For": "203.0.113.9"})
         assert [a.status_code for a in again] == [429, 429], [a.text[:200] for a in again]
     finally:
+        server.stop()
+
+
+async def healthz_or_none(url: str) -> httpx.Response | None:
+    """/healthz on a connection of its own; None when nobody answered in 3 s
+    (it landed on the stopped primary)."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=3) as http:
+            return await http.get("/healthz")
+    except httpx.TimeoutException:
+        return None
+
+
+async def test_a_handoff_the_primary_does_not_take_in_time_is_answered_503(
+    tmp_path: Path,
+) -> None:
+    """The primary stopped (SIGSTOP): the listener worker gives up on each
+    handoff after handoff_timeout_ms and answers 503 with Retry-After; once
+    the primary runs again it drops those late handoffs and serves on."""
+    server = LiveServer(
+        tmp_path / "data", extra_env={**EMBEDDED, "TOWNHALL_HANDOFF_TIMEOUT_MS": "300"}
+    )
+    server.start(timeout_s=120)
+    pid = 0
+    try:
+        primary = primary_url(server.data_dir)
+        pid = int(json.loads((server.data_dir / "run" / "primary.json").read_text())["pid"])
+        for _ in range(8):  # the listener worker's handoff socket is open
+            assert (await healthz_or_none(server.url)) is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            answers = await asyncio.gather(*(healthz_or_none(server.url) for _ in range(12)))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            pid = 0
+        refused = [a for a in answers if a is not None]
+        assert refused, "no connection landed on the listener worker"
+        for answer in refused:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "2"
+            assert "did not take the request in time" in answer.json()["detail"]
+        late = 0.0
+        for _ in range(40):
+            late = await counter(primary, "townhall_handoffs_total", 'outcome="late"')
+            if late >= len(refused):
+                break
+            await asyncio.sleep(0.1)
+        assert late >= len(refused), (late, len(refused))
+        assert (await healthz_or_none(server.url)) is not None  # and it serves on
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
         server.stop()
