@@ -293,6 +293,20 @@ class DefenseSettings(BaseSettings):
         "",
         description="Set by the supervisor: the secret a listener worker shows the primary to read its rooms' window calls. Empty: the primary's local bus answers nobody.",
     )
+    http_handoff: bool = Field(
+        True,
+        description="HTTP workers without Redis: a listener worker hands a connection whose first request it would pass on (a join, a page, the API) to the primary over a Unix socket (DATA_DIR/run/handoff.sock, SCM_RIGHTS), which serves it from then on; false: every such request is passed on over loopback HTTP.",
+    )
+    handoff_timeout_ms: int = Field(
+        1000,
+        ge=10,
+        le=30_000,
+        description="Longest a listener worker waits for the primary to take a connection it hands over; then it answers 503 with Retry-After and closes the connection (the primary drops it if it arrives later).",
+    )
+    secret_proxies: str = Field(
+        "",
+        description="Set by the supervisor of HTTP workers without Redis: peers (the listener workers' loopback) whose X-Forwarded-For is believed only on a request that also carries the local secret (local_bus_secret); without it the request is keyed on the peer's own address. Peers in the operator's own trusted_proxies are not affected.",
+    )
     local_bus_entries: int = Field(
         256,
         ge=16,

@@ -354,3 +354,15 @@ HTTP_REFUSED_PAUSES = Counter(
     "townhall_http_refused_pauses_total",
     "Times the HTTP driver stopped reading a connection because its request was refused (429, 401) while an earlier refusal's Retry-After was still running (http_refused_pause_max_s).",
 )
+
+# --- issue 11: a listener worker hands a connection to the primary (origin/handoff.py) ---
+HANDOFFS = Counter(
+    "townhall_handoffs_total",
+    "Connections handed from a listener worker to the primary (SCM_RIGHTS) by outcome: in a listener worker, taken (the primary has it) or timeout (not taken in handoff_timeout_ms: answered 503); in the primary, adopted (served from here on), late (arrived after the worker gave up: dropped) or failed (could not be adopted).",
+    ["outcome"],
+)
+HANDOFF_FALLBACKS = Counter(
+    "townhall_handoff_fallbacks_total",
+    "Requests a listener worker passed to the primary over loopback HTTP instead of handing the connection over, by reason: later (not the connection's first request), unavailable (no handoff socket: the primary restarting or handoffs off), busy (the socket would block), large (more was read than the head limit and a body's high-water mark), tls.",
+    ["reason"],
+)

@@ -157,7 +157,11 @@ def test_without_redis_one_primary_and_listener_workers(tmp_path: Path) -> None:
     assert first.local_bus_secret == second.local_bus_secret == "s3cret"
     assert (first.node_id, second.node_id) == ("edge1-w1", "edge1-w2")
     assert first.trusted_proxies == "127.0.0.1/32"  # the listener workers pass requests on
+    assert first.secret_proxies == "127.0.0.1/32"  # ... believed only with the secret
     assert first.recording_copies == ""
+    # nginx on this machine, trusted by the operator: loopback stays believed as is
+    nginx = Settings(data_dir=tmp_path, trusted_proxies="127.0.0.0/8")
+    assert worker_settings(nginx, 1, 8123, 2, "s3cret").secret_proxies == ""
 
 
 def test_workers_share_the_signing_keys(tmp_path: Path) -> None:

@@ -47,17 +47,25 @@ from townhall.origin.asgi_cycle import AppCycle, Request, scope_of
 from townhall.origin.chunked import LAST_CHUNK
 from townhall.origin.fast_answers import COUNTS as COUNTS
 from townhall.origin.fast_answers import FastAnswers, decide
+from townhall.origin.handoff import FALLBACKS, HandoffSender, SecretProxies, cut
+from townhall.origin.handoff import HIGH_WATER_BYTES as HANDED_BODY_BYTES
 from townhall.origin.http1_limits import CLOSED, REFUSAL, REFUSED, DriverLimits, LimitsMixin
 from townhall.origin.lean_api import LeanAnswers, LeanApi, LeanCall
 from townhall.origin.retry_penalty import RetryPenalty
 from townhall.origin.rules import FastPath, Rendered, Stream, Wait, programs_of
+from townhall.origin.wire import problem_bytes, problem_document
 
 log = logging.getLogger("townhall.http")
 
-HIGH_WATER_BYTES = 64 * 1024  # request body buffered before reading pauses
+HIGH_WATER_BYTES = 64 * 1024  # request body buffered before reading pauses (and handed over)
 _GET = b"GET"
 _HEAD = b"HEAD"
 _FAST = (Rendered, Wait, Stream)
+
+
+class _HandedOff(Exception):
+    """Raised in the parser's callback once the connection is handed over:
+    the parser stops there (the primary parses it all again)."""
 
 
 def _address(value: object) -> tuple[str, int] | None:
@@ -72,6 +80,10 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
 
     fast_path: ClassVar[FastPath | None] = None
     limits: ClassVar[DriverLimits]
+    # a listener worker: hand a connection whose first request is not the
+    # listener plane's to the primary (origin/handoff.py)
+    handoff: ClassVar[HandoffSender | None] = None
+    secret_proxies: ClassVar[SecretProxies | None] = None
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any], **_: Any) -> None:
         if not config.loaded:
@@ -108,6 +120,11 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self._penalty: RetryPenalty | None = None  # made at the first 429
         self._pause_timer: asyncio.TimerHandle | None = None  # not read until it fires
         self._budgets = None  # per-connection budgets of lean routes (origin/lean_api.py)
+        self.preread = b""  # an adopted connection: what the listener worker read of it
+        self._read: list[bytes] | None = None  # what was read before the first request
+        self._read_bytes = 0
+        self._handing = False
+        self._vouch = False  # X-Forwarded-For counts only with the local secret
 
     # -- connection events ----------------------------------------------------------
 
@@ -138,6 +155,13 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self.server_state.connections.add(self)
         self._idle_since = self.loop.time()
         self._arm(self.limits.idle_s)
+        rule = self.secret_proxies
+        self._vouch = rule is not None and rule.covers(host)
+        if self.handoff is not None:
+            self._read = []
+        if self.preread:  # handed over by a listener worker: read as if it came now
+            data, self.preread = self.preread, b""
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
@@ -202,6 +226,18 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
     # -- reading -------------------------------------------------------------------
 
     def data_received(self, data: bytes | memoryview) -> None:
+        if self._read is not None:  # before the first request: kept for a handoff
+            self._read_bytes += len(data)
+            if self._read_bytes > self.limits.max_head_bytes + HANDED_BODY_BYTES:
+                self._read = None
+                FALLBACKS["large"].inc()
+            else:
+                self._read.append(bytes(data))
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        if self._handing:
+            return
         rest: bytes | memoryview = b""
         if self._body_since is None:
             room = self.limits.max_head_bytes - self._head_bytes
@@ -215,6 +251,8 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             self._pause_reading()  # what follows is not HTTP; the request gets 501
             return
         except httptools.HttpParserCallbackError:
+            if self._handing:
+                return  # the primary has the connection now
             log.exception("the HTTP driver failed on a request; closing its connection")
             CLOSED["internal"].inc()
             self.transport.close()
@@ -229,7 +267,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
                 self._head_detail(),
             )  # fmt: skip
         elif rest and not self.transport.is_closing():
-            self.data_received(rest)  # the head ended in time: the rest as usual
+            self._feed(rest)  # the head ended in time: the rest as usual
 
     def _pause_reading(self) -> None:
         if not self._reading_paused:
@@ -277,6 +315,8 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        if self._vouch and self.secret_proxies is not None:
+            self._headers = self.secret_proxies.vouched(self._headers)
         version = parser.get_http_version()
         started_s = self._head_since or self.loop.time()
         req = Request(
@@ -340,6 +380,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
 
     def _start(self, req: Request) -> None:
         self._current = req
+        read, self._read = self._read, None
         self._idle_since = None
         limits = self.limits
         if limits.max_requests and self._served + 1 >= limits.max_requests:
@@ -366,6 +407,12 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
                 if not req.more_body:
                     self._answer(req)
                 return
+        if self.handoff is not None:
+            if read is not None:
+                if self._hand_off(req, b"".join(read)):
+                    raise _HandedOff  # stops the parser: the primary reads it all again
+            elif self._served:
+                FALLBACKS["later"].inc()
         if self._plain and self._lean(req):  # issue 10: API answers before any ASGI work
             return
         self._to_app(req)
@@ -420,6 +467,46 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             if self._timer is None:
                 self._timer = self.loop.call_later(self.limits.idle_s, self._check)
 
+    # -- a listener worker hands the connection to the primary (origin/handoff.py) ----
+
+    def _hand_off(self, req: Request, read: bytes) -> bool:
+        assert self.handoff is not None
+        if not self._plain:
+            FALLBACKS["tls"].inc()
+            return False  # the TLS session is this process's
+        sock = self.transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return False
+        reason = self.handoff.send(fd, read, lambda taken: self._handed(req, fd, taken))
+        if reason is not None:
+            FALLBACKS[reason].inc()
+            return False
+        self._handing = True
+        self._pause_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return True
+
+    def _handed(self, req: Request, fd: int, taken: bool) -> None:
+        """The primary took the connection (close this copy) or did not in
+        time (answer 503 and shut it down for every copy)."""
+        if self.transport.is_closing():
+            return
+        if not taken:
+            path = req.url.partition(b"?")[0].decode("latin-1")
+            document = problem_document(
+                503, "handoff-timeout", "The server is busy",
+                "This server's main process did not take the request in time; try again in a few seconds.",
+                path,
+            )  # fmt: skip
+            self.transport.write(
+                problem_bytes(document, self.server_state.default_headers, retry_after_s=2.0)
+            )
+            cut(fd)
+        self.transport.close()
+
     # -- the app ---------------------------------------------------------------------
 
     def default_headers(self) -> list[tuple[bytes, bytes]]:
@@ -454,6 +541,10 @@ def protocol_for(fast_path: FastPath | None, settings: Settings) -> type[Http1Pr
 
     TownhallHttp1.fast_path = fast_path
     TownhallHttp1.limits = DriverLimits.of(settings)
+    if settings.secret_proxies and settings.local_bus_secret:
+        TownhallHttp1.secret_proxies = SecretProxies(
+            settings.secret_proxies, settings.local_bus_secret
+        )
     return TownhallHttp1
 
 

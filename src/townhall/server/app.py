@@ -154,6 +154,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         media = getattr(rooms, "media_metrics", None)
         if media is not None:  # media_process: the clock's families come from there
             text = rooms.metrics_text(text, await media())  # type: ignore[union-attr]
+        if settings.worker_role == "primary":  # and its listener workers'
+            from townhall.server.worker_metrics import with_workers
+
+            text = with_workers(text, settings.data_dir)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     from townhall.server import routes

@@ -17,11 +17,18 @@ process would be (its media process, its data directory ``DATA_DIR``), and
   answered from the primary's media channel (:class:`EntryLog`, bounded) and
   only with the supervisor's secret (``X-Townhall-Local``; anything else is
   404, as a missing page);
-- every other request (the API, pages, state.json, queue.json, live.aac, a
-  request the copy cannot answer, a refused token: the primary says why) is
-  passed on to the primary's loopback port, body bounded, answer streamed
-  back, with X-Forwarded-For (the primary trusts loopback), so the one
-  process that holds the control plane's state answers it.
+- a connection whose first request is anything else (the API, pages,
+  state.json, queue.json, live.aac) is handed to the primary whole
+  (origin/handoff.py, server/handoff.py: its file descriptor over a Unix
+  socket), which serves it from then on and sees the client's address;
+- a later request of that kind on a connection that began with the listener
+  plane's (and any while the handoff socket is not there: the primary
+  restarting, ``http_handoff`` off), a request the copy cannot answer, a
+  refused token (the primary says why) is passed on to the primary's
+  loopback port, body bounded, answer streamed back, with X-Forwarded-For
+  and the supervisor's secret (the primary believes loopback's
+  X-Forwarded-For only with it: ``secret_proxies``), so the one process that
+  holds the control plane's state answers it.
 
 The primary publishes its loopback address in ``DATA_DIR/run/primary.json``
 (``PRIMARY_FILE``); a listener worker reads it again when the primary does
@@ -54,11 +61,12 @@ from townhall.origin.bus import Entry, Snapshot
 from townhall.origin.entry_log import EntryLog
 from townhall.origin.fanout import ProgressiveHub
 from townhall.origin.follower import Follower, FollowerState
+from townhall.origin.handoff import SECRET_HEADER as LOCAL_SECRET
 from townhall.server import forward
 
 log = logging.getLogger("townhall.http")
 
-SECRET_HEADER = "x-townhall-local"
+SECRET_HEADER = LOCAL_SECRET.decode()
 PRIMARY_FILE = Path("run") / "primary.json"
 PREFIX = "/_townhall/local/"
 _PICKLE = "application/x-townhall-pickle"
@@ -379,8 +387,12 @@ class ListenerApp:
             message: Message = await receive()
             if message["type"] == "lifespan.startup":
                 self.state.services = _ListenerServices(self.settings)
+                from townhall.server.worker_metrics import keep_writing
+
+                writer = asyncio.create_task(keep_writing(self.settings), name="worker-metrics")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                writer.cancel()
                 services = getattr(self.state, "services", None)
                 if services is not None:
                     await services.rooms.close()
@@ -398,7 +410,11 @@ class ListenerApp:
         path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
         if query := scope.get("query_string", b""):
             path += "?" + query.decode("latin-1")
-        headers = forward.passed_on_headers(scope, self.node_id)
+        # the secret vouches for the X-Forwarded-For line (a client's own is dropped)
+        headers = [
+            (k, v) for k, v in forward.passed_on_headers(scope, self.node_id) if k != LOCAL_SECRET
+        ]
+        headers.append((LOCAL_SECRET, self.settings.local_bus_secret.encode()))
         for attempt in (0, 1):
             url = primary.url(fresh=attempt > 0)
             if url is None:

@@ -129,4 +129,12 @@ def run_server(
         server_header=False,
         backlog=listen_backlog(settings.http_listen_backlog),
     )
-    uvicorn.Server(config).run(sockets=sockets)
+    server = uvicorn.Server(config)
+    if settings.http_handoff and not isinstance(http, str):  # our driver (origin/handoff.py)
+        from townhall.server.handoff import PrimaryServer, handoff_sender
+
+        if settings.worker_role == "primary":
+            server = PrimaryServer(config, settings)
+        elif settings.worker_role == "listener":
+            http.handoff = handoff_sender(settings)
+    server.run(sockets=sockets)

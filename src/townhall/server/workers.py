@@ -24,7 +24,9 @@ the deployment:
 
 Loopback is added to each worker's ``trusted_proxies``, so a passed-on
 request counts against the client's network (X-Forwarded-For), not
-127.0.0.1's. All workers share the signing keys of ``DATA_DIR`` (copied in
+127.0.0.1's; without Redis only a request that also carries the
+supervisor's secret (a listener worker's pass) is believed so
+(``secret_proxies``), unless the operator trusts loopback itself. All workers share the signing keys of ``DATA_DIR`` (copied in
 once, so a token from one worker is good on all).
 
 The supervisor holds the port (a bound socket, never listening, so the port
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import secrets
@@ -131,8 +134,19 @@ def worker_settings(
     common["node_id"] = f"{base}-w{index}"
     if not scaled_out(settings):
         role = "primary" if index == 1 else "listener"
+        # loopback's X-Forwarded-For only with the secret (a listener worker's
+        # pass), unless the operator trusts it (nginx on this machine)
+        loopback = ipaddress.ip_address("127.0.0.1")
+        own = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+        trusted = any(loopback in ipaddress.ip_network(p, strict=False) for p in own)
+        vouched = "" if trusted else "127.0.0.1/32"
         return settings.model_copy(
-            update={**common, "worker_role": role, "local_bus_secret": secret}
+            update={
+                **common,
+                "worker_role": role,
+                "local_bus_secret": secret,
+                "secret_proxies": vouched,
+            }
         )
     # every other recording folder on this machine: the supervisor's (what was
     # recorded before workers) and the other workers' copies (store/recordings.py)
@@ -213,6 +227,10 @@ class Supervisor:
 
         # a primary of an earlier run published an address that is gone
         (self.settings.data_dir / PRIMARY_FILE).unlink(missing_ok=True)
+        from townhall.server.worker_metrics import METRICS_DIR
+
+        # and listener workers of an earlier run wrote their metrics
+        shutil.rmtree(self.settings.data_dir / METRICS_DIR, ignore_errors=True)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         log.info("%d HTTP workers on %s:%d", self.count, self.settings.host, port)
