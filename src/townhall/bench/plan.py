@@ -290,10 +290,12 @@ def simulate(
                     cohorts.append(_Cohort(lo, hi, [(at, rest)]))
         # 3. the line moves once per queue interval
         # (before go-live too: each tick sets the time the next allowance
-        # counts from; the go-live tick itself seldom gets the tick lock, so
-        # the draw is the first tick after go-live, on the nodes' grid)
-        if s.cap > 0 and t + 1e-9 >= next_tick:
-            next_tick += s.queue_interval_s
+        # counts from), and the draw at go-live itself: it does not wait for
+        # the interval's turn (store/admission.py, 2026-12-02)
+        on_grid = t + 1e-9 >= next_tick
+        if s.cap > 0 and (on_grid or (live and line.lottery is None)):
+            if on_grid:
+                next_tick += s.queue_interval_s
             before = line.through
             drawn = line.lottery is not None
             line = advance(
