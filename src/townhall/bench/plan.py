@@ -201,8 +201,8 @@ def simulate(
     lock_poll_s = s.cache_lock_poll_s if s.cache_nodes else 0.0
 
     # with a cache, the room is servable from it once the first page's
-    # misses are answered (behind the origin's backlog then); the first
-    # page is the fill itself, the rest wait on the lock
+    # misses are filled (each in flight for the origin's queue then); the
+    # first page is the fill itself, the pages within that wait on the lock
     cache_ready: float | None = None
 
     def heard(admit_t: float, at: float, n: float, behind: float) -> float:
@@ -215,8 +215,13 @@ def simulate(
             base = admit_t + room_wait_s(admit_t, room_ready, 0.0) + start_requests * behind
             first = base + tail[0][0]
         elif cache_ready is None:
-            cache_ready = max(admit_t, room_ready) + cold_start_s(start_requests, part_lat, behind)
-            base, first = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s), cache_ready
+            # the first page's five misses, each behind the queue: its own
+            # first audio; a page that asks a URL while its fill is in
+            # flight (for the queue's wait) hears it on the lock's wake
+            start = max(admit_t, room_ready)
+            first = start + cold_start_s(start_requests, part_lat, behind)
+            cache_ready = start + behind
+            base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
         else:
             base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
             first = base + tail[0][0]
