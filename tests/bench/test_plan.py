@@ -12,6 +12,7 @@ from townhall.bench.plan import (
     Costs,
     Scenario,
     cache_nodes_needed,
+    cold_start_s,
     listener_bytes_per_s,
     listener_request_rate,
     near_call_share,
@@ -199,10 +200,10 @@ def test_the_line_drains_at_the_admission_rate() -> None:
     assert sum(delays) / len(delays) == pytest.approx(1.5)
     assert r.wait_s["max"] == pytest.approx(12 + 1000 / 100 + delays[-1], abs=1.5)
     assert r.wait_s["p50"] == pytest.approx(12 - 5 + 500 / 100 + 1.5, abs=1.5)
-    # the draw is the first tick after go-live (the grid half an interval
-    # off): it calls a second's allowance, the first of whom claim after the
-    # shortest delay and hear the room five requests later
-    assert r.start_delay_s == pytest.approx(0.5 + delays[0] + 5 * 0.001, abs=0.05)
+    # the draw is at go-live (it does not wait for the interval's turn): it
+    # calls a second's allowance, the first of whom claim after the shortest
+    # delay (to the step) and hear the room five requests later
+    assert r.start_delay_s == pytest.approx(delays[0] + 5 * 0.001, abs=0.05)
 
 
 def test_give_ups_leave_their_place_and_are_counted() -> None:
@@ -284,6 +285,54 @@ def test_no_first_audio_before_the_room_has_parts_on_every_node() -> None:
 )
 def test_room_wait_s(admitted: float, ready: float, poll: float, wait: float) -> None:
     assert room_wait_s(admitted, ready, poll) == pytest.approx(wait)
+
+
+@pytest.mark.parametrize(
+    ("requests", "request_s", "backlog_s", "took"),
+    [
+        (5, 0.05, 0.0, 0.25),  # five round trips of 50 ms, an idle origin
+        (5, 0.05, 0.1, 0.75),  # each miss behind 0.1 s of queued work
+        (1, 0.001, 0.0, 0.001),
+        (0, 0.05, 1.0, 0.0),
+    ],
+)
+def test_cold_start_s(requests: int, request_s: float, backlog_s: float, took: float) -> None:
+    assert cold_start_s(requests, request_s, backlog_s) == pytest.approx(took)
+
+
+def test_cold_start_s_refuses_negative_figures() -> None:
+    with pytest.raises(ValueError, match="must be >= 0"):
+        cold_start_s(5, 0.05, -0.1)
+
+
+def test_a_cold_cache_pages_asking_during_the_first_fill_wait_a_lock_wake() -> None:
+    # measured (nginx's log, 2026-12-02 04:40 and 05:03): no one listens
+    # before the draw, so the first pages' parts are misses; those held
+    # 0.3-0.4 s behind the draw's posts made the pages that asked meanwhile
+    # wait for the lock's timer (0.5 s); on an idle origin (05:30) none waited
+    s = base(pre_s=12.0, cap=10_000, admit_rate_per_s=100.0)
+    idle = simulate(COSTS, s)
+    seconds = sorted(idle.first_audio_by_admission, key=int)
+    assert idle.first_audio_by_admission[seconds[0]]["ttfa_max_s"] == pytest.approx(5 * 0.001)
+    # on 0.1 core the draw's first share queues 0.1 s (see the next test):
+    # the pages of the first page's step ask while its fills are in flight
+    busy = simulate(COSTS, replace(s, origin_cores=0.1))
+    seconds = sorted(busy.first_audio_by_admission, key=int)
+    first = busy.first_audio_by_admission[seconds[0]]
+    assert first["ttfa_max_s"] == pytest.approx(0.5 + 5 * 0.001)  # one wake, then five hits
+    assert busy.first_audio_by_admission[seconds[1]]["ttfa_max_s"] == pytest.approx(5 * 0.001)
+
+
+def test_the_draws_burst_delays_the_claims_and_first_audio_in_its_own_step() -> None:
+    # the draw's first share: 100 posts x 300 us = 0.03 CPU-s in one 0.1-s
+    # step, on 0.1 core (0.01 CPU-s a step): a request in mid-step finds
+    # 0.5 x (0.03 - 0.01) = 0.01 CPU-s before it, 0.1 s on 0.1 core; the
+    # first claim waits that once and the first page's five misses each
+    s = base(pre_s=12.0, cap=10_000, admit_rate_per_s=100.0)
+    fast = simulate(COSTS, s)
+    slow = simulate(COSTS, replace(s, origin_cores=0.1))
+    assert fast.start_delay_s is not None and slow.start_delay_s is not None
+    assert slow.start_delay_s == pytest.approx(fast.start_delay_s + 6 * 0.1, abs=0.02)
 
 
 def test_pages_before_the_room_is_ready_hear_it_on_the_cache_locks_wake() -> None:

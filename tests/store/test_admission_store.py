@@ -88,6 +88,28 @@ async def test_issue_tick_and_claims(store: AdmissionStore) -> None:
     assert loaded.batches[0].claimed == 1
 
 
+async def test_the_draw_does_not_wait_for_the_intervals_turn(store: AdmissionStore) -> None:
+    # a regular tick just before go-live holds the turn for 0.9 interval;
+    # the draw at go-live must not wait for it (it did: up to an interval
+    # of start delay, 2026-12-02), and only one node draws
+    await asyncio.gather(*(store.issue("d") for _ in range(10)))
+
+    def step(live: bool) -> Any:
+        def move(state: QueueState, admitted: int) -> QueueState:
+            return advance(
+                state, 10.0, cap=100, admitted=admitted, rate_per_s=5, claim_s=5, live=live
+            )
+
+        return move
+
+    before = await store.tick("d", 10.0, step(False))  # the last tick before go-live
+    assert before is not None and before.lottery is None
+    drawn = await store.tick("d", 10.0, step(True), draw=True)
+    assert drawn is not None and drawn.lottery == 10 and drawn.through >= 1
+    assert await store.tick("d", 10.0, step(True), draw=True) is None  # drawn once
+    assert (await store.load("d")).through == drawn.through
+
+
 def test_expiry_set_compacts_its_heap() -> None:
     items = ExpirySet()
     for i in range(10_000):

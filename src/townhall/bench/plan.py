@@ -17,7 +17,9 @@ cost the same as 2,000. In each slice it:
   Redis operations and the bytes, from costs measured on a real machine
   (:class:`Costs`, the JSON ``benchmarks/plan_calibrate.py`` writes), and
   queues the origin's work behind its cores (a FIFO backlog: a request waits
-  for the work before it).
+  for the work before it, a burst within one step included); a page's first
+  audio through a cache that holds none of the room waits for the first
+  page's misses (each behind that backlog) on the cache lock's wake.
 
 What a person reads from it (:class:`Result`): origin cores and cache nodes
 needed, Redis operations per second, the start delay, the wait
@@ -35,6 +37,7 @@ from townhall.bench.plan_inputs import (
     Costs,
     Scenario,
     cache_nodes_needed,
+    cold_start_s,
     listener_bytes_per_s,
     listener_request_rate,
     near_call_share,
@@ -51,6 +54,7 @@ __all__ = [
     "Result",
     "Scenario",
     "cache_nodes_needed",
+    "cold_start_s",
     "listener_bytes_per_s",
     "listener_request_rate",
     "near_call_share",
@@ -171,8 +175,19 @@ def simulate(
     per_listener_bps = listener_bytes_per_s(costs, s)
     report_every = max(1, steps // 200)
 
-    def origin_request_s() -> float:
-        return backlog / s.origin_cores if s.origin_cores else 0.0
+    def origin_request_s(work: dict[str, float] | None = None, busy_now: float = 0.0) -> float:
+        """The wait behind the origin's queued work, for a request in the
+        middle of the step: the backlog, plus half of ``work`` (what reached
+        it so far in this step), less half a step of its cores (fluid FIFO:
+        a burst over the cores queues within the step, spread requests on
+        idle cores do not)."""
+        if not s.origin_cores:
+            return 0.0
+        queued = backlog
+        if work:
+            burst = 1e-6 * sum(costs.request_us(k, busy_now) * v for k, v in work.items())
+            queued = max(backlog, backlog + 0.5 * (burst - capacity))
+        return queued / s.origin_cores
 
     # a player's first audio once the room has parts: START_REQUESTS requests
     # one after another, at the calibration's p50 (98 %) and its tail (2 %)
@@ -185,16 +200,37 @@ def simulate(
     # cache_lock_poll_s); without a cache the origin answers it at once
     lock_poll_s = s.cache_lock_poll_s if s.cache_nodes else 0.0
 
-    def heard(admit_t: float, at: float, n: float) -> float:
+    # with a cache, the room is servable from it once the first page's
+    # misses are filled (each in flight for the origin's queue then); the
+    # first page is the fill itself, the pages within that wait on the lock
+    cache_ready: float | None = None
+
+    def heard(admit_t: float, at: float, n: float, behind: float) -> float:
         """Record the first audio of ``n`` admitted at ``admit_t`` who
-        arrived at ``at``; the earliest of it."""
-        base = admit_t + room_wait_s(admit_t, room_ready, lock_poll_s)
+        arrived at ``at``, the origin's requests ``behind`` its queued work
+        by so much; the earliest of it."""
+        nonlocal cache_ready
+        if not lock_poll_s:
+            # no cache: every request reaches the origin, behind its backlog
+            base = admit_t + room_wait_s(admit_t, room_ready, 0.0) + start_requests * behind
+            first = base + tail[0][0]
+        elif cache_ready is None:
+            # the first page's five misses, each behind the queue: its own
+            # first audio; a page that asks a URL while its fill is in
+            # flight (for the queue's wait) hears it on the lock's wake
+            start = max(admit_t, room_ready)
+            first = start + cold_start_s(start_requests, part_lat, behind)
+            cache_ready = start + behind
+            base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
+        else:
+            base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
+            first = base + tail[0][0]
         for extra, share in tail:
             audio = base + extra
             ttfa_adm.append((audio - admit_t, n * share))
             ttfa_arr.append((audio - at, n * share))
             early.append((admit_t - live_at, audio - admit_t, n * share))
-        return base + tail[0][0]
+        return first
 
     for i in range(steps):
         t = i * dt
@@ -219,7 +255,7 @@ def simulate(
             # the origin works on a join when it comes (charged as admitted;
             # a 202 is set right when it is answered)
             work["join"] = work.get("join", 0.0) + n
-            lat = origin_request_s() + costs.origin_us["join"] * 1e-6 + s.rtt_s
+            lat = origin_request_s(work, busy_now) + costs.origin_us["join"] * 1e-6 + s.rtt_s
             due = i + max(0, round(lat / dt))
             pending.setdefault(due, []).append((n, t))
             join_lat_peak = max(join_lat_peak, lat)
@@ -237,7 +273,7 @@ def simulate(
                 listeners += take
                 admitted_total += take
                 waits.append((0.0, take))
-                audio = heard(t, at, take)
+                audio = heard(t, at, take, origin_request_s(work, busy_now))
                 first_audio_at = audio if first_audio_at is None else first_audio_at
                 _depart(departures, s, i, take)
             rest = count - take
@@ -259,10 +295,12 @@ def simulate(
                     cohorts.append(_Cohort(lo, hi, [(at, rest)]))
         # 3. the line moves once per queue interval
         # (before go-live too: each tick sets the time the next allowance
-        # counts from; the go-live tick itself seldom gets the tick lock, so
-        # the draw is the first tick after go-live, on the nodes' grid)
-        if s.cap > 0 and t + 1e-9 >= next_tick:
-            next_tick += s.queue_interval_s
+        # counts from), and the draw at go-live itself: it does not wait for
+        # the interval's turn (store/admission.py, 2026-12-02)
+        on_grid = t + 1e-9 >= next_tick
+        if s.cap > 0 and (on_grid or (live and line.lottery is None)):
+            if on_grid:
+                next_tick += s.queue_interval_s
             before = line.through
             drawn = line.lottery is not None
             line = advance(
@@ -314,9 +352,10 @@ def simulate(
                     came += alive
                     gave_up += people - alive
                     waiting -= people
-                    lat = origin_request_s() + costs.origin_us["claim"] * 1e-6 + s.rtt_s
+                    behind = origin_request_s(work, busy_now)
+                    lat = behind + costs.origin_us["claim"] * 1e-6 + s.rtt_s
                     waits.append((t + lat - at, alive))
-                    audio = heard(t + lat, at, alive)
+                    audio = heard(t + lat, at, alive, behind)
                     first_audio_at = audio if first_audio_at is None else first_audio_at
             # a called ticket exchanged for a listener token (measured: the
             # ticket's use, the admission, the claim count, and a read of the

@@ -269,6 +269,19 @@ def room_wait_s(admitted_s: float, ready_s: float, lock_poll_s: float) -> float:
     return math.ceil(wait / lock_poll_s - 1e-9) * lock_poll_s
 
 
+def cold_start_s(requests: int, request_s: float, backlog_s: float) -> float:
+    """How long the first page of a room takes to hear it through a cache
+    that holds none of it: each of its ``requests`` (one after another) is a
+    miss the origin answers behind its backlog, so each takes
+    ``request_s`` (a round trip and its service) plus ``backlog_s`` (the
+    origin's queued work over its cores). Until then the room is not
+    servable from the cache: pages that ask meanwhile wait on the fill
+    (:func:`room_wait_s`, with this as the ready time)."""
+    if requests < 0 or request_s < 0 or backlog_s < 0:
+        raise ValueError("requests, request_s and backlog_s must be >= 0")
+    return requests * (request_s + backlog_s)
+
+
 def weighted_percentile(samples: Sequence[tuple[float, float]], q: float) -> float | None:
     """The q-th percentile (0-100) of (value, weight) samples; None if empty."""
     total = sum(w for _, w in samples if w > 0)

@@ -489,7 +489,9 @@ class Admission:
                 continue
             await self._tick_space(space_id, entry, now)
 
-    async def _tick_space(self, space_id: str, entry: IndexEntry, now: float) -> None:
+    async def _tick_space(
+        self, space_id: str, entry: IndexEntry, now: float, *, draw: bool = False
+    ) -> None:
         cap = self.cap_of(entry)
         if cap > 0 and self._store_up():
             settings = self.settings
@@ -507,7 +509,7 @@ class Admission:
                 )
 
             try:
-                line = await self.store.tick(space_id, now, step)
+                line = await self.store.tick(space_id, now, step, draw=draw)
                 if line is None:
                     line, count = await self.store.snapshot(space_id, now)
                 else:
@@ -579,4 +581,4 @@ class Admission:
                 and self.cap_of(entry) > 0
                 and self._store_up()
             ):
-                await self._tick_space(space_id, entry, self._clock())
+                await self._tick_space(space_id, entry, self._clock(), draw=True)

@@ -98,10 +98,15 @@ class AdmissionStore(Protocol):
         """The line and the admitted count, read at one instant."""
         ...
 
-    async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
+    async def tick(
+        self, space_id: str, now_s: float, step: Advance, *, draw: bool = False
+    ) -> QueueState | None:
         """Apply ``step(state, admitted)`` if no other node did this interval;
         the new state, or None when another node holds the turn or moved the
-        line first (a state is never written over a newer one)."""
+        line first (a state is never written over a newer one). ``draw``:
+        the draw at go-live, which does not wait for the interval's turn
+        (the write's compare-and-set lets exactly one node draw); None when
+        the line is drawn already."""
         ...
 
 
@@ -170,7 +175,11 @@ class MemoryAdmission:
     async def snapshot(self, space_id: str, now_s: float) -> tuple[QueueState, int]:
         return await self.load(space_id), await self.count(space_id, now_s)
 
-    async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
+    async def tick(
+        self, space_id: str, now_s: float, step: Advance, *, draw: bool = False
+    ) -> QueueState | None:
+        if draw and (await self.load(space_id)).lottery is not None:
+            return None
         state = step(*await self.snapshot(space_id, now_s))
         self._lines[space_id] = state
         return state
@@ -287,13 +296,21 @@ class RedisAdmission:
         raw, claims, _, count = await pipe.execute()
         return _state_from(raw, claims), int(count)
 
-    async def tick(self, space_id: str, now_s: float, step: Advance) -> QueueState | None:
+    async def tick(
+        self, space_id: str, now_s: float, step: Advance, *, draw: bool = False
+    ) -> QueueState | None:
         lock = self._key(space_id, "tick")
         # one node per interval moves the pointer (a little less than the interval,
-        # so that the same node can take the next turn on time)
-        if not await self._redis.set(lock, "1", nx=True, px=max(1, self._tick_ms * 9 // 10)):
+        # so that the same node can take the next turn on time); the draw does
+        # not wait for the turn: the regular tick that holds it may have run
+        # just before go-live, and would draw up to an interval late
+        if not draw and not await self._redis.set(
+            lock, "1", nx=True, px=max(1, self._tick_ms * 9 // 10)
+        ):
             return None
         state, admitted = await self.snapshot(space_id, now_s)
+        if draw and state.lottery is not None:
+            return None  # another node drew
         new = step(state, admitted)
         # The lock is only a courtesy: a tick slower than the lock's lifetime (a
         # loaded machine) overlaps the next node's. The write is therefore a
