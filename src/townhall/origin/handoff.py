@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hmac
 import ipaddress
 import logging
 import os
@@ -92,8 +93,6 @@ class SecretProxies:
     def vouched(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """``headers`` as they are when they carry the secret, else without
         X-Forwarded-For (the request is keyed on the peer's own address)."""
-        import hmac
-
         for name, value in headers:
             if name == SECRET_HEADER and hmac.compare_digest(value, self.secret):
                 return headers
