@@ -49,7 +49,11 @@ from plan_lab import (
 )
 
 sys.path.insert(0, str(ROOT / "src"))
-from townhall.bench.plan import Costs, Scenario, simulate, weighted_percentile
+from townhall.bench.plan import Costs, Scenario, simulate, storm_notice, weighted_percentile
+from townhall.bench.storm import POLL_S
+
+# queue.json's Cache-Control max-age (server/api_queue.py), which nginx honours
+QUEUE_DOC_MAX_AGE_S = 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="A round trip between the storm's clients and nginx (a delaying forwarder).",
+    )
+    ap.add_argument(
+        "--poll",
+        choices=("each", "shared"),
+        default="each",
+        help="The storm's waiters fetch queue.json each for themselves, as pages do (each), "
+        "or read one shared poller's copy (shared); the model gets the matching notice.",
     )
     ap.add_argument(
         "--nginx-log",
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_only:
         saved = json.loads(Path(args.out).read_text())
         args.rtt_ms = float(saved.get("rtt_ms", args.rtt_ms))
+        args.poll = str(saved.get("storm", {}).get("poll", "shared"))
         saved.update(compare(costs, args, saved["measured"]))
         Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
         print(json.dumps(saved["predicted_over_measured"], indent=2))
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "--target", url, "--arrivals", str(args.arrivals), "--over-s", str(args.over_s),
             "--pre-s", str(args.pre_s), "--listen-s", str(args.listen_s),
             "--give-up", str(args.give_up), "--duration-s", str(args.duration_s), "--json",
-            "--no-progress", "--records", str(root / "records.jsonl"),
+            "--no-progress", "--records", str(root / "records.jsonl"), "--poll", args.poll,
         ]  # fmt: skip
         log("storm: " + " ".join(cmd[3:]))
         cpu0 = [n.cpu_s() for n in nodes]
@@ -206,11 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         "admitted": storm.get("admitted"),
         "gave_up": storm.get("gave_up"),
         "wall_s": wall,
+        # the load generator's own CPU (the storm's process), on the client core
+        "generator_cpu_mean_cores": (storm.get("client_cpu_percent") or 0.0) / 100,
     }
     out = compare(costs, args, measured)
     result: dict[str, Any] = {
         "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
         "rtt_ms": args.rtt_ms,
+        "poll": args.poll,
         "nodes": {n.name: n.port for n in nodes},
         "calibrated_minutes_before": None
         if calibrated_at is None
@@ -343,13 +358,9 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         cache_nodes=1,
         rtt_s=args.rtt_ms / 1000,
         duration_s=wall,
-        # how the storm's pages learn of a call: one shared poller reads
-        # queue.json through nginx once a second, and nginx serves it its
-        # stale-while-updating copy (one poll old, whatever the max-age);
-        # each waiter looks at that copy every 0.5-1.5 s
-        doc_max_age_s=0.0,
-        doc_lag_s=1.0,
-        claim_delay_s=1.0,
+        # how the storm's waiters learn of a call (--poll): from the storm's
+        # POLL_S, queue.json's max-age and the round trip, not from the run
+        **storm_notice(args.poll, args.rtt_ms / 1000, poll_s=POLL_S, max_age_s=QUEUE_DOC_MAX_AGE_S),
     )
     model = simulate(costs, scenario)
     predicted = {

@@ -22,6 +22,7 @@ from townhall.bench.plan import (
     room_wait_s,
     simulate,
     still_waiting,
+    storm_notice,
     weighted_percentile,
 )
 
@@ -410,6 +411,59 @@ def test_notice_delays(
     assert sum(delays) / 10 == pytest.approx(mean_s, rel=1e-6)
     top = lag_s + (nodes - 1) / nodes + max_age_s + poll_s + look_s
     assert lag_s <= delays[0] and delays[-1] <= top
+
+
+@pytest.mark.parametrize(
+    ("poll", "rtt_s", "expected"),
+    [
+        # each waiter fetches for itself: nginx's copy up to max-age + 1 s old
+        # (its cache clock counts whole seconds), a read every poll + round
+        # trip, looked at half a round trip after
+        (
+            "each",
+            0.05,
+            {"doc_max_age_s": 2.0, "queue_poll_s": 1.05, "claim_delay_s": 0.0, "doc_lag_s": 0.025},
+        ),
+        (
+            "each",
+            0.0,
+            {"doc_max_age_s": 2.0, "queue_poll_s": 1.0, "claim_delay_s": 0.0, "doc_lag_s": 0.0},
+        ),
+        # one shared poller: its copy one poll old, each waiter looks every 0.5-1.5 s
+        (
+            "shared",
+            0.05,
+            {"doc_max_age_s": 0.0, "queue_poll_s": 1.0, "claim_delay_s": 1.0, "doc_lag_s": 1.0},
+        ),
+    ],
+)
+def test_storm_notice(poll: str, rtt_s: float, expected: dict[str, float]) -> None:
+    got = storm_notice(poll, rtt_s, poll_s=1.0, max_age_s=1.0)
+    assert got == pytest.approx(expected)
+    # the shared poller's lag is a whole poll; a page polling itself is not held by one
+    s = Scenario(arrivals=1, over_s=1, origin_nodes=3, **got)
+    mean = sum(notice_delays(s, 10)) / 10
+    assert mean == pytest.approx(
+        1 / 3 + sum(got[k] for k in got if k != "doc_lag_s") / 2 + got["doc_lag_s"]
+    )
+
+
+def test_storm_notice_refuses_an_unknown_poll() -> None:
+    with pytest.raises(ValueError, match="each or shared"):
+        storm_notice("sometimes", 0.05, poll_s=1.0, max_age_s=1.0)
+
+
+def test_pages_polling_themselves_start_sooner_than_one_shared_poller() -> None:
+    # the same night, the notice of each storm mode: one shared poller's copy
+    # is a poll old and looked at up to 1.5 s later, so every call (the draw's
+    # first) comes later than to pages fetching for themselves
+    s = base(pre_s=5.0, cap=200, admit_rate_per_s=60.0, rtt_s=0.05, duration_s=40.0)
+    each = simulate(COSTS, replace(s, **storm_notice("each", 0.05, poll_s=1.0, max_age_s=1.0)))
+    shared = simulate(COSTS, replace(s, **storm_notice("shared", 0.05, poll_s=1.0, max_age_s=1.0)))
+    assert each.start_delay_s is not None and shared.start_delay_s is not None
+    # (the first tenth of each notice: the shared poller's whole poll of lag
+    # and a look, against nginx's copy, 0-2 s old, that the pages read)
+    assert shared.start_delay_s - each.start_delay_s == pytest.approx(0.8, abs=0.1)
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ from townhall.bench.plan_inputs import (
     origin_rates,
     room_wait_s,
     still_waiting,
+    storm_notice,
     weighted_percentile,
 )
 from townhall.policy.admission import QueueState, advance
@@ -64,6 +65,7 @@ __all__ = [
     "room_wait_s",
     "simulate",
     "still_waiting",
+    "storm_notice",
     "weighted_percentile",
 ]
 

@@ -322,6 +322,50 @@ def notice_delays(s: Scenario, slices: int = 10) -> list[float]:
     return [s.doc_lag_s + d for d in _slice_means(sums, slices)]
 
 
+def storm_notice(poll: str, rtt_s: float, *, poll_s: float, max_age_s: float) -> dict[str, float]:
+    """The notice parameters of :class:`Scenario` for `bench storm`'s
+    waiters (``--poll``), ``rtt_s`` from nginx, with ``poll_s`` the storm's
+    POLL_S and ``max_age_s`` queue.json's Cache-Control max-age (which nginx
+    honours, serving its stale copy while it fetches a new one).
+
+    ``each``: every waiter fetches queue.json itself, as the page does. With
+    hundreds polling, nginx's copy is fetched again at the first request
+    after it expires (the stale copy is served for that fetch's few ms).
+    nginx's cache clock counts whole seconds (``valid_sec = ngx_time() +
+    max-age``, stale once ``valid_sec < ngx_time()``), so a copy with
+    max-age N is served until N to N + 1 s after its fetch, and under steady
+    asking it is fetched every N + 1 s, at a whole second: its age is
+    uniform over ``max_age_s + 1`` (nginx's access log: queue.json fetched
+    every 2.0 s at .0 s with max-age 1, 2026-12-02). A waiter sleeps ``poll_s`` and
+    then fetches (a round trip), so its reads are ``poll_s + rtt_s`` apart;
+    it looks at what it fetched at once, half a round trip after nginx read
+    its copy.
+
+    ``shared``: one poller every ``poll_s`` reads nginx's copy, which is
+    always one poll old (its max-age is shorter than the poll, so each read
+    gets the stale copy and sets off the fetch the next read gets); each
+    waiter looks at the poller's copy every 0.5-1.5 s. The model spreads the
+    poller's phase over the waiters; a run has one phase for all of them
+    (see docs/BENCHMARKS.md)."""
+    if rtt_s < 0 or poll_s <= 0 or max_age_s < 0:
+        raise ValueError("rtt_s and max_age_s must be >= 0 and poll_s > 0.")
+    if poll == "each":
+        return {
+            "doc_max_age_s": max_age_s + 1.0,
+            "queue_poll_s": poll_s + rtt_s,
+            "claim_delay_s": 0.0,
+            "doc_lag_s": rtt_s / 2,
+        }
+    if poll == "shared":
+        return {
+            "doc_max_age_s": 0.0,
+            "queue_poll_s": poll_s,
+            "claim_delay_s": 1.0,
+            "doc_lag_s": poll_s,
+        }
+    raise ValueError(f"poll must be each or shared, not {poll!r}.")
+
+
 def _slice_means(sums: Sequence[float], slices: int) -> list[float]:
     per = len(sums) / slices
     return [
