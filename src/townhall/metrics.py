@@ -366,3 +366,28 @@ HANDOFF_FALLBACKS = Counter(
     "Requests a listener worker passed to the primary over loopback HTTP instead of handing the connection over, by reason: later (not the connection's first request), unavailable (no handoff socket: the primary restarting or handoffs off), busy (the socket would block), large (more was read than the head limit and a body's high-water mark), tls.",
     ["reason"],
 )
+
+
+# -- Prometheus text, merged across processes (the media process, listener workers)
+
+
+def family_of(name: str) -> str:
+    """The family a ``# HELP`` line's name belongs to (a counter's ``_total``
+    and ``_created`` are one family)."""
+    for suffix in ("_total", "_created"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def text_blocks(text: str) -> dict[str, list[str]]:
+    """Prometheus text ``text`` cut into its families' blocks (each from its
+    ``# HELP`` line on, every line ending in a newline), in order."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# HELP "):
+            current = blocks.setdefault(family_of(line[7:].split(" ", 1)[0]), [])
+        if current is not None:
+            current.append(line if line.endswith("\n") else line + "\n")
+    return blocks

@@ -282,7 +282,7 @@ def metric_families(text: str, names: set[str]) -> str:
     for line in text.splitlines(keepends=True):
         if line.startswith("# HELP "):
             name = line[7:].split(" ", 1)[0]
-            keep = _family(name) in names
+            keep = metrics.family_of(name) in names
         if keep:
             out.append(line)
     return "".join(out)
@@ -290,27 +290,9 @@ def metric_families(text: str, names: set[str]) -> str:
 
 def merge_metrics(own: str, media: str) -> str:
     """Prometheus text ``own`` with each family that ``media`` has taken from ``media``."""
-    theirs = _blocks(media)
-    out = [theirs.pop(name, block) for name, block in _blocks(own).items()]
+    theirs = {name: "".join(lines) for name, lines in metrics.text_blocks(media).items()}
+    out = [theirs.pop(name, "".join(lines)) for name, lines in metrics.text_blocks(own).items()]
     return "".join(out + list(theirs.values()))
-
-
-def _blocks(text: str) -> dict[str, str]:
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("# HELP "):
-            current = blocks.setdefault(_family(line[7:].split(" ", 1)[0]), [])
-        if current is not None:
-            current.append(line)
-    return {name: "".join(lines) for name, lines in blocks.items()}
-
-
-def _family(name: str) -> str:
-    for suffix in ("_total", "_created"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def prioritise(settings: Settings) -> None:

@@ -79,6 +79,26 @@ class ConnStatistics:
     per_network_cap: int
 
 
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A setting's comma-separated networks (``trusted_proxies``, ``secret_proxies``)."""
+    return [
+        ipaddress.ip_network(item.strip(), strict=False) for item in text.split(",") if item.strip()
+    ]
+
+
+def in_networks(
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network], host: str | None
+) -> bool:
+    """``host`` (an address, an IPv6 zone allowed) is in one of ``networks``."""
+    if host is None or not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
 class ConnLimits:
     """Open connections per client network and in all. ``per_network`` 0 means
     no per-network cap; ``total`` is the cap in all (see ``total_cap``)."""
@@ -88,21 +108,11 @@ class ConnLimits:
         self.total = total
         self.open = 0
         self._by_network: dict[str, int] = {}
-        self._trusted = [
-            ipaddress.ip_network(item.strip(), strict=False)
-            for item in trusted_proxies.split(",")
-            if item.strip()
-        ]
+        self._trusted = parse_networks(trusted_proxies)
 
     def trusted_peer(self, host: str) -> bool:
         """``host`` is one of ``trusted_proxies``."""
-        if not self._trusted:
-            return False
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        return any(address in net for net in self._trusted)
+        return in_networks(self._trusted, host)
 
     def admit(self, host: str | None) -> tuple[str | None, str]:
         """(refusal reason or None, the network key to ``release`` later).

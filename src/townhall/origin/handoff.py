@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import errno
 import hmac
-import ipaddress
 import logging
 import os
 import socket
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from townhall import metrics
+from townhall.origin.conn_limits import in_networks, parse_networks
 
 log = logging.getLogger("townhall.http")
 
@@ -74,21 +74,11 @@ class SecretProxies:
     (``secret_proxies``; the listener workers' loopback)."""
 
     def __init__(self, networks: str, secret: str) -> None:
-        self.networks = [
-            ipaddress.ip_network(item.strip(), strict=False)
-            for item in networks.split(",")
-            if item.strip()
-        ]
+        self.networks = parse_networks(networks)
         self.secret = secret.encode()
 
     def covers(self, host: str | None) -> bool:
-        if host is None or not self.networks:
-            return False
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        return any(address in net for net in self.networks)
+        return in_networks(self.networks, host)
 
     def vouched(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """``headers`` as they are when they carry the secret, else without

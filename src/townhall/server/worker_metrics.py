@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from townhall.config import Settings
+from townhall.metrics import text_blocks
 
 log = logging.getLogger("townhall.http")
 
@@ -50,24 +51,6 @@ async def keep_writing(settings: Settings) -> None:
         await asyncio.sleep(WRITE_PERIOD_S)
 
 
-def _family(name: str) -> str:
-    for suffix in ("_total", "_created", "_bucket", "_count", "_sum"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _blocks(text: str) -> dict[str, list[str]]:
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in text.splitlines(keepends=True):
-        if line.startswith("# HELP "):
-            current = blocks.setdefault(_family(line[7:].split(" ", 1)[0]), [])
-        if current is not None:
-            current.append(line if line.endswith("\n") else line + "\n")
-    return blocks
-
-
 def labelled(line: str, worker: str) -> str:
     """A sample line with ``worker="..."`` added to its labels."""
     name, brace, rest = line.partition("{")
@@ -79,9 +62,9 @@ def labelled(line: str, worker: str) -> str:
 
 def merged(own: str, workers: dict[str, str]) -> str:
     """``own`` (the primary's text) with every worker's samples added."""
-    blocks = _blocks(own)
+    blocks = text_blocks(own)
     for worker, text in sorted(workers.items()):
-        for family, lines in _blocks(text).items():
+        for family, lines in text_blocks(text).items():
             samples = [labelled(line, worker) for line in lines if not line.startswith("#")]
             if family in blocks:
                 blocks[family].extend(samples)
