@@ -54,6 +54,9 @@ from townhall.bench.storm import POLL_S
 
 # queue.json's Cache-Control max-age (server/api_queue.py), which nginx honours
 QUEUE_DOC_MAX_AGE_S = 1.0
+# the nodes' space-index refresh (as tests/scale's cluster: a node learns a
+# new space, and a go-live, within 0.2 s); the model is given the same
+INDEX_REFRESH_MS = 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(args.out).read_text())
         args.rtt_ms = float(saved.get("rtt_ms", args.rtt_ms))
         args.poll = str(saved.get("storm", {}).get("poll", "shared"))
+        saved["measured"].setdefault("start_post_s", saved.get("storm", {}).get("start_post_s"))
         saved.update(compare(costs, args, saved["measured"]))
         Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
         print(json.dumps(saved["predicted_over_measured"], indent=2))
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             "TOWNHALL_SIGNING_KEYS": secrets.token_urlsafe(32),
             "TOWNHALL_MAX_LISTENERS": str(args.cap),
             # as tests/scale's cluster: a node learns a new space within 0.2 s
-            "TOWNHALL_SPACE_INDEX_REFRESH_MS": "200",
+            "TOWNHALL_SPACE_INDEX_REFRESH_MS": str(INDEX_REFRESH_MS),
         }
         nodes = [lab.node("node-a", env)]
         nodes += [lab.node(name, env) for name in ("node-b", "node-c")]
@@ -196,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         early = first_audio_by_admission(root / "records.jsonl", args.pre_s)
         if args.nginx_log:
             early["start_requests"] = start_requests(Path(args.nginx_log))
+            if storm.get("live_at"):
+                early["notice"] = notice_evidence(
+                    Path(args.nginx_log), float(storm["live_at"]), storm.get("first_audio_at")
+                )
     finally:
         lab.close()
     measured = {
@@ -208,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         "redis_cpu_mean_cores": redis_cpu / wall,
         "redis_commands": commands,
         "start_delay_s": storm.get("start_delay_s"),
+        # when the host's start answered, after pre_s (the storm's 0.2 s loop
+        # and the round trip): the night's go-live as it happened
+        "start_post_s": storm.get("start_post_s"),
         # from the records, unrounded (the storm's summary rounds to 1 ms)
         "ttfa_after_admission_p50_s": early.get("ttfa_p50_s", storm.get("ttfa_p50_s")),
         "ttfa_after_admission_p99_s": early.get("ttfa_p99_s", storm.get("ttfa_p99_s")),
@@ -325,6 +336,34 @@ def start_requests(log: Path, slow_s: float = 0.1) -> dict[str, Any]:
     }
 
 
+def notice_evidence(log: Path, live_at: float, first_audio_at: float | None) -> dict[str, Any]:
+    """From nginx's access log: how the first page learned of the draw. The
+    fetches of queue.json from the nodes (not HIT) from 3 s before go-live
+    to 6 s after, as seconds after go-live with the node asked, and the
+    first called ticket's post (a join answered 200 with a ticket in the
+    body cannot be told from the log: the first join 200 after go-live)."""
+    fetches: list[dict[str, Any]] = []
+    first_join: float | None = None
+    with log.open() as lines:
+        for line in lines:
+            f = line.split()
+            if len(f) < 9:
+                continue
+            at = float(f[0]) - float(f[1]) - live_at  # when the request came
+            if not -3.0 <= at <= 6.0:
+                continue
+            uri = f[7].strip('"')
+            if uri.endswith("/queue.json") and f[2] not in ("HIT", "-"):
+                fetches.append({"at_s": round(at, 3), "cache": f[2], "node": f[8]})
+            elif uri.endswith("/join") and f[3] == "200" and at >= 0 and first_join is None:
+                first_join = round(at, 3)
+    return {
+        "queue_fetches": fetches,
+        "first_join_200_s": first_join,
+        "first_audio_s": None if first_audio_at is None else round(first_audio_at - live_at, 3),
+    }
+
+
 def sample(
     lab: Lab, nodes: list[Node], w0: float, stop: threading.Event, out: list[dict[str, Any]]
 ) -> None:
@@ -349,7 +388,7 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
     scenario = Scenario(
         arrivals=args.arrivals,
         over_s=args.over_s,
-        pre_s=args.pre_s,
+        pre_s=args.pre_s + float(measured.get("start_post_s") or 0.0),
         cap=args.cap,
         listen_s=args.listen_s,
         give_up=args.give_up,
@@ -358,6 +397,10 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         cache_nodes=1,
         rtt_s=args.rtt_ms / 1000,
         duration_s=wall,
+        index_refresh_s=INDEX_REFRESH_MS / 1000,
+        # the storm asks queue.json (for the cap) just before its clock
+        # starts: nginx's first fetch, from which it fetches again every 2 s
+        queue_first_fetch_s=0.0,
         # how the storm's waiters learn of a call (--poll): from the storm's
         # POLL_S, queue.json's max-age and the round trip, not from the run
         **storm_notice(args.poll, args.rtt_ms / 1000, poll_s=POLL_S, max_age_s=QUEUE_DOC_MAX_AGE_S),
@@ -369,6 +412,10 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         "redis_ops_mean_per_s": model.redis_ops_mean_per_s,
         "redis_ops_by_kind": model.redis_ops_by_kind,
         "start_delay_s": model.start_delay_s,
+        # where one run's start delay can fall (the first page's notice over
+        # the run's phase: townhall.bench.plan_notice), and the phases
+        "start_delay_spread_s": model.start_delay_spread_s,
+        "start_delay_points_s": [round(v, 4) for v in model.start_delay_points_s],
         "ttfa_after_admission_p50_s": model.ttfa_after_admission_s["p50"],
         "ttfa_after_admission_p99_s": model.ttfa_after_admission_s["p99"],
         "wait_p50_s": model.wait_s["p50"],
@@ -387,7 +434,20 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         p = predicted.get(key)
         if isinstance(value, int | float) and isinstance(p, int | float) and value:
             ratio[key] = round(p / value, 3)
-    return {"predicted": predicted, "predicted_over_measured": ratio}
+    spread = model.start_delay_spread_s
+    delay = measured.get("start_delay_s")
+    inside = None
+    if (
+        isinstance(delay, int | float)
+        and spread.get("p10") is not None
+        and spread.get("p90") is not None
+    ):
+        inside = bool(spread["p10"] <= delay <= spread["p90"])  # type: ignore[operator]
+    return {
+        "predicted": predicted,
+        "predicted_over_measured": ratio,
+        "start_delay_inside_p10_p90": inside,
+    }
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ from townhall.bench.plan_inputs import (
     Costs,
     Scenario,
     cache_nodes_needed,
+    claim_batches,
     cold_start_s,
+    depart,
+    first_audio_by_second,
     listener_bytes_per_s,
     listener_request_rate,
     near_call_share,
@@ -48,6 +51,7 @@ from townhall.bench.plan_inputs import (
     storm_notice,
     weighted_percentile,
 )
+from townhall.bench.plan_notice import first_notice
 from townhall.policy.admission import QueueState, advance
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "Scenario",
     "cache_nodes_needed",
     "cold_start_s",
+    "first_notice",
     "listener_bytes_per_s",
     "listener_request_rate",
     "near_call_share",
@@ -73,6 +78,7 @@ __all__ = [
 # segments) from PART-HOLD-BACK (3 parts) behind the edge, one after another
 START_REQUESTS = 5
 CLAIM_SLICES = 10
+START_PHASES = 20  # the first page's notice: equally likely phases of a run
 
 # -- the simulation -------------------------------------------------------------------
 
@@ -100,7 +106,9 @@ class Result:
     first_audio_by_admission: dict[str, dict[str, float]]
     redis_cores_peak: float
     redis_shards: int
-    start_delay_s: float | None
+    start_delay_s: float | None  # the mean over the phases a run can have
+    start_delay_spread_s: dict[str, float | None]
+    start_delay_points_s: list[float]  # equally likely, over the draw's phases
     wait_s: dict[str, float | None]
     ttfa_after_admission_s: dict[str, float | None]
     ttfa_from_arrival_s: dict[str, float | None]
@@ -167,6 +175,10 @@ def simulate(
     cpu_peak = redis_peak = egress_peak = origin_bytes_peak = join_lat_peak = 0.0
     cpu_total = redis_total = 0.0
     first_audio_at: float | None = None
+    first_direct: float | None = None  # of those admitted at their join
+    probes_due: dict[int, int] = {}  # step -> first pages (of the draw's phases)
+    probes: list[float] = []  # their first audio
+    warm_at_draw: float | None = None
     live_at = s.pre_s
     live = s.pre_s <= 0
     # the nodes tick on a grid of their own: half an interval off the start
@@ -207,26 +219,37 @@ def simulate(
     # first page is the fill itself, the pages within that wait on the lock
     cache_ready: float | None = None
 
+    def first_audio(admit_t: float, behind: float, warm: float | None) -> float:
+        """The first audio of a page admitted at ``admit_t``, the origin's
+        requests ``behind`` its queued work by so much, the cache warm since
+        ``warm`` (None: this page's misses fill it)."""
+        if not lock_poll_s:
+            # no cache: every request reaches the origin, behind its backlog
+            return (
+                admit_t
+                + room_wait_s(admit_t, room_ready, 0.0)
+                + start_requests * behind
+                + tail[0][0]
+            )
+        if warm is None:
+            # the first page's five misses, each behind the queue
+            return max(admit_t, room_ready) + cold_start_s(start_requests, part_lat, behind)
+        return admit_t + room_wait_s(admit_t, warm, lock_poll_s) + tail[0][0]
+
     def heard(admit_t: float, at: float, n: float, behind: float) -> float:
         """Record the first audio of ``n`` admitted at ``admit_t`` who
         arrived at ``at``, the origin's requests ``behind`` its queued work
         by so much; the earliest of it."""
         nonlocal cache_ready
+        first = first_audio(admit_t, behind, cache_ready)
         if not lock_poll_s:
-            # no cache: every request reaches the origin, behind its backlog
             base = admit_t + room_wait_s(admit_t, room_ready, 0.0) + start_requests * behind
-            first = base + tail[0][0]
-        elif cache_ready is None:
-            # the first page's five misses, each behind the queue: its own
-            # first audio; a page that asks a URL while its fill is in
-            # flight (for the queue's wait) hears it on the lock's wake
-            start = max(admit_t, room_ready)
-            first = start + cold_start_s(start_requests, part_lat, behind)
-            cache_ready = start + behind
-            base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
         else:
+            if cache_ready is None:
+                # a page that asks a URL while the first page's fill is in
+                # flight (for the queue's wait) hears it on the lock's wake
+                cache_ready = max(admit_t, room_ready) + behind
             base = admit_t + room_wait_s(admit_t, cache_ready, lock_poll_s)
-            first = base + tail[0][0]
         for extra, share in tail:
             audio = base + extra
             ttfa_adm.append((audio - admit_t, n * share))
@@ -277,7 +300,8 @@ def simulate(
                 waits.append((0.0, take))
                 audio = heard(t, at, take, origin_request_s(work, busy_now))
                 first_audio_at = audio if first_audio_at is None else first_audio_at
-                _depart(departures, s, i, take)
+                first_direct = audio if first_direct is None else first_direct
+                depart(departures, s, i, take)
             rest = count - take
             if rest > 0:
                 work["join_queued"] = work.get("join_queued", 0.0) + rest
@@ -319,6 +343,13 @@ def simulate(
                 for after in delays:
                     due = i + max(1, round(after / dt))
                     draw_posts[due] = draw_posts.get(due, 0.0) + waiting / CLAIM_SLICES
+                if waiting >= 0.5:
+                    # the first page's notice, over the phases a run can have
+                    # (plan_notice): each a page that posts then and hears
+                    warm_at_draw = cache_ready
+                    for after in first_notice(s, waiting, START_PHASES):
+                        due = i + max(1, round(after / dt))
+                        probes_due[due] = probes_due.get(due, 0) + 1
             if line.through > before:
                 # pages see their turn in queue.json: the posts come after the
                 # delays of notice_delays (CLAIM_SLICES equal shares)
@@ -330,6 +361,10 @@ def simulate(
                     if hi > lo:
                         claims.setdefault(i + max(1, round(after / dt)), []).append((hi - lo, lo))
         # 4. called tickets come (those still waiting), the rest stay away
+        for _ in range(probes_due.pop(i, 0)):
+            behind = origin_request_s(work, busy_now)
+            admit_t = t + behind + costs.origin_us["claim"] * 1e-6 + s.rtt_s
+            probes.append(first_audio(admit_t, behind, warm_at_draw))
         due_now = claims.pop(i, [])
         if due_now:
             # cohorts below every call still to come are done with (the
@@ -367,9 +402,9 @@ def simulate(
             admitted_now += came
             listeners += came
             admitted_total += came
-            _depart(departures, s, i, came)
+            depart(departures, s, i, came)
             # the places of those who stayed away are released after claim_s
-            line = replace(line, batches=tuple(_claim(line, lo, hi, came)))
+            line = replace(line, batches=tuple(claim_batches(line, lo, hi, came)))
         # 5. listeners leave
         gone = departures.pop(i, 0.0)
         if gone:
@@ -450,13 +485,20 @@ def simulate(
             )
             if progress is not None:
                 progress((i + 1) / steps)
-        quiet = waiting < 0.5 and not pending and not claims and listeners < 0.5
+        quiet = waiting < 0.5 and not pending and not claims and not probes_due and listeners < 0.5
         if s.duration_s is None and t > s.over_s + 1 and quiet:
             break
     duration = (i + 1) * dt
     pct = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0}
     peak_waiting = max((p["waiting"] for p in timeline), default=0.0)
     peak_listeners = max((p["listening"] for p in timeline), default=0.0)
+    # the start delay: the first page's first audio, over the draw's phases
+    # (probes), or the first admitted at its join, whichever is sooner
+    starts = [p if first_direct is None else min(p, first_direct) for p in probes]
+    if not starts and first_audio_at is not None:
+        starts = [first_audio_at]
+    starts = [max(0.0, a - live_at) for a in starts]
+    spread = [(v, 1.0) for v in starts]
     return Result(
         scenario=s,
         origin_cores=s.origin_cores,
@@ -467,10 +509,15 @@ def simulate(
         redis_ops_peak_per_s=redis_peak,
         redis_ops_mean_per_s=redis_total / duration,
         redis_ops_by_kind={k: v / duration for k, v in sorted(redis_by_kind.items())},
-        first_audio_by_admission=_by_second(early),
+        first_audio_by_admission=first_audio_by_second(early),
         redis_cores_peak=redis_peak * costs.redis_us * 1e-6,
         redis_shards=max(1, math.ceil(redis_peak * costs.redis_us * 1e-6 / s.utilization)),
-        start_delay_s=None if first_audio_at is None else max(0.0, first_audio_at - live_at),
+        start_delay_s=sum(starts) / len(starts) if starts else None,
+        start_delay_points_s=sorted(starts),
+        start_delay_spread_s={
+            k: weighted_percentile(spread, q)
+            for k, q in (("p10", 10.0), ("p50", 50.0), ("p90", 90.0))
+        },
         wait_s={k: weighted_percentile(waits, q) for k, q in pct.items()},
         ttfa_after_admission_s={k: weighted_percentile(ttfa_adm, q) for k, q in pct.items()},
         ttfa_from_arrival_s={k: weighted_percentile(ttfa_arr, q) for k, q in pct.items()},
@@ -487,49 +534,8 @@ def simulate(
     )
 
 
-def _by_second(early: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
-    """Per second of admission after go-live (the first 20): how many were
-    admitted and their first audio's p50 and max."""
-    buckets: dict[int, list[tuple[float, float]]] = {}
-    for at, ttfa, n in early:
-        if 0 <= at < 20 and n > 0:
-            buckets.setdefault(int(at // 1), []).append((ttfa, n))
-    out: dict[str, dict[str, float]] = {}
-    for k, samples in sorted(buckets.items()):
-        out[str(k)] = {
-            "admitted": round(sum(n for _, n in samples), 1),
-            "ttfa_p50_s": round(weighted_percentile(samples, 50) or 0.0, 3),
-            "ttfa_max_s": round(max(v for v, _ in samples), 3),
-        }
-    return out
-
-
 def _add(ops: dict[str, float], kind: str, count: float) -> None:
     ops[kind] = ops.get(kind, 0.0) + count
-
-
-def _depart(departures: dict[int, float], s: Scenario, step: int, count: float) -> None:
-    """Schedule ``count`` listeners to leave after 0.5-1.5 x listen_s (20 slices)."""
-    if s.listen_s <= 0 or count <= 0:
-        return
-    slices = 20
-    for k in range(slices):
-        after = s.listen_s * (0.5 + (k + 0.5) / slices)
-        due = step + max(1, round(after / s.step_s))
-        departures[due] = departures.get(due, 0.0) + count / slices
-
-
-def _claim(line: QueueState, lo: int, hi: int, came: float) -> list[Any]:
-    """The line's batches with ``came`` claims added to those inside (lo, hi]."""
-    out = []
-    left = round(came)
-    for b in line.batches:
-        if left > 0 and b.lo < hi and b.hi > lo:
-            take = min(left, b.open_places)
-            left -= take
-            b = replace(b, claimed=b.claimed + take)
-        out.append(b)
-    return out
 
 
 def plan(

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
+
+from townhall.policy.admission import QueueState
 
 # -- inputs ---------------------------------------------------------------------------
 
@@ -176,7 +178,10 @@ class Scenario:
     order). ``listen_s`` 0: admitted listeners stay to the end.
     ``cache_nodes`` 0: listeners read the origin itself. A page learns of
     its call (and of the draw) from queue.json: see :func:`notice_delays`
-    (``queue_poll_s``, ``doc_max_age_s``, ``doc_lag_s``, ``claim_delay_s``)."""
+    (``queue_poll_s``, ``doc_max_age_s``, ``doc_lag_s``, ``claim_delay_s``;
+    ``queue_poll_shared``: one poller reads it for every page, as `bench
+    storm --poll shared` does), and for the first page, the start delay's,
+    :func:`townhall.bench.plan_notice.first_notice`."""
 
     arrivals: int
     over_s: float
@@ -202,6 +207,14 @@ class Scenario:
     claim_delay_s: float = 1.0
     doc_max_age_s: float = 1.0
     doc_lag_s: float = 0.0
+    queue_poll_shared: bool = False
+    # how soon a node that did not draw shows the draw: it learns of the
+    # go-live at its next space-index refresh (space_index_refresh_ms) and
+    # draws-or-reads the line then (server/admission.py tick_gone_live)
+    index_refresh_s: float = 1.0
+    # when the caches first fetched queue.json (the night's time; None: the
+    # draw falls anywhere in their fetch cycle), see plan_notice
+    queue_first_fetch_s: float | None = None
     ticket_renew_s: float = 40.0
     state_poll_s: float = 5.0
     state_max_age_s: float = 2.0
@@ -322,7 +335,7 @@ def notice_delays(s: Scenario, slices: int = 10) -> list[float]:
     return [s.doc_lag_s + d for d in _slice_means(sums, slices)]
 
 
-def storm_notice(poll: str, rtt_s: float, *, poll_s: float, max_age_s: float) -> dict[str, float]:
+def storm_notice(poll: str, rtt_s: float, *, poll_s: float, max_age_s: float) -> dict[str, Any]:
     """The notice parameters of :class:`Scenario` for `bench storm`'s
     waiters (``--poll``), ``rtt_s`` from nginx, with ``poll_s`` the storm's
     POLL_S and ``max_age_s`` queue.json's Cache-Control max-age (which nginx
@@ -355,6 +368,7 @@ def storm_notice(poll: str, rtt_s: float, *, poll_s: float, max_age_s: float) ->
             "queue_poll_s": poll_s + rtt_s,
             "claim_delay_s": 0.0,
             "doc_lag_s": rtt_s / 2,
+            "queue_poll_shared": False,
         }
     if poll == "shared":
         return {
@@ -362,6 +376,7 @@ def storm_notice(poll: str, rtt_s: float, *, poll_s: float, max_age_s: float) ->
             "queue_poll_s": poll_s,
             "claim_delay_s": 1.0,
             "doc_lag_s": poll_s,
+            "queue_poll_shared": True,
         }
     raise ValueError(f"poll must be each or shared, not {poll!r}.")
 
@@ -444,3 +459,44 @@ def cache_nodes_needed(costs: Costs, s: Scenario, listeners: float, waiting: flo
     bps = (listeners * listener_bytes_per_s(costs, s) + waiting * costs.bytes["queue_doc"]) * 8
     net_nodes = bps / (s.cache_node_gbps * 1e9 * s.utilization)
     return max(1, math.ceil(max(cpu_nodes, net_nodes)))
+
+
+def first_audio_by_second(early: list[tuple[float, float, float]]) -> dict[str, dict[str, float]]:
+    """Per second of admission after go-live (the first 20): how many were
+    admitted and their first audio's p50 and max."""
+    buckets: dict[int, list[tuple[float, float]]] = {}
+    for at, ttfa, n in early:
+        if 0 <= at < 20 and n > 0:
+            buckets.setdefault(int(at // 1), []).append((ttfa, n))
+    out: dict[str, dict[str, float]] = {}
+    for k, samples in sorted(buckets.items()):
+        out[str(k)] = {
+            "admitted": round(sum(n for _, n in samples), 1),
+            "ttfa_p50_s": round(weighted_percentile(samples, 50) or 0.0, 3),
+            "ttfa_max_s": round(max(v for v, _ in samples), 3),
+        }
+    return out
+
+
+def depart(departures: dict[int, float], s: Scenario, step: int, count: float) -> None:
+    """Schedule ``count`` listeners to leave after 0.5-1.5 x listen_s (20 slices)."""
+    if s.listen_s <= 0 or count <= 0:
+        return
+    slices = 20
+    for k in range(slices):
+        after = s.listen_s * (0.5 + (k + 0.5) / slices)
+        due = step + max(1, round(after / s.step_s))
+        departures[due] = departures.get(due, 0.0) + count / slices
+
+
+def claim_batches(line: QueueState, lo: int, hi: int, came: float) -> list[Any]:
+    """The line's batches with ``came`` claims added to those inside (lo, hi]."""
+    out = []
+    left = round(came)
+    for b in line.batches:
+        if left > 0 and b.lo < hi and b.hi > lo:
+            take = min(left, b.open_places)
+            left -= take
+            b = replace(b, claimed=b.claimed + take)
+        out.append(b)
+    return out

@@ -17,11 +17,16 @@ from typing import Any
 
 import click
 
-from townhall.bench.plan import Costs, Result, Scenario, plan
+from townhall.bench.plan import Costs, Result, Scenario, plan, storm_notice
 
 SHIPPED_COSTS = Path(__file__).with_name("plan_costs.json")
 MAX_ARRIVALS = 1_000_000_000
 MAX_STEPS = 200_000
+# how a waiting page learns its turn: it fetches queue.json itself every
+# second (web/static/js/queue.js, POLL_MS) through a cache that honours the
+# document's max-age 1 (server/api_queue.py), and posts on the poll that read it
+PAGE_POLL_S = 1.0
+QUEUE_DOC_MAX_AGE_S = 1.0
 
 
 def load_costs(path: Path) -> Costs:
@@ -47,6 +52,10 @@ def _n(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def _spread(d: dict[str, float | None]) -> str:
+    return f"{_n(d.get('p10'))}-{_n(d.get('p90'))}"
+
+
 def _dist(d: dict[str, float | None]) -> str:
     return " / ".join(_n(d[k]) for k in ("p50", "p90", "p99", "max"))
 
@@ -63,7 +72,7 @@ def rows(r: Result) -> list[tuple[str, str]]:
         ("cache nodes", f"{r.cache_nodes:,} x {s.cache_node_cores:g} cores, {s.cache_node_gbps:g} Gbit/s"),
         ("Redis ops/s peak / mean", f"{_n(r.redis_ops_peak_per_s)} / {_n(r.redis_ops_mean_per_s)}"),
         ("Redis cores at peak (shards of one core)", f"{_n(r.redis_cores_peak)} ({r.redis_shards})"),
-        ("start delay (go-live to first audio)", f"{_n(r.start_delay_s)} s"),
+        ("start delay (go-live to first audio), mean (p10-p90 over runs)", f"{_n(r.start_delay_s)} s ({_spread(r.start_delay_spread_s)} s)"),
         ("wait p50 / p90 / p99 / max", f"{_dist(r.wait_s)} s"),
         ("first audio after admission p50/p90/p99/max", f"{_dist(r.ttfa_after_admission_s)} s"),
         ("first audio after arrival p50/p90/p99/max", f"{_dist(r.ttfa_from_arrival_s)} s"),
@@ -208,7 +217,8 @@ def plan_command(**kw: Any) -> None:  # fmt: skip
     progress = not kw.pop("no_progress") and sys.stderr.isatty()
     if not 1 <= kw["arrivals"] <= MAX_ARRIVALS:
         raise click.UsageError(f"--arrivals must be between 1 and {MAX_ARRIVALS:,}.")
-    scenario = Scenario(**kw)
+    notice = storm_notice("each", kw["rtt_s"], poll_s=PAGE_POLL_S, max_age_s=QUEUE_DOC_MAX_AGE_S)
+    scenario = Scenario(**kw, **notice)
     try:
         scenario.check()
     except ValueError as exc:

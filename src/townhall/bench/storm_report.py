@@ -179,6 +179,8 @@ def summarize(
             1 for a in arrivals if a.queued and a.admitted_at is None and a.gave_up_at is None
         ),
         "start_delay_s": _r(min(audio) - live_at) if audio and live_at else None,
+        "live_at": live_at,  # wall clock (epoch s) of the host's start
+        "first_audio_at": min(audio) if audio else None,
         "ttfa_p50_s": _r(percentile(ttfa, 50)),
         "ttfa_p99_s": _r(percentile(ttfa, 99)),
         "wait_p50_s": _r(percentile(waited, 50)),
