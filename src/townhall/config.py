@@ -339,6 +339,11 @@ class _CoreSettings(BaseSettings):
         ge=0,
         description="At the end of a talk or at shutdown, how long to keep retrying writes the recorder still holds before listing them as missing.",
     )
+    recording_final_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="Once a talk has ended, how long a request for recording.m4a waits for this node's copy to be final (a follower a moment behind the owner, a recorder still draining) before it is answered 503 with Retry-After.",
+    )
 
     # --- issue 14: the control plane fails safe ---
     database_timeout_ms: int = Field(

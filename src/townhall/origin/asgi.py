@@ -25,8 +25,9 @@ writes the answers it can itself, so both send the same bytes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 
 from townhall import metrics
 from townhall.config import Settings
-from townhall.errors import NotFound
+from townhall.errors import NotFound, ServiceUnavailable
 from townhall.live.program import Program
 from townhall.origin.answers import (
     AAC,
@@ -50,7 +51,7 @@ from townhall.origin.answers import (
     Wait,
     progressive_head,
 )
-from townhall.origin.app_hooks import limit_of
+from townhall.origin.app_hooks import limit_of, talk_ended_of
 from townhall.origin.fanout import ProgressiveHub, ProgressiveListener
 from townhall.origin.follower import ListenerSource
 from townhall.origin.gate import gate_of
@@ -62,7 +63,7 @@ from townhall.origin.rules import (
     programs_of,
 )
 from townhall.store.m4a import build_fragmented
-from townhall.store.recordings import Manifest, RecordingStore, served_copy
+from townhall.store.recordings import Manifest, RecordingNotFinal, RecordingStore, served_copy
 
 router = APIRouter(include_in_schema=False)
 
@@ -78,8 +79,31 @@ _ROUTE_METHODS = ["GET", "HEAD"]
 @router.api_route("/spaces/{space_id}/recording.m4a", methods=_ROUTE_METHODS)
 @router.get("/spaces/{space_id}/live.aac")
 async def listener(request: Request) -> Response:
-    """Every listener URL: the rules' answer, performed."""
+    """Every listener URL: the rules' answer, performed. A recording asked for
+    after the host ended the talk, while this node's copy has not heard the
+    end yet (a follower a moment behind), waits for it
+    (``recording_final_wait_s``), then 503 with Retry-After."""
     rules = _rules(request)
+    waiting_until: float | None = None
+    while True:
+        try:
+            return await _perform(request, rules)
+        except RecordingNotFinal:
+            now = time.monotonic()
+            if waiting_until is None:
+                if not await _talk_ended(request)(request.path_params["space_id"]):
+                    raise  # live: 409, listen live
+                waiting_until = now + _settings(request).recording_final_wait_s
+            if now >= waiting_until:
+                raise ServiceUnavailable(
+                    "The talk has ended, and this server is still writing the last of its "
+                    "recording. Try again in a few seconds.",
+                    retry_after_s=2,
+                ) from None
+            await asyncio.sleep(_FINAL_POLL_S)
+
+
+async def _perform(request: Request, rules: FastPath) -> Response:
     path = request.url.path
     cookie = request.headers.get("cookie")
     answer = rules.answer(
@@ -107,6 +131,17 @@ async def listener(request: Request) -> Response:
         else:
             break
     raise NotFound("There is nothing at this address; check the link.")
+
+
+_FINAL_POLL_S = 0.05
+
+
+def _talk_ended(request: Request) -> Callable[[str], Awaitable[bool]]:
+    state = request.app.state
+    ended: Callable[[str], Awaitable[bool]] | None = getattr(state, "talk_ended", None)
+    if ended is None:
+        ended = state.talk_ended = talk_ended_of(request.app)
+    return ended
 
 
 def _settings(request: Request) -> Settings:

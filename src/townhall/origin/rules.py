@@ -33,7 +33,7 @@ from collections.abc import Callable
 from functools import partial
 
 from townhall.config import Settings
-from townhall.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
+from townhall.errors import BadRequest, NotFound, ServiceUnavailable
 from townhall.media.cmaf import part_frames
 from townhall.media.encoder import AAC_FRAME_SAMPLES
 from townhall.origin.answers import (
@@ -64,7 +64,7 @@ from townhall.origin.playlist import render_ll, render_plain
 from townhall.origin.token_uris import tokened, tokened_playlist
 from townhall.origin.window import COMPLETE, LiveWindow, records_view
 from townhall.policy.media_gate import MediaGate
-from townhall.store.recordings import SPACE_ID_RE, Manifest
+from townhall.store.recordings import SPACE_ID_RE, Manifest, RecordingNotFinal
 
 __all__ = [
     "Answer",
@@ -277,11 +277,7 @@ class FastPath:
             return found if found is not None else FromDisk("init", program_id(path), epoch)
         if name == b"recording.m4a":
             if not program.ended:
-                return Problem(
-                    Conflict(
-                        "The space is still live: the recording file is ready once the host ends it. Listen live at live.m3u8."
-                    )
-                )
+                return Problem(RecordingNotFinal())
             return FromDisk("recording", program_id(path))
         return None
 
@@ -410,11 +406,7 @@ class FastPath:
             return None if method != b"GET" else _not_live()
         if name == b"recording.m4a":
             if program is not None and not program.ended:
-                return Problem(
-                    Conflict(
-                        "The space is still live: the recording file is ready once the host ends it. Listen live at live.m3u8."
-                    )
-                )
+                return Problem(RecordingNotFinal())
             return FromDisk("recording", space_id)
         return None
 

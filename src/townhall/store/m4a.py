@@ -21,9 +21,9 @@ import struct
 import tempfile
 from pathlib import Path
 
-from townhall.errors import Conflict, NotFound
+from townhall.errors import NotFound
 from townhall.media.cmaf import Box, find_box, iter_boxes
-from townhall.store.recordings import RecordingStore, fsync_dir
+from townhall.store.recordings import RecordingNotFinal, RecordingStore, fsync_dir
 
 log = logging.getLogger("townhall.media")
 
@@ -100,7 +100,7 @@ def with_duration(init: bytes, duration_samples: int, sample_rate_hz: int) -> by
 def build_fragmented(store: RecordingStore) -> Path:
     """The ended recording as one fragmented MP4 file, built once and reused.
 
-    Raises NotFound (no recording, no audio) or Conflict (still live).
+    Raises NotFound (no recording, no audio) or RecordingNotFinal (409: not ended yet).
     """
     target = store.dir / FRAGMENTED_M4A
     if target.exists():
@@ -109,9 +109,7 @@ def build_fragmented(store: RecordingStore) -> Path:
     if manifest is None:
         raise NotFound("This space has no recording.")
     if not manifest.ended:
-        raise Conflict(
-            "The space is still live: the recording file is ready once the host ends it."
-        )
+        raise RecordingNotFinal()
     if not manifest.segments:
         raise NotFound("This space ended before any audio was recorded.")
     if manifest.missing:

@@ -70,6 +70,21 @@ class SegmentRecord:
     part_count: int
 
 
+class RecordingNotFinal(Conflict):
+    """409: this copy of the recording is still being written. While the talk is
+    live that is the answer; once the host has ended it, a copy a moment behind
+    (a follower that has not heard the end yet) is waited for instead
+    (``origin/asgi.py``)."""
+
+    DETAIL = (
+        "The space is still live: the recording file is ready once the host ends it. "
+        "Listen live at live.m3u8."
+    )
+
+    def __init__(self, detail: str = DETAIL) -> None:
+        super().__init__(detail)
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """The recording's journal. ``missing`` lists the segments that were live
@@ -379,9 +394,7 @@ class RecordingStore:
         if manifest is None:
             raise NotFound("This space has no recording.")
         if not manifest.ended:
-            raise Conflict(
-                "The space is still live: the recording file is ready once the host ends it."
-            )
+            raise RecordingNotFinal()
         if not manifest.segments:
             raise NotFound("This space ended before any audio was recorded.")
         # All epochs share codec parameters (the AudioSpecificConfig depends on
