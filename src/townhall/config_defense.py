@@ -305,7 +305,7 @@ class DefenseSettings(BaseSettings):
     )
     secret_proxies: str = Field(
         "",
-        description="Set by the supervisor of HTTP workers without Redis: peers (the listener workers' loopback) whose X-Forwarded-For is believed only on a request that also carries the local secret (local_bus_secret); without it the request is keyed on the peer's own address. Peers in the operator's own trusted_proxies are not affected.",
+        description="Set by the supervisor of HTTP workers: peers (the other workers' loopback) whose X-Forwarded-For is believed only on a request that also carries the supervisor's secret (local_bus_secret); without it the request is keyed on the peer's own address. Peers in the operator's own trusted_proxies are not affected.",
     )
     local_bus_entries: int = Field(
         256,

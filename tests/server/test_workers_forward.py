@@ -147,6 +147,38 @@ def test_a_worker_is_a_node_of_its_own(tmp_path: Path) -> None:
     assert behind.trusted_proxies == "10.0.0.0/8,127.0.0.1/32"
     unnamed = worker_settings(Settings(data_dir=tmp_path), 1, 8123)
     assert unnamed.node_id.endswith(f":8123:{os.getpid()}-w1")
+    # loopback's X-Forwarded-For only with the supervisor's secret, as without Redis
+    vouched = worker_settings(settings, 2, 8123, 2, "s3cret")
+    assert (vouched.secret_proxies, vouched.local_bus_secret) == ("127.0.0.1/32", "s3cret")
+    nginx = Settings(data_dir=tmp_path, trusted_proxies="127.0.0.0/8", **SCALED)  # type: ignore[arg-type]
+    assert worker_settings(nginx, 1, 8123, 2, "s3cret").secret_proxies == ""
+
+
+@pytest.mark.parametrize(
+    ("url", "vouched"),
+    [
+        ("http://127.0.0.1:8123", True),  # another worker of this supervisor
+        ("http://[::1]:8123", True),
+        ("http://10.0.0.7:8123", False),  # another machine never gets the secret
+        ("http://node-b.internal:8123", False),
+    ],
+)
+def test_a_request_passed_on_carries_the_secret_only_on_this_machine(
+    tmp_path: Path, url: str, vouched: bool
+) -> None:
+    from townhall.origin.handoff import SECRET_HEADER
+    from townhall.server.forward import OwnerForward
+
+    settings = Settings(data_dir=tmp_path, node_id="w1", local_bus_secret="s3cret", **SCALED)  # type: ignore[arg-type]
+    forward = OwnerForward(lambda *a: None, settings)  # type: ignore[arg-type]
+    scope = {
+        "headers": [(b"x-forwarded-for", b"203.0.113.9"), (SECRET_HEADER, b"guessed")],
+        "client": ("198.51.100.4", 5555),
+    }
+    headers = forward._headers(scope, url)
+    assert (b"x-forwarded-for", b"203.0.113.9, 198.51.100.4") in headers
+    secrets = [v for k, v in headers if k == SECRET_HEADER]
+    assert secrets == ([b"s3cret"] if vouched else [])  # a client's own is never passed on
 
 
 def test_without_redis_one_primary_and_listener_workers(tmp_path: Path) -> None:

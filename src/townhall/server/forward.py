@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from townhall import metrics
 from townhall.config import Settings
+from townhall.origin.handoff import SECRET_HEADER as LOCAL_SECRET
 from townhall.origin.wire import problem_document
 from townhall.problems import problem_response
 
@@ -271,7 +273,7 @@ class OwnerForward:
         if query := scope.get("query_string", b""):
             target += "?" + query.decode("latin-1")
         request = self._client.build_request(
-            scope["method"], target, headers=self._headers(scope), content=body
+            scope["method"], target, headers=self._headers(scope, url), content=body
         )
         try:
             response = await self._client.send(request, stream=True)
@@ -307,14 +309,27 @@ class OwnerForward:
         )  # fmt: skip
         return True
 
-    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        return passed_on_headers(scope, self._node_id)
+    def _headers(self, scope: Scope, url: str) -> list[tuple[bytes, bytes]]:
+        headers = passed_on_headers(scope, self._node_id)
+        secret = self.settings.local_bus_secret
+        if secret and _on_loopback(url):  # another worker of this supervisor
+            headers.append((LOCAL_SECRET, secret.encode()))  # its X-Forwarded-For counts
+        return headers
+
+
+def _on_loopback(url: str) -> bool:
+    host = httpx.URL(url).host
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def passed_on_headers(scope: Scope, node_id: str) -> list[tuple[bytes, bytes]]:
     """The request's headers for the node it is passed on to: hop-by-hop
-    ones left out, the client added to X-Forwarded-For, marked passed on."""
-    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+    ones left out (and a local secret a client sent), the client added to
+    X-Forwarded-For, marked passed on."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _HOP and k != LOCAL_SECRET]
     client = scope.get("client")
     if client:
         seen = [v for k, v in headers if k == b"x-forwarded-for"]

@@ -411,9 +411,7 @@ class ListenerApp:
         if query := scope.get("query_string", b""):
             path += "?" + query.decode("latin-1")
         # the secret vouches for the X-Forwarded-For line (a client's own is dropped)
-        headers = [
-            (k, v) for k, v in forward.passed_on_headers(scope, self.node_id) if k != LOCAL_SECRET
-        ]
+        headers = forward.passed_on_headers(scope, self.node_id)
         headers.append((LOCAL_SECRET, self.settings.local_bus_secret.encode()))
         for attempt in (0, 1):
             url = primary.url(fresh=attempt > 0)

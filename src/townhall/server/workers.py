@@ -24,9 +24,10 @@ the deployment:
 
 Loopback is added to each worker's ``trusted_proxies``, so a passed-on
 request counts against the client's network (X-Forwarded-For), not
-127.0.0.1's; without Redis only a request that also carries the
-supervisor's secret (a listener worker's pass) is believed so
-(``secret_proxies``), unless the operator trusts loopback itself. All workers share the signing keys of ``DATA_DIR`` (copied in
+127.0.0.1's; only a request that also carries the supervisor's secret
+(another worker's pass: a listener worker's, or scaled out a request passed
+on to a room's owner) is believed so (``secret_proxies``), unless the
+operator trusts loopback itself. All workers share the signing keys of ``DATA_DIR`` (copied in
 once, so a token from one worker is good on all).
 
 The supervisor holds the port (a bound socket, never listening, so the port
@@ -132,22 +133,16 @@ def worker_settings(
     proxies = ",".join(p for p in (settings.trusted_proxies, "127.0.0.1/32") if p.strip())
     common = {"port": port, "http_workers": 1, "trusted_proxies": proxies}
     common["node_id"] = f"{base}-w{index}"
+    # loopback's X-Forwarded-For only with the secret (another worker's pass),
+    # unless the operator trusts it (nginx on this machine)
+    loopback = ipaddress.ip_address("127.0.0.1")
+    own = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
+    trusted = any(loopback in ipaddress.ip_network(p, strict=False) for p in own)
+    common["local_bus_secret"] = secret
+    common["secret_proxies"] = "" if trusted else "127.0.0.1/32"
     if not scaled_out(settings):
         role = "primary" if index == 1 else "listener"
-        # loopback's X-Forwarded-For only with the secret (a listener worker's
-        # pass), unless the operator trusts it (nginx on this machine)
-        loopback = ipaddress.ip_address("127.0.0.1")
-        own = [p.strip() for p in settings.trusted_proxies.split(",") if p.strip()]
-        trusted = any(loopback in ipaddress.ip_network(p, strict=False) for p in own)
-        vouched = "" if trusted else "127.0.0.1/32"
-        return settings.model_copy(
-            update={
-                **common,
-                "worker_role": role,
-                "local_bus_secret": secret,
-                "secret_proxies": vouched,
-            }
-        )
+        return settings.model_copy(update={**common, "worker_role": role})
     # every other recording folder on this machine: the supervisor's (what was
     # recorded before workers) and the other workers' copies (store/recordings.py)
     copies = [settings.recordings_dir] + [
