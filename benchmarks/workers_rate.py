@@ -10,7 +10,9 @@ Both servers run at once, each with one live space (its program makes
 silence: the stage does not wait for a host), not pinned: the kernel places
 the workers. wrk (-t1 -c64) is pinned to core 1 and cycles over (a) the live
 window's part URLs (the fast path of origin/http1.py) and (b) /healthz (the
-app path through FastAPI). Rounds alternate between the servers (a shared
+app path through FastAPI); ``--targets part,healthz,mix`` adds (c) both on
+each connection (eight parts, then /healthz: a page's connection, which asks
+the listener plane and then the API). Rounds alternate between the servers (a shared
 machine drifts); medians are printed and written to
 benchmarks/results/workers_rate.json. Loopback only.
 """
@@ -152,7 +154,13 @@ def main() -> None:
         action="store_true",
         help="SQLite and files, no Redis: a primary and listener workers (server/local_bus.py)",
     )
+    parser.add_argument(
+        "--targets",
+        default="part,healthz",
+        help="comma-separated: part, healthz, mix (parts then /healthz on each connection)",
+    )
     args = parser.parse_args()
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     name = "townhall_bench_workers_" + secrets.token_hex(4)
     prefix = f"townhall-bench-workers:{secrets.token_hex(4)}:"
     asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
@@ -170,8 +178,9 @@ def main() -> None:
                 order = (1, 2) if r % 2 == 0 else (2, 1)
                 for workers in order:
                     server, url, space_id = servers[workers]
-                    for target in ("part", "healthz"):
-                        urls = current_parts(url, space_id) if target == "part" else ["/healthz"]
+                    for target in targets:
+                        parts = [] if target == "healthz" else current_parts(url, space_id)
+                        urls = parts + ([] if target == "part" else ["/healthz"])
                         key = f"workers={workers} {target}"
                         row = wrk_round(tmp, server, url, urls, args.wrk_s, f"{workers}-{target}")
                         results.setdefault(key, []).append(row)

@@ -363,7 +363,7 @@ HANDOFFS = Counter(
 )
 HANDOFF_FALLBACKS = Counter(
     "townhall_handoff_fallbacks_total",
-    "Requests a listener worker passed to the primary over loopback HTTP instead of handing the connection over, by reason: later (not the connection's first request), unavailable (no handoff socket: the primary restarting or handoffs off), busy (the socket would block), large (more was read than the head limit and a body's high-water mark), tls.",
+    "Requests a listener worker passed to the primary over loopback HTTP instead of handing the connection over, by reason: later (a later request on the connection that could not be handed then: pipelined behind another, or sent while an answer was still being written), unavailable (no handoff socket: the primary restarting or handoffs off), busy (the socket would block), large (more was read than the head limit and a body's high-water mark), tls.",
     ["reason"],
 )
 

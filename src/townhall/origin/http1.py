@@ -121,7 +121,9 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self._pause_timer: asyncio.TimerHandle | None = None  # not read until it fires
         self._budgets = None  # per-connection budgets of lean routes (origin/lean_api.py)
         self.preread = b""  # an adopted connection: what the listener worker read of it
-        self._read: list[bytes] | None = None  # what was read before the first request
+        # what was read since a request's first byte (the first request's, or a
+        # later one's that began with nothing else in flight), for a handoff
+        self._read: list[bytes] | None = None
         self._read_bytes = 0
         self._handing = False
         self._vouch = False  # X-Forwarded-For counts only with the local secret
@@ -226,7 +228,9 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
     # -- reading -------------------------------------------------------------------
 
     def data_received(self, data: bytes | memoryview) -> None:
-        if self._read is not None:  # before the first request: kept for a handoff
+        if self._read is None and self._served and self.handoff is not None and self._between():
+            self._read, self._read_bytes = [], 0  # a later request may be handed over too
+        if self._read is not None:  # from a request's first byte: kept for a handoff
             self._read_bytes += len(data)
             if self._read_bytes > self.limits.max_head_bytes + HANDED_BODY_BYTES:
                 self._read = None
@@ -234,6 +238,20 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
             else:
                 self._read.append(bytes(data))
         self._feed(data)
+
+    def _between(self) -> bool:
+        """Nothing of a request read, parsed, queued or still being written:
+        what arrives now begins a request, and the connection could be handed
+        over as it is."""
+        return (
+            self._current is None
+            and self._parsing is None
+            and self._head_since is None
+            and not self._queue
+            and not self._handing
+            and self._pause_timer is None
+            and self.transport.get_write_buffer_size() == 0
+        )
 
     def _feed(self, data: bytes | memoryview) -> None:
         if self._handing:
