@@ -49,7 +49,7 @@ from townhall.server.arrival_window import ArrivalWindow
 from townhall.server.queue_doc import QueueDoc, render_queue_doc
 from townhall.store.admission import AdmissionStore, ExpirySet
 from townhall.store.shared import RedisHealth
-from townhall.store.spaces import IndexEntry, SpaceIndex
+from townhall.store.space_index import IndexEntry, SpaceIndex
 
 log = logging.getLogger("townhall.admission")
 

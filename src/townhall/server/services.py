@@ -50,7 +50,8 @@ from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmis
 from townhall.store.db import Database
 from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
-from townhall.store.spaces import SpaceIndex, SpaceLimits, Spaces
+from townhall.store.space_index import SpaceIndex
+from townhall.store.spaces import SpaceLimits, Spaces
 
 log = logging.getLogger("townhall.store")
 
