@@ -59,6 +59,17 @@ class SpaceIndex:
         self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
         return True
 
+    def put_entry(self, space_id: str, entry: IndexEntry) -> bool:
+        """:meth:`put` of an entry as it stands (the space feed's): False, and
+        nothing changed, when it would move the space back or changes nothing."""
+        known = self._spaces.get(space_id)
+        if known == entry or (
+            known is not None and STATES.index(known.state) > STATES.index(entry.state)
+        ):
+            return False
+        self._spaces[space_id] = entry
+        return True
+
     def is_blocked(self, space_id: str, account_id: str) -> bool:
         return (space_id, account_id) in self._blocked
 
