@@ -55,7 +55,10 @@ from townhall.bench.storm import POLL_S
 # queue.json's Cache-Control max-age (server/api_queue.py), which nginx honours
 QUEUE_DOC_MAX_AGE_S = 1.0
 # the nodes' space-index refresh (as tests/scale's cluster: a node learns a
-# new space, and a go-live, within 0.2 s); the model is given the same
+# new space within 0.2 s); the model is given the same. Since the space feed
+# (store/space_feed.py) a go-live reaches every node within a few ms and the
+# refresh is only its safety net: ``--no-space-feed`` runs the nodes (and the
+# model) as before, where each node learned of a go-live at its refresh.
 INDEX_REFRESH_MS = 200
 
 
@@ -88,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         help="Also write nginx's access log (time, request time, cache status) to this file.",
     )
     ap.add_argument(
+        "--no-space-feed",
+        action="store_true",
+        help="Nodes without the space feed (TOWNHALL_SPACE_FEED=false): each learns of the "
+        "go-live at its index refresh, as in the runs up to session 9; the model likewise.",
+    )
+    ap.add_argument(
         "--model-only",
         action="store_true",
         help="Do not run the storm: predict again for the run saved in --out (after a model change).",
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(args.out).read_text())
         args.rtt_ms = float(saved.get("rtt_ms", args.rtt_ms))
         args.poll = str(saved.get("storm", {}).get("poll", "shared"))
+        # runs saved before the space feed had none: their go-live was not published
+        args.no_space_feed = not saved.get("space_feed", False)
         saved["measured"].setdefault("start_post_s", saved.get("storm", {}).get("start_post_s"))
         saved.update(compare(costs, args, saved["measured"]))
         Path(args.out).write_text(json.dumps(saved, indent=2, default=str) + "\n")
@@ -131,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             "TOWNHALL_MAX_LISTENERS": str(args.cap),
             # as tests/scale's cluster: a node learns a new space within 0.2 s
             "TOWNHALL_SPACE_INDEX_REFRESH_MS": str(INDEX_REFRESH_MS),
+            "TOWNHALL_SPACE_FEED": "false" if args.no_space_feed else "true",
         }
         nodes = [lab.node("node-a", env)]
         nodes += [lab.node(name, env) for name in ("node-b", "node-c")]
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/plan_validate.py " + " ".join(argv or sys.argv[1:]),
         "rtt_ms": args.rtt_ms,
         "poll": args.poll,
+        "space_feed": not args.no_space_feed,
         "nodes": {n.name: n.port for n in nodes},
         "calibrated_minutes_before": None
         if calibrated_at is None
@@ -398,6 +411,7 @@ def compare(costs: Costs, args: argparse.Namespace, measured: dict[str, Any]) ->
         rtt_s=args.rtt_ms / 1000,
         duration_s=wall,
         index_refresh_s=INDEX_REFRESH_MS / 1000,
+        golive_published=not args.no_space_feed,
         # the storm asks queue.json (for the cap) just before its clock
         # starts: nginx's first fetch, from which it fetches again every 2 s
         queue_first_fetch_s=0.0,

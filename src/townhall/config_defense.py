@@ -365,6 +365,42 @@ class DefenseSettings(BaseSettings):
         le=60_000,
         description="Scaled out: published seats older than this (by Redis's clock) are stale: other nodes' state.json then shows every seat not connected and the room as moving, instead of the old values. Keep it above SEAT_STATUS_INTERVAL_MS.",
     )
+
+    # --- a space's go-live on every node at once (store/space_feed.py) ---
+    space_feed: bool = Field(
+        True,
+        description="With REDIS_URL: each node publishes the spaces it writes (created, started, ended, cap set) on Redis pub/sub and every node puts them into its space index at once, so a go-live draws and shows in queue.json on every node within milliseconds; off, other nodes learn them at their next SPACE_INDEX_REFRESH_MS refresh (which stays on either way, for messages lost while Redis was away).",
+    )
+    space_feed_queue: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Space changes waiting to be published at most; beyond it a change is not published (counted in townhall_space_feed_dropped_total) and the other nodes learn it at their next index refresh.",
+    )
+    space_feed_max_message_bytes: int = Field(
+        4096,
+        ge=256,
+        le=1_048_576,
+        description="Largest space feed message a node reads; a longer one is ignored and counted as bad.",
+    )
+    space_feed_backoff_ms: int = Field(
+        100,
+        ge=10,
+        le=60_000,
+        description="After the space feed's subscription is lost, how long the node waits before subscribing again; doubled after each failure in a row, up to SPACE_FEED_BACKOFF_MAX_MS.",
+    )
+    space_feed_backoff_max_ms: int = Field(
+        5000,
+        ge=10,
+        le=600_000,
+        description="The longest wait between two attempts to subscribe to the space feed again.",
+    )
+    space_feed_ping_s: float = Field(
+        5.0,
+        ge=0.1,
+        le=300,
+        description="A space feed subscription silent this long is pinged; one silent for twice this (no message, no answer to the ping) is taken as lost and made again.",
+    )
     # --- issue 10 at full size (h4): a connection that ignores Retry-After (origin/retry_penalty.py) ---
     http_refused_pause_max_s: float = Field(
         30.0,

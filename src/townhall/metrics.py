@@ -32,6 +32,24 @@ SPACE_INDEX_REFRESH_FAILURES = Counter(
     "Failed reloads of the in-memory space index from the database.",
 )
 # -- scaled out (Redis) -----------------------------------------------------------
+SPACE_FEED_PUBLISHED = Counter(
+    "townhall_space_feed_published_total",
+    "Space changes (created, started, ended, cap set) this node published on the space feed (store/space_feed.py).",
+)
+SPACE_FEED_DROPPED = Counter(
+    "townhall_space_feed_dropped_total",
+    "Space changes this node did not publish, by reason (queue_full, redis); the other nodes learn them at their next space-index refresh.",
+    ["reason"],
+)
+SPACE_FEED_RECEIVED = Counter(
+    "townhall_space_feed_received_total",
+    "Space feed messages this node received, by outcome: applied (into its space index), unchanged (known already, or older than what it knows), own (its own change), bad (not a space change: ignored).",
+    ["outcome"],
+)
+SPACE_FEED_RECONNECTS = Counter(
+    "townhall_space_feed_reconnects_total",
+    "Times the space feed's subscription was lost (Redis away, connection killed, no answer to a ping) and made again; changes published meanwhile come in by the index refresh.",
+)
 REDIS_FAILURES = Counter(
     "townhall_redis_failures_total",
     "Redis operations that failed or were skipped while Redis was unreachable (the node carried on from memory, or refused sign-ins).",

@@ -27,6 +27,12 @@ def night(**kw: Any) -> Scenario:
     return replace(ONE, **kw)
 
 
+def unpublished(**kw: Any) -> Scenario:
+    """A night whose go-live is not published (the validation runs up to
+    session 9): a node that did not draw learns of it at its next refresh."""
+    return night(golive_published=False, **kw)
+
+
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -42,6 +48,8 @@ def mean(values: list[float]) -> float:
         (-1.0, 2, 1.0, 0.5),  # (before the draw: only the drawing node's own answer)
         (0.3, 3, 0.0, 1.0),  # no interval: every node knows at once
         (0.1, 3, 0.2, 1 / 3 + 2 / 3 * 0.5),  # the validation's refresh, 0.2 s
+        (0.0025, 3, 0.005, 1 / 3 + 2 / 3 * 0.5),  # the space feed: a few ms
+        (0.005, 3, 0.005, 1.0),
     ],
 )
 def test_holds_draw(age_s: float, nodes: int, interval_s: float, chance: float) -> None:
@@ -62,7 +70,8 @@ def test_three_nodes_a_fetch_may_reach_one_that_has_not_seen_the_go_live() -> No
     # the fetch after g = 1 - f s (half the runs) holds the draw with chance
     # 1/3 + 2g/3, else the one 2 s later: E = 2 + 1/2 - 2 x 2/3 = 7/6; the
     # fetch after 1 + g s (the other half) always holds it: E = 3/2
-    points = first_notice(night(origin_nodes=3, index_refresh_s=1.0), waiting=1000, points=200)
+    s = unpublished(origin_nodes=3, index_refresh_s=1.0)
+    points = first_notice(s, waiting=1000, points=200)
     assert mean(points) == pytest.approx((7 / 6 + 3 / 2) / 2, abs=0.02)
     # (the latest: a cache fetch that missed, and the next 2 s later)
     assert 2.5 < max(points) < 3.0
@@ -75,8 +84,8 @@ def test_caches_filled_in_the_same_second_fetch_together() -> None:
     assert mean(many) == pytest.approx(1.0, abs=0.01)
     # ...but with three nodes a fetch that reached a node without the draw
     # is made up by another cache's fetch of the same second
-    one = first_notice(night(origin_nodes=3), waiting=1000, points=200)
-    three = first_notice(night(origin_nodes=3, cache_nodes=3), waiting=1000, points=200)
+    one = first_notice(unpublished(origin_nodes=3), waiting=1000, points=200)
+    three = first_notice(unpublished(origin_nodes=3, cache_nodes=3), waiting=1000, points=200)
     assert mean(three) < mean(one) - 0.1
     assert mean(three) == pytest.approx(1.0 + 2.0 * _miss_share(3), abs=0.02)
 
@@ -130,16 +139,39 @@ def test_one_shared_poller_has_a_phase_of_its_own_and_a_poll_of_lag() -> None:
 def test_the_storm_each_notice_at_50_ms() -> None:
     # bench storm --poll each, three nodes, one nginx, 50 ms away: the
     # validation's own scenario
-    s = replace(night(origin_nodes=3), **storm_notice("each", 0.05, poll_s=1.0, max_age_s=1.0))
-    points = first_notice(s, waiting=600, points=200)
+    each = storm_notice("each", 0.05, poll_s=1.0, max_age_s=1.0)
+    points = first_notice(replace(unpublished(origin_nodes=3), **each), waiting=600, points=200)
     pages = (1.05 + 0.0) / 601
     assert mean(points) == pytest.approx((7 / 6 + 3 / 2) / 2 + 0.025 + pages, abs=0.02)
+    # published, every node shows the draw a few ms after it: as one node
+    points = first_notice(replace(night(origin_nodes=3), **each), waiting=600, points=200)
+    assert mean(points) == pytest.approx(1.0 + 0.025 + pages, abs=0.01)
 
 
 def test_a_fast_index_refresh_rarely_sends_a_fetch_back_empty() -> None:
     # refreshing every 0.2 s (the validation's nodes), the fetch g s after the
     # draw (the early half of runs) misses it only for g < 0.2, with chance
     # 2/3 x (1 - g / 0.2): 2/3 x 0.1 of that half waits 2 s more
-    fast = first_notice(night(origin_nodes=3, index_refresh_s=0.2), waiting=1000, points=400)
+    s = unpublished(origin_nodes=3, index_refresh_s=0.2)
+    fast = first_notice(s, waiting=1000, points=400)
     early = 0.5 + 2.0 * (2 / 3) * 0.1
     assert mean(fast) == pytest.approx((early + 1.5) / 2, abs=0.01)
+
+
+def test_the_index_delay_is_the_feeds_when_the_go_live_is_published() -> None:
+    assert ONE.golive_published and ONE.index_delay_s == pytest.approx(0.005)
+    assert unpublished(index_refresh_s=0.2).index_delay_s == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="golive_bus_s"):
+        night(golive_bus_s=-1.0).check()
+
+
+def test_a_published_go_live_shows_on_every_node_at_once() -> None:
+    # three nodes and the space feed: a fetch a few ms after the draw reaches
+    # a node that has it, so no fetch comes back empty: as one node (uniform
+    # 0-2 s), against 1.33 s and up to 3 s without it
+    one = first_notice(ONE, waiting=1000, points=200)
+    three = first_notice(night(origin_nodes=3), waiting=1000, points=200)
+    assert mean(three) == pytest.approx(mean(one), abs=0.005)
+    assert max(three) < 2.0
+    old = first_notice(unpublished(origin_nodes=3), waiting=1000, points=200)
+    assert mean(old) > mean(three) + 0.3 and max(old) > 2.5

@@ -16,7 +16,7 @@ from townhall.policy.tickets import TicketSigner
 from townhall.policy.tokens import TokenSigner
 from townhall.server.admission import Admission, Queued
 from townhall.store.admission import MemoryAdmission
-from townhall.store.spaces import SpaceIndex
+from townhall.store.space_index import SpaceIndex
 
 KEY = b"k" * 32
 SPACE = "s1"

@@ -27,7 +27,7 @@ from townhall.policy.tickets import TicketSigner
 from townhall.policy.tokens import TokenSigner
 from townhall.server.admission import Admission, Admitted, Queued
 from townhall.store.admission import RedisAdmission
-from townhall.store.spaces import SpaceIndex
+from townhall.store.space_index import SpaceIndex
 
 KEY = b"k" * 32
 SPACE = "s1"

@@ -5,7 +5,7 @@ workers: the speaker token of a space just started was refused "not live")."""
 
 from __future__ import annotations
 
-from townhall.store.spaces import SpaceIndex
+from townhall.store.space_index import SpaceIndex
 
 
 def test_a_stale_read_does_not_undo_a_start_or_an_end() -> None:

@@ -209,8 +209,13 @@ class Scenario:
     doc_lag_s: float = 0.0
     queue_poll_shared: bool = False
     # how soon a node that did not draw shows the draw: it learns of the
-    # go-live at its next space-index refresh (space_index_refresh_ms) and
-    # draws-or-reads the line then (server/admission.py tick_gone_live)
+    # go-live and draws-or-reads the line then (server/admission.py
+    # tick_gone_live). Published (the space feed, store/space_feed.py, on by
+    # default): every node within golive_bus_s of it. Not published (the
+    # validation runs up to session 9): at its next space-index refresh
+    # (space_index_refresh_ms), every index_refresh_s. See index_delay_s.
+    golive_published: bool = True
+    golive_bus_s: float = 0.005
     index_refresh_s: float = 1.0
     # when the caches first fetched queue.json (the night's time; None: the
     # draw falls anywhere in their fetch cycle), see plan_notice
@@ -239,8 +244,15 @@ class Scenario:
             raise ValueError("origin_cores must be above 0 (or left out to size it).")
         if not 0 <= self.cache_lock_poll_s <= 60:
             raise ValueError("cache_lock_poll_s must be between 0 and 60 s (nginx's is 0.5).")
+        if not 0 <= self.golive_bus_s <= 10 or not 0 <= self.index_refresh_s <= 3600:
+            raise ValueError("golive_bus_s must be 0-10 s and index_refresh_s 0-3600 s.")
         if self.cap < 0 or self.origin_nodes < 1 or self.admit_rate_per_s <= 0:
             raise ValueError("cap >= 0, origin_nodes >= 1 and admit_rate_per_s > 0, please.")
+
+    @property
+    def index_delay_s(self) -> float:
+        """The longest a node that did not draw takes to show the draw."""
+        return self.golive_bus_s if self.golive_published else self.index_refresh_s
 
     @property
     def horizon_s(self) -> float:

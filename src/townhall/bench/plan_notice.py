@@ -25,8 +25,9 @@ MAX_FETCHES = 60
 def holds_draw(age_s: float, nodes: int, interval_s: float) -> float:
     """The chance that a node asked ``age_s`` after the draw answers with it:
     the node that drew (one of ``nodes``) has it at once; another learns of
-    the go-live at its next space-index refresh, every ``interval_s`` at a
-    phase of its own, and renders the drawn line then."""
+    the go-live within ``interval_s``, at a phase of its own (the space
+    feed's delay, or its next space-index refresh without it: see
+    ``Scenario.index_delay_s``), and renders the drawn line then."""
     if nodes <= 1 or interval_s <= 0:
         return 1.0
     return 1.0 / nodes + (1.0 - 1.0 / nodes) * min(1.0, max(0.0, age_s) / interval_s)
@@ -68,8 +69,9 @@ def first_notice(s: Scenario, waiting: float, points: int = 20) -> list[float]:
     ``queue_first_fetch_s`` (when the caches first fetched, in the night's
     time), where that puts it, the first fetch anywhere in its second. A
     fetch reaches one of the ``origin_nodes``, which answers with the draw if
-    it drew or refreshed its space index since (``index_refresh_s``,
-    :func:`holds_draw`); if no cache's did, the next fetch. The first to read
+    it drew or learned of the go-live since (``Scenario.index_delay_s``: the
+    space feed's few ms, or ``index_refresh_s`` when the go-live is not
+    published; :func:`holds_draw`); if no cache's did, the next fetch. The first to read
     the new copy is the page whose request set off its fetch, the first
     after the whole second (a poll's share of the pages behind that cache).
     Then ``doc_lag_s`` and the shortest look of those pages
@@ -85,7 +87,7 @@ def first_notice(s: Scenario, waiting: float, points: int = 20) -> list[float]:
     pages = max(1.0, waiting)
     nodes = max(1, s.origin_nodes)
     caches = max(1, s.cache_nodes or 0)
-    refresh = s.index_refresh_s
+    refresh = s.index_delay_s
     samples: list[tuple[float, float]] = []
     if s.queue_poll_shared:
         # the poller's reads are the fetches; its phase is the run's own

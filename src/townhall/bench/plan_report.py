@@ -191,6 +191,21 @@ def plot(r: Result, curve: list[dict[str, float]], path: Path) -> None:
 @click.option(
     "--rtt-s", type=float, default=0.05, show_default=True, help="Listener to cache round trip."
 )
+@click.option(
+    "--space-feed/--no-space-feed",
+    "golive_published",
+    default=True,
+    show_default=True,
+    help="The go-live reaches every node at once (the space feed); without, each node at its "
+    "next index refresh (--index-refresh-s).",
+)
+@click.option(
+    "--index-refresh-s",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Without the space feed: how often a node reloads its space index.",
+)
 @click.option("--step-s", type=float, default=0.1, show_default=True)
 @click.option(
     "--costs",

@@ -17,6 +17,7 @@ get 503 with Retry-After and keep their place (a ticket stays valid).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -49,7 +50,7 @@ from townhall.server.arrival_window import ArrivalWindow
 from townhall.server.queue_doc import QueueDoc, render_queue_doc
 from townhall.store.admission import AdmissionStore, ExpirySet
 from townhall.store.shared import RedisHealth
-from townhall.store.spaces import IndexEntry, SpaceIndex
+from townhall.store.space_index import IndexEntry, SpaceIndex
 
 log = logging.getLogger("townhall.admission")
 
@@ -110,6 +111,7 @@ class Admission:
         self._lottery_keys: dict[str, bytes] = {}
         # per space, the store read in flight for early tickets (monotonic start)
         self._flights: dict[str, tuple[float, asyncio.Task[QueueState]]] = {}
+        self._look_now = asyncio.Event()  # set: look for spaces gone live now
         # issue 10: arrivals numbered by priority within short windows
         self.arrivals = ArrivalWindow(
             store.issue, settings.queue_priority_window_s, settings.queue_priority_max_pending
@@ -554,7 +556,10 @@ class Admission:
         next_at = time.monotonic() + interval_s
         while True:
             now = time.monotonic()
-            await asyncio.sleep(max(0.0, min(next_at, now + GO_LIVE_CHECK_S) - now))
+            with contextlib.suppress(TimeoutError):
+                wait_s = max(0.0, min(next_at, now + GO_LIVE_CHECK_S) - now)
+                await asyncio.wait_for(self._look_now.wait(), wait_s)
+            self._look_now.clear()
             try:
                 if time.monotonic() >= next_at:
                     next_at += interval_s
@@ -566,6 +571,11 @@ class Admission:
             except Exception:
                 metrics.ADMISSION_TICK_FAILURES.inc()
                 log.exception("admission tick failed; retrying next interval")
+
+    def may_have_gone_live(self) -> None:
+        """A space's state changed in the index (the space feed, or this
+        node's own write): look for spaces gone live now, not at the next check."""
+        self._look_now.set()
 
     async def tick_gone_live(self) -> None:
         """Tick each active capped space that went live since its last tick

@@ -47,7 +47,7 @@ from townhall.server.state_fast import CachedState
 
 if TYPE_CHECKING:
     from townhall.server.services import Services
-    from townhall.store.spaces import IndexEntry
+    from townhall.store.space_index import IndexEntry
 
 log = logging.getLogger("townhall.defense")
 

@@ -35,7 +35,7 @@ from townhall.server.auth import base_url, forwarded_client, iso_epoch, listener
 from townhall.server.defense import gate
 from townhall.server.edge_link import edge_link_cookies
 from townhall.server.services import Services
-from townhall.store.spaces import IndexEntry
+from townhall.store.space_index import IndexEntry
 
 _JOIN_NEW = metrics.JOINS.labels(kind="new")
 _JOIN_RENEWAL = metrics.JOINS.labels(kind="renewal")

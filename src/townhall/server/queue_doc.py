@@ -13,7 +13,7 @@ import orjson
 
 from townhall.config import Settings
 from townhall.policy.admission import QueueState
-from townhall.store.spaces import IndexEntry
+from townhall.store.space_index import IndexEntry
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,9 @@ from townhall.store.admission import AdmissionStore, MemoryAdmission, RedisAdmis
 from townhall.store.db import Database
 from townhall.store.revoked import SharedRevocations
 from townhall.store.shared import RedisHealth, SharedState, connect
-from townhall.store.spaces import SpaceIndex, SpaceLimits, Spaces
+from townhall.store.space_feed import SpaceFeed, connect_subscriber
+from townhall.store.space_index import IndexEntry, SpaceIndex
+from townhall.store.spaces import SpaceLimits, Spaces
 
 log = logging.getLogger("townhall.store")
 
@@ -108,6 +110,9 @@ class Services:
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
     _admitter: asyncio.Task[None] | None = field(default=None, repr=False)
     _absence: asyncio.Task[None] | None = field(default=None, repr=False)
+    # other nodes' space changes as they happen (None: one node, or space_feed off)
+    feed: SpaceFeed | None = field(default=None, repr=False)
+    _refresh_now: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     local_count: ListenerCounter | None = field(default=None, repr=False)
     presence: Presence | None = field(default=None, repr=False)
 
@@ -228,6 +233,9 @@ class Services:
             except Exception:
                 # One room that cannot resume must not keep the others down.
                 log.exception("could not resume live space %s", space_id)
+        if redis is not None and settings.space_feed:
+            services.feed = _feed(settings, redis, spaces, admission, services._refresh_now)
+        spaces.on_change = services._changed
         services._refresher = asyncio.create_task(
             services._refresh_index_forever(), name="townhall-space-index"
         )
@@ -255,9 +263,17 @@ class Services:
             )
         return services
 
+    def _changed(self, space_id: str, entry: IndexEntry) -> None:
+        """This node wrote a space: tell the other nodes, and look for a go-live here."""
+        if self.feed is not None:
+            self.feed.publish(space_id, entry)
+        self.admission.may_have_gone_live()
+
     async def close(self) -> None:
         """Stop rooms (finishing their recordings), flush what Redis has not
         seen yet, then close connections."""
+        if self.feed is not None:
+            await self.feed.close()
         for task in (
             self._refresher,
             self._flusher,
@@ -293,7 +309,10 @@ class Services:
         period_s = self.settings.space_index_refresh_ms / 1000
         since = utcnow()
         while True:
-            await asyncio.sleep(period_s)
+            # the period, or at once when the space feed may have missed changes
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), period_s)
+            self._refresh_now.clear()
             started = utcnow()
             try:
                 await self.spaces.refresh_index(since - timedelta(seconds=INDEX_REFRESH_OVERLAP_S))
@@ -328,6 +347,31 @@ def _scaleout(settings: Settings, redis: Any, spaces: Spaces, rooms: RoomRegistr
     scaleout = Scaleout(settings, redis, is_live=is_live, live_ids=spaces.live_ids)
     scaleout.rooms = rooms
     return scaleout
+
+
+def _feed(
+    settings: Settings, redis: Any, spaces: Spaces, admission: Admission, gap: asyncio.Event
+) -> SpaceFeed:
+    """The space feed (``store/space_feed.py``), subscribed in the background."""
+    from townhall.live.scaleout import node_name
+
+    node = node_name(settings)
+    feed = SpaceFeed(
+        redis,
+        connect_subscriber(settings, f"{settings.redis_prefix}space-feed:{node}"),
+        spaces.index,
+        prefix=settings.redis_prefix,
+        node=node,
+        on_applied=lambda _space_id: admission.may_have_gone_live(),
+        on_gap=gap.set,
+        queue=settings.space_feed_queue,
+        max_message_bytes=settings.space_feed_max_message_bytes,
+        backoff_s=settings.space_feed_backoff_ms / 1000,
+        backoff_max_s=settings.space_feed_backoff_max_ms / 1000,
+        ping_s=settings.space_feed_ping_s,
+    )
+    feed.start()
+    return feed
 
 
 def _state_of(spaces: Spaces) -> Callable[[str], str | None]:

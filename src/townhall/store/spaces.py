@@ -5,9 +5,9 @@ driven only by its host (:func:`next_state`). Seats are limited per role
 (``policy.roles.check_seat``); seat changes are serialized (a process lock,
 plus ``SELECT ... FOR UPDATE`` of the space row on PostgreSQL for many nodes).
 
-:class:`SpaceIndex` is the in-memory view that the join hot path reads
-instead of the database: which space ids exist, their state and visibility,
-and who is blocked where.
+:class:`Spaces` keeps the in-memory :class:`~townhall.store.space_index.SpaceIndex`
+(what the join hot path reads instead of the database) in step with its own
+writes, and tells ``on_change`` of each (the space feed publishes them).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import delete, func, or_, select
@@ -26,9 +26,9 @@ from townhall.policy import roles
 from townhall.store.accounts import AccountView, new_id, utcnow
 from townhall.store.db import Database
 from townhall.store.models import Account, Block, Space, SpaceRole, SpeakRequest
+from townhall.store.space_index import IndexEntry, SpaceIndex
 
 State = Literal["scheduled", "live", "ended"]
-STATES: tuple[str, ...] = ("scheduled", "live", "ended")
 VISIBILITIES: tuple[str, ...] = ("public", "unlisted")
 _TRANSITIONS = {("start", "scheduled"): "live", ("end", "live"): "ended"}
 
@@ -91,19 +91,6 @@ class SpeakRequestView:
     requested_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    state: str
-    visibility: str
-    scheduled_for_s: float | None = None  # epoch seconds (admission's waiting room)
-    max_listeners: int | None = None  # the space's own cap (None: the deployment's)
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite gives naive datetimes back; they are UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
 def _account(row: Account) -> AccountView:
     return AccountView(id=row.id, username=row.username, display_name=row.display_name)
 
@@ -126,43 +113,6 @@ def _view(space: Space, host: Account) -> SpaceView:
 
 def _entry_of(space: Space) -> tuple[str, str, str, datetime | None, int | None]:
     return space.id, space.state, space.visibility, space.scheduled_for, space.max_listeners
-
-
-class SpaceIndex:
-    """Known spaces (id -> state, visibility) and blocks, in memory: filled at
-    start-up, updated on every write this process makes, refreshed by the caller
-    (other nodes' writes); about 200 bytes per space. A space never moves back:
-    a read older than a write applied here (a refresh racing a start) is ignored."""
-
-    def __init__(self) -> None:
-        self._spaces: dict[str, IndexEntry] = {}
-        self._blocked: set[tuple[str, str]] = set()
-
-    def __len__(self) -> int:
-        return len(self._spaces)
-
-    def get(self, space_id: str) -> IndexEntry | None:
-        return self._spaces.get(space_id)
-
-    def put(
-        self,
-        space_id: str,
-        state: str,
-        visibility: str,
-        scheduled_for: datetime | None = None,
-        max_listeners: int | None = None,
-    ) -> None:
-        known = self._spaces.get(space_id)
-        if known is not None and STATES.index(known.state) > STATES.index(state):
-            return
-        when = None if scheduled_for is None else _aware(scheduled_for).timestamp()
-        self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
-
-    def is_blocked(self, space_id: str, account_id: str) -> bool:
-        return (space_id, account_id) in self._blocked
-
-    def add_block(self, space_id: str, account_id: str) -> None:
-        self._blocked.add((space_id, account_id))
 
 
 class SpaceLimitReached(Conflict):
@@ -215,6 +165,15 @@ class Spaces:
         self.index = index if index is not None else SpaceIndex()
         self._clock = clock
         self._seats = asyncio.Lock()
+        # told of each space this process wrote (created, started, ended, capped),
+        # after its commit and the index's update: the space feed publishes it
+        self.on_change: Callable[[str, IndexEntry], None] | None = None
+
+    def _wrote(self, space: Space) -> None:
+        self.index.put(*_entry_of(space))
+        known = self.index.get(space.id)
+        if self.on_change is not None and known is not None:
+            self.on_change(space.id, known)
 
     # -- spaces ---------------------------------------------------------------
 
@@ -259,7 +218,7 @@ class Spaces:
             if self.limits is not None:
                 await self._check_limits(session, host_id, space.state, now)
             session.add(space)
-        self.index.put(*_entry_of(space))
+        self._wrote(space)
         return _view(space, host)
 
     async def _check_limits(
@@ -375,7 +334,7 @@ class Spaces:
                 space.started_at = now
             else:
                 space.ended_at = now
-        self.index.put(*_entry_of(space))
+        self._wrote(space)
         return _view(space, host)
 
     async def set_max_listeners(
@@ -391,7 +350,7 @@ class Spaces:
             host = await session.get(Account, space.host_id)
             assert host is not None
             space.max_listeners, space.cap_set_at = max_listeners, self._clock()
-        self.index.put(*_entry_of(space))
+        self._wrote(space)
         return _view(space, host)
 
     async def start(self, space_id: str, actor_id: str) -> SpaceView:
