@@ -273,6 +273,18 @@ class DefenseSettings(BaseSettings):
         description="Middle-generation passes of Python's cyclic collector between two full passes (gc threshold 2; Python's default is 10). Thousands of open connections (a slowloris) make each full pass take tens of milliseconds of one event loop, which delays listeners and the mixer clock; spacing them out keeps those stalls rare. Young cycles are still collected as often.",
     )
 
+    # --- memory under an attacker that reconnects (memdebug.py) ---
+    memory_report_on_sigusr2: bool = Field(
+        False,
+        description="Debugging: every HTTP process and the media process log a memory report on SIGUSR2 (RSS, CPython's allocator, glibc's heaps in use and free, live objects by type, then RSS after a full collection and after glibc's malloc_trim). Walking every object holds the event loop for up to a second.",
+    )
+    memory_trace_frames: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Debugging, with memory_report_on_sigusr2: trace Python's allocations (tracemalloc, this many frames each) and add the sites holding the most to the report. Allocation becomes 2-4 times slower. 0: no tracing.",
+    )
+
     # --- issue 11: HTTP workers sharing the port (server/workers.py, server/forward.py) ---
     http_workers: int = Field(
         0,
