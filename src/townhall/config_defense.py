@@ -384,6 +384,12 @@ class DefenseSettings(BaseSettings):
         le=600,
         description="A connection whose request is refused (429, or 401: a wait of 1 s) while an earlier refusal's Retry-After is still running is not read until that wait is over, each such refusal in a row doubling the wait (stretched by up to half at random) up to this many seconds: a flood that pipelines past its refusals then costs a timer, not an answer per request; a client that waits as told is never paused. 0: never paused.",
     )
+    http_refused_pause_check_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="While a connection is not read for ignoring Retry-After (http_refused_pause_max_s), look this often whether its peer has closed its side (Linux TCP_INFO, one system call) and close it then: an attacker that reconnects once paused would otherwise leave each closed connection holding its descriptor, parser and unread requests for the rest of its pause, thousands at a time. 0: never look (the connection is closed when the pause ends).",
+    )
     state_per_connection_per_10s: int = Field(
         30,
         ge=0,
