@@ -31,7 +31,9 @@ def test_the_report_tells_python_objects_from_the_allocators() -> None:
         assert "glibc heaps:" in text and "after malloc_trim(0)" in text
 
 
-def test_sigusr2_logs_a_report_with_the_sites_when_tracing(caplog: pytest.LogCaptureFixture) -> None:
+def test_sigusr2_logs_a_report_with_the_sites_when_tracing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     before = signal.getsignal(signal.SIGUSR2)
     try:
         assert memdebug.install(True, 2)
