@@ -273,6 +273,18 @@ class DefenseSettings(BaseSettings):
         description="Middle-generation passes of Python's cyclic collector between two full passes (gc threshold 2; Python's default is 10). Thousands of open connections (a slowloris) make each full pass take tens of milliseconds of one event loop, which delays listeners and the mixer clock; spacing them out keeps those stalls rare. Young cycles are still collected as often.",
     )
 
+    # --- memory under an attacker that reconnects (memdebug.py) ---
+    memory_report_on_sigusr2: bool = Field(
+        False,
+        description="Debugging: every HTTP process and the media process log a memory report on SIGUSR2 (RSS, CPython's allocator, glibc's heaps in use and free, live objects by type, then RSS after a full collection and after glibc's malloc_trim). Walking every object holds the event loop for up to a second.",
+    )
+    memory_trace_frames: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Debugging, with memory_report_on_sigusr2: trace Python's allocations (tracemalloc, this many frames each) and add the sites holding the most to the report. Allocation becomes 2-4 times slower. 0: no tracing.",
+    )
+
     # --- issue 11: HTTP workers sharing the port (server/workers.py, server/forward.py) ---
     http_workers: int = Field(
         0,
@@ -407,6 +419,12 @@ class DefenseSettings(BaseSettings):
         ge=0,
         le=600,
         description="A connection whose request is refused (429, or 401: a wait of 1 s) while an earlier refusal's Retry-After is still running is not read until that wait is over, each such refusal in a row doubling the wait (stretched by up to half at random) up to this many seconds: a flood that pipelines past its refusals then costs a timer, not an answer per request; a client that waits as told is never paused. 0: never paused.",
+    )
+    http_refused_pause_check_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="While a connection is not read for ignoring Retry-After (http_refused_pause_max_s), look this often whether its peer has closed its side (Linux TCP_INFO, one system call) and close it then: an attacker that reconnects once paused would otherwise leave each closed connection holding its descriptor, parser and unread requests for the rest of its pause, thousands at a time. 0: never look (the connection is closed when the pause ends).",
     )
     state_per_connection_per_10s: int = Field(
         30,

@@ -41,7 +41,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, generate_latest
 
-from townhall import metrics
+from townhall import memdebug, metrics
 from townhall.config import Settings
 from townhall.live.mediawire import RoomStatus, WindowStart, frame, read_frame
 from townhall.live.registry import RoomRegistry
@@ -378,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s[media]: %(message)s",
     )
+    memdebug.install(settings.memory_report_on_sigusr2, settings.memory_trace_frames)
     sock = socket.socket(fileno=int(args[0]))
     loop = settings.workers_loop
     if loop in ("auto", "uvloop"):

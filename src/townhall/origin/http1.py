@@ -119,6 +119,7 @@ class Http1Protocol(LimitsMixin, LeanAnswers, FastAnswers, asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._penalty: RetryPenalty | None = None  # made at the first 429
         self._pause_timer: asyncio.TimerHandle | None = None  # not read until it fires
+        self._pause_end_s = 0.0  # a pause's end (its timer may fire sooner: peer_gone.py)
         self._budgets = None  # per-connection budgets of lean routes (origin/lean_api.py)
         self.preread = b""  # an adopted connection: what the listener worker read of it
         # what was read since a request's first byte (the first request's, or a

@@ -17,6 +17,7 @@ from townhall import metrics
 from townhall.config import Settings
 from townhall.origin.asgi_cycle import Request
 from townhall.origin.conn_limits import ConnLimits, CutAnswers, fd_soft_limit, total_cap
+from townhall.origin.peer_gone import peer_closed
 from townhall.origin.request_counts import COUNTS
 from townhall.origin.retry_penalty import UNAUTHORIZED_WAIT_S, RetryPenalty
 from townhall.origin.wire import problem_bytes, problem_document
@@ -31,6 +32,7 @@ _REASONS = (
     "bad_request",
     "upgrade",
     "internal",
+    "peer_gone_paused",
 )
 CLOSED = {reason: metrics.HTTP_CONNECTIONS_CLOSED.labels(reason=reason) for reason in _REASONS}
 REFUSED = {
@@ -67,6 +69,7 @@ class DriverLimits:
     max_requests: int
     conns: ConnLimits
     refused_pause_max_s: float = 0.0
+    refused_pause_check_s: float = 0.0
 
     @classmethod
     def of(cls, settings: Settings) -> DriverLimits:
@@ -83,6 +86,7 @@ class DriverLimits:
                 settings.trusted_proxies,
             ),
             refused_pause_max_s=settings.http_refused_pause_max_s,
+            refused_pause_check_s=settings.http_refused_pause_check_s,
         )
 
 
@@ -102,6 +106,7 @@ class LimitsMixin:
     _parsing: Request | None
     _penalty: RetryPenalty | None
     _pause_timer: asyncio.TimerHandle | None
+    _pause_end_s: float
 
     def finish(self, req: Request) -> None:
         raise NotImplementedError
@@ -140,8 +145,32 @@ class LimitsMixin:
         self._pause_reading()
         if self._pause_timer is not None:
             self._pause_timer.cancel()
-        self._pause_timer = self.loop.call_later(pause_s, self._unpause)
+        self._pause_end_s = self.loop.time() + pause_s
+        self._arm_pause()
         return True
+
+    def _arm_pause(self) -> None:
+        """The pause's timer: at its end, or sooner to look whether the peer has
+        gone meanwhile (``refused_pause_check_s``; origin/peer_gone.py)."""
+        left_s = max(0.0, self._pause_end_s - self.loop.time())
+        check_s = self.limits.refused_pause_check_s
+        if 0 < check_s < left_s:
+            self._pause_timer = self.loop.call_later(check_s, self._pause_check)
+        else:
+            self._pause_timer = self.loop.call_later(left_s, self._unpause)
+
+    def _pause_check(self) -> None:
+        """A paused connection's peer closed (an attacker that reconnects): close
+        it now, its unread requests and its buffers with it, instead of at the
+        pause's end."""
+        self._pause_timer = None
+        if self.transport.is_closing():
+            return
+        if peer_closed(self.transport.get_extra_info("socket")):
+            CLOSED["peer_gone_paused"].inc()
+            self.transport.abort()
+            return
+        self._arm_pause()
 
     def _unpause(self) -> None:
         self._pause_timer = None
@@ -169,7 +198,7 @@ class LimitsMixin:
             return
         now = self.loop.time()
         if self._pause_timer is not None:  # not read meanwhile: no deadline runs
-            self._arm(max(0.0, self._pause_timer.when() - now) + 0.01)
+            self._arm(max(0.0, self._pause_end_s - now) + 0.01)
             return
         limits = self.limits
         left_s = math.inf

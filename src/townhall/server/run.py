@@ -76,6 +76,7 @@ def run_server(
         if on_startup is None:
             raise SystemExit(workers.Supervisor(settings).run())
         log.warning("one HTTP process: what runs at its start (the demo's bots) needs it")
+    from townhall import memdebug
     from townhall.origin.conn_limits import raise_fd_limit
     from townhall.server import logs
     from townhall.server.app import create_app
@@ -87,6 +88,7 @@ def run_server(
         logging.getLogger("townhall.access").warning("%s", warning)
     raise_fd_limit()
     log.info("cyclic collector thresholds: %s", space_full_gc_passes(settings.gc_full_pass_every))
+    memdebug.install(settings.memory_report_on_sigusr2, settings.memory_trace_frames)
     app: Any
     if settings.worker_role == "listener":  # HTTP workers without Redis (server/local_bus.py)
         from townhall.server.local_bus import ListenerApp
