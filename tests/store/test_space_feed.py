@@ -67,6 +67,20 @@ class Node:
         await self.redis.aclose()
 
 
+@pytest.fixture
+async def nodes(tmp_path: Path, prefix: str) -> AsyncIterator[tuple[Node, Node]]:
+    """Nodes a and b, both subscribed."""
+    a, b = Node(tmp_path, prefix, "a"), Node(tmp_path, prefix, "b")
+    try:
+        for node in (a, b):
+            node.feed.start()
+            assert await node.feed.wait_subscribed(WAIT_S)
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def until(check: Any, what: str, timeout_s: float = WAIT_S) -> float:
     started = time.monotonic()
     while not check():
@@ -75,22 +89,15 @@ async def until(check: Any, what: str, timeout_s: float = WAIT_S) -> float:
     return time.monotonic() - started
 
 
-async def test_a_change_reaches_the_other_node_at_once(tmp_path: Path, prefix: str) -> None:
-    a, b = Node(tmp_path, prefix, "a"), Node(tmp_path, prefix, "b")
-    try:
-        for node in (a, b):
-            node.feed.start()
-            assert await node.feed.wait_subscribed(WAIT_S)
-        b.index.put("s1", "scheduled", "public")
-        a.feed.publish("s1", IndexEntry("live", "public", None, 100))
-        took = await until(lambda: b.applied == ["s1"], "node b never heard of the go-live")
-        assert took < 0.5
-        assert b.index.get("s1") == IndexEntry("live", "public", None, 100)
-        assert a.applied == []  # a node's own change is not applied twice
-        assert a.feed.statistics().published == 1
-    finally:
-        await a.close()
-        await b.close()
+async def test_a_change_reaches_the_other_node_at_once(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    b.index.put("s1", "scheduled", "public")
+    a.feed.publish("s1", IndexEntry("live", "public", None, 100))
+    took = await until(lambda: b.applied == ["s1"], "node b never heard of the go-live")
+    assert took < 0.5
+    assert b.index.get("s1") == IndexEntry("live", "public", None, 100)
+    assert a.applied == []  # a node's own change is not applied twice
+    assert a.feed.statistics().published == 1
 
 
 async def kill_connection(name: str) -> None:
@@ -106,26 +113,19 @@ async def kill_connection(name: str) -> None:
         await admin.aclose()
 
 
-async def test_the_subscriber_survives_its_connection_killed(tmp_path: Path, prefix: str) -> None:
-    a, b = Node(tmp_path, prefix, "a"), Node(tmp_path, prefix, "b")
-    try:
-        for node in (a, b):
-            node.feed.start()
-            assert await node.feed.wait_subscribed(WAIT_S)
-        await kill_connection(b.client_name)
-        await until(lambda: b.feed.statistics().reconnects == 1, "no reconnect counted")
-        assert await b.feed.wait_subscribed(WAIT_S)
-        assert b.gaps == 1  # what was published meanwhile: an index refresh at once
-        a.feed.publish("s2", IndexEntry("live", "public"))
-        await until(lambda: b.applied == ["s2"], "node b stopped receiving after the kill")
-        await kill_connection(b.client_name)  # and again: the backoff started over
-        await until(lambda: b.feed.statistics().reconnects == 2, "no second reconnect")
-        assert await b.feed.wait_subscribed(WAIT_S)
-        a.feed.publish("s3", IndexEntry("ended", "public"))
-        await until(lambda: b.applied == ["s2", "s3"], "node b stopped receiving")
-    finally:
-        await a.close()
-        await b.close()
+async def test_the_subscriber_survives_its_connection_killed(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    await kill_connection(b.client_name)
+    await until(lambda: b.feed.statistics().reconnects == 1, "no reconnect counted")
+    assert await b.feed.wait_subscribed(WAIT_S)
+    assert b.gaps == 1  # what was published meanwhile: an index refresh at once
+    a.feed.publish("s2", IndexEntry("live", "public"))
+    await until(lambda: b.applied == ["s2"], "node b stopped receiving after the kill")
+    await kill_connection(b.client_name)  # and again: the backoff started over
+    await until(lambda: b.feed.statistics().reconnects == 2, "no second reconnect")
+    assert await b.feed.wait_subscribed(WAIT_S)
+    a.feed.publish("s3", IndexEntry("ended", "public"))
+    await until(lambda: b.applied == ["s2", "s3"], "node b stopped receiving")
 
 
 async def test_unreachable_redis_is_retried_with_backoff(tmp_path: Path, prefix: str) -> None:

@@ -52,12 +52,9 @@ class SpaceIndex:
     ) -> bool:
         """Record what a space is now; False (and nothing changed) when that
         would move it back to an earlier state."""
-        known = self._spaces.get(space_id)
-        if known is not None and STATES.index(known.state) > STATES.index(state):
-            return False
         when = None if scheduled_for is None else aware(scheduled_for).timestamp()
-        self._spaces[space_id] = IndexEntry(state, visibility, when, max_listeners)
-        return True
+        entry = IndexEntry(state, visibility, when, max_listeners)
+        return self.put_entry(space_id, entry) or self._spaces.get(space_id) == entry
 
     def put_entry(self, space_id: str, entry: IndexEntry) -> bool:
         """:meth:`put` of an entry as it stands (the space feed's): False, and
